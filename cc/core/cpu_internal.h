@@ -1,0 +1,65 @@
+// Internal contract between the ISA-independent CPU driver (fused_rnn_cpu.cc) and the per-ISA step kernels
+// (cpu_kernels_<isa>.cc). Not part of the public core API.
+#ifndef FUSED_RNN_CORE_CPU_INTERNAL_H_
+#define FUSED_RNN_CORE_CPU_INTERNAL_H_
+
+#include <cstdint>
+
+#include "cc/core/fused_rnn.h"
+
+namespace fused_rnn {
+namespace cpu {
+
+// Hidden units (and projection columns) are processed in blocks of 16: one AVX-512 vector, two AVX2 vectors.
+constexpr int64_t kBlock = 16;
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Everything one direction ("chain") of the recurrence needs, with strides resolved for the layout.
+struct ChainCtx {
+  int dir = 0;
+  bool reverse = false;
+  int64_t T = 0, B = 0, H = 0, P = 0, R = 0, G = 0;
+  float cell_clip = 0.f, proj_clip = 0.f;
+  // x_proj row of (b, t) for this direction: x_proj + b * x_b_stride + t * x_t_stride (+ gate * H + unit).
+  const float* x_proj = nullptr;
+  int64_t x_b_stride = 0, x_t_stride = 0;
+  float* output = nullptr;  // already offset to this direction's R columns
+  int64_t out_b_stride = 0, out_t_stride = 0;
+  const int32_t* lengths = nullptr;  // never null here
+  const float* rec_bias = nullptr;   // [G*H] or null
+  // Packed weights, panel-major: panel u (units u*16..u*16+15) is [R][G*16] contiguous, zero-padded past H.
+  const float* w_packed = nullptr;
+  // Packed projection, panel-major: panel q (columns q*16..) is [H][16], zero-padded past P.
+  const float* p_packed = nullptr;
+  float* h_buf[2] = {nullptr, nullptr};  // [B][R] each; step s reads h_buf[s % 2], writes h_buf[(s + 1) % 2]
+  float* c_state = nullptr;              // [B][H], LSTM
+  float* m_buf = nullptr;                // [B][H], projection LSTM: o * tanh(c) before the projection
+  float* final_h = nullptr;              // [B][R] of this direction
+  float* final_c = nullptr;              // [B][H]
+  float* reserve = nullptr;              // [B][T][F] of this direction, or null
+  int64_t reserve_features = 0;
+  int64_t num_unit_blocks = 0, num_proj_blocks = 0;
+};
+
+// Per-ISA step kernels: run step `step` for unit blocks [block_begin, block_end) over every active batch row.
+struct StepKernels {
+  const char* name;
+  void (*lstm_gates)(const ChainCtx&, int64_t step, int64_t block_begin, int64_t block_end);
+  void (*lstm_projection)(const ChainCtx&, int64_t step, int64_t block_begin, int64_t block_end);
+  void (*gru_gates)(const ChainCtx&, int64_t step, int64_t block_begin, int64_t block_end);
+};
+
+// kAvx2Kernels and kAvx512Kernels exist only in x86-64 builds (FUSED_RNN_HAVE_X86_KERNELS).
+extern const StepKernels kPortableKernels;
+extern const StepKernels kAvx2Kernels;
+extern const StepKernels kAvx512Kernels;
+
+// CpuForward with a given kernel table (tests run every ISA the machine has in one process).
+void CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& shape, const RnnForwardArgs& args,
+                           float* scratch, ParallelRunner* runner);
+
+}  // namespace cpu
+}  // namespace fused_rnn
+
+#endif  // FUSED_RNN_CORE_CPU_INTERNAL_H_

@@ -1,0 +1,10 @@
+// The step kernels compiled for avx512 (see BUILD for the flags of this file).
+#include "cc/core/simd_avx512.h"
+#define FUSED_RNN_ISA_NS avx512
+#include "cc/core/cpu_kernels_impl.h"
+
+namespace fused_rnn {
+namespace cpu {
+const StepKernels kAvx512Kernels = {avx512::Isa::kName, &avx512::LstmGates, &avx512::LstmProjection, &avx512::GruGates};
+}  // namespace cpu
+}  // namespace fused_rnn

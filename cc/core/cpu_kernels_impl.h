@@ -1,0 +1,304 @@
+// Step kernels, written once over a SIMD abstraction `Isa` (simd_<isa>.h) and compiled once per ISA with that
+// ISA's flags. Everything here lives in a per-ISA namespace (FUSED_RNN_ISA_NS) so that no inline function is
+// shared between TUs built with different flags (that would be an ODR violation picking one ISA for all).
+//
+// Per step and per 16-unit block the work is: acc[rows][gates] = x_proj + h_prev @ U, streamed over the packed
+// panel of U (contiguous [R][G*16]), with every accumulator in registers; then the cell update straight from the
+// registers. The panel of a block stays in the cache of the thread that owns the block for the whole sequence.
+#ifndef FUSED_RNN_ISA_NS
+#error "define FUSED_RNN_ISA_NS and include the ISA's simd header first"
+#endif
+
+#include <algorithm>
+
+#include "cc/core/cpu_internal.h"
+
+namespace fused_rnn {
+namespace cpu {
+namespace FUSED_RNN_ISA_NS {
+
+using V = Isa::V;
+constexpr int kW = Isa::kWidth;
+constexpr int kNV = static_cast<int>(kBlock) / kW;  // vectors per 16-unit block
+
+// ---- activations (float32, a few ulp; checked against float64 in the tests) ----------------------------------
+inline V Exp(V x) {
+  x = Isa::Min(Isa::Max(x, Isa::Set1(-87.0f)), Isa::Set1(88.0f));
+  const V n = Isa::Round(Isa::Mul(x, Isa::Set1(1.44269504088896341f)));
+  V r = Isa::Fma(n, Isa::Set1(-0.693359375f), x);  // ln2 split in two for an exact reduction
+  r = Isa::Fma(n, Isa::Set1(2.12194440e-4f), r);
+  // e^r on |r| <= ln2/2: Taylor to r^7 (relative error < 1e-8).
+  V p = Isa::Set1(1.0f / 5040.0f);
+  p = Isa::Fma(p, r, Isa::Set1(1.0f / 720.0f));
+  p = Isa::Fma(p, r, Isa::Set1(1.0f / 120.0f));
+  p = Isa::Fma(p, r, Isa::Set1(1.0f / 24.0f));
+  p = Isa::Fma(p, r, Isa::Set1(1.0f / 6.0f));
+  p = Isa::Fma(p, r, Isa::Set1(0.5f));
+  p = Isa::Fma(p, r, Isa::Set1(1.0f));
+  p = Isa::Fma(p, r, Isa::Set1(1.0f));
+  return Isa::Mul(p, Isa::Pow2i(n));
+}
+
+inline V Sigmoid(V x) {
+  const V one = Isa::Set1(1.0f);
+  return Isa::Div(one, Isa::Add(one, Exp(Isa::Sub(Isa::Zero(), x))));
+}
+
+inline V Tanh(V x) {
+  const V ax = Isa::Abs(x);
+  // Large |x|: 1 - 2 / (e^{2|x|} + 1). Small |x|: odd Taylor series (avoids the cancellation above).
+  const V one = Isa::Set1(1.0f);
+  const V big = Isa::Sub(one, Isa::Div(Isa::Set1(2.0f), Isa::Add(Exp(Isa::Add(ax, ax)), one)));
+  const V x2 = Isa::Mul(ax, ax);
+  V p = Isa::Set1(62.0f / 2835.0f);
+  p = Isa::Fma(p, x2, Isa::Set1(-17.0f / 315.0f));
+  p = Isa::Fma(p, x2, Isa::Set1(2.0f / 15.0f));
+  p = Isa::Fma(p, x2, Isa::Set1(-1.0f / 3.0f));
+  p = Isa::Fma(p, x2, one);
+  const V small = Isa::Mul(p, ax);
+  return Isa::CopySign(Isa::Select(ax, Isa::Set1(0.25f), small, big), x);
+}
+
+inline V Clip(V v, float clip) {
+  return clip > 0.f ? Isa::Min(Isa::Max(v, Isa::Set1(-clip)), Isa::Set1(clip)) : v;
+}
+
+inline int Valid(int64_t total, int64_t start) {  // lanes of a vector starting at `start` that lie below `total`
+  const int64_t n = total - start;
+  return n <= 0 ? 0 : (n >= kW ? kW : static_cast<int>(n));
+}
+
+// ---- the register-blocked panel product ---------------------------------------------------------------------
+// acc[m][j] += sum_k h_rows[m][k] * panel[k][j * kW .. +kW), for NJ = gates * kNV vectors per row.
+// With one row, two independent accumulator sets (even/odd k) keep enough FMA chains in flight.
+template <int NJ, int MR>
+inline void PanelProduct(const float* __restrict panel, int64_t K, const float* const* h_rows, V (&acc)[MR][NJ]) {
+  constexpr int kRowFloats = NJ * kW;
+  if (MR == 1) {
+    V acc_odd[NJ];
+    for (int j = 0; j < NJ; ++j) acc_odd[j] = Isa::Zero();
+    const float* __restrict h0 = h_rows[0];
+    int64_t k = 0;
+    for (; k + 1 < K; k += 2) {
+      const V he = Isa::Set1(h0[k]);
+      const V ho = Isa::Set1(h0[k + 1]);
+      const float* pe = panel + k * kRowFloats;
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) {
+        acc[0][j] = Isa::Fma(he, Isa::Load(pe + j * kW), acc[0][j]);
+        acc_odd[j] = Isa::Fma(ho, Isa::Load(pe + kRowFloats + j * kW), acc_odd[j]);
+      }
+    }
+    if (k < K) {
+      const V he = Isa::Set1(h0[k]);
+      const float* pe = panel + k * kRowFloats;
+      for (int j = 0; j < NJ; ++j) acc[0][j] = Isa::Fma(he, Isa::Load(pe + j * kW), acc[0][j]);
+    }
+    for (int j = 0; j < NJ; ++j) acc[0][j] = Isa::Add(acc[0][j], acc_odd[j]);
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      const float* pk = panel + k * kRowFloats;
+      V w[NJ];
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) w[j] = Isa::Load(pk + j * kW);
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) {
+        const V hm = Isa::Set1(h_rows[m][k]);
+#pragma GCC unroll 16
+        for (int j = 0; j < NJ; ++j) acc[m][j] = Isa::Fma(hm, w[j], acc[m][j]);
+      }
+    }
+  }
+}
+
+// Row bookkeeping for one step: the time position a row reads and writes, and whether it is still running.
+struct RowStep {
+  bool active;
+  bool last;
+  int64_t pos;
+};
+inline RowStep RowAt(const ChainCtx& c, int64_t b, int64_t step) {
+  const int64_t len = c.lengths[b];
+  RowStep r;
+  r.active = step < len;
+  r.last = step == len - 1;
+  r.pos = r.active ? (c.reverse ? len - 1 - step : step) : 0;
+  return r;
+}
+
+// ---- LSTM gates + cell update for MR rows starting at b0 and unit block u ------------------------------------
+template <int MR>
+inline void LstmBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
+  constexpr int NJ = 4 * kNV;
+  const int64_t H = c.H, R = c.R, j0 = u * kBlock;
+  const float* h_cur = c.h_buf[step & 1];
+  float* h_next = c.h_buf[(step + 1) & 1];
+  RowStep rs[MR];
+  const float* h_rows[MR];
+  V acc[MR][NJ];
+  for (int m = 0; m < MR; ++m) {
+    const int64_t b = b0 + m;
+    rs[m] = RowAt(c, b, step);
+    h_rows[m] = h_cur + b * R;
+    const float* x_row = c.x_proj + b * c.x_b_stride + rs[m].pos * c.x_t_stride;
+    for (int g = 0; g < 4; ++g) {
+      for (int v = 0; v < kNV; ++v) {
+        const int64_t col = g * H + j0 + v * kW;
+        const int n = Valid(H, j0 + v * kW);
+        V x = n > 0 ? Isa::LoadN(x_row + col, n) : Isa::Zero();
+        if (c.rec_bias != nullptr && n > 0) x = Isa::Add(x, Isa::LoadN(c.rec_bias + col, n));
+        acc[m][g * kNV + v] = x;
+      }
+    }
+  }
+  PanelProduct<NJ, MR>(c.w_packed + u * R * 4 * kBlock, R, h_rows, acc);
+  for (int m = 0; m < MR; ++m) {
+    if (!rs[m].active) continue;
+    const int64_t b = b0 + m;
+    float* res = c.reserve ? c.reserve + (b * c.T + rs[m].pos) * c.reserve_features : nullptr;
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t j = j0 + v * kW;
+      const int n = Valid(H, j);
+      if (n == 0) continue;
+      const V ig = Sigmoid(acc[m][0 * kNV + v]);
+      const V fg = Sigmoid(acc[m][1 * kNV + v]);
+      const V gg = Tanh(acc[m][2 * kNV + v]);
+      const V og = Sigmoid(acc[m][3 * kNV + v]);
+      float* c_row = c.c_state + b * H + j;
+      const V c_pre = Isa::Fma(fg, Isa::LoadN(c_row, n), Isa::Mul(ig, gg));
+      const V c_new = Clip(c_pre, c.cell_clip);
+      const V h_new = Isa::Mul(og, Tanh(c_new));
+      Isa::StoreN(c_row, c_new, n);
+      if (res) {
+        Isa::StoreN(res + j, ig, n);
+        Isa::StoreN(res + H + j, fg, n);
+        Isa::StoreN(res + 2 * H + j, gg, n);
+        Isa::StoreN(res + 3 * H + j, og, n);
+        Isa::StoreN(res + 4 * H + j, c_pre, n);
+      }
+      if (rs[m].last) Isa::StoreN(c.final_c + b * H + j, c_new, n);
+      if (c.P > 0) {
+        Isa::StoreN(c.m_buf + b * H + j, h_new, n);
+      } else {
+        Isa::StoreN(h_next + b * R + j, h_new, n);
+        Isa::StoreN(c.output + b * c.out_b_stride + rs[m].pos * c.out_t_stride + j, h_new, n);
+        if (rs[m].last) Isa::StoreN(c.final_h + b * R + j, h_new, n);
+      }
+    }
+  }
+}
+
+// ---- projection: r = clip(m @ P) for MR rows and projection column block q ------------------------------------
+template <int MR>
+inline void ProjectionBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t q) {
+  const int64_t H = c.H, R = c.R, p0 = q * kBlock;
+  float* h_next = c.h_buf[(step + 1) & 1];
+  RowStep rs[MR];
+  const float* m_rows[MR];
+  V acc[MR][kNV];
+  for (int m = 0; m < MR; ++m) {
+    rs[m] = RowAt(c, b0 + m, step);
+    m_rows[m] = c.m_buf + (b0 + m) * H;
+    for (int v = 0; v < kNV; ++v) acc[m][v] = Isa::Zero();
+  }
+  PanelProduct<kNV, MR>(c.p_packed + q * H * kBlock, H, m_rows, acc);
+  for (int m = 0; m < MR; ++m) {
+    if (!rs[m].active) continue;
+    const int64_t b = b0 + m;
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t p = p0 + v * kW;
+      const int n = Valid(R, p);
+      if (n == 0) continue;
+      if (c.reserve) Isa::StoreN(c.reserve + (b * c.T + rs[m].pos) * c.reserve_features + 5 * H + p, acc[m][v], n);
+      const V r = Clip(acc[m][v], c.proj_clip);
+      Isa::StoreN(h_next + b * R + p, r, n);
+      Isa::StoreN(c.output + b * c.out_b_stride + rs[m].pos * c.out_t_stride + p, r, n);
+      if (rs[m].last) Isa::StoreN(c.final_h + b * R + p, r, n);
+    }
+  }
+}
+
+// ---- GRU (reset_after): z, r from x + h@U + b_r; n = tanh(x_n + r * (h@U_n + b_rn)) -------------------------
+template <int MR>
+inline void GruBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
+  constexpr int NJ = 3 * kNV;
+  const int64_t H = c.H, j0 = u * kBlock;
+  const float* h_cur = c.h_buf[step & 1];
+  float* h_next = c.h_buf[(step + 1) & 1];
+  RowStep rs[MR];
+  const float* h_rows[MR];
+  const float* x_rows[MR];
+  V acc[MR][NJ];
+  for (int m = 0; m < MR; ++m) {
+    const int64_t b = b0 + m;
+    rs[m] = RowAt(c, b, step);
+    h_rows[m] = h_cur + b * H;
+    x_rows[m] = c.x_proj + b * c.x_b_stride + rs[m].pos * c.x_t_stride;
+    for (int g = 0; g < 3; ++g) {
+      for (int v = 0; v < kNV; ++v) {
+        const int64_t col = g * H + j0 + v * kW;
+        const int n = Valid(H, j0 + v * kW);
+        V a = (g < 2 && n > 0) ? Isa::LoadN(x_rows[m] + col, n) : Isa::Zero();
+        if (c.rec_bias != nullptr && n > 0) a = Isa::Add(a, Isa::LoadN(c.rec_bias + col, n));
+        acc[m][g * kNV + v] = a;
+      }
+    }
+  }
+  PanelProduct<NJ, MR>(c.w_packed + u * H * 3 * kBlock, H, h_rows, acc);
+  for (int m = 0; m < MR; ++m) {
+    if (!rs[m].active) continue;
+    const int64_t b = b0 + m;
+    float* res = c.reserve ? c.reserve + (b * c.T + rs[m].pos) * c.reserve_features : nullptr;
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t j = j0 + v * kW;
+      const int n = Valid(H, j);
+      if (n == 0) continue;
+      const V zg = Sigmoid(acc[m][0 * kNV + v]);
+      const V rg = Sigmoid(acc[m][1 * kNV + v]);
+      const V an = acc[m][2 * kNV + v];
+      const V ng = Tanh(Isa::Fma(rg, an, Isa::LoadN(x_rows[m] + 2 * H + j, n)));
+      const V h_prev = Isa::LoadN(h_rows[m] + j, n);
+      const V h_new = Isa::Fma(zg, Isa::Sub(h_prev, ng), ng);  // z * h_prev + (1 - z) * n
+      if (res) {
+        Isa::StoreN(res + j, zg, n);
+        Isa::StoreN(res + H + j, rg, n);
+        Isa::StoreN(res + 2 * H + j, ng, n);
+        Isa::StoreN(res + 3 * H + j, an, n);
+      }
+      Isa::StoreN(h_next + b * H + j, h_new, n);
+      Isa::StoreN(c.output + b * c.out_b_stride + rs[m].pos * c.out_t_stride + j, h_new, n);
+      if (rs[m].last) Isa::StoreN(c.final_h + b * H + j, h_new, n);
+    }
+  }
+}
+
+// Runs `Block<MR>` over every group of batch rows that still has an active row, MR rows at a time.
+template <template <int> class Block>
+inline void ForRowGroups(const ChainCtx& c, int64_t step, int64_t block_begin, int64_t block_end) {
+  int64_t b = 0;
+  constexpr int kMR = Isa::kMaxRows;
+  auto any_active = [&](int64_t first, int rows) {
+    for (int m = 0; m < rows; ++m) if (step < c.lengths[first + m]) return true;
+    return false;
+  };
+  for (; b + kMR <= c.B; b += kMR) {
+    if (!any_active(b, kMR)) continue;
+    for (int64_t u = block_begin; u < block_end; ++u) Block<kMR>::Run(c, step, b, u);
+  }
+  for (; b < c.B; ++b) {
+    if (!any_active(b, 1)) continue;
+    for (int64_t u = block_begin; u < block_end; ++u) Block<1>::Run(c, step, b, u);
+  }
+}
+
+template <int MR> struct LstmOp { static void Run(const ChainCtx& c, int64_t s, int64_t b, int64_t u) { LstmBlock<MR>(c, s, b, u); } };
+template <int MR> struct ProjOp { static void Run(const ChainCtx& c, int64_t s, int64_t b, int64_t u) { ProjectionBlock<MR>(c, s, b, u); } };
+template <int MR> struct GruOp { static void Run(const ChainCtx& c, int64_t s, int64_t b, int64_t u) { GruBlock<MR>(c, s, b, u); } };
+
+void LstmGates(const ChainCtx& c, int64_t step, int64_t b0, int64_t b1) { ForRowGroups<LstmOp>(c, step, b0, b1); }
+void LstmProjection(const ChainCtx& c, int64_t step, int64_t b0, int64_t b1) { ForRowGroups<ProjOp>(c, step, b0, b1); }
+void GruGates(const ChainCtx& c, int64_t step, int64_t b0, int64_t b1) { ForRowGroups<GruOp>(c, step, b0, b1); }
+
+}  // namespace FUSED_RNN_ISA_NS
+}  // namespace cpu
+}  // namespace fused_rnn

@@ -1,0 +1,10 @@
+// The step kernels compiled for portable (see BUILD for the flags of this file).
+#include "cc/core/simd_portable.h"
+#define FUSED_RNN_ISA_NS portable
+#include "cc/core/cpu_kernels_impl.h"
+
+namespace fused_rnn {
+namespace cpu {
+const StepKernels kPortableKernels = {portable::Isa::kName, &portable::LstmGates, &portable::LstmProjection, &portable::GruGates};
+}  // namespace cpu
+}  // namespace fused_rnn

@@ -1,0 +1,102 @@
+// Framework-free core of the fused recurrence: plain C++17, no TensorFlow headers.
+//
+// One call runs a whole sequence (every timestep, every direction) of an LSTM, a projection LSTM
+// (TF's LSTMCell(num_proj=...) semantics, with cell/projection clips) or a GRU (Keras reset_after=True).
+// The input projection x @ W_input + b_input for all timesteps is computed by the caller before the call
+// (one big GEMM); the core owns only the sequential part.
+//
+// Conventions (D = directions, G = gates, H = units, P = projection, R = recurrent width = P ? P : H):
+//   LSTM gate order (i, f, c, o) as Keras; GRU gate order (z, r, n) as Keras with reset_after=True.
+//   x_proj:            [B, T, D*G*H] (batch-major) or [T, B, D*G*H] (time-major); forward direction first.
+//   recurrent_kernel:  [D, R, G*H]   (Keras' recurrent_kernel layout per direction)
+//   recurrent_bias:    [D, G*H] or null (GRU reset_after's recurrent bias; it sits inside r * (...))
+//   projection_kernel: [D, H, P] or null when P == 0
+//   sequence_lengths:  [B], 0 <= len <= T, or null meaning every sequence has length T.
+//   initial_h:         [D, B, R]; initial_c: [D, B, H] (LSTM only)
+//   output:            [B, T, D*R] or [T, B, D*R]; forward direction in [0, R), reverse in [R, 2R).
+//                      Zero at positions t >= len. The reverse direction walks each sequence backwards within
+//                      its own length (tf.reverse_sequence semantics) and writes its output at the original
+//                      time position.
+//   final_h:           [D, B, R]; final_c: [D, B, H] (LSTM). The state after the last valid step; a zero-length
+//                      sequence returns its initial state.
+//   reserve:           null at inference. When training, [D, B, T, F] floats (F = ReserveFeatures) holding what
+//                      the backward pass needs, written only at valid positions:
+//                        LSTM: i, f, g, o after activation (4H), c before the cell clip (H), and, with a
+//                              projection, r = m @ P before the projection clip (P).
+//                        GRU:  z, r, n after activation (3H), and h_prev @ U_n + b_rn (H).
+#ifndef FUSED_RNN_CORE_FUSED_RNN_H_
+#define FUSED_RNN_CORE_FUSED_RNN_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+namespace fused_rnn {
+
+enum class CellType : int { kLstm = 0, kGru = 1 };
+enum class Direction : int { kForward = 0, kReverse = 1, kBidirectional = 2 };
+
+struct RnnShape {
+  CellType cell = CellType::kLstm;
+  Direction direction = Direction::kForward;
+  int64_t max_time = 0;   // T
+  int64_t batch = 0;      // B
+  int64_t num_units = 0;  // H
+  int64_t num_proj = 0;   // P; 0 = no projection (LSTM only)
+  bool time_major = false;
+  float cell_clip = 0.f;  // <= 0: no clip (LSTM only)
+  float proj_clip = 0.f;  // <= 0: no clip (projection LSTM only)
+
+  int num_dirs() const { return direction == Direction::kBidirectional ? 2 : 1; }
+  int num_gates() const { return cell == CellType::kLstm ? 4 : 3; }
+  int64_t recurrent_width() const { return num_proj > 0 ? num_proj : num_units; }  // R
+};
+
+struct RnnForwardArgs {
+  const float* x_proj = nullptr;
+  const float* recurrent_kernel = nullptr;
+  const float* recurrent_bias = nullptr;
+  const float* projection_kernel = nullptr;
+  const int32_t* sequence_lengths = nullptr;
+  const float* initial_h = nullptr;
+  const float* initial_c = nullptr;
+  float* output = nullptr;
+  float* final_h = nullptr;
+  float* final_c = nullptr;
+  float* reserve = nullptr;
+};
+
+// Returns nullptr when the shape is one the core runs, else a message naming what is wrong.
+// (The TF layer validates every argument first; this is the core's own contract.)
+const char* CheckShape(const RnnShape& shape);
+
+// Floats per (direction, batch row, timestep) of the training reserve.
+int64_t ReserveFeatures(const RnnShape& shape);
+// Total floats of the training reserve: D * B * T * ReserveFeatures.
+int64_t ReserveFloats(const RnnShape& shape);
+
+// ---- CPU ----------------------------------------------------------------------------------------------------
+// A thread pool the core may use. The calling thread always takes part, so a pool that never runs the scheduled
+// work only costs speed, never correctness or progress (no deadlock even when every pool thread is busy).
+class ParallelRunner {
+ public:
+  virtual ~ParallelRunner() = default;
+  // Threads that may run concurrently with the caller (0: run everything on the caller's thread).
+  virtual int NumHelperThreads() const = 0;
+  virtual void Schedule(std::function<void()> fn) = 0;
+};
+
+// Floats of caller-owned scratch (64-byte aligned) the CPU forward needs.
+int64_t CpuForwardScratchFloats(const RnnShape& shape);
+
+// Runs the forward recurrence on the CPU. `runner` may be null (single-threaded). The result is bitwise the same
+// whatever the number of threads. Picks AVX-512, AVX2+FMA or a portable path at run time.
+void CpuForward(const RnnShape& shape, const RnnForwardArgs& args, float* scratch, ParallelRunner* runner);
+
+// Which vector path CpuForward uses on this CPU: "avx512", "avx2" or "portable". FUSED_RNN_ISA=portable|avx2
+// in the environment forces a narrower path (for testing every path on one machine).
+const char* CpuIsaName();
+
+}  // namespace fused_rnn
+
+#endif  // FUSED_RNN_CORE_FUSED_RNN_H_

@@ -1,0 +1,327 @@
+// CPU driver of the fused recurrence: picks the ISA, packs the weights, and runs the steps on the caller's
+// thread plus helper threads.
+//
+// Parallel scheme. Each direction is a "chain" of stages: stage 0 packs the weights, then every step is one stage
+// (two with a projection: gates, then m @ P). A chain's unit blocks are split into S slices. A thread owns the
+// slices it claims for the whole call, so their weight panels stay in its core's cache; a slice of stage k starts
+// once every slice of stage k-1 is done (one atomic counter per chain, no lock). The caller always takes part; a
+// waiting thread claims any slice nobody has claimed after a short grace period, so a helper that is never run
+// (a busy pool) costs speed, never progress. Slices cut units, never the batch, and each unit's arithmetic is the
+// same whoever runs it: the result is bitwise independent of the number of threads.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include "cc/core/cpu_internal.h"
+#include "cc/core/fused_rnn.h"
+
+namespace fused_rnn {
+namespace {
+
+using cpu::CeilDiv;
+using cpu::ChainCtx;
+using cpu::kBlock;
+using cpu::StepKernels;
+
+const StepKernels& PickKernels() {
+  static const StepKernels* picked = [] {
+    const char* force = std::getenv("FUSED_RNN_ISA");
+    const std::string want = force ? force : "";
+#if defined(FUSED_RNN_HAVE_X86_KERNELS)
+    __builtin_cpu_init();
+    const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (want == "portable") return &cpu::kPortableKernels;
+    if (has512 && want != "avx2") return &cpu::kAvx512Kernels;
+    if (has2) return &cpu::kAvx2Kernels;
+#endif
+    return &cpu::kPortableKernels;
+  }();
+  return *picked;
+}
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+int64_t Align16(int64_t n) { return (n + 15) & ~int64_t{15}; }
+
+struct ScratchLayout {
+  int64_t w_packed, p_packed, h_buf, c_state, m_buf, lengths, per_dir;
+};
+
+ScratchLayout Layout(const RnnShape& s) {
+  const int64_t H = s.num_units, P = s.num_proj, R = s.recurrent_width(), B = s.batch, G = s.num_gates();
+  ScratchLayout l;
+  int64_t off = 0;
+  l.w_packed = off; off += Align16(CeilDiv(H, kBlock) * R * G * kBlock);
+  l.p_packed = off; off += Align16(P > 0 ? CeilDiv(P, kBlock) * H * kBlock : 0);
+  l.h_buf = off;    off += 2 * Align16(B * R);
+  l.c_state = off;  off += Align16(s.cell == CellType::kLstm ? B * H : 0);
+  l.m_buf = off;    off += Align16(P > 0 ? B * H : 0);
+  l.per_dir = off;
+  l.lengths = off * s.num_dirs();  // shared [B] int32 copy when the caller gave none
+  return l;
+}
+
+// ---- stage scheduler -----------------------------------------------------------------------------------------
+struct Chain {
+  std::atomic<int64_t> next_slice{0};  // slices handed out so far
+  std::atomic<int64_t> done{0};        // (stage, slice) units finished
+  int64_t num_slices = 1;
+  int64_t num_stages = 0;
+};
+
+struct Job {
+  Chain chains[2];
+  int num_chains = 1;
+  int64_t share = 1;  // slices a thread claims when it joins a chain
+  // Filled by the caller; helpers touch them only for slices they claimed, which the caller waits for.
+  const RnnShape* shape = nullptr;
+  ChainCtx ctx[2];
+  const float* rec_kernel[2] = {nullptr, nullptr};  // [R][G*H] per direction
+  const float* proj_kernel[2] = {nullptr, nullptr}; // [H][P]
+  const StepKernels* kernels = nullptr;
+};
+
+void PackSlice(const Job& job, int chain, int64_t slice) {
+  const ChainCtx& c = job.ctx[chain];
+  const Chain& ch = job.chains[chain];
+  const int64_t H = c.H, R = c.R, G = c.G;
+  const int64_t u0 = slice * c.num_unit_blocks / ch.num_slices, u1 = (slice + 1) * c.num_unit_blocks / ch.num_slices;
+  const float* w = job.rec_kernel[chain];
+  float* wp = const_cast<float*>(c.w_packed);
+  for (int64_t u = u0; u < u1; ++u) {
+    float* panel = wp + u * R * G * kBlock;
+    const int64_t j0 = u * kBlock, n = std::min<int64_t>(kBlock, H - j0);
+    for (int64_t k = 0; k < R; ++k) {
+      float* dst = panel + k * G * kBlock;
+      const float* src = w + k * G * H;
+      for (int64_t g = 0; g < G; ++g) {
+        std::memcpy(dst + g * kBlock, src + g * H + j0, sizeof(float) * n);
+        std::fill(dst + g * kBlock + n, dst + (g + 1) * kBlock, 0.f);
+      }
+    }
+  }
+  if (c.P > 0) {
+    const int64_t q0 = slice * c.num_proj_blocks / ch.num_slices, q1 = (slice + 1) * c.num_proj_blocks / ch.num_slices;
+    const float* p = job.proj_kernel[chain];
+    float* pp = const_cast<float*>(c.p_packed);
+    for (int64_t q = q0; q < q1; ++q) {
+      float* panel = pp + q * H * kBlock;
+      const int64_t p0 = q * kBlock, n = std::min<int64_t>(kBlock, c.P - p0);
+      for (int64_t k = 0; k < H; ++k) {
+        std::memcpy(panel + k * kBlock, p + k * c.P + p0, sizeof(float) * n);
+        std::fill(panel + k * kBlock + n, panel + (k + 1) * kBlock, 0.f);
+      }
+    }
+  }
+}
+
+void RunStage(const Job& job, int chain, int64_t slice, int64_t stage) {
+  if (stage == 0) {
+    PackSlice(job, chain, slice);
+    return;
+  }
+  const ChainCtx& c = job.ctx[chain];
+  const int64_t S = job.chains[chain].num_slices;
+  const bool proj = c.P > 0;
+  const int64_t step = proj ? (stage - 1) / 2 : stage - 1;
+  const bool proj_phase = proj && ((stage - 1) & 1);
+  if (job.shape->cell == CellType::kGru) {
+    job.kernels->gru_gates(c, step, slice * c.num_unit_blocks / S, (slice + 1) * c.num_unit_blocks / S);
+  } else if (!proj_phase) {
+    job.kernels->lstm_gates(c, step, slice * c.num_unit_blocks / S, (slice + 1) * c.num_unit_blocks / S);
+  } else {
+    job.kernels->lstm_projection(c, step, slice * c.num_proj_blocks / S, (slice + 1) * c.num_proj_blocks / S);
+  }
+}
+
+// Runs owned slices through every stage of one chain; claims unclaimed slices of the chain while it waits.
+void WorkChain(const Job& job, int chain_index, std::vector<std::pair<int64_t, int64_t>> owned) {
+  Chain& ch = const_cast<Chain&>(job.chains[chain_index]);
+  const int64_t S = ch.num_slices;
+  // owned: (slice, next stage to run). Always advance the slice that is furthest behind.
+  while (true) {
+    size_t lowest = owned.size();
+    for (size_t i = 0; i < owned.size(); ++i) {
+      if (owned[i].second < ch.num_stages && (lowest == owned.size() || owned[i].second < owned[lowest].second)) lowest = i;
+    }
+    if (lowest == owned.size()) return;
+    const int64_t stage = owned[lowest].second;
+    const int64_t need = stage * S;
+    if (ch.done.load(std::memory_order_acquire) < need) {
+      const auto start = std::chrono::steady_clock::now();
+      int64_t spins = 0;
+      bool stole = false;
+      while (ch.done.load(std::memory_order_acquire) < need) {
+        CpuRelax();
+        if ((++spins & 255) == 0) {
+          if (ch.next_slice.load(std::memory_order_relaxed) < S &&
+              std::chrono::steady_clock::now() - start > std::chrono::microseconds(100)) {
+            const int64_t first = ch.next_slice.fetch_add(S, std::memory_order_relaxed);
+            for (int64_t x = first; x < S; ++x) owned.emplace_back(x, 0);
+            stole = first < S;
+            if (stole) break;
+          }
+          if (spins > (1 << 16)) std::this_thread::yield();
+        }
+      }
+      if (stole) continue;  // the new slices start at stage 0: run them first
+    }
+    RunStage(job, chain_index, owned[lowest].first, stage);
+    ++owned[lowest].second;
+    ch.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+// One participant: join the preferred chain (then the others) with a share of slices.
+void Participate(const std::shared_ptr<Job>& job, int preferred, bool is_caller) {
+  for (int i = 0; i < job->num_chains; ++i) {
+    const int ci = (preferred + i) % job->num_chains;
+    Chain& ch = job->chains[ci];
+    const int64_t take = is_caller && i > 0 ? ch.num_slices : job->share;  // the caller mops up other chains
+    const int64_t first = ch.next_slice.fetch_add(take, std::memory_order_relaxed);
+    if (first >= ch.num_slices) continue;
+    std::vector<std::pair<int64_t, int64_t>> owned;
+    for (int64_t x = first; x < std::min(first + take, ch.num_slices); ++x) owned.emplace_back(x, 0);
+    WorkChain(*job, ci, std::move(owned));
+    if (!is_caller) return;  // a helper does one chain; the caller goes on to make sure every chain finishes
+  }
+  if (is_caller) {
+    for (int ci = 0; ci < job->num_chains; ++ci) {
+      Chain& ch = job->chains[ci];
+      const int64_t total = ch.num_slices * ch.num_stages;
+      int64_t spins = 0;
+      while (ch.done.load(std::memory_order_acquire) < total) {
+        CpuRelax();
+        if ((++spins & 1023) == 0) std::this_thread::yield();
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const char* CpuIsaName() { return PickKernels().name; }
+
+int64_t CpuForwardScratchFloats(const RnnShape& s) {
+  const ScratchLayout l = Layout(s);
+  return l.lengths + Align16(s.batch);  // the int32 lengths fit in B floats
+}
+
+void CpuForward(const RnnShape& s, const RnnForwardArgs& a, float* scratch, ParallelRunner* runner) {
+  cpu::CpuForwardWithKernels(PickKernels(), s, a, scratch, runner);
+}
+
+void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, const RnnForwardArgs& a,
+                                float* scratch, ParallelRunner* runner) {
+  const int64_t T = s.max_time, B = s.batch, H = s.num_units, P = s.num_proj, R = s.recurrent_width();
+  const int64_t G = s.num_gates(), D = s.num_dirs();
+  const bool lstm = s.cell == CellType::kLstm;
+  if (B == 0) return;
+  const ScratchLayout l = Layout(s);
+  const int32_t* lengths = a.sequence_lengths;
+  if (lengths == nullptr) {
+    int32_t* own = reinterpret_cast<int32_t*>(scratch + l.lengths);
+    for (int64_t b = 0; b < B; ++b) own[b] = static_cast<int32_t>(T);
+    lengths = own;
+  }
+  int64_t max_len = 0;
+  for (int64_t b = 0; b < B; ++b) max_len = std::max<int64_t>(max_len, lengths[b]);
+
+  // Outputs past each sequence's end are zero; final states of empty sequences are their initial states.
+  const int64_t out_w = D * R;
+  const int64_t out_b_stride = s.time_major ? out_w : T * out_w;
+  const int64_t out_t_stride = s.time_major ? B * out_w : out_w;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = lengths[b]; t < T; ++t) std::memset(a.output + b * out_b_stride + t * out_t_stride, 0, sizeof(float) * out_w);
+  }
+
+  auto job = std::make_shared<Job>();
+  job->shape = &s;
+  job->kernels = &kernels;
+  job->num_chains = static_cast<int>(D);
+  const int64_t x_w = D * G * H;
+  for (int d = 0; d < D; ++d) {
+    ChainCtx& c = job->ctx[d];
+    float* base = scratch + d * l.per_dir;
+    c.dir = d;
+    c.reverse = s.direction == Direction::kReverse || (s.direction == Direction::kBidirectional && d == 1);
+    c.T = T; c.B = B; c.H = H; c.P = P; c.R = R; c.G = G;
+    c.cell_clip = s.cell_clip; c.proj_clip = s.proj_clip;
+    c.x_proj = a.x_proj + d * G * H;
+    c.x_b_stride = s.time_major ? x_w : T * x_w;
+    c.x_t_stride = s.time_major ? B * x_w : x_w;
+    c.output = a.output + d * R;
+    c.out_b_stride = out_b_stride; c.out_t_stride = out_t_stride;
+    c.lengths = lengths;
+    c.rec_bias = a.recurrent_bias ? a.recurrent_bias + d * G * H : nullptr;
+    c.w_packed = base + l.w_packed;
+    c.p_packed = P > 0 ? base + l.p_packed : nullptr;
+    c.h_buf[0] = base + l.h_buf;
+    c.h_buf[1] = base + l.h_buf + Align16(B * R);
+    c.c_state = lstm ? base + l.c_state : nullptr;
+    c.m_buf = P > 0 ? base + l.m_buf : nullptr;
+    c.final_h = a.final_h + d * B * R;
+    c.final_c = lstm ? a.final_c + d * B * H : nullptr;
+    c.reserve_features = ReserveFeatures(s);
+    c.reserve = a.reserve ? a.reserve + d * B * T * c.reserve_features : nullptr;
+    c.num_unit_blocks = CeilDiv(H, kBlock);
+    c.num_proj_blocks = P > 0 ? CeilDiv(P, kBlock) : 0;
+    job->rec_kernel[d] = a.recurrent_kernel + d * R * G * H;
+    job->proj_kernel[d] = P > 0 ? a.projection_kernel + d * H * P : nullptr;
+    // States: h_buf[0] = initial h; h_buf[1] zeroed so rows that finish early never read uninitialised memory.
+    std::memcpy(c.h_buf[0], a.initial_h + d * B * R, sizeof(float) * B * R);
+    std::memset(c.h_buf[1], 0, sizeof(float) * B * R);
+    if (lstm) std::memcpy(c.c_state, a.initial_c + d * B * H, sizeof(float) * B * H);
+    for (int64_t b = 0; b < B; ++b) {
+      if (lengths[b] > 0) continue;
+      std::memcpy(c.final_h + b * R, a.initial_h + (d * B + b) * R, sizeof(float) * R);
+      if (lstm) std::memcpy(c.final_c + b * H, a.initial_c + (d * B + b) * H, sizeof(float) * H);
+    }
+  }
+  if (max_len == 0) return;
+
+  // Threads: splitting a step across cores pays only when a step is long against the ~0.2 us hand-off.
+  const int helpers_available = runner ? std::max(0, runner->NumHelperThreads()) : 0;
+  const double step_flops = 2.0 * B * (static_cast<double>(R) * G * H + static_cast<double>(H) * P);
+  const int64_t max_slices = std::max<int64_t>(1, CeilDiv(H, kBlock));
+  int64_t slices_per_chain = 1;
+  int threads = 1;
+  if (D == 2 && helpers_available >= 1) threads = 2;
+  if (step_flops >= 1.0e6 && helpers_available >= 1) {
+    const int total = 1 + helpers_available;
+    slices_per_chain = std::min<int64_t>(max_slices, std::max(1, total / static_cast<int>(D)));
+    threads = static_cast<int>(std::min<int64_t>(total, slices_per_chain * D));
+  }
+  const int64_t stages_per_step = P > 0 ? 2 : 1;
+  for (int d = 0; d < D; ++d) {
+    job->chains[d].num_slices = slices_per_chain;
+    job->chains[d].num_stages = 1 + max_len * stages_per_step;
+  }
+  const int64_t threads_per_chain = std::max<int64_t>(1, threads / D);
+  job->share = CeilDiv(slices_per_chain, threads_per_chain);
+
+  for (int i = 1; i < threads; ++i) {
+    std::shared_ptr<Job> keep = job;
+    runner->Schedule([keep, i]() { Participate(keep, i % keep->num_chains, /*is_caller=*/false); });
+  }
+  Participate(job, 0, /*is_caller=*/true);
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,80 @@
+// CUDA entry of the framework-free core: plain C++17 declarations, no CUDA or TensorFlow headers needed to include
+// this file. Semantics (layouts, gate orders, ragged lengths, reverse direction, zeros past length, final states,
+// training reserve) are exactly those of fused_rnn.h; every pointer in RnnForwardArgs is a DEVICE pointer here.
+//
+// The core never allocates device memory: the caller passes a workspace of CudaForwardWorkspaceBytes() bytes
+// (any alignment of 256 bytes or more; contents need not be initialised) and the stream to run on. Everything the
+// call enqueues (at most one cudaMemsetAsync on the workspace and one kernel) goes on that stream and can be
+// captured into a CUDA graph.
+//
+// Weights: the recurrent kernel [D, R, G*H] and the projection kernel [D, H, P] are read either as float32
+// (args.recurrent_kernel / args.projection_kernel) or, for WeightType kFloat16 / kBFloat16, from the 16-bit copies
+// passed separately in the same layouts (the float32 pointers in args are then ignored and may be null). Math is
+// float32 with float32 accumulation in every case; x_proj, states, outputs and the reserve are float32.
+#ifndef FUSED_RNN_CORE_FUSED_RNN_CUDA_H_
+#define FUSED_RNN_CORE_FUSED_RNN_CUDA_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fused_rnn.h"
+
+namespace fused_rnn {
+
+enum class WeightType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// What the planner needs to know about the device the call runs on. Fill it with QueryCudaDeviceLimits() (or by
+// hand from cudaGetDeviceProperties). The plan, and so the workspace size, depends only on these fields.
+struct CudaDeviceLimits {
+  int sm_count = 0;
+  int max_shared_bytes_per_block_optin = 0;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  int max_shared_bytes_per_sm = 0;           // cudaDevAttrMaxSharedMemoryPerMultiprocessor
+  int max_threads_per_sm = 0;
+  int max_regs_per_sm = 0;                   // 32-bit registers
+  int l2_bytes = 0;
+  int cc_major = 0, cc_minor = 0;
+  int cooperative_launch = 0;                // cudaDevAttrCooperativeLaunch
+};
+
+// Fills *limits for `device`. Returns nullptr on success, else a static message.
+const char* QueryCudaDeviceLimits(int device, CudaDeviceLimits* limits);
+
+// Optional overrides of the planner, for tests and benchmarks (null = automatic). A forced choice that cannot run
+// makes CudaForward return an error rather than silently pick something else.
+struct CudaTuning {
+  int mode = -1;             // -1 auto; 0 one block per (direction, row group), no grid sync; 1 multi-block with
+                             // tagged exchange (flag in data); 2 multi-block with a counter barrier
+  int units_per_block = 0;   // multi-block: hidden units owned by one block (0 = auto)
+  int rows_per_block = 0;    // mode 0: batch rows per block (0 = auto)
+  int max_reg_chunks = -1;   // cap on weight chunks held in registers (-1 = auto; 0 = stream everything)
+  int stream_location = -1;  // -1 auto; 0 streamed weights in shared memory; 1 in the workspace (L2/HBM)
+  int lanes_per_unit = 0;    // k-split lanes per unit in a warp, power of 2 <= 32 (0 = auto)
+};
+
+// Bytes of workspace CudaForward needs for this shape (0 is possible: then workspace may be null).
+// Returns 0 also when the shape cannot run; CudaForward then reports why.
+size_t CudaForwardWorkspaceBytes(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
+                                 const CudaTuning* tuning = nullptr);
+
+// Enqueues the whole forward recurrence on `stream` (a cudaStream_t; null = legacy default stream).
+// Returns nullptr on success or a message saying what is wrong (the message is static or thread-local: valid until
+// this thread's next call). Never blocks on the device and never aborts: a multi-block plan whose blocks cannot
+// all be resident is refused here (cooperative launch), and device-side waits are bounded by a watchdog that, if it
+// ever fires, sets the int at workspace offset 0 to 1 (see CudaWatchdogFired) instead of hanging.
+const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& device_args, WeightType weight_type,
+                        const void* recurrent_kernel_16bit, const void* projection_kernel_16bit, void* workspace,
+                        size_t workspace_bytes, void* stream, const CudaDeviceLimits& limits,
+                        const CudaTuning* tuning = nullptr);
+
+// Writes a one-line description of the plan (mode, grid, threads, register/shared/global weight split) into
+// buf. Returns nullptr on success or the reason the shape cannot run.
+const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
+                             const CudaTuning* tuning, char* buf, size_t buf_len);
+
+// Host-side helper for tests: synchronously reads the watchdog word of a workspace after the stream finished.
+// Returns 1 if a device-side wait timed out (outputs invalid), 0 if not, -1 on a CUDA error.
+int CudaWatchdogFired(const void* workspace, size_t workspace_bytes);
+
+}  // namespace fused_rnn
+
+#endif  // FUSED_RNN_CORE_FUSED_RNN_CUDA_H_

@@ -1,0 +1,278 @@
+// Tests of the framework-free core against a float64 reference written from the cell equations.
+#include "cc/core/fused_rnn.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "cc/core/cpu_internal.h"
+
+namespace fused_rnn {
+namespace {
+
+struct Problem {
+  RnnShape s;
+  std::vector<float> x, rk, rb, pk, h0, c0;
+  std::vector<int32_t> lengths;
+};
+
+Problem MakeProblem(CellType cell, Direction dir, int64_t T, int64_t B, int64_t H, int64_t P, bool time_major,
+                    float cell_clip, float proj_clip, uint32_t seed) {
+  Problem p;
+  p.s.cell = cell;
+  p.s.direction = dir;
+  p.s.max_time = T;
+  p.s.batch = B;
+  p.s.num_units = H;
+  p.s.num_proj = P;
+  p.s.time_major = time_major;
+  p.s.cell_clip = cell_clip;
+  p.s.proj_clip = proj_clip;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n01(0.f, 1.f);
+  const int64_t D = p.s.num_dirs(), G = p.s.num_gates(), R = p.s.recurrent_width();
+  auto fill = [&](std::vector<float>& v, int64_t n, float scale) {
+    v.resize(n);
+    for (auto& e : v) e = n01(rng) * scale;
+  };
+  fill(p.x, T * B * D * G * H, 1.0f);
+  fill(p.rk, D * R * G * H, 1.0f / std::sqrt(static_cast<float>(R)));
+  if (cell == CellType::kGru) fill(p.rb, D * G * H, 0.5f);
+  if (P > 0) fill(p.pk, D * H * P, 1.0f / std::sqrt(static_cast<float>(H)));
+  fill(p.h0, D * B * R, 0.5f);
+  if (cell == CellType::kLstm) fill(p.c0, D * B * H, 0.5f);
+  std::uniform_int_distribution<int> len(0, static_cast<int>(T));
+  p.lengths.resize(B);
+  for (auto& l : p.lengths) l = len(rng);
+  if (B > 0) p.lengths[0] = static_cast<int32_t>(T);  // at least one full-length row
+  return p;
+}
+
+double Sig(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+
+// float64 reference, one row and one step at a time.
+void Reference(const Problem& p, std::vector<double>* out, std::vector<double>* fh, std::vector<double>* fc) {
+  const RnnShape& s = p.s;
+  const int64_t T = s.max_time, B = s.batch, H = s.num_units, P = s.num_proj, R = s.recurrent_width();
+  const int64_t D = s.num_dirs(), G = s.num_gates();
+  out->assign(T * B * D * R, 0.0);
+  fh->assign(D * B * R, 0.0);
+  fc->assign(D * B * H, 0.0);
+  for (int64_t d = 0; d < D; ++d) {
+    const bool reverse = s.direction == Direction::kReverse || d == 1;
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<double> h(R), c(H), z(G * H), m(H);
+      for (int64_t k = 0; k < R; ++k) h[k] = p.h0[(d * B + b) * R + k];
+      if (s.cell == CellType::kLstm) for (int64_t j = 0; j < H; ++j) c[j] = p.c0[(d * B + b) * H + j];
+      const int64_t L = p.lengths[b];
+      for (int64_t step = 0; step < L; ++step) {
+        const int64_t t = reverse ? L - 1 - step : step;
+        const int64_t row = s.time_major ? (t * B + b) : (b * T + t);
+        const float* x = p.x.data() + row * D * G * H + d * G * H;
+        for (int64_t col = 0; col < G * H; ++col) {
+          double acc = 0;
+          for (int64_t k = 0; k < R; ++k) acc += h[k] * p.rk[(d * R + k) * G * H + col];
+          if (s.cell == CellType::kGru) acc += p.rb[d * G * H + col];
+          z[col] = acc;
+        }
+        std::vector<double> h_new(R);
+        if (s.cell == CellType::kLstm) {
+          for (int64_t j = 0; j < H; ++j) {
+            const double i = Sig(x[j] + z[j]), f = Sig(x[H + j] + z[H + j]);
+            const double g = std::tanh(x[2 * H + j] + z[2 * H + j]), o = Sig(x[3 * H + j] + z[3 * H + j]);
+            c[j] = f * c[j] + i * g;
+            if (s.cell_clip > 0) c[j] = std::max<double>(-s.cell_clip, std::min<double>(s.cell_clip, c[j]));
+            m[j] = o * std::tanh(c[j]);
+          }
+          if (P > 0) {
+            for (int64_t q = 0; q < P; ++q) {
+              double acc = 0;
+              for (int64_t j = 0; j < H; ++j) acc += m[j] * p.pk[(d * H + j) * P + q];
+              if (s.proj_clip > 0) acc = std::max<double>(-s.proj_clip, std::min<double>(s.proj_clip, acc));
+              h_new[q] = acc;
+            }
+          } else {
+            h_new = m;
+          }
+        } else {
+          for (int64_t j = 0; j < H; ++j) {
+            const double zg = Sig(x[j] + z[j]), rg = Sig(x[H + j] + z[H + j]);
+            const double n = std::tanh(x[2 * H + j] + rg * z[2 * H + j]);
+            h_new[j] = zg * h[j] + (1 - zg) * n;
+          }
+        }
+        h = h_new;
+        for (int64_t k = 0; k < R; ++k) (*out)[row * D * R + d * R + k] = h[k];
+      }
+      for (int64_t k = 0; k < R; ++k) (*fh)[(d * B + b) * R + k] = h[k];
+      if (s.cell == CellType::kLstm) for (int64_t j = 0; j < H; ++j) (*fc)[(d * B + b) * H + j] = c[j];
+    }
+  }
+}
+
+struct Result {
+  std::vector<float> out, fh, fc, reserve;
+};
+
+Result RunCore(const Problem& p, const cpu::StepKernels& kernels, ParallelRunner* runner, bool with_reserve = false) {
+  const RnnShape& s = p.s;
+  const int64_t D = s.num_dirs(), R = s.recurrent_width();
+  Result r;
+  const float nan = std::numeric_limits<float>::quiet_NaN();  // poison: every element must be written
+  r.out.assign(s.max_time * s.batch * D * R, nan);
+  r.fh.assign(D * s.batch * R, nan);
+  r.fc.assign(D * s.batch * s.num_units, nan);
+  if (with_reserve) r.reserve.assign(ReserveFloats(s), nan);
+  std::vector<float> scratch(CpuForwardScratchFloats(s) + 16, nan);
+  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+  RnnForwardArgs a;
+  a.x_proj = p.x.data();
+  a.recurrent_kernel = p.rk.data();
+  a.recurrent_bias = p.rb.empty() ? nullptr : p.rb.data();
+  a.projection_kernel = p.pk.empty() ? nullptr : p.pk.data();
+  a.sequence_lengths = p.lengths.data();
+  a.initial_h = p.h0.data();
+  a.initial_c = p.c0.empty() ? nullptr : p.c0.data();
+  a.output = r.out.data();
+  a.final_h = r.fh.data();
+  a.final_c = s.cell == CellType::kLstm ? r.fc.data() : nullptr;
+  a.reserve = with_reserve ? r.reserve.data() : nullptr;
+  cpu::CpuForwardWithKernels(kernels, s, a, aligned, runner);
+  return r;
+}
+
+// Max |a - b| over max |b|: float32 arithmetic against float64 must land far under 1e-5.
+double RelErr(const std::vector<float>& got, const std::vector<double>& want, size_t n) {
+  double err = 0, scale = 1e-30;
+  for (size_t i = 0; i < n; ++i) {
+    if (std::isnan(got[i])) return std::numeric_limits<double>::infinity();
+    err = std::max(err, std::fabs(got[i] - want[i]));
+    scale = std::max(scale, std::fabs(want[i]));
+  }
+  return err / scale;
+}
+
+class ThreadRunner : public ParallelRunner {
+ public:
+  explicit ThreadRunner(int helpers, int delay_us = 0, bool drop = false)
+      : helpers_(helpers), delay_us_(delay_us), drop_(drop) {}
+  ~ThreadRunner() override {
+    for (auto& t : threads_) t.join();
+  }
+  int NumHelperThreads() const override { return helpers_; }
+  void Schedule(std::function<void()> fn) override {
+    if (drop_) return;  // a pool that never gets to the work
+    const int delay = delay_us_;
+    threads_.emplace_back([fn, delay] {
+      if (delay) std::this_thread::sleep_for(std::chrono::microseconds(delay));
+      fn();
+    });
+  }
+
+ private:
+  int helpers_, delay_us_;
+  bool drop_;
+  std::vector<std::thread> threads_;
+};
+
+std::vector<const cpu::StepKernels*> AvailableKernels() {
+  std::vector<const cpu::StepKernels*> k = {&cpu::kPortableKernels};
+#if defined(FUSED_RNN_HAVE_X86_KERNELS)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) k.push_back(&cpu::kAvx2Kernels);
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) k.push_back(&cpu::kAvx512Kernels);
+#endif
+  return k;
+}
+
+struct Case {
+  CellType cell;
+  Direction dir;
+  int64_t T, B, H, P;
+  bool time_major;
+  float cell_clip, proj_clip;
+};
+
+class CoreTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CoreTest, MatchesFloat64ReferenceOnEveryIsaAndThreadCount) {
+  const Case c = GetParam();
+  static uint32_t seed = 1;
+  const Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
+  std::vector<double> out, fh, fc;
+  Reference(p, &out, &fh, &fc);
+  for (const cpu::StepKernels* k : AvailableKernels()) {
+    SCOPED_TRACE(k->name);
+    const Result serial = RunCore(p, *k, nullptr);
+    EXPECT_LT(RelErr(serial.out, out, out.size()), 1e-5);
+    EXPECT_LT(RelErr(serial.fh, fh, fh.size()), 1e-5);
+    if (c.cell == CellType::kLstm) EXPECT_LT(RelErr(serial.fc, fc, fc.size()), 1e-5);
+    // Threads (on time, late, or never run) change nothing, bit for bit.
+    ThreadRunner on_time(3), late(3, 2000), never(3, 0, true);
+    for (ParallelRunner* runner : std::vector<ParallelRunner*>{&on_time, &late, &never}) {
+      const Result threaded = RunCore(p, *k, runner);
+      EXPECT_EQ(0, std::memcmp(threaded.out.data(), serial.out.data(), sizeof(float) * out.size()));
+      EXPECT_EQ(0, std::memcmp(threaded.fh.data(), serial.fh.data(), sizeof(float) * fh.size()));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cells, CoreTest,
+    ::testing::Values(Case{CellType::kLstm, Direction::kForward, 7, 5, 20, 0, false, 0, 0},
+                      Case{CellType::kLstm, Direction::kReverse, 6, 3, 33, 0, true, 0, 0},
+                      Case{CellType::kLstm, Direction::kBidirectional, 9, 6, 16, 0, false, 0, 0},
+                      Case{CellType::kLstm, Direction::kBidirectional, 5, 9, 40, 24, false, 0.5f, 0.3f},
+                      Case{CellType::kLstm, Direction::kForward, 4, 2, 130, 70, true, 0, 0.2f},
+                      Case{CellType::kLstm, Direction::kForward, 5, 2, 520, 0, false, 0, 0},  // splits a step
+                      Case{CellType::kGru, Direction::kForward, 8, 4, 17, 0, false, 0, 0},
+                      Case{CellType::kGru, Direction::kBidirectional, 6, 7, 48, 0, true, 0, 0},
+                      Case{CellType::kGru, Direction::kReverse, 3, 1, 600, 0, false, 0, 0}));
+
+TEST(CoreTest, ZeroLengthsReturnInitialStateAndZeroOutput) {
+  Problem p = MakeProblem(CellType::kLstm, Direction::kBidirectional, 4, 3, 8, 0, false, 0, 0, 7);
+  for (auto& l : p.lengths) l = 0;
+  const Result r = RunCore(p, cpu::kPortableKernels, nullptr);
+  for (float v : r.out) EXPECT_EQ(v, 0.f);
+  for (size_t i = 0; i < r.fh.size(); ++i) EXPECT_EQ(r.fh[i], p.h0[i]);
+  for (size_t i = 0; i < r.fc.size(); ++i) EXPECT_EQ(r.fc[i], p.c0[i]);
+}
+
+TEST(CoreTest, ReserveHoldsGatesAtValidPositions) {
+  Problem p = MakeProblem(CellType::kLstm, Direction::kForward, 3, 1, 4, 0, false, 0, 0, 9);
+  for (const cpu::StepKernels* k : AvailableKernels()) {
+    const Result r = RunCore(p, *k, nullptr, /*with_reserve=*/true);
+    const int64_t F = ReserveFeatures(p.s);
+    ASSERT_EQ(F, 20);
+    // c before the clip at the last step equals the final c (no clip here); o * tanh(c) equals the output.
+    const int64_t t = p.lengths[0] - 1;
+    for (int j = 0; j < 4; ++j) {
+      EXPECT_FLOAT_EQ(r.reserve[t * F + 16 + j], r.fc[j]);
+      EXPECT_NEAR(r.reserve[t * F + 12 + j] * std::tanh(r.fc[j]), r.out[t * 4 + j], 1e-6);
+    }
+  }
+}
+
+TEST(CoreTest, CheckShapeRejectsBadShapes) {
+  RnnShape s;
+  s.num_units = 0;
+  EXPECT_NE(CheckShape(s), nullptr);
+  s.num_units = 4;
+  EXPECT_EQ(CheckShape(s), nullptr);
+  s.cell = CellType::kGru;
+  s.num_proj = 2;
+  EXPECT_NE(CheckShape(s), nullptr);
+  s.cell = CellType::kLstm;
+  s.num_proj = 0;
+  s.proj_clip = 1.f;
+  EXPECT_NE(CheckShape(s), nullptr);
+}
+
+}  // namespace
+}  // namespace fused_rnn

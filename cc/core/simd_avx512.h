@@ -1,0 +1,52 @@
+// AVX-512 vector of 16 floats. Included only by the TU compiled with -mavx512f (see cpu_kernels_impl.h).
+#ifndef FUSED_RNN_CORE_SIMD_AVX512_H_
+#define FUSED_RNN_CORE_SIMD_AVX512_H_
+#include <immintrin.h>
+#include <cstdint>
+
+namespace fused_rnn {
+namespace cpu {
+namespace avx512 {
+
+struct Isa {
+  static constexpr int kWidth = 16;
+  static constexpr int kMaxRows = 4;  // 4 rows x 4 gates = 16 accumulators of 32 zmm registers
+  static constexpr const char* kName = "avx512";
+  using V = __m512;
+  static inline V Zero() { return _mm512_setzero_ps(); }
+  static inline V Set1(float v) { return _mm512_set1_ps(v); }
+  static inline V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static inline V LoadN(const float* p, int n) {
+    return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+  }
+  static inline void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static inline void StoreN(float* p, V v, int n) {
+    if (n >= 16) _mm512_storeu_ps(p, v);
+    else _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);
+  }
+  static inline V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static inline V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static inline V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static inline V Div(V a, V b) { return _mm512_div_ps(a, b); }
+  static inline V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }  // a*b+c
+  static inline V Min(V a, V b) { return _mm512_min_ps(a, b); }
+  static inline V Max(V a, V b) { return _mm512_max_ps(a, b); }
+  static inline V Abs(V a) { return _mm512_abs_ps(a); }
+  static inline V CopySign(V mag, V sign) {  // |mag| with the sign of `sign`
+    const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(sign_bit, _mm512_castps_si512(mag)),
+                                               _mm512_and_si512(sign_bit, _mm512_castps_si512(sign))));
+  }
+  static inline V Select(V a_lt, V b, V if_true, V if_false) {  // a_lt < b ? if_true : if_false
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a_lt, b, _CMP_LT_OQ), if_false, if_true);
+  }
+  static inline V Round(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static inline V Pow2i(V n) {  // 2^n for integral n in [-126, 127]
+    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+};
+}  // namespace avx512
+}  // namespace cpu
+}  // namespace fused_rnn
+#endif  // FUSED_RNN_CORE_SIMD_AVX512_H_

@@ -1,0 +1,98 @@
+// CPU kernels of the fused ops: validate, allocate through TensorFlow, run the core on TF's intra-op pool.
+#include <algorithm>
+#include <functional>
+#include <utility>
+
+#include "cc/core/fused_rnn.h"
+#include "cc/tf/rnn_args.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/lib/core/threadpool.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace fused_rnn {
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+// TF's intra-op pool as the core's ParallelRunner. The op's own (inter-op) thread takes part too, so it asks for
+// one helper fewer than the pool has threads: that keeps one busy thread per core.
+class TfPoolRunner : public ParallelRunner {
+ public:
+  explicit TfPoolRunner(tensorflow::thread::ThreadPool* pool) : pool_(pool) {}
+  int NumHelperThreads() const override { return pool_ ? std::max(0, pool_->NumThreads() - 1) : 0; }
+  void Schedule(std::function<void()> fn) override { pool_->Schedule(std::move(fn)); }
+
+ private:
+  tensorflow::thread::ThreadPool* pool_;
+};
+
+class FusedRnnCpuOp : public OpKernel {
+ public:
+  FusedRnnCpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) { attrs_.Read(ctx, cell); }
+
+  void Compute(OpKernelContext* ctx) override {
+    RnnInputs in;
+    RnnShape s;
+    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
+    const int32_t* lengths = in.sequence_lengths->flat<int32_t>().data();
+    OP_REQUIRES_OK(ctx, CheckLengths(lengths, s.batch, s.max_time));
+    const bool lstm = s.cell == CellType::kLstm;
+    const int64_t D = s.num_dirs(), B = s.batch, T = s.max_time, R = s.recurrent_width(), H = s.num_units;
+
+    Tensor* output = nullptr;
+    Tensor* final_h = nullptr;
+    Tensor* final_c = nullptr;
+    Tensor* reserve = nullptr;
+    const TensorShape out_shape = s.time_major ? TensorShape({T, B, D * R}) : TensorShape({B, T, D * R});
+    int out_index = 0;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, out_shape, &output));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, TensorShape({D, B, R}), &final_h));
+    if (lstm) OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, TensorShape({D, B, H}), &final_c));
+    const int64_t reserve_floats = attrs_.is_training ? ReserveFloats(s) : 0;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, TensorShape({reserve_floats}), &reserve));
+    if (B == 0) return;
+
+    Tensor scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({CpuForwardScratchFloats(s)}), &scratch));
+
+    RnnForwardArgs args;
+    args.x_proj = in.x_proj->flat<float>().data();
+    args.recurrent_kernel = in.recurrent_kernel->flat<float>().data();
+    args.recurrent_bias = in.recurrent_bias ? in.recurrent_bias->flat<float>().data() : nullptr;
+    args.projection_kernel = s.num_proj > 0 ? in.projection_kernel->flat<float>().data() : nullptr;
+    args.sequence_lengths = lengths;
+    args.initial_h = in.initial_h->flat<float>().data();
+    args.initial_c = lstm ? in.initial_c->flat<float>().data() : nullptr;
+    args.output = output->flat<float>().data();
+    args.final_h = final_h->flat<float>().data();
+    args.final_c = lstm ? final_c->flat<float>().data() : nullptr;
+    args.reserve = attrs_.is_training ? reserve->flat<float>().data() : nullptr;
+
+    const tensorflow::DeviceBase::CpuWorkerThreads* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    TfPoolRunner runner(workers ? workers->workers : nullptr);
+    CpuForward(s, args, scratch.flat<float>().data(), &runner);
+  }
+
+ private:
+  RnnAttrs attrs_;
+};
+
+class FusedLstmCpuOp : public FusedRnnCpuOp {
+ public:
+  explicit FusedLstmCpuOp(OpKernelConstruction* ctx) : FusedRnnCpuOp(ctx, CellType::kLstm) {}
+};
+class FusedGruCpuOp : public FusedRnnCpuOp {
+ public:
+  explicit FusedGruCpuOp(OpKernelConstruction* ctx) : FusedRnnCpuOp(ctx, CellType::kGru) {}
+};
+
+REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence").Device(tensorflow::DEVICE_CPU), FusedLstmCpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence").Device(tensorflow::DEVICE_CPU), FusedGruCpuOp);
+
+}  // namespace
+}  // namespace fused_rnn

@@ -1,0 +1,106 @@
+#include "cc/tf/rnn_args.h"
+
+#include <limits>
+
+namespace fused_rnn {
+
+using absl::Status;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+void RnnAttrs::Read(tensorflow::OpKernelConstruction* ctx, CellType cell_type) {
+  cell = cell_type;
+  std::string dir;
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("direction", &dir));
+  direction = dir == "bidirectional" ? Direction::kBidirectional
+                                     : (dir == "reverse" ? Direction::kReverse : Direction::kForward);
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("time_major", &time_major));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("is_training", &is_training));
+  if (cell == CellType::kLstm) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_proj", &num_proj));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("cell_clip", &cell_clip));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("proj_clip", &proj_clip));
+    OP_REQUIRES(ctx, cell_clip >= 0.f && proj_clip >= 0.f,
+                Invalid("cell_clip and proj_clip must be >= 0 (0: no clip), got ", cell_clip, " and ",
+                                proj_clip));
+    OP_REQUIRES(ctx, num_proj > 0 || proj_clip == 0.f, Invalid("proj_clip needs num_proj > 0"));
+  }
+}
+
+namespace {
+Status ExpectShape(const char* name, const Tensor& t, const TensorShape& want) {
+  if (t.shape() != want) {
+    return Invalid(name, " must have shape ", want.DebugString(), ", got ", t.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+Status ValidateRnnInputs(tensorflow::OpKernelContext* ctx, const RnnAttrs& a, RnnInputs* in, RnnShape* s) {
+  const bool lstm = a.cell == CellType::kLstm;
+  TF_RETURN_IF_ERROR(ctx->input("x_proj", &in->x_proj));
+  TF_RETURN_IF_ERROR(ctx->input("recurrent_kernel", &in->recurrent_kernel));
+  TF_RETURN_IF_ERROR(ctx->input("sequence_lengths", &in->sequence_lengths));
+  TF_RETURN_IF_ERROR(ctx->input("initial_h", &in->initial_h));
+  in->projection_kernel = in->recurrent_bias = in->initial_c = nullptr;
+  if (lstm) {
+    TF_RETURN_IF_ERROR(ctx->input("projection_kernel", &in->projection_kernel));
+    TF_RETURN_IF_ERROR(ctx->input("initial_c", &in->initial_c));
+  } else {
+    TF_RETURN_IF_ERROR(ctx->input("recurrent_bias", &in->recurrent_bias));
+  }
+  s->cell = a.cell;
+  s->direction = a.direction;
+  s->time_major = a.time_major;
+  s->cell_clip = a.cell_clip;
+  s->proj_clip = a.proj_clip;
+  const int64_t D = s->num_dirs(), G = s->num_gates();
+
+  const Tensor& x = *in->x_proj;
+  if (x.dims() != 3) return Invalid("x_proj must be rank 3, got shape ", x.shape().DebugString());
+  s->batch = x.dim_size(a.time_major ? 1 : 0);
+  s->max_time = x.dim_size(a.time_major ? 0 : 1);
+  if (s->max_time > std::numeric_limits<int32_t>::max()) return Invalid("x_proj has too many timesteps");
+
+  const Tensor& rk = *in->recurrent_kernel;
+  if (rk.dims() != 3 || rk.dim_size(0) != D || rk.dim_size(2) % G != 0 || rk.dim_size(2) == 0) {
+    return Invalid("recurrent_kernel must have shape [", D, ", recurrent width, ", G,
+                           " * num_units] with num_units > 0, got ", rk.shape().DebugString());
+  }
+  s->num_units = rk.dim_size(2) / G;
+  s->num_proj = lstm ? a.num_proj : 0;
+  const int64_t H = s->num_units, R = s->recurrent_width();
+  TF_RETURN_IF_ERROR(ExpectShape("recurrent_kernel", rk, TensorShape({D, R, G * H})));
+  if (x.dim_size(2) != D * G * H) {
+    return Invalid("x_proj's last dimension must be num_directions * ", G, " * num_units = ", D * G * H,
+                           ", got ", x.dim_size(2));
+  }
+  if (lstm) {
+    const Tensor& p = *in->projection_kernel;
+    if (s->num_proj > 0) {
+      TF_RETURN_IF_ERROR(ExpectShape("projection_kernel", p, TensorShape({D, H, s->num_proj})));
+    } else if (p.dims() != 3 || p.NumElements() != 0) {
+      return Invalid("projection_kernel must be an empty [", D, ", ", H, ", 0] tensor when num_proj == 0, got ",
+                             p.shape().DebugString());
+    }
+    TF_RETURN_IF_ERROR(ExpectShape("initial_c", *in->initial_c, TensorShape({D, s->batch, H})));
+  } else {
+    TF_RETURN_IF_ERROR(ExpectShape("recurrent_bias", *in->recurrent_bias, TensorShape({D, G * H})));
+  }
+  TF_RETURN_IF_ERROR(ExpectShape("sequence_lengths", *in->sequence_lengths, TensorShape({s->batch})));
+  TF_RETURN_IF_ERROR(ExpectShape("initial_h", *in->initial_h, TensorShape({D, s->batch, R})));
+  if (const char* err = CheckShape(*s)) return Invalid(err);
+  return absl::OkStatus();
+}
+
+Status CheckLengths(const int32_t* lengths, int64_t batch, int64_t max_time) {
+  for (int64_t b = 0; b < batch; ++b) {
+    if (lengths[b] < 0 || lengths[b] > max_time) {
+      return Invalid("sequence_lengths[", b, "] = ", lengths[b], " is outside [0, ", max_time,
+                             "] (max_time of x_proj)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,29 @@
+"""Test set-up: import from the repo root, quiet TensorFlow, shared helpers."""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (ROOT, os.path.join(ROOT, "tests")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+
+
+def rel_err(got, want):
+    """max |got - want| / max |want|: float32 against float64 lands far under 1e-5."""
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert np.all(np.isfinite(got)), "non-finite values in the result"
+    return float(np.max(np.abs(got - want), initial=0.0) / max(np.max(np.abs(want), initial=0.0), 1e-30))
+
+
+@pytest.fixture
+def rng(request):
+    # A fresh, different seed per test (derived from its name), reproducible run to run.
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % (2**32))

@@ -1,0 +1,16 @@
+"""Fused LSTM/GRU sequence ops for TensorFlow: one op call runs a whole sequence, every direction.
+
+    import tf_ops
+    layer = tf_ops.FusedLSTM(256, return_sequences=True)          # drop-in for keras.layers.LSTM
+    out, h, c = tf_ops.lstm_sequence(x_proj, recurrent_kernel)     # the op itself
+
+The op library loads lazily on first use; `tf_ops.op_library_available()` says whether it is built.
+"""
+from tf_ops._loader import available as op_library_available
+from tf_ops._loader import library_path as op_library_path
+from tf_ops.layers import FusedGRU
+from tf_ops.layers import FusedLSTM
+from tf_ops.ops import gru_sequence
+from tf_ops.ops import lstm_sequence
+
+__all__ = ["FusedLSTM", "FusedGRU", "lstm_sequence", "gru_sequence", "op_library_available", "op_library_path"]

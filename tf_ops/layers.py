@@ -1,0 +1,362 @@
+"""Keras layers on the fused ops: drop-in replacements for keras.layers.LSTM and keras.layers.GRU.
+
+    lstm = tf_ops.FusedLSTM(256, return_sequences=True)
+    lstm.set_weights(keras_lstm.get_weights())            # same weights, same order, same outputs
+    bi = tf_ops.FusedLSTM(256, bidirectional=True)        # both directions in one op call; weights in the
+                                                          # order of keras.layers.Bidirectional(LSTM(256))
+    elmo_lstm = tf_ops.FusedLSTM(4096, num_proj=512, cell_clip=3, proj_clip=3, bidirectional=True)
+
+Masks (right-padded, e.g. from Embedding(mask_zero=True)) become sequence lengths. Outputs at masked steps follow
+Keras: the last valid output is carried forward (zeros with zero_output_for_mask=True, as inside Bidirectional).
+Arguments the fused op cannot honour (another activation, recurrent_dropout, GRU reset_after=False, stateful)
+raise a ValueError at construction.
+"""
+import keras
+import tensorflow as tf
+
+from tf_ops import ops
+
+_SUPPORTED_MERGE = ("concat", "sum", "ave", "mul", None)
+
+
+def _check(condition, message):
+    if not condition:
+        raise ValueError(message)
+
+
+class _FusedRNN(keras.layers.Layer):
+    """Shared machinery of FusedLSTM and FusedGRU; subclasses set _GATES and implement _run."""
+
+    _GATES = None
+    _STOCK = None  # name of the stock layer, for messages
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 kernel_regularizer=None, recurrent_regularizer=None, bias_regularizer=None,
+                 kernel_constraint=None, recurrent_constraint=None, bias_constraint=None, dropout=0.0,
+                 recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, unroll=False, zero_output_for_mask=False,
+                 bidirectional=False, merge_mode="concat", use_cudnn="auto", **kwargs):
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        _check(int(units) > 0, f"{name}: units must be a positive integer, got {units}")
+        _check(activation in ("tanh", keras.activations.tanh),
+               f"{name}: the fused op computes activation='tanh' only, got {activation!r}")
+        _check(recurrent_activation in ("sigmoid", keras.activations.sigmoid),
+               f"{name}: the fused op computes recurrent_activation='sigmoid' only, got {recurrent_activation!r}")
+        _check(not recurrent_dropout,
+               f"{name}: recurrent_dropout={recurrent_dropout} needs a new mask inside every step, which the fused "
+               "op does not do; use dropout (on the inputs) or a Dropout layer between recurrent layers")
+        _check(0.0 <= dropout < 1.0, f"{name}: dropout must be in [0, 1), got {dropout}")
+        _check(not stateful, f"{name}: stateful=True is not supported; pass initial_state and use return_state "
+                             "to carry states between calls")
+        _check(merge_mode in _SUPPORTED_MERGE, f"{name}: merge_mode must be one of {_SUPPORTED_MERGE}")
+        _check(not (bidirectional and go_backwards), f"{name}: bidirectional=True already runs both directions; "
+                                                     "go_backwards must be False")
+        self.units = int(units)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.recurrent_regularizer = keras.regularizers.get(recurrent_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.recurrent_constraint = keras.constraints.get(recurrent_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.dropout = float(dropout)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.return_sequences = return_sequences
+        self.return_state = return_state
+        self.go_backwards = go_backwards
+        self.stateful = False
+        self.unroll = unroll  # accepted for compatibility; the fused op never unrolls
+        self.use_cudnn = use_cudnn  # accepted for compatibility
+        self.zero_output_for_mask = zero_output_for_mask
+        self.bidirectional = bidirectional
+        self.merge_mode = merge_mode
+        self.supports_masking = True
+
+    # -- subclass hooks --
+    @property
+    def _width(self):  # recurrent width R
+        return self.units
+
+    @property
+    def _num_states(self):
+        return 1
+
+    def _add_cell_weights(self, prefix, input_dim):
+        raise NotImplementedError
+
+    def _run(self, x_proj, lengths, initial_states, direction):
+        raise NotImplementedError
+
+    # -- Keras API --
+    @property
+    def _num_dirs(self):
+        return 2 if self.bidirectional else 1
+
+    def build(self, sequences_shape):
+        input_dim = sequences_shape[-1]
+        _check(input_dim is not None, f"{type(self).__name__}: the last input dimension must be known")
+        prefixes = ("forward_", "backward_") if self.bidirectional else ("",)
+        self._dir_weights = [self._add_cell_weights(p, input_dim) for p in prefixes]
+        self.built = True
+
+    def _add(self, name, shape, initializer, regularizer, constraint):
+        return self.add_weight(name=name, shape=shape, initializer=initializer, regularizer=regularizer,
+                               constraint=constraint)
+
+    def _x_proj(self, sequences, training):
+        """x @ kernel + bias for every timestep and direction, as one matrix product."""
+        kernels = [w["kernel"] for w in self._dir_weights]
+        kernel = kernels[0] if len(kernels) == 1 else tf.concat(kernels, axis=1)
+        x = sequences
+        if training and self.dropout > 0:
+            # One mask per sequence, shared by every timestep, as Keras' DropoutRNNCell does.
+            shape = tf.stack([tf.shape(x)[0], 1, tf.shape(x)[2]])
+            keep = keras.random.uniform(shape, seed=self.seed_generator) >= self.dropout
+            x = x * tf.cast(keep, x.dtype) / (1.0 - self.dropout)
+        dims = tf.shape(x)
+        x_proj = tf.matmul(tf.reshape(x, [-1, dims[2]]), kernel)
+        if self.use_bias:
+            x_proj = x_proj + self._input_bias()
+        return tf.reshape(x_proj, [dims[0], dims[1], kernel.shape[1]])
+
+    def _input_bias(self):
+        biases = [w["bias"] for w in self._dir_weights]
+        return biases[0] if len(biases) == 1 else tf.concat(biases, axis=0)
+
+    def _lengths(self, mask, batch, max_time):
+        if mask is None:
+            return tf.fill([batch], max_time)
+        mask = tf.cast(mask, tf.bool)
+        lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+        right_padded = tf.reduce_all(tf.equal(mask, tf.sequence_mask(lengths, max_time)))
+        tf.debugging.assert_equal(right_padded, True, message=(
+            f"{type(self).__name__} needs right-padded masks (every True before every False in each row)"))
+        return lengths
+
+    def _initial_states(self, initial_state, batch):
+        """Returns one [D, B, width] tensor per state kind (h, then c for the LSTM)."""
+        widths = self._state_widths()
+        n = len(widths)
+        if initial_state is None:
+            return [tf.zeros([self._num_dirs, batch, w]) for w in widths]
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        _check(len(states) == n * self._num_dirs,
+               f"{type(self).__name__}: initial_state needs {n * self._num_dirs} tensors, got {len(states)}")
+        states = [tf.cast(s, tf.float32) for s in states]
+        return [tf.stack([states[d * n + k] for d in range(self._num_dirs)]) for k in range(n)]
+
+    def _state_widths(self):
+        raise NotImplementedError
+
+    def call(self, sequences, initial_state=None, mask=None, training=None):
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        sequences = tf.cast(sequences, tf.float32)
+        dims = tf.shape(sequences)
+        batch, max_time = dims[0], dims[1]
+        lengths = self._lengths(mask, batch, max_time)
+        x_proj = self._x_proj(sequences, training)
+        direction = "bidirectional" if self.bidirectional else ("reverse" if self.go_backwards else "forward")
+        out, finals = self._run(x_proj, lengths, self._initial_states(initial_state, batch), direction)
+        width = self._width
+        final_h = finals[0]
+        if self.return_sequences:
+            if self.go_backwards:
+                out = tf.reverse(out, axis=[1])  # Keras returns a backwards layer's outputs in processing order
+            elif mask is not None and not self.zero_output_for_mask and not self.bidirectional:
+                # Keras carries the last valid output over masked steps.
+                last = tf.gather(out, tf.maximum(lengths - 1, 0), axis=1, batch_dims=1)
+                valid = tf.sequence_mask(lengths, max_time)[:, :, None]
+                out = tf.where(valid, out, last[:, None, :])
+            output = out
+        else:
+            # The last output of a masked sequence is its final h (zeros for an empty one, as Keras).
+            has_steps = (lengths > 0)[None, :, None]
+            last = tf.where(has_steps, final_h, tf.zeros_like(final_h))
+            output = tf.concat(tf.unstack(last, num=self._num_dirs), axis=-1) if self.bidirectional else last[0]
+        if self.bidirectional and self.merge_mode != "concat":
+            fw, bw = output[..., :width], output[..., width:]
+            output = {"sum": lambda: fw + bw, "ave": lambda: (fw + bw) / 2, "mul": lambda: fw * bw,
+                      None: lambda: [fw, bw]}[self.merge_mode]()
+        if not self.return_state:
+            return output
+        states = [finals[k][d] for d in range(self._num_dirs) for k in range(len(finals))]
+        outputs = output if isinstance(output, list) else [output]
+        return outputs + states
+
+    def compute_output_shape(self, sequences_shape, initial_state_shape=None):
+        batch, time = sequences_shape[0], sequences_shape[1]
+        width = self._width * (self._num_dirs if self.merge_mode == "concat" else 1)
+        out = (batch, time, width) if self.return_sequences else (batch, width)
+        outs = [out, out] if self.bidirectional and self.merge_mode is None else [out]
+        if not self.return_state:
+            return outs[0] if len(outs) == 1 else outs
+        state_shapes = [(batch, w) for _ in range(self._num_dirs) for w in self._state_widths()]
+        return outs + state_shapes
+
+    def compute_mask(self, sequences, mask=None):
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        out_mask = mask if self.return_sequences else None
+        if self.return_state:
+            n = len(self._state_widths()) * self._num_dirs
+            extra = 1 if self.bidirectional and self.merge_mode is None else 0
+            return [out_mask] * (1 + extra) + [None] * n
+        return out_mask
+
+    def get_config(self):
+        config = super().get_config()
+        ser = keras.initializers.serialize
+        reg = keras.regularizers.serialize
+        con = keras.constraints.serialize
+        config.update({
+            "units": self.units, "use_bias": self.use_bias,
+            "kernel_initializer": ser(self.kernel_initializer),
+            "recurrent_initializer": ser(self.recurrent_initializer),
+            "bias_initializer": ser(self.bias_initializer),
+            "kernel_regularizer": reg(self.kernel_regularizer),
+            "recurrent_regularizer": reg(self.recurrent_regularizer),
+            "bias_regularizer": reg(self.bias_regularizer),
+            "kernel_constraint": con(self.kernel_constraint),
+            "recurrent_constraint": con(self.recurrent_constraint),
+            "bias_constraint": con(self.bias_constraint),
+            "dropout": self.dropout, "seed": self.seed, "return_sequences": self.return_sequences,
+            "return_state": self.return_state, "go_backwards": self.go_backwards, "unroll": self.unroll,
+            "zero_output_for_mask": self.zero_output_for_mask, "bidirectional": self.bidirectional,
+            "merge_mode": self.merge_mode,
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_ops")
+class FusedLSTM(_FusedRNN):
+    """keras.layers.LSTM on the fused op, plus a projection (TF LSTMCell(num_proj=...)) and clips.
+
+    Weights per direction: kernel [input, 4H], recurrent_kernel [R, 4H], bias [4H] (if use_bias), and
+    projection_kernel [H, num_proj] (if num_proj); R = num_proj or H. Gate order i, f, c, o.
+    """
+
+    _GATES = 4
+
+    def __init__(self, units, unit_forget_bias=True, num_proj=None, cell_clip=None, proj_clip=None,
+                 projection_initializer="glorot_uniform", projection_regularizer=None, projection_constraint=None,
+                 **kwargs):
+        super().__init__(units, **kwargs)
+        _check(num_proj is None or int(num_proj) > 0, f"FusedLSTM: num_proj must be positive, got {num_proj}")
+        _check(proj_clip is None or num_proj, "FusedLSTM: proj_clip needs num_proj")
+        _check(cell_clip is None or cell_clip >= 0, "FusedLSTM: cell_clip must be >= 0")
+        _check(proj_clip is None or proj_clip >= 0, "FusedLSTM: proj_clip must be >= 0")
+        self.unit_forget_bias = unit_forget_bias
+        self.num_proj = int(num_proj) if num_proj else None
+        self.cell_clip = cell_clip
+        self.proj_clip = proj_clip
+        self.projection_initializer = keras.initializers.get(projection_initializer)
+        self.projection_regularizer = keras.regularizers.get(projection_regularizer)
+        self.projection_constraint = keras.constraints.get(projection_constraint)
+
+    @property
+    def _width(self):
+        return self.num_proj or self.units
+
+    def _state_widths(self):
+        return (self._width, self.units)
+
+    def _add_cell_weights(self, prefix, input_dim):
+        h = self.units
+        w = {
+            "kernel": self._add(prefix + "kernel", (input_dim, 4 * h), self.kernel_initializer,
+                                self.kernel_regularizer, self.kernel_constraint),
+            "recurrent_kernel": self._add(prefix + "recurrent_kernel", (self._width, 4 * h),
+                                          self.recurrent_initializer, self.recurrent_regularizer,
+                                          self.recurrent_constraint),
+        }
+        if self.use_bias:
+            if self.unit_forget_bias:
+                base = self.bias_initializer
+
+                def bias_init(shape, dtype=None):
+                    return tf.concat([base((h,), dtype=dtype), tf.ones((h,), dtype=dtype),
+                                      base((2 * h,), dtype=dtype)], axis=0)
+            else:
+                bias_init = self.bias_initializer
+            w["bias"] = self._add(prefix + "bias", (4 * h,), bias_init, self.bias_regularizer, self.bias_constraint)
+        if self.num_proj:
+            w["projection_kernel"] = self._add(prefix + "projection_kernel", (h, self.num_proj),
+                                               self.projection_initializer, self.projection_regularizer,
+                                               self.projection_constraint)
+        return w
+
+    def _run(self, x_proj, lengths, initial_states, direction):
+        rec = tf.stack([w["recurrent_kernel"] for w in self._dir_weights])
+        proj = tf.stack([w["projection_kernel"] for w in self._dir_weights]) if self.num_proj else None
+        out, h, c = ops.lstm_sequence(x_proj, rec, lengths, initial_states[0], initial_states[1],
+                                      projection_kernel=proj, direction=direction, cell_clip=self.cell_clip or 0.0,
+                                      proj_clip=self.proj_clip or 0.0)
+        return out, (h, c)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "unit_forget_bias": self.unit_forget_bias, "num_proj": self.num_proj, "cell_clip": self.cell_clip,
+            "proj_clip": self.proj_clip,
+            "projection_initializer": keras.initializers.serialize(self.projection_initializer),
+            "projection_regularizer": keras.regularizers.serialize(self.projection_regularizer),
+            "projection_constraint": keras.constraints.serialize(self.projection_constraint),
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_ops")
+class FusedGRU(_FusedRNN):
+    """keras.layers.GRU (reset_after=True, the cuDNN-compatible variant) on the fused op.
+
+    Weights per direction: kernel [input, 3H], recurrent_kernel [H, 3H], bias [2, 3H] (input bias, recurrent
+    bias; if use_bias). Gate order z, r, n.
+    """
+
+    _GATES = 3
+
+    def __init__(self, units, reset_after=True, **kwargs):
+        _check(reset_after, "FusedGRU: only reset_after=True (the cuDNN-compatible GRU) is fused")
+        super().__init__(units, **kwargs)
+        self.reset_after = True
+
+    def _state_widths(self):
+        return (self.units,)
+
+    def _add_cell_weights(self, prefix, input_dim):
+        h = self.units
+        w = {
+            "kernel": self._add(prefix + "kernel", (input_dim, 3 * h), self.kernel_initializer,
+                                self.kernel_regularizer, self.kernel_constraint),
+            "recurrent_kernel": self._add(prefix + "recurrent_kernel", (h, 3 * h), self.recurrent_initializer,
+                                          self.recurrent_regularizer, self.recurrent_constraint),
+        }
+        if self.use_bias:
+            w["bias"] = self._add(prefix + "bias", (2, 3 * h), self.bias_initializer, self.bias_regularizer,
+                                  self.bias_constraint)
+        return w
+
+    def _input_bias(self):
+        biases = [w["bias"][0] for w in self._dir_weights]
+        return biases[0] if len(biases) == 1 else tf.concat(biases, axis=0)
+
+    def _run(self, x_proj, lengths, initial_states, direction):
+        rec = tf.stack([w["recurrent_kernel"] for w in self._dir_weights])
+        if self.use_bias:
+            rec_bias = tf.stack([w["bias"][1] for w in self._dir_weights])
+        else:
+            rec_bias = tf.zeros([self._num_dirs, 3 * self.units])
+        out, h = ops.gru_sequence(x_proj, rec, rec_bias, lengths, initial_states[0], direction=direction)
+        return out, (h,)
+
+    def get_config(self):
+        config = super().get_config()
+        config["reset_after"] = True
+        return config

@@ -1,0 +1,182 @@
+"""Python wrappers of the fused sequence ops, with defaults, argument checks and a pure-TF fallback.
+
+    out, h, c = tf_ops.lstm_sequence(x_proj, recurrent_kernel, sequence_lengths, direction="bidirectional")
+    out, h = tf_ops.gru_sequence(x_proj, recurrent_kernel, recurrent_bias, sequence_lengths)
+
+Shapes (D directions, G gates, H units, P projection, R = P or H) are documented on the ops (cc/tf/ops.cc):
+x_proj [B, T, D*G*H] (or time-major), recurrent_kernel [D, R, G*H], states [D, B, R] / [D, B, H],
+output [B, T, D*R], zero past each sequence's length.
+
+`implementation`: "op" (the fused kernel; error if the library is not built), "reference" (stock TF ops
+only), or "auto" (the op when its library loads, else the reference).
+"""
+import tensorflow as tf
+
+from tf_ops import _loader
+from tf_ops import reference
+
+_DIRECTIONS = ("forward", "reverse", "bidirectional")
+
+
+def _invalid(message):
+    return tf.errors.InvalidArgumentError(None, None, message)
+
+
+def _to_tensor(value, hint):
+    # A hint would silently cast e.g. a float64 NumPy array; only plain Python values take it.
+    if getattr(value, "dtype", None) is not None:
+        return tf.convert_to_tensor(value)
+    return tf.convert_to_tensor(value, dtype_hint=hint)
+
+
+def _float32(value, name):
+    t = _to_tensor(value, tf.float32)
+    if t.dtype != tf.float32:
+        raise _invalid(f"{name} must be float32, got {t.dtype.name}")
+    return t
+
+
+def _lengths(value, name="sequence_lengths"):
+    t = _to_tensor(value, tf.int32)
+    if t.dtype == tf.int64:
+        t = tf.cast(t, tf.int32)
+    if t.dtype != tf.int32:
+        raise _invalid(f"{name} must be int32 or int64, got {t.dtype.name}")
+    return t
+
+
+def _use_op(implementation):
+    if implementation not in ("auto", "op", "reference"):
+        raise ValueError(f"implementation must be 'auto', 'op' or 'reference', got {implementation!r}")
+    if implementation == "reference":
+        return False
+    if implementation == "op":
+        _loader.load()
+        return True
+    return _loader.available()
+
+
+def _common(x_proj, recurrent_kernel, sequence_lengths, direction, time_major, gates):
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
+    x_proj = _float32(x_proj, "x_proj")
+    recurrent_kernel = _float32(recurrent_kernel, "recurrent_kernel")
+    if x_proj.shape.rank is not None and x_proj.shape.rank != 3:
+        raise _invalid(f"x_proj must be rank 3, got shape {x_proj.shape}")
+    if recurrent_kernel.shape.rank is not None and recurrent_kernel.shape.rank != 3:
+        raise _invalid(f"recurrent_kernel must be rank 3 [directions, width, {gates} * units], "
+                       f"got shape {recurrent_kernel.shape}")
+    dims = tf.shape(x_proj)
+    batch = dims[1] if time_major else dims[0]
+    max_time = dims[0] if time_major else dims[1]
+    if sequence_lengths is None:
+        sequence_lengths = tf.fill([batch], max_time)
+    return x_proj, recurrent_kernel, _lengths(sequence_lengths), batch
+
+
+def _num_dirs(direction):
+    return 2 if direction == "bidirectional" else 1
+
+
+def _units(recurrent_kernel, gates):
+    gate_width = recurrent_kernel.shape[2]
+    if gate_width is None:
+        raise _invalid("recurrent_kernel's last dimension must be known")
+    if gate_width % gates:
+        raise _invalid(f"recurrent_kernel's last dimension must be {gates} * num_units, got {gate_width}")
+    return gate_width // gates
+
+
+@tf.autograph.experimental.do_not_convert
+def lstm_sequence(x_proj, recurrent_kernel, sequence_lengths=None, initial_h=None, initial_c=None,
+                  projection_kernel=None, direction="forward", time_major=False, cell_clip=0.0, proj_clip=0.0,
+                  implementation="auto", name=None):
+    """Runs an LSTM (Keras gate order i, f, c, o) over whole sequences. Returns (output, final_h, final_c).
+
+    projection_kernel [D, H, P] makes it TF's LSTMCell(num_proj=P): h = clip(o * tanh(c) @ P, proj_clip).
+    cell_clip / proj_clip of 0 (or None) disable the clips.
+    """
+    with tf.name_scope(name or "lstm_sequence"):
+        x_proj, recurrent_kernel, lengths, batch = _common(x_proj, recurrent_kernel, sequence_lengths, direction,
+                                                           time_major, 4)
+        units = _units(recurrent_kernel, 4)
+        dirs = _num_dirs(direction)
+        num_proj = 0
+        if projection_kernel is not None:
+            projection_kernel = _float32(projection_kernel, "projection_kernel")
+            num_proj = projection_kernel.shape[-1]
+            if num_proj is None:
+                raise _invalid("projection_kernel's last dimension must be known")
+        width = num_proj or units
+        if num_proj == 0:
+            projection_kernel = tf.zeros([dirs, units, 0])
+        initial_h = tf.zeros([dirs, batch, width]) if initial_h is None else _float32(initial_h, "initial_h")
+        initial_c = tf.zeros([dirs, batch, units]) if initial_c is None else _float32(initial_c, "initial_c")
+        cell_clip = float(cell_clip or 0.0)
+        proj_clip = float(proj_clip or 0.0)
+        if _use_op(implementation):
+            out, h, c, _ = _loader.load().fused_lstm_sequence(
+                x_proj, recurrent_kernel, projection_kernel, lengths, initial_h, initial_c, direction=direction,
+                time_major=time_major, num_proj=num_proj, cell_clip=cell_clip, proj_clip=proj_clip)
+            return out, h, c
+        return reference.lstm_sequence(x_proj, recurrent_kernel, projection_kernel if num_proj else None, lengths,
+                                       initial_h, initial_c, direction, time_major, cell_clip, proj_clip)
+
+
+@tf.autograph.experimental.do_not_convert
+def gru_sequence(x_proj, recurrent_kernel, recurrent_bias=None, sequence_lengths=None, initial_h=None,
+                 direction="forward", time_major=False, implementation="auto", name=None):
+    """Runs a GRU (Keras reset_after=True, gate order z, r, n) over whole sequences. Returns (output, final_h)."""
+    with tf.name_scope(name or "gru_sequence"):
+        x_proj, recurrent_kernel, lengths, batch = _common(x_proj, recurrent_kernel, sequence_lengths, direction,
+                                                           time_major, 3)
+        units = _units(recurrent_kernel, 3)
+        dirs = _num_dirs(direction)
+        recurrent_bias = (tf.zeros([dirs, 3 * units]) if recurrent_bias is None
+                          else _float32(recurrent_bias, "recurrent_bias"))
+        initial_h = tf.zeros([dirs, batch, units]) if initial_h is None else _float32(initial_h, "initial_h")
+        if _use_op(implementation):
+            out, h, _ = _loader.load().fused_gru_sequence(
+                x_proj, recurrent_kernel, recurrent_bias, lengths, initial_h, direction=direction,
+                time_major=time_major)
+            return out, h
+        return reference.gru_sequence(x_proj, recurrent_kernel, recurrent_bias, lengths, initial_h, direction,
+                                      time_major)
+
+
+# ---- gradients ------------------------------------------------------------------------------------------------
+# Interim: the gradient recomputes the forward with the pure-TF reference (same function, stock ops) and
+# differentiates that. Exact, but it costs a reference forward and backward; a fused backward op replaces it.
+def _reference_grad(op, output_grads, cell):
+    attrs = {k: op.get_attr(k) for k in ("direction", "time_major")}
+    direction = attrs["direction"].decode() if isinstance(attrs["direction"], bytes) else attrs["direction"]
+    inputs = list(op.inputs)
+    with tf.GradientTape() as tape:
+        for t in inputs:
+            if t.dtype == tf.float32:
+                tape.watch(t)
+        if cell == "lstm":
+            x, rk, pk, lengths, h0, c0 = inputs
+            num_proj = op.get_attr("num_proj")
+            outs = reference.lstm_sequence(x, rk, pk if num_proj else None, lengths, h0, c0, direction,
+                                           attrs["time_major"], op.get_attr("cell_clip"), op.get_attr("proj_clip"))
+            grads_in = output_grads[:3]
+        else:
+            x, rk, rb, lengths, h0 = inputs
+            outs = reference.gru_sequence(x, rk, rb, lengths, h0, direction, attrs["time_major"])
+            grads_in = output_grads[:2]
+    float_inputs = [t for t in inputs if t.dtype == tf.float32]
+    grads = tape.gradient(list(outs), float_inputs, output_gradients=list(grads_in),
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    it = iter(grads)
+    return [next(it) if t.dtype == tf.float32 else None for t in inputs]
+
+
+@tf.RegisterGradient("FusedLSTMSequence")
+def _lstm_grad(op, *grads):
+    return _reference_grad(op, grads, "lstm")
+
+
+@tf.RegisterGradient("FusedGRUSequence")
+def _gru_grad(op, *grads):
+    return _reference_grad(op, grads, "gru")
