@@ -11,7 +11,7 @@ for path in (ROOT, os.path.join(ROOT, "tests")):
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+SHARED = os.environ.get("FUSED_RNN_SHARED") or os.path.join(os.path.dirname(ROOT), "shared")
 
 
 def rel_err(got, want):

@@ -7,10 +7,11 @@
 The op library loads lazily on first use; `tf_ops.op_library_available()` says whether it is built.
 """
 from tf_ops._loader import available as op_library_available
+from tf_ops._loader import cpu_isa
 from tf_ops._loader import library_path as op_library_path
 from tf_ops.layers import FusedGRU
 from tf_ops.layers import FusedLSTM
 from tf_ops.ops import gru_sequence
 from tf_ops.ops import lstm_sequence
 
-__all__ = ["FusedLSTM", "FusedGRU", "lstm_sequence", "gru_sequence", "op_library_available", "op_library_path"]
+__all__ = ["FusedLSTM", "FusedGRU", "lstm_sequence", "gru_sequence", "op_library_available", "op_library_path", "cpu_isa"]

@@ -51,3 +51,10 @@ def available():
         return True
     except tf.errors.NotFoundError:
         return False
+
+
+def cpu_isa():
+    """The vector path the CPU kernel uses here ("avx512", "avx2" or "portable"), or None if not built."""
+    if not available():
+        return None
+    return load().fused_rnn_cpu_isa().numpy().decode()

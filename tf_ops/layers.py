@@ -19,6 +19,16 @@ from tf_ops import ops
 _SUPPORTED_MERGE = ("concat", "sum", "ave", "mul", None)
 
 
+def _stack(variables):
+    """Stacks Keras variables along a new direction axis (Keras 3 variables are not tf.stack's inputs)."""
+    return tf.stack([tf.convert_to_tensor(v) for v in variables])
+
+
+def _concat(variables, axis):
+    tensors = [tf.convert_to_tensor(v) for v in variables]
+    return tensors[0] if len(tensors) == 1 else tf.concat(tensors, axis=axis)
+
+
 def _check(condition, message):
     if not condition:
         raise ValueError(message)
@@ -78,6 +88,14 @@ class _FusedRNN(keras.layers.Layer):
         self.merge_mode = merge_mode
         self.supports_masking = True
 
+    @property
+    def states(self):
+        """Keras' stateful-RNN states (keras.layers.Bidirectional asks): never stateful, so None."""
+        return None
+
+    def reset_states(self):
+        pass
+
     # -- subclass hooks --
     @property
     def _width(self):  # recurrent width R
@@ -102,17 +120,23 @@ class _FusedRNN(keras.layers.Layer):
         input_dim = sequences_shape[-1]
         _check(input_dim is not None, f"{type(self).__name__}: the last input dimension must be known")
         prefixes = ("forward_", "backward_") if self.bidirectional else ("",)
-        self._dir_weights = [self._add_cell_weights(p, input_dim) for p in prefixes]
+        self._weight_names = [self._add_cell_weights(p, input_dim) for p in prefixes]
         self.built = True
 
+    @property
+    def _dir_weights(self):
+        """Per direction, {role: variable}; the variables themselves are attributes (so SavedModel tracks them)."""
+        return [{role: getattr(self, name) for role, name in names.items()} for names in self._weight_names]
+
     def _add(self, name, shape, initializer, regularizer, constraint):
-        return self.add_weight(name=name, shape=shape, initializer=initializer, regularizer=regularizer,
-                               constraint=constraint)
+        variable = self.add_weight(name=name, shape=shape, initializer=initializer, regularizer=regularizer,
+                                   constraint=constraint)
+        setattr(self, name, variable)
+        return name
 
     def _x_proj(self, sequences, training):
         """x @ kernel + bias for every timestep and direction, as one matrix product."""
-        kernels = [w["kernel"] for w in self._dir_weights]
-        kernel = kernels[0] if len(kernels) == 1 else tf.concat(kernels, axis=1)
+        kernel = _concat([w["kernel"] for w in self._dir_weights], axis=1)
         x = sequences
         if training and self.dropout > 0:
             # One mask per sequence, shared by every timestep, as Keras' DropoutRNNCell does.
@@ -126,8 +150,7 @@ class _FusedRNN(keras.layers.Layer):
         return tf.reshape(x_proj, [dims[0], dims[1], kernel.shape[1]])
 
     def _input_bias(self):
-        biases = [w["bias"] for w in self._dir_weights]
-        return biases[0] if len(biases) == 1 else tf.concat(biases, axis=0)
+        return _concat([w["bias"] for w in self._dir_weights], axis=0)
 
     def _lengths(self, mask, batch, max_time):
         if mask is None:
@@ -293,8 +316,8 @@ class FusedLSTM(_FusedRNN):
         return w
 
     def _run(self, x_proj, lengths, initial_states, direction):
-        rec = tf.stack([w["recurrent_kernel"] for w in self._dir_weights])
-        proj = tf.stack([w["projection_kernel"] for w in self._dir_weights]) if self.num_proj else None
+        rec = _stack([w["recurrent_kernel"] for w in self._dir_weights])
+        proj = _stack([w["projection_kernel"] for w in self._dir_weights]) if self.num_proj else None
         out, h, c = ops.lstm_sequence(x_proj, rec, lengths, initial_states[0], initial_states[1],
                                       projection_kernel=proj, direction=direction, cell_clip=self.cell_clip or 0.0,
                                       proj_clip=self.proj_clip or 0.0)
@@ -344,13 +367,12 @@ class FusedGRU(_FusedRNN):
         return w
 
     def _input_bias(self):
-        biases = [w["bias"][0] for w in self._dir_weights]
-        return biases[0] if len(biases) == 1 else tf.concat(biases, axis=0)
+        return _concat([tf.convert_to_tensor(w["bias"])[0] for w in self._dir_weights], axis=0)
 
     def _run(self, x_proj, lengths, initial_states, direction):
-        rec = tf.stack([w["recurrent_kernel"] for w in self._dir_weights])
+        rec = _stack([w["recurrent_kernel"] for w in self._dir_weights])
         if self.use_bias:
-            rec_bias = tf.stack([w["bias"][1] for w in self._dir_weights])
+            rec_bias = tf.stack([tf.convert_to_tensor(w["bias"])[1] for w in self._dir_weights])
         else:
             rec_bias = tf.zeros([self._num_dirs, 3 * self.units])
         out, h = ops.gru_sequence(x_proj, rec, rec_bias, lengths, initial_states[0], direction=direction)

@@ -272,22 +272,24 @@ inline void GruBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
   }
 }
 
-// Runs `Block<MR>` over every group of batch rows that still has an active row, MR rows at a time.
+// Runs `Block<MR>` over every group of batch rows that still has an active row, MR rows at a time. Blocks are
+// the outer loop: a block's weight panel is read from L3 once per step and then served from L1/L2 to every row
+// group (rows outside would re-stream every panel once per row group).
 template <template <int> class Block>
 inline void ForRowGroups(const ChainCtx& c, int64_t step, int64_t block_begin, int64_t block_end) {
-  int64_t b = 0;
   constexpr int kMR = Isa::kMaxRows;
   auto any_active = [&](int64_t first, int rows) {
     for (int m = 0; m < rows; ++m) if (step < c.lengths[first + m]) return true;
     return false;
   };
-  for (; b + kMR <= c.B; b += kMR) {
-    if (!any_active(b, kMR)) continue;
-    for (int64_t u = block_begin; u < block_end; ++u) Block<kMR>::Run(c, step, b, u);
-  }
-  for (; b < c.B; ++b) {
-    if (!any_active(b, 1)) continue;
-    for (int64_t u = block_begin; u < block_end; ++u) Block<1>::Run(c, step, b, u);
+  for (int64_t u = block_begin; u < block_end; ++u) {
+    int64_t b = 0;
+    for (; b + kMR <= c.B; b += kMR) {
+      if (any_active(b, kMR)) Block<kMR>::Run(c, step, b, u);
+    }
+    for (; b < c.B; ++b) {
+      if (any_active(b, 1)) Block<1>::Run(c, step, b, u);
+    }
   }
 }
 

@@ -25,6 +25,10 @@
 #include "cc/core/cpu_internal.h"
 #include "cc/core/fused_rnn.h"
 
+#ifndef FUSED_RNN_SPLIT_FLOPS
+#define FUSED_RNN_SPLIT_FLOPS 3.0e5
+#endif
+
 namespace fused_rnn {
 namespace {
 
@@ -304,7 +308,7 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
   int64_t slices_per_chain = 1;
   int threads = 1;
   if (D == 2 && helpers_available >= 1) threads = 2;
-  if (step_flops >= 1.0e6 && helpers_available >= 1) {
+  if (step_flops >= FUSED_RNN_SPLIT_FLOPS && helpers_available >= 1) {
     const int total = 1 + helpers_available;
     slices_per_chain = std::min<int64_t>(max_slices, std::max(1, total / static_cast<int>(D)));
     threads = static_cast<int>(std::min<int64_t>(total, slices_per_chain * D));

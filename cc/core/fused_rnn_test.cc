@@ -212,7 +212,9 @@ TEST_P(CoreTest, MatchesFloat64ReferenceOnEveryIsaAndThreadCount) {
     const Result serial = RunCore(p, *k, nullptr);
     EXPECT_LT(RelErr(serial.out, out, out.size()), 1e-5);
     EXPECT_LT(RelErr(serial.fh, fh, fh.size()), 1e-5);
-    if (c.cell == CellType::kLstm) EXPECT_LT(RelErr(serial.fc, fc, fc.size()), 1e-5);
+    if (c.cell == CellType::kLstm) {
+      EXPECT_LT(RelErr(serial.fc, fc, fc.size()), 1e-5);
+    }
     // Threads (on time, late, or never run) change nothing, bit for bit.
     ThreadRunner on_time(3), late(3, 2000), never(3, 0, true);
     for (ParallelRunner* runner : std::vector<ParallelRunner*>{&on_time, &late, &never}) {

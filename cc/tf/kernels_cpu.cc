@@ -91,6 +91,17 @@ class FusedGruCpuOp : public FusedRnnCpuOp {
   explicit FusedGruCpuOp(OpKernelConstruction* ctx) : FusedRnnCpuOp(ctx, CellType::kGru) {}
 };
 
+class CpuIsaOp : public OpKernel {
+ public:
+  explicit CpuIsaOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<tensorflow::tstring>()() = CpuIsaName();
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("FusedRnnCpuIsa").Device(tensorflow::DEVICE_CPU), CpuIsaOp);
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence").Device(tensorflow::DEVICE_CPU), FusedLstmCpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence").Device(tensorflow::DEVICE_CPU), FusedGruCpuOp);
 

@@ -244,3 +244,15 @@ reserve: [D*B*T*4H] when is_training, else [0].
 )doc");
 
 }  // namespace fused_rnn
+
+namespace fused_rnn {
+
+REGISTER_OP("FusedRnnCpuIsa")
+    .Output("isa: string")
+    .SetShapeFn(::tensorflow::shape_inference::ScalarShape)
+    .Doc(R"doc(
+The vector path the CPU kernels of this library use on this machine: "avx512", "avx2" or "portable".
+isa: a string scalar.
+)doc");
+
+}  // namespace fused_rnn

@@ -1,0 +1,83 @@
+// Times the framework-free CPU core alone (no TensorFlow): how much of a layer's time is the recurrence.
+// Build: bazel build -c opt //bench:core_bench; run: bazel-bin/bench/core_bench
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "cc/core/fused_rnn.h"
+
+namespace {
+
+// Helper threads that stay alive between calls, as a real pool's do.
+class SpinPool : public fused_rnn::ParallelRunner {
+ public:
+  explicit SpinPool(int n) : n_(n) {}
+  int NumHelperThreads() const override { return n_; }
+  void Schedule(std::function<void()> fn) override { threads_.emplace_back(std::move(fn)); }
+  void Join() {
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
+
+ private:
+  int n_;
+  std::vector<std::thread> threads_;
+};
+
+double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int helpers) {
+  fused_rnn::RnnShape s;
+  s.cell = cell;
+  s.direction = bidi ? fused_rnn::Direction::kBidirectional : fused_rnn::Direction::kForward;
+  s.max_time = 100;
+  s.batch = B;
+  s.num_units = H;
+  const int64_t D = s.num_dirs(), G = s.num_gates();
+  std::mt19937 rng(1);
+  std::normal_distribution<float> n01(0.f, 0.1f);
+  auto rand = [&](int64_t n) { std::vector<float> v(n); for (auto& e : v) e = n01(rng); return v; };
+  auto x = rand(B * 100 * D * G * H), rk = rand(D * H * G * H), h0 = rand(D * B * H), c0 = rand(D * B * H);
+  std::vector<float> out(B * 100 * D * H), fh(D * B * H), fc(D * B * H);
+  std::vector<float> scratch(fused_rnn::CpuForwardScratchFloats(s) + 16);
+  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+  fused_rnn::RnnForwardArgs a;
+  a.x_proj = x.data();
+  a.recurrent_kernel = rk.data();
+  a.initial_h = h0.data();
+  a.initial_c = c0.data();
+  a.output = out.data();
+  a.final_h = fh.data();
+  a.final_c = fc.data();
+  std::vector<double> times;
+  for (int i = 0; i < 30; ++i) {
+    SpinPool pool(helpers);
+    const auto t0 = std::chrono::steady_clock::now();
+    fused_rnn::CpuForward(s, a, aligned, &pool);
+    const auto t1 = std::chrono::steady_clock::now();
+    pool.Join();
+    if (i >= 3) times.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+}  // namespace
+
+int main() {
+  std::printf("core only (no TF), T=100, ISA %s, median ms\n", fused_rnn::CpuIsaName());
+  std::printf("%-22s %10s %10s\n", "case", "1 thread", "2 threads");
+  struct C { const char* name; fused_rnn::CellType cell; bool bidi; int64_t H, B; };
+  for (const C& c : {C{"LSTM H=100 B=1", fused_rnn::CellType::kLstm, false, 100, 1},
+                     C{"LSTM H=256 B=1", fused_rnn::CellType::kLstm, false, 256, 1},
+                     C{"LSTM H=512 B=1", fused_rnn::CellType::kLstm, false, 512, 1},
+                     C{"LSTM H=1024 B=1", fused_rnn::CellType::kLstm, false, 1024, 1},
+                     C{"LSTM H=512 B=16", fused_rnn::CellType::kLstm, false, 512, 16},
+                     C{"biLSTM H=100 B=1", fused_rnn::CellType::kLstm, true, 100, 1},
+                     C{"GRU H=256 B=1", fused_rnn::CellType::kGru, false, 256, 1}}) {
+    std::printf("%-22s %10.3f %10.3f\n", c.name, TimeMs(c.cell, c.bidi, c.H, c.B, 0), TimeMs(c.cell, c.bidi, c.H, c.B, 1));
+  }
+  return 0;
+}

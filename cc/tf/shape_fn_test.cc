@@ -1,0 +1,160 @@
+// Shape functions of FusedLSTMSequence / FusedGRUSequence, run through TF's InferenceContext against the op
+// registrations of ops.cc: known, partly known and unknown shapes, and every mismatch naming its argument.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/framework/node_def.pb.h"
+#include "tensorflow/core/framework/node_def_builder.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/framework/types.pb.h"
+#include "tensorflow/core/public/version.h"
+
+namespace fused_rnn {
+namespace {
+
+using tensorflow::PartialTensorShape;
+
+struct Inferred {
+  absl::Status status;
+  std::vector<std::string> outputs;
+};
+
+// Dims: -1 unknown; a shape of {-2} is an unknown rank.
+PartialTensorShape Shape(std::vector<int64_t> dims) {
+  if (dims.size() == 1 && dims[0] == -2) return PartialTensorShape();
+  return PartialTensorShape(dims);
+}
+
+Inferred Infer(const std::string& op, const std::map<std::string, tensorflow::AttrValue>& attrs,
+               const std::vector<std::vector<int64_t>>& input_dims) {
+  const tensorflow::OpRegistrationData* reg = nullptr;
+  Inferred r;
+  r.status = tensorflow::OpRegistry::Global()->LookUp(op, &reg);
+  if (!r.status.ok()) return r;
+  tensorflow::NodeDefBuilder builder("node", op);
+  for (int i = 0; i < reg->op_def.input_arg_size(); ++i) {
+    builder.Input("in", i, reg->op_def.input_arg(i).type());
+  }
+  for (const auto& [name, value] : attrs) builder.Attr(name, value);
+  tensorflow::NodeDef def;
+  r.status = builder.Finalize(&def);
+  if (!r.status.ok()) return r;
+  std::vector<PartialTensorShape> shapes;
+  for (const auto& d : input_dims) shapes.push_back(Shape(d));
+  tensorflow::shape_inference::InferenceContext ctx(TF_GRAPH_DEF_VERSION, tensorflow::AttrSlice(def), reg->op_def,
+                                                    shapes, {}, {}, {});
+  r.status = ctx.construction_status();
+  if (!r.status.ok()) return r;
+  r.status = ctx.Run(reg->shape_inference_fn);
+  if (!r.status.ok()) return r;
+  for (int i = 0; i < ctx.num_outputs(); ++i) r.outputs.push_back(ctx.DebugString(ctx.output(i)));
+  return r;
+}
+
+tensorflow::AttrValue Str(const std::string& s) {
+  tensorflow::AttrValue v;
+  v.set_s(s);
+  return v;
+}
+tensorflow::AttrValue Bool(bool b) {
+  tensorflow::AttrValue v;
+  v.set_b(b);
+  return v;
+}
+tensorflow::AttrValue Int(int64_t i) {
+  tensorflow::AttrValue v;
+  v.set_i(i);
+  return v;
+}
+tensorflow::AttrValue Float(float f) {
+  tensorflow::AttrValue v;
+  v.set_f(f);
+  return v;
+}
+
+using Outs = std::vector<std::string>;
+
+// LSTM, bidirectional, B=3, T=7, H=5: x [3,7,40], rk [2,5,20], proj [2,5,0], lengths [3], h0/c0 [2,3,5].
+TEST(LstmShapeFn, KnownShapes) {
+  const auto r = Infer("FusedLSTMSequence", {{"direction", Str("bidirectional")}},
+                       {{3, 7, 40}, {2, 5, 20}, {2, 5, 0}, {3}, {2, 3, 5}, {2, 3, 5}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[3,7,10]", "[2,3,5]", "[2,3,5]", "[0]"}));
+}
+
+TEST(LstmShapeFn, TrainingReserveAndTimeMajor) {
+  const auto r = Infer("FusedLSTMSequence",
+                       {{"direction", Str("bidirectional")}, {"is_training", Bool(true)}, {"time_major", Bool(true)}},
+                       {{7, 3, 40}, {2, 5, 20}, {2, 5, 0}, {3}, {2, 3, 5}, {2, 3, 5}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[7,3,10]", "[2,3,5]", "[2,3,5]", "[1050]"}));  // 2*3*7*(5*5)
+}
+
+TEST(LstmShapeFn, ProjectionWidth) {
+  const auto r = Infer("FusedLSTMSequence", {{"num_proj", Int(3)}, {"cell_clip", Float(1)}, {"proj_clip", Float(1)}},
+                       {{3, 7, 20}, {1, 3, 20}, {1, 5, 3}, {3}, {1, 3, 3}, {1, 3, 5}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[3,7,3]", "[1,3,3]", "[1,3,5]", "[0]"}));
+}
+
+TEST(LstmShapeFn, UnknownDimsPropagateAndMerge) {
+  // Batch unknown in x but known from sequence_lengths; time unknown; states of unknown rank.
+  auto r = Infer("FusedLSTMSequence", {{"is_training", Bool(true)}},
+                 {{-1, -1, 20}, {1, 5, 20}, {-2}, {4}, {-2}, {-2}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[4,?,5]", "[1,4,5]", "[1,4,5]", "[?]"}));
+  // Units unknown: every width unknown, nothing fails.
+  r = Infer("FusedLSTMSequence", {}, {{-2}, {-2}, {-2}, {-2}, {-2}, {-2}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[?,?,?]", "[1,?,?]", "[1,?,?]", "[0]"}));
+}
+
+struct BadCase {
+  const char* name;
+  std::vector<std::vector<int64_t>> dims;
+  const char* argument;  // must appear in the message
+};
+
+TEST(LstmShapeFn, MismatchesNameTheArgument) {
+  const std::vector<BadCase> cases = {
+      {"x rank", {{3, 40}, {1, 5, 20}, {1, 5, 0}, {3}, {1, 3, 5}, {1, 3, 5}}, "rank"},
+      {"x width", {{3, 7, 24}, {1, 5, 20}, {1, 5, 0}, {3}, {1, 3, 5}, {1, 3, 5}}, "x_proj"},
+      {"gates", {{3, 7, 18}, {1, 5, 18}, {1, 5, 0}, {3}, {1, 3, 5}, {1, 3, 5}}, "recurrent_kernel"},
+      {"directions", {{3, 7, 20}, {2, 5, 20}, {1, 5, 0}, {3}, {1, 3, 5}, {1, 3, 5}}, ""},
+      {"rec width", {{3, 7, 20}, {1, 4, 20}, {1, 5, 0}, {3}, {1, 3, 5}, {1, 3, 5}}, "recurrent_kernel"},
+      {"projection", {{3, 7, 20}, {1, 5, 20}, {1, 5, 2}, {3}, {1, 3, 5}, {1, 3, 5}}, "projection_kernel"},
+      {"lengths", {{3, 7, 20}, {1, 5, 20}, {1, 5, 0}, {2}, {1, 3, 5}, {1, 3, 5}}, "sequence_lengths"},
+      {"initial_h", {{3, 7, 20}, {1, 5, 20}, {1, 5, 0}, {3}, {1, 2, 5}, {1, 3, 5}}, "initial_h"},
+      {"initial_c", {{3, 7, 20}, {1, 5, 20}, {1, 5, 0}, {3}, {1, 3, 5}, {1, 3, 4}}, "initial_c"},
+  };
+  for (const auto& c : cases) {
+    const auto r = Infer("FusedLSTMSequence", {}, c.dims);
+    EXPECT_FALSE(r.status.ok()) << c.name;
+    EXPECT_NE(std::string(r.status.message()).find(c.argument), std::string::npos) << c.name << ": " << r.status;
+  }
+  const auto clip = Infer("FusedLSTMSequence", {{"proj_clip", Float(1)}},
+                          {{3, 7, 20}, {1, 5, 20}, {1, 5, 0}, {3}, {1, 3, 5}, {1, 3, 5}});
+  EXPECT_FALSE(clip.status.ok());
+  EXPECT_NE(std::string(clip.status.message()).find("proj_clip"), std::string::npos);
+}
+
+TEST(GruShapeFn, KnownUnknownAndBad) {
+  auto r = Infer("FusedGRUSequence", {{"is_training", Bool(true)}}, {{2, 4, 18}, {1, 6, 18}, {1, 18}, {2}, {1, 2, 6}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[2,4,6]", "[1,2,6]", "[192]"}));  // 1*2*4*24
+  r = Infer("FusedGRUSequence", {{"direction", Str("bidirectional")}}, {{-1, -1, -1}, {2, 6, 18}, {-2}, {-2}, {-2}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[?,?,12]", "[2,?,6]", "[0]"}));
+  r = Infer("FusedGRUSequence", {}, {{2, 4, 18}, {1, 6, 18}, {1, 17}, {2}, {1, 2, 6}});
+  EXPECT_NE(std::string(r.status.message()).find("recurrent_bias"), std::string::npos) << r.status;
+  r = Infer("FusedGRUSequence", {}, {{2, 4, 18}, {1, 6, 18}, {1, 18}, {2}, {1, 2, 5}});
+  EXPECT_NE(std::string(r.status.message()).find("initial_h"), std::string::npos) << r.status;
+}
+
+}  // namespace
+}  // namespace fused_rnn

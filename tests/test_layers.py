@@ -1,0 +1,213 @@
+"""tf_ops.FusedLSTM / FusedGRU against the stock Keras layers with the same weights."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_ops
+from conftest import rel_err
+
+pytestmark = pytest.mark.skipif(not tf_ops.op_library_available(), reason="op library not built")
+
+STOCK = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+FUSED = {"lstm": tf_ops.FusedLSTM, "gru": tf_ops.FusedGRU}
+
+
+def randomize(layer, rng):
+    """Fresh random weights (biases too, so a bias bug cannot hide behind zeros)."""
+    layer.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.4 for w in layer.get_weights()])
+
+
+def right_padded_mask(rng, batch, max_time):
+    lengths = rng.integers(0, max_time + 1, batch)
+    lengths[0] = max_time
+    return np.arange(max_time)[None, :] < lengths[:, None]
+
+
+def as_list(x):
+    return [np.asarray(t) for t in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
+
+
+def assert_same(got, want, tol=1e-5):
+    got, want = as_list(got), as_list(want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < tol
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("return_state", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_matches_stock_layer(rng, cell, return_sequences, return_state, go_backwards, masked):
+    batch, max_time, features, units = int(rng.integers(1, 6)), int(rng.integers(1, 9)), 7, int(rng.integers(1, 20))
+    kwargs = dict(return_sequences=return_sequences, return_state=return_state, go_backwards=go_backwards)
+    stock, fused = STOCK[cell](units, **kwargs), FUSED[cell](units, **kwargs)
+    x = rng.standard_normal((batch, max_time, features)).astype(np.float32)
+    stock.build(x.shape)
+    fused.build(x.shape)
+    randomize(stock, rng)
+    fused.set_weights(stock.get_weights())
+    mask = right_padded_mask(rng, batch, max_time) if masked else None
+    assert_same(fused(x, mask=mask), stock(x, mask=mask))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_initial_state(rng, cell):
+    units = 6
+    stock = STOCK[cell](units, return_sequences=True, return_state=True)
+    fused = FUSED[cell](units, return_sequences=True, return_state=True)
+    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    stock.build(x.shape)
+    fused.build(x.shape)
+    randomize(stock, rng)
+    fused.set_weights(stock.get_weights())
+    states = [rng.standard_normal((3, units)).astype(np.float32) for _ in range(2 if cell == "lstm" else 1)]
+    mask = right_padded_mask(rng, 3, 5)
+    assert_same(fused(x, initial_state=states, mask=mask), stock(x, initial_state=states, mask=mask))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("merge_mode", ["concat", "sum"])
+def test_inside_keras_bidirectional_and_fused_bidirectional(rng, cell, return_sequences, merge_mode):
+    units, x = 5, rng.standard_normal((4, 6, 3)).astype(np.float32)
+    mask = right_padded_mask(rng, 4, 6)
+    stock = keras.layers.Bidirectional(STOCK[cell](units, return_sequences=return_sequences, return_state=True),
+                                       merge_mode=merge_mode)
+    wrapped = keras.layers.Bidirectional(FUSED[cell](units, return_sequences=return_sequences, return_state=True),
+                                         merge_mode=merge_mode)
+    fused = FUSED[cell](units, return_sequences=return_sequences, return_state=True, bidirectional=True,
+                        merge_mode=merge_mode)
+    for layer in (stock, wrapped, fused):
+        layer.build(x.shape)
+    randomize(stock, rng)
+    wrapped.set_weights(stock.get_weights())
+    fused.set_weights(stock.get_weights())  # the same weights, in the same order
+    want = stock(x, mask=mask)
+    assert_same(wrapped(x, mask=mask), want)
+    assert_same(fused(x, mask=mask), want)
+
+
+def test_projection_lstm_matches_numpy(rng):
+    from numpy_reference import rnn_forward
+    units, proj = 12, 5
+    layer = tf_ops.FusedLSTM(units, num_proj=proj, cell_clip=0.8, proj_clip=0.6, return_sequences=True,
+                             bidirectional=True)
+    x = rng.standard_normal((3, 7, 4)).astype(np.float32)
+    layer.build(x.shape)
+    randomize(layer, rng)
+    w = layer.get_weights()  # fw: kernel, recurrent, bias, projection; then bw
+    assert [a.shape for a in w[:4]] == [(4, 48), (5, 48), (48,), (12, 5)]
+    mask = right_padded_mask(rng, 3, 7)
+    lengths = mask.sum(1)
+    x_proj = np.concatenate([x @ w[0] + w[2], x @ w[4] + w[6]], axis=-1)
+    want = rnn_forward("lstm", x_proj, np.stack([w[1], w[5]]), lengths, np.zeros((2, 3, proj)),
+                       np.zeros((2, 3, units)), projection_kernel=np.stack([w[3], w[7]]), cell_clip=0.8,
+                       proj_clip=0.6, direction="bidirectional")[0]
+    assert rel_err(layer(x, mask=mask), want) < 1e-5
+
+
+def test_embedding_mask_zero_in_a_model(rng):
+    ids = rng.integers(1, 20, (4, 9))
+    ids[1, 5:] = 0
+    ids[2, 2:] = 0
+
+    def build(rnn):
+        inp = keras.Input((None,), dtype="int32")
+        x = keras.layers.Embedding(20, 8, mask_zero=True)(inp)
+        x = rnn(x)
+        return keras.Model(inp, keras.layers.Dense(3)(x))
+
+    stock = build(keras.layers.LSTM(6))
+    fused = build(tf_ops.FusedLSTM(6))
+    fused.set_weights(stock.get_weights())
+    assert_same(fused(ids), stock(ids))
+
+
+def test_rejects_arguments_it_cannot_honour():
+    with pytest.raises(ValueError, match="activation"):
+        tf_ops.FusedLSTM(4, activation="relu")
+    with pytest.raises(ValueError, match="recurrent_activation"):
+        tf_ops.FusedGRU(4, recurrent_activation="hard_sigmoid")
+    with pytest.raises(ValueError, match="recurrent_dropout"):
+        tf_ops.FusedLSTM(4, recurrent_dropout=0.1)
+    with pytest.raises(ValueError, match="reset_after"):
+        tf_ops.FusedGRU(4, reset_after=False)
+    with pytest.raises(ValueError, match="stateful"):
+        tf_ops.FusedLSTM(4, stateful=True)
+    with pytest.raises(ValueError, match="proj_clip"):
+        tf_ops.FusedLSTM(4, proj_clip=1.0)
+
+
+def test_left_padded_mask_is_an_error(rng):
+    layer = tf_ops.FusedLSTM(3)
+    x = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    mask = np.array([[False, True, True, True], [True, True, True, True]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="right-padded"):
+        layer(x, mask=mask)
+
+
+def test_config_roundtrip_and_keras_file(rng, tmp_path):
+    inp = keras.Input((None, 5))
+    out = tf_ops.FusedLSTM(7, num_proj=4, cell_clip=2.0, bidirectional=True, return_sequences=True)(inp)
+    out = tf_ops.FusedGRU(3, go_backwards=True)(out)
+    model = keras.Model(inp, out)
+    for w in model.weights:
+        w.assign(rng.standard_normal(w.shape).astype(np.float32) * 0.3)
+    x = rng.standard_normal((2, 6, 5)).astype(np.float32)
+    want = model(x)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded(x), want)
+    clone = keras.Model.from_config(model.get_config())
+    assert [layer.get_config() for layer in clone.layers] == [layer.get_config() for layer in model.layers]
+
+
+def test_tf_function_and_saved_model(rng, tmp_path):
+    layer = tf_ops.FusedGRU(6, return_sequences=True, bidirectional=True)
+    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    layer.build(x.shape)
+    randomize(layer, rng)
+    want = layer(x)
+
+    module = tf.Module()
+    module.layer = layer
+    module.run = tf.function(lambda t: layer(t), input_signature=[tf.TensorSpec([None, None, 4])])
+    np.testing.assert_allclose(module.run(x), want, rtol=0, atol=0)
+    path = os.path.join(tmp_path, "sm")
+    tf.saved_model.save(module, path)
+    loaded = tf.saved_model.load(path)
+    np.testing.assert_array_equal(loaded.run(x), want)
+
+
+def test_dropout_only_in_training(rng):
+    layer = tf_ops.FusedLSTM(4, dropout=0.5, seed=3)
+    x = rng.standard_normal((2, 3, 6)).astype(np.float32)
+    inference = layer(x, training=False)
+    np.testing.assert_array_equal(layer(x, training=False), inference)
+    assert not np.allclose(layer(x, training=True), inference)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradients_match_stock_layer(rng, cell):
+    """Interim gradient (recomputed through the reference) against the stock layer's autodiff."""
+    stock, fused = STOCK[cell](5, return_sequences=True), FUSED[cell](5, return_sequences=True)
+    x = tf.constant(rng.standard_normal((3, 4, 2)).astype(np.float32))
+    stock.build(x.shape)
+    fused.build(x.shape)
+    randomize(stock, rng)
+    fused.set_weights(stock.get_weights())
+    mask = right_padded_mask(rng, 3, 4)
+    grads = []
+    for layer in (stock, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, mask=mask) ** 2)
+        grads.append(tape.gradient(loss, [x] + layer.trainable_weights))
+    for g_fused, g_stock in zip(grads[1], grads[0]):
+        assert rel_err(g_fused, g_stock) < 1e-5

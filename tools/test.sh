@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The README's test command: sets everything up (tools/setup.sh), then runs every test as Bazel targets
+# (C++ core and shape-function tests, Python tests of the ops, layers and models), and prints a summary.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh || exit 1
+# Tests that read ../shared (reference data) find it through this variable; they skip when it is absent.
+shared="$(cd .. && pwd)/shared"
+bazel test -c opt --noshow_progress --test_env=FUSED_RNN_SHARED="$shared" //... "$@"
+status=$?
+.venv/bin/python tools/summarize_tests.py .
+exit $status
