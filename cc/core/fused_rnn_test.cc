@@ -232,6 +232,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{CellType::kLstm, Direction::kBidirectional, 9, 6, 16, 0, false, 0, 0},
                       Case{CellType::kLstm, Direction::kBidirectional, 5, 9, 40, 24, false, 0.5f, 0.3f},
                       Case{CellType::kLstm, Direction::kForward, 4, 2, 130, 70, true, 0, 0.2f},
+                      // H and P multiples of 16: weights read in place, not packed.
+                      Case{CellType::kLstm, Direction::kBidirectional, 5, 6, 64, 32, false, 0.6f, 0.4f},
+                      Case{CellType::kGru, Direction::kBidirectional, 4, 5, 32, 0, false, 0, 0},
                       Case{CellType::kLstm, Direction::kForward, 5, 2, 520, 0, false, 0, 0},  // splits a step
                       Case{CellType::kGru, Direction::kForward, 8, 4, 17, 0, false, 0, 0},
                       Case{CellType::kGru, Direction::kBidirectional, 6, 7, 48, 0, true, 0, 0},
