@@ -23,7 +23,8 @@ constexpr int kNV = static_cast<int>(kBlock) / kW;  // vectors per 16-unit block
 
 // ---- activations (float32, a few ulp; checked against float64 in the tests) ----------------------------------
 inline V Exp(V x) {
-  x = Isa::Min(Isa::Max(x, Isa::Set1(-87.0f)), Isa::Set1(88.0f));
+  // Clamp with x as the second operand: min/max return the second operand for NaN, so NaN stays NaN.
+  x = Isa::Min(Isa::Set1(88.0f), Isa::Max(Isa::Set1(-87.0f), x));
   const V n = Isa::Round(Isa::Mul(x, Isa::Set1(1.44269504088896341f)));
   V r = Isa::Fma(n, Isa::Set1(-0.693359375f), x);  // ln2 split in two for an exact reduction
   r = Isa::Fma(n, Isa::Set1(2.12194440e-4f), r);
@@ -60,13 +61,18 @@ inline V Tanh(V x) {
 }
 
 inline V Clip(V v, float clip) {
-  return clip > 0.f ? Isa::Min(Isa::Max(v, Isa::Set1(-clip)), Isa::Set1(clip)) : v;
+  return clip > 0.f ? Isa::Min(Isa::Set1(clip), Isa::Max(Isa::Set1(-clip), v)) : v;  // NaN propagates (see Exp)
 }
 
 inline int Valid(int64_t total, int64_t start) {  // lanes of a vector starting at `start` that lie below `total`
   const int64_t n = total - start;
   return n <= 0 ? 0 : (n >= kW ? kW : static_cast<int>(n));
 }
+
+#ifndef FUSED_RNN_PREFETCH_FLOATS
+#define FUSED_RNN_PREFETCH_FLOATS 0
+#endif
+constexpr int kPrefetchFloats = FUSED_RNN_PREFETCH_FLOATS;
 
 // ---- the register-blocked panel product ---------------------------------------------------------------------
 // acc[m][j] += sum_k h_rows[m][k] * panel[k][j * kW .. +kW), for NJ = gates * kNV vectors per row.
@@ -83,6 +89,12 @@ inline void PanelProduct(const float* __restrict panel, int64_t K, const float* 
       const V he = Isa::Set1(h0[k]);
       const V ho = Isa::Set1(h0[k + 1]);
       const float* pe = panel + k * kRowFloats;
+      if (kPrefetchFloats > 0) {
+        // One batch row streams the panel once per step (from L3 when the weights exceed L2): ask for the
+        // lines kPrefetchFloats ahead, past this panel into the next one this thread reads.
+#pragma GCC unroll 16
+        for (int l = 0; l < 2 * kRowFloats; l += 16) __builtin_prefetch(pe + kPrefetchFloats + l, 0, 3);
+      }
 #pragma GCC unroll 16
       for (int j = 0; j < NJ; ++j) {
         acc[0][j] = Isa::Fma(he, Isa::Load(pe + j * kW), acc[0][j]);

@@ -264,6 +264,20 @@ TEST(CoreTest, ReserveHoldsGatesAtValidPositions) {
   }
 }
 
+TEST(CoreTest, NaNPropagatesThroughGatesAndClips) {
+  // min/max return their second operand for NaN: a clamp written the wrong way round turns NaN into a finite
+  // value (silent garbage). Row 0 gets one NaN input; it must end NaN, the other rows finite.
+  for (const cpu::StepKernels* k : AvailableKernels()) {
+    SCOPED_TRACE(k->name);
+    Problem p = MakeProblem(CellType::kLstm, Direction::kForward, 4, 3, 20, 8, false, 0.5f, 0.3f, 11);
+    for (auto& l : p.lengths) l = 4;
+    p.x[0] = std::numeric_limits<float>::quiet_NaN();  // row 0, t 0, gate i of unit 0
+    const Result r = RunCore(p, *k, nullptr);
+    for (int j = 0; j < 8; ++j) EXPECT_TRUE(std::isnan(r.fh[j])) << j;
+    for (size_t j = 8; j < r.fh.size(); ++j) EXPECT_FALSE(std::isnan(r.fh[j])) << j;
+  }
+}
+
 TEST(CoreTest, CheckShapeRejectsBadShapes) {
   RnnShape s;
   s.num_units = 0;

@@ -31,8 +31,9 @@ struct Isa {
   static inline V Mul(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] * b.f[l]); }
   static inline V Div(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] / b.f[l]); }
   static inline V Fma(const V& a, const V& b, const V& c) { FRNN_PORTABLE_MAP(a.f[l] * b.f[l] + c.f[l]); }
-  static inline V Min(const V& a, const V& b) { FRNN_PORTABLE_MAP(b.f[l] < a.f[l] ? b.f[l] : a.f[l]); }
-  static inline V Max(const V& a, const V& b) { FRNN_PORTABLE_MAP(b.f[l] > a.f[l] ? b.f[l] : a.f[l]); }
+  // x86 minps/maxps semantics: the second operand when either is NaN (the kernels rely on it to keep NaN).
+  static inline V Min(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] < b.f[l] ? a.f[l] : b.f[l]); }
+  static inline V Max(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] > b.f[l] ? a.f[l] : b.f[l]); }
   static inline V Abs(const V& a) { FRNN_PORTABLE_MAP(std::fabs(a.f[l])); }
   static inline V CopySign(const V& m, const V& s) { FRNN_PORTABLE_MAP(std::copysign(m.f[l], s.f[l])); }
   static inline V Select(const V& a, const V& b, const V& t, const V& f) { FRNN_PORTABLE_MAP(a.f[l] < b.f[l] ? t.f[l] : f.f[l]); }
