@@ -94,6 +94,9 @@ struct Job {
   Chain chains[2];
   int num_chains = 1;
   int64_t share = 1;  // slices a thread claims when it joins a chain
+  // Set by the caller once states and padded outputs are in place. Helpers are scheduled before that setup, so
+  // their wake-up overlaps it (they pack weights meanwhile); no step (stage >= 1) starts before it.
+  std::atomic<bool> ready{false};
   // Filled by the caller; helpers touch them only for slices they claimed, which the caller waits for.
   const RnnShape* shape = nullptr;
   ChainCtx ctx[2];
@@ -171,6 +174,9 @@ void WorkChain(const Job& job, int chain_index, std::vector<std::pair<int64_t, i
     }
     if (lowest == owned.size()) return;
     const int64_t stage = owned[lowest].second;
+    if (stage >= 1 && !job.ready.load(std::memory_order_acquire)) {
+      while (!job.ready.load(std::memory_order_acquire)) CpuRelax();
+    }
     const int64_t need = stage * S;
     if (ch.done.load(std::memory_order_acquire) < need) {
       const auto start = std::chrono::steady_clock::now();
@@ -252,13 +258,9 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
   int64_t max_len = 0;
   for (int64_t b = 0; b < B; ++b) max_len = std::max<int64_t>(max_len, lengths[b]);
 
-  // Outputs past each sequence's end are zero; final states of empty sequences are their initial states.
   const int64_t out_w = D * R;
   const int64_t out_b_stride = s.time_major ? out_w : T * out_w;
   const int64_t out_t_stride = s.time_major ? B * out_w : out_w;
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = lengths[b]; t < T; ++t) std::memset(a.output + b * out_b_stride + t * out_t_stride, 0, sizeof(float) * out_w);
-  }
 
   auto job = std::make_shared<Job>();
   job->shape = &s;
@@ -293,19 +295,9 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
     c.num_proj_blocks = P > 0 ? CeilDiv(P, kBlock) : 0;
     job->rec_kernel[d] = a.recurrent_kernel + d * R * G * H;
     job->proj_kernel[d] = P > 0 ? a.projection_kernel + d * H * P : nullptr;
-    // States: h_buf[0] = initial h; h_buf[1] zeroed so rows that finish early never read uninitialised memory.
-    std::memcpy(c.h_buf[0], a.initial_h + d * B * R, sizeof(float) * B * R);
-    std::memset(c.h_buf[1], 0, sizeof(float) * B * R);
-    if (lstm) std::memcpy(c.c_state, a.initial_c + d * B * H, sizeof(float) * B * H);
-    for (int64_t b = 0; b < B; ++b) {
-      if (lengths[b] > 0) continue;
-      std::memcpy(c.final_h + b * R, a.initial_h + (d * B + b) * R, sizeof(float) * R);
-      if (lstm) std::memcpy(c.final_c + b * H, a.initial_c + (d * B + b) * H, sizeof(float) * H);
-    }
   }
-  if (max_len == 0) return;
-
-  // Threads: splitting a step across cores pays only when a step is long against the ~0.2 us hand-off.
+  // Threads: splitting a step across cores pays only when a step is long against the hand-off (about 1 us per
+  // step between the two vCPUs of the development VM).
   const int helpers_available = runner ? std::max(0, runner->NumHelperThreads()) : 0;
   const double step_flops = 2.0 * B * (static_cast<double>(R) * G * H + static_cast<double>(H) * P);
   const int64_t max_slices = std::max<int64_t>(1, CeilDiv(H, kBlock));
@@ -325,10 +317,33 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
   const int64_t threads_per_chain = std::max<int64_t>(1, threads / D);
   job->share = CeilDiv(slices_per_chain, threads_per_chain);
 
-  for (int i = 1; i < threads; ++i) {
-    std::shared_ptr<Job> keep = job;
-    runner->Schedule([keep, i]() { Participate(keep, i % keep->num_chains, /*is_caller=*/false); });
+  if (max_len > 0) {
+    for (int i = 1; i < threads; ++i) {
+      std::shared_ptr<Job> keep = job;
+      runner->Schedule([keep, i]() { Participate(keep, i % keep->num_chains, /*is_caller=*/false); });
+    }
   }
+
+  // Set-up while the helpers wake: outputs past each sequence's end are zero; h_buf[0] = initial h, h_buf[1]
+  // zeroed (rows that finish early never read uninitialised memory); empty sequences return their initial state.
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = lengths[b]; t < T; ++t) {
+      std::memset(a.output + b * out_b_stride + t * out_t_stride, 0, sizeof(float) * out_w);
+    }
+  }
+  for (int d = 0; d < D; ++d) {
+    const ChainCtx& c = job->ctx[d];
+    std::memcpy(c.h_buf[0], a.initial_h + d * B * R, sizeof(float) * B * R);
+    std::memset(c.h_buf[1], 0, sizeof(float) * B * R);
+    if (lstm) std::memcpy(c.c_state, a.initial_c + d * B * H, sizeof(float) * B * H);
+    for (int64_t b = 0; b < B; ++b) {
+      if (lengths[b] > 0) continue;
+      std::memcpy(c.final_h + b * R, a.initial_h + (d * B + b) * R, sizeof(float) * R);
+      if (lstm) std::memcpy(c.final_c + b * H, a.initial_c + (d * B + b) * H, sizeof(float) * H);
+    }
+  }
+  job->ready.store(true, std::memory_order_release);
+  if (max_len == 0) return;
   Participate(job, 0, /*is_caller=*/true);
 }
 
