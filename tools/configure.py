@@ -1,11 +1,27 @@
 """Writes .tf_configure.bazelrc: where the project's TensorFlow is, for Bazel (run with the venv's Python).
 
 Reads everything from the installed TensorFlow (tf.sysconfig), so the build follows whatever TF the venv has.
-Also records the venv's interpreter for `py_test`, and whether CUDA can be compiled (nvcc on PATH).
+Also records the venv's interpreter for `py_test`, and, with FUSED_RNN_CUDA=1, the CUDA toolkit to build the GPU
+kernels with.
 """
 import os
 import shutil
 import sys
+
+
+def find_cuda_root():
+    """The CUDA toolkit to build the GPU kernels with: $CUDA_HOME, the toolkit of the nvcc on PATH, or
+    /usr/local/cuda; None when there is none (then the op library is CPU-only)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for root in candidates:
+        if root and os.path.isfile(os.path.join(root, "bin", "nvcc")) and os.path.isfile(
+                os.path.join(root, "lib64", "libcudart_static.a")):
+            return os.path.realpath(root)
+    return None
 
 
 def main():
@@ -27,12 +43,19 @@ def main():
         "build --incompatible_use_python_toolchains=false",
         f'build --python_path="{sys.executable}"',
     ]
-    nvcc = shutil.which("nvcc")
-    if nvcc and os.environ.get("FUSED_RNN_NO_CUDA") != "1":
+    # The CUDA path is opt-in for now (FUSED_RNN_CUDA=1): its kernels are still being tuned on the device
+    # harness, and a CPU-only user should not wait for nvcc.
+    cuda_root = find_cuda_root() if os.environ.get("FUSED_RNN_CUDA") == "1" else None
+    nvcc = os.path.join(cuda_root, "bin", "nvcc") if cuda_root else None
+    if nvcc:
         lines.append(f'build --repo_env=FUSED_RNN_NVCC="{nvcc}"')
+        lines.append(f'build --repo_env=FUSED_RNN_CUDA_ROOT="{cuda_root}"')
+    else:
+        nvcc = None
     with open(os.path.join(root, ".tf_configure.bazelrc"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"configured for TensorFlow {tf.__version__} at {lib_dir}" + (f"; CUDA via {nvcc}" if nvcc else ""))
+    print(f"configured for TensorFlow {tf.__version__} at {lib_dir}" +
+          (f"; CUDA via {nvcc}" if nvcc else "; CPU only (FUSED_RNN_CUDA=1 builds the GPU kernels)"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,676 @@
+// Host side of the CUDA core: the planner (which decomposition, how many threads, where each weight chunk lives),
+// the workspace layout and the launch. See cc/core/fused_rnn_cuda.h for the contract.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "../core/fused_rnn_cuda.h"
+#include "fused_rnn_cuda_params.h"
+
+namespace fused_rnn {
+namespace {
+
+using cuda_impl::DotMap;
+using cuda_impl::KernelFn;
+using cuda_impl::KernelParams;
+
+thread_local char g_message[512];
+
+const char* Fmt(const char* fmt, const char* a = "", long long x = 0) {
+  std::snprintf(g_message, sizeof(g_message), fmt, a, x);
+  return g_message;
+}
+const char* CudaMessage(const char* what, cudaError_t e) {
+  std::snprintf(g_message, sizeof(g_message), "fused_rnn CUDA: %s failed: %s", what, cudaGetErrorString(e));
+  return g_message;
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+size_t Align(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+KernelFn GetKernel(CellType cell, int wk, int rc, int kc_idx) {
+  using namespace cuda_impl;
+  if (cell == CellType::kLstm) {
+    if (wk == kWeightF32) return GetKernelLstmF32(rc, kc_idx);
+    if (wk == kWeightF16) return GetKernelLstmF16(rc, kc_idx);
+    return GetKernelLstmBF16(rc, kc_idx);
+  }
+  if (wk == kWeightF32) return GetKernelGruF32(rc, kc_idx);
+  if (wk == kWeightF16) return GetKernelGruF16(rc, kc_idx);
+  return GetKernelGruBF16(rc, kc_idx);
+}
+
+// Per-kernel facts the planner needs (register cap, occupancy at a given block size / shared memory). Cached:
+// cudaFuncGetAttributes and the occupancy calculator cost microseconds each.
+struct KernelFacts {
+  int max_threads = 0;
+  int local_bytes = 0;
+};
+std::mutex g_facts_mutex;
+std::map<const void*, KernelFacts> g_facts;
+std::map<std::tuple<int, const void*, int, size_t>, int> g_occupancy;  // (device, fn, threads, smem) -> blocks/SM
+
+const char* Facts(KernelFn fn, KernelFacts* out) {
+  std::lock_guard<std::mutex> lock(g_facts_mutex);
+  auto it = g_facts.find(reinterpret_cast<const void*>(fn));
+  if (it != g_facts.end()) {
+    *out = it->second;
+    return nullptr;
+  }
+  cudaFuncAttributes attr;
+  cudaError_t e = cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(fn));
+  if (e != cudaSuccess) return CudaMessage("cudaFuncGetAttributes", e);
+  KernelFacts f;
+  f.max_threads = attr.maxThreadsPerBlock;
+  f.local_bytes = static_cast<int>(attr.localSizeBytes);
+  g_facts[reinterpret_cast<const void*>(fn)] = f;
+  *out = f;
+  return nullptr;
+}
+
+const char* BlocksPerSm(KernelFn fn, int threads, size_t smem, const CudaDeviceLimits& limits, int* blocks) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return CudaMessage("cudaGetDevice", e);
+  std::lock_guard<std::mutex> lock(g_facts_mutex);
+  auto key = std::make_tuple(device, reinterpret_cast<const void*>(fn), threads, smem);
+  auto it = g_occupancy.find(key);
+  if (it != g_occupancy.end()) {
+    *blocks = it->second;
+    return nullptr;
+  }
+  e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           limits.max_shared_bytes_per_block_optin);
+  if (e != cudaSuccess) return CudaMessage("cudaFuncSetAttribute", e);
+  int n = 0;
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, reinterpret_cast<const void*>(fn), threads, smem);
+  if (e != cudaSuccess) return CudaMessage("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
+  g_occupancy[key] = n;
+  *blocks = n;
+  return nullptr;
+}
+
+// How many clusters of `cluster_size` blocks can be resident at once (0: the cluster cannot be launched).
+const char* ClustersPossible(KernelFn fn, int threads, size_t smem, int cluster_size, int* clusters) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(cluster_size);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster_size;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaError_t e = cudaOccupancyMaxActiveClusters(clusters, fn, &cfg);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // not sticky; treat as "cannot launch"
+    *clusters = 0;
+  }
+  return nullptr;
+}
+
+int WordsPerChunk(int wk, int g) { return wk == cuda_impl::kWeightF32 ? 4 * g : 2 * g; }
+
+DotMap MakeMap(int cols, int k_rows, int ksl, int ksw) {
+  DotMap m;
+  m.cols = std::max(cols, 1);
+  m.ksl = ksl;
+  m.ksw = ksw;
+  m.ks = ksl * ksw;
+  m.kc = static_cast<int>(CeilDiv(std::max(k_rows, 1), 4 * m.ks));
+  m.kpad = m.kc * 4 * m.ks;
+  const int groups = static_cast<int>(CeilDiv(m.cols, 32 / ksl));
+  m.threads_used = groups * ksw * 32;
+  return m;
+}
+
+struct Plan {
+  KernelParams kp;
+  KernelFn fn = nullptr;
+  int threads = 0, grid = 0, rc = 1, kc_idx = 0, kc_template = 0, blocks_per_sm = 0;
+  size_t smem = 0;
+  bool cooperative = false;
+  int cluster = 0;  // cluster size for cluster plans
+  int waves = 1;    // how many rounds of resident blocks the grid takes
+  size_t ws_bytes = 0, ws_memset_bytes = 0;
+  size_t off_counters = 0, off_xh = 0, off_xm = 0, off_stream_a = 0, off_stream_b = 0;
+  double cost = 1e300;
+};
+
+struct Geometry {  // what a mode fixes before the per-thread layout is chosen
+  int exchange, nbr, rb, nbu, upb, ppb;
+};
+
+// Rough cycles for the whole call on one SM; only used to rank candidate plans.
+double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const DotMap& a, const DotMap& b,
+                      int threads, int rc, bool a_global, bool b_global, int waves) {
+  const int G = shape.num_gates();
+  const double rows = geo.rb;
+  const double passes = std::ceil(rows / rc);
+  const int nq_a = WordsPerChunk(wk, G) / 2, nq_b = WordsPerChunk(wk, 1) / 2;
+  double per_step = 0;
+  // phase A. Instruction issue: a warp issues about once per ~6 cycles when it has only its own dependent work
+  // (measured: 6.4 cycles per instruction with 1.75 warps per scheduler), so the dot costs
+  // instructions-per-warp x max(6, warps per scheduler). Plus streamed bytes through shared memory / L2.
+  const double warps_a = a.threads_used / 32.0;
+  const double instr_a = (4.0 * G * rc + rc + (a.kc - a.kc_reg > 0 ? nq_a : 0) +
+                          (wk == cuda_impl::kWeightF32 ? 0 : 2.0 * G)) * a.kc * passes;
+  // With 4 rows per pass a thread has 4 G independent accumulators: issue-bound rather than latency-bound.
+  // (Measured: H=1024 B=64 counter plan matches 2 cycles per instruction; the shared-memory plans with 4 rows
+  // per pass ran far slower than that, so they keep the latency-bound rate.)
+  const bool smem_plan =
+      geo.exchange == cuda_impl::kExchangeLocal || geo.exchange == cuda_impl::kExchangeCluster;
+  const double per_instr = (rc == 1 || smem_plan) ? 6.0 : 2.0;
+  per_step += instr_a * std::max(per_instr, warps_a / 4.0);
+  const double stream_a_bytes = double(a.kc - a.kc_reg) * nq_a * a.threads_used * 8;
+  per_step += stream_a_bytes * passes / (a_global ? 24.0 : 100.0);
+  per_step += (a.threads_used / 32.0) * std::log2(double(a.ksl)) * G * passes * rc / 4.0 * 2;
+  // Cell update: one thread per (row, unit) pair; a serial chain of ~100 instructions at ~5 cycles, plus the
+  // cross-warp partial sums it adds up (ksw of them per gate).
+  per_step += CeilDiv(geo.rb * geo.upb, threads) * (1000.0 + 60.0 * (a.ksw - 1));  // measured 0.9-1.3 k
+  if (shape.num_proj > 0) {
+    const double instr_b = (4.0 * rc + rc + nq_b + (wk == cuda_impl::kWeightF32 ? 0 : 2.0)) * b.kc * passes;
+    per_step += instr_b * std::max(per_instr, b.threads_used / 32.0 / 4.0);
+    const double stream_b_bytes = double(b.kc) * nq_b * b.threads_used * 8;
+    per_step += stream_b_bytes * passes / (b_global ? 24.0 : 100.0);
+    per_step += CeilDiv(geo.rb * std::max(geo.ppb, 1), threads) * 60.0;
+  }
+  const int syncs = shape.num_proj > 0 ? 2 : 1;
+  if (geo.exchange == cuda_impl::kExchangeLocal) {
+    per_step += 300.0 * syncs;
+  } else if (geo.exchange == cuda_impl::kExchangeCluster) {
+    // Hardware cluster barrier + x prefetch (~1.1 k cycles measured) and one remote shared store per member for
+    // every value this block produces (~40 cycles each on the serial path, measured).
+    per_step += 1500.0 * syncs + CeilDiv(geo.rb * geo.upb, threads) * 40.0 * geo.nbu;
+  } else {
+    // Each exchange: wait for the slowest block (a store becoming visible + the poll/barrier round trip), then
+    // the fetch, latency-bound: rounds of 4 x 16-byte loads per thread, ~1300 cycles each.
+    const bool tagged = geo.exchange == cuda_impl::kExchangeTagged;
+    const double per_round = threads * (tagged ? 8.0 : 16.0);
+    const double elems = rows * (CeilDiv(shape.recurrent_width(), 4) * 4 +
+                                 (shape.num_proj > 0 ? CeilDiv(shape.num_units, 4) * 4 : 0));
+    const double rounds = std::ceil(elems / per_round);
+    per_step += rounds * 1300.0 + (tagged ? 600.0 : 2000.0) * syncs;
+    per_step += elems * (tagged ? 8.0 : 4.0) / 64.0;  // L2 -> SM bandwidth
+  }
+  per_step += 150;
+  // prologue: the block's weight slice read once (and the workspace part written once)
+  const double slice_bytes = (double(a.kc) * nq_a * a.threads_used + double(b.kc) * nq_b * b.threads_used) * 8;
+  const double prologue = slice_bytes / 40.0 + 3000;
+  return (double(shape.max_time) * per_step + prologue) * waves;
+}
+
+const char* CheckShapeCuda(const RnnShape& s) {
+  if (s.cell != CellType::kLstm && s.cell != CellType::kGru) return "fused_rnn CUDA: unknown cell type";
+  if (s.direction != Direction::kForward && s.direction != Direction::kReverse &&
+      s.direction != Direction::kBidirectional)
+    return "fused_rnn CUDA: unknown direction";
+  if (s.max_time < 0 || s.batch < 0 || s.num_units <= 0 || s.num_proj < 0)
+    return "fused_rnn CUDA: negative sizes or num_units <= 0";
+  if (s.cell == CellType::kGru && s.num_proj > 0) return "fused_rnn CUDA: projection is for LSTM only";
+  if (s.num_units > (1 << 20) || s.num_proj > (1 << 20) || s.batch > (1 << 24) || s.max_time > (1 << 24))
+    return "fused_rnn CUDA: size out of the supported range";
+  return nullptr;
+}
+
+int WeightKind(WeightType t) {
+  switch (t) {
+    case WeightType::kFloat16: return cuda_impl::kWeightF16;
+    case WeightType::kBFloat16: return cuda_impl::kWeightBF16;
+    default: return cuda_impl::kWeightF32;
+  }
+}
+
+// Tries every per-thread layout of one geometry; keeps the cheapest that runs in *best.
+const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, const CudaDeviceLimits& limits,
+                        const CudaTuning& tun, Plan* best) {
+  const int G = shape.num_gates();
+  const int H = static_cast<int>(shape.num_units), P = static_cast<int>(shape.num_proj);
+  const int R = static_cast<int>(shape.recurrent_width());
+  const int D = shape.num_dirs();
+  // Local and cluster plans keep the whole h tile in shared memory (double-buffered); tagged and counter plans
+  // exchange through the workspace and need every block of the grid resident (cooperative launch).
+  const bool local = geo.exchange == cuda_impl::kExchangeLocal || geo.exchange == cuda_impl::kExchangeCluster;
+  const bool is_cluster = geo.exchange == cuda_impl::kExchangeCluster;
+  const int grid = D * geo.nbr * geo.nbu;
+  const int rc = geo.rb >= 4 ? 4 : 1;
+  const int smem_limit = limits.max_shared_bytes_per_block_optin;
+  for (int ksl = 32; ksl >= 1; ksl /= 2) {
+    if (tun.lanes_per_unit > 0 && ksl != tun.lanes_per_unit) continue;
+    for (int ksw = 1; ksw <= 8; ksw *= 2) {
+      DotMap a = MakeMap(geo.upb, R, ksl, ksw);
+      const int threads = a.threads_used;
+      if (threads > 1024) continue;
+      if (ksw > 1 && a.kc < 2) continue;                    // splitting k further only adds padding
+      if (ksl > 1 && 4 * ksl > std::max(R, 4) * 2) continue;  // lanes with no rows at all
+      // Phase B map inside the same block size.
+      DotMap b;
+      if (P > 0) {
+        bool found = false;
+        for (int kslb = 32; kslb >= 1; kslb /= 2)
+          for (int kswb = 1; kswb <= 32; kswb *= 2) {
+            DotMap cand = MakeMap(geo.ppb, H, kslb, kswb);
+            if (cand.threads_used > threads) continue;
+            if (kswb > 1 && cand.kc < 2) continue;
+            if (!found || cand.kc < b.kc || (cand.kc == b.kc && cand.threads_used < b.threads_used)) {
+              b = cand;
+              found = true;
+            }
+          }
+        if (!found) continue;
+      }
+      for (int idx = 0; idx < cuda_impl::kNumKcReg; ++idx) {
+        const int kc_template = cuda_impl::KcRegValue(wk, idx);
+        int kc_reg = std::min(kc_template, a.kc);
+        if (tun.max_reg_chunks >= 0) kc_reg = std::min(kc_reg, tun.max_reg_chunks);
+        // Use the smallest template whose array holds kc_reg chunks (bigger arrays only cost registers).
+        if (idx > 0 && cuda_impl::KcRegValue(wk, idx - 1) >= kc_reg) continue;
+        KernelFn fn = GetKernel(shape.cell, wk, rc, idx);
+        if (!fn) continue;
+        KernelFacts facts;
+        if (const char* err = Facts(fn, &facts)) return err;
+        if (facts.max_threads < threads) continue;
+        DotMap aa = a;
+        aa.kc_reg = kc_reg;
+        const int nq_a = WordsPerChunk(wk, G) / 2, nq_b = WordsPerChunk(wk, 1) / 2;
+        const size_t stream_a_bytes = size_t(aa.kc - aa.kc_reg) * nq_a * aa.threads_used * 8;
+        const size_t stream_b_bytes = P > 0 ? size_t(b.kc) * nq_b * b.threads_used * 8 : 0;
+        // Fixed shared memory: the h, m tiles and z partial sums, cell state, own h, lengths.
+        const size_t staging = 0;
+        const size_t z_floats =
+            std::max(size_t(aa.ksw) * geo.rb * G * aa.cols, P > 0 ? size_t(b.ksw) * geo.rb * b.cols : size_t(0));
+        const size_t per_row_tile = size_t(aa.kpad) * 4 + (P > 0 ? size_t(b.kpad) * 4 : 0);
+        const size_t c_bytes = size_t(geo.rb) * geo.upb * 4;
+        const size_t hown_bytes = size_t(geo.rb) * (P > 0 ? geo.ppb : geo.upb) * 4;
+        const size_t len_bytes = size_t(geo.rb + 1) * 4;
+        const size_t x_bytes = size_t(2) * geo.rb * geo.upb * G * 4;
+        for (int loc = 0; loc < 3; ++loc) {  // 0: A and B in smem, 1: B in smem, A global, 2: both global
+          if (tun.stream_location == 0 && loc != 0) continue;
+          if (tun.stream_location == 1 && loc != 2) continue;
+          const bool a_global = loc >= 1 && stream_a_bytes > 0;
+          const bool b_global = loc == 2 && stream_b_bytes > 0;
+          if (loc == 1 && stream_a_bytes == 0) continue;
+          if (loc == 2 && stream_b_bytes == 0 && tun.stream_location != 1) continue;
+          size_t fixed_after_union = Align(c_bytes, 16) + Align(hown_bytes, 16) + Align(len_bytes, 16) +
+                                     Align(x_bytes, 16) +
+                                     (a_global ? 0 : Align(stream_a_bytes, 16)) +
+                                     (b_global ? 0 : Align(stream_b_bytes, 16));
+          // Rows of h (and m) in the shared tile.
+          int stage_rows;
+          size_t tile_bytes;
+          if (local) {
+            const int rows_pad = static_cast<int>(CeilDiv(geo.rb, rc) * rc);
+            stage_rows = geo.rb;
+            tile_bytes = Align(size_t(2) * rows_pad * aa.kpad * 4, 16) + (P > 0 ? Align(size_t(rows_pad) * b.kpad * 4, 16) : 0);
+          } else {
+            const size_t avail = smem_limit > static_cast<int>(fixed_after_union + z_floats * 4 + 64)
+                                     ? smem_limit - fixed_after_union - z_floats * 4 - 64
+                                     : 0;
+            int rows_fit = static_cast<int>(avail / (per_row_tile + 64));
+            rows_fit = rows_fit / rc * rc;
+            if (rows_fit < rc) continue;
+            stage_rows = std::min<int>(rows_fit, static_cast<int>(CeilDiv(geo.rb, rc) * rc));
+            tile_bytes = Align(size_t(stage_rows) * aa.kpad * 4, 16) +
+                         (P > 0 ? Align(size_t(stage_rows) * b.kpad * 4, 16) : 0);
+          }
+          const size_t union_bytes = Align(std::max(staging, tile_bytes + Align(z_floats * 4, 16)), 16);
+          const size_t smem = union_bytes + fixed_after_union;
+          if (smem > static_cast<size_t>(smem_limit)) continue;
+          int bps = 0;
+          if (const char* err = BlocksPerSm(fn, threads, smem, limits, &bps)) return err;
+          if (bps < 1) continue;
+          if (!local && grid > bps * limits.sm_count) continue;  // cooperative: every block resident
+          int waves = static_cast<int>(CeilDiv(grid, int64_t(bps) * limits.sm_count));
+          if (is_cluster) {
+            // Clusters must fit inside one GPC: fewer of them are resident than SMs / size suggests (measured:
+            // 32 clusters of 4 ran as two waves on 132 SMs).
+            int clusters = 0;
+            if (const char* err = ClustersPossible(fn, threads, smem, geo.nbu, &clusters)) return err;
+            if (clusters < 1) continue;
+            waves = static_cast<int>(CeilDiv(grid / geo.nbu, clusters));
+          }
+          double cost = EstimateCycles(shape, wk, geo, aa, b, threads, rc, a_global, b_global, waves);
+          if (facts.local_bytes > 64) cost *= 1.15;  // register spills
+          if (cost >= best->cost) continue;
+          Plan pl;
+          KernelParams& kp = pl.kp;
+          kp.exchange = geo.exchange;
+          kp.nbr = geo.nbr;
+          kp.rb = geo.rb;
+          kp.nbu = geo.nbu;
+          kp.upb = geo.upb;
+          kp.ppb = geo.ppb;
+          kp.stage_rows = stage_rows;
+          kp.a = aa;
+          kp.a.stream_global = a_global ? 1 : 0;
+          kp.b = b;
+          kp.b.kc_reg = 0;
+          kp.b.stream_global = b_global ? 1 : 0;
+          // shared layout
+          size_t off = 0;
+          kp.off_h = 0;
+          if (local) {
+            const int rows_pad = static_cast<int>(CeilDiv(geo.rb, rc) * rc);
+            kp.h_buf_floats = rows_pad * aa.kpad;
+            off = Align(size_t(2) * rows_pad * aa.kpad * 4, 16);
+            kp.off_m = static_cast<int>(off);
+            off += P > 0 ? Align(size_t(rows_pad) * b.kpad * 4, 16) : 0;
+          } else {
+            off = Align(size_t(stage_rows) * aa.kpad * 4, 16);
+            kp.off_m = static_cast<int>(off);
+            off += P > 0 ? Align(size_t(stage_rows) * b.kpad * 4, 16) : 0;
+          }
+          kp.off_z = static_cast<int>(off);
+          kp.union_bytes = static_cast<int>(union_bytes);
+          off = union_bytes;
+          kp.off_c = static_cast<int>(off);
+          off += Align(c_bytes, 16);
+          kp.off_hown = static_cast<int>(off);
+          off += Align(hown_bytes, 16);
+          kp.off_len = static_cast<int>(off);
+          off += Align(len_bytes, 16);
+          kp.off_x = static_cast<int>(off);
+          off += Align(x_bytes, 16);
+          kp.off_stream_a = static_cast<int>(off);
+          if (!a_global) off += Align(stream_a_bytes, 16);
+          kp.off_stream_b = static_cast<int>(off);
+          if (!b_global) off += Align(stream_b_bytes, 16);
+          if (off != smem) return "fused_rnn CUDA: internal error in the shared-memory layout";
+          // workspace layout
+          size_t ws = 0;
+          const bool need_sync = !local;
+          if (need_sync || a_global || b_global) {
+            ws = 128;  // watchdog word
+            pl.off_counters = ws;
+            if (need_sync) ws += size_t(D) * geo.nbr * 128;
+            const size_t elem = geo.exchange == cuda_impl::kExchangeTagged ? 8 : 4;
+            pl.off_xh = Align(ws, 256);
+            ws = pl.off_xh + (need_sync ? size_t(2) * D * shape.batch * CeilDiv(R, 4) * 4 * elem : 0);
+            pl.off_xm = Align(ws, 256);
+            ws = pl.off_xm + (need_sync && P > 0 ? size_t(2) * D * shape.batch * CeilDiv(H, 4) * 4 * elem : 0);
+            // Tagged words must start untagged; the plain buffers' row padding must read as zero.
+            pl.ws_memset_bytes = need_sync ? ws : pl.off_xh;
+            pl.off_stream_a = Align(ws, 256);
+            kp.ws_stream_a_words = a_global ? static_cast<long long>(stream_a_bytes / 8) : 0;
+            ws = pl.off_stream_a + size_t(kp.ws_stream_a_words) * 8 * grid;
+            pl.off_stream_b = Align(ws, 256);
+            kp.ws_stream_b_words = b_global ? static_cast<long long>(stream_b_bytes / 8) : 0;
+            ws = pl.off_stream_b + size_t(kp.ws_stream_b_words) * 8 * grid;
+            ws = Align(ws, 256);
+          }
+          pl.ws_bytes = ws;
+          pl.fn = fn;
+          pl.threads = threads;
+          pl.grid = grid;
+          pl.rc = rc;
+          pl.kc_idx = idx;
+          pl.kc_template = kc_template;
+          pl.blocks_per_sm = bps;
+          pl.smem = smem;
+          pl.cooperative = !local;
+          pl.cluster = is_cluster ? geo.nbu : 0;
+          pl.waves = waves;
+          pl.cost = cost;
+          *best = pl;
+        }
+      }
+    }
+  }
+  return nullptr;
+}
+
+const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
+                     const CudaTuning* tuning, Plan* out) {
+  if (const char* err = CheckShapeCuda(shape)) return err;
+  if (limits.sm_count <= 0 || limits.max_shared_bytes_per_block_optin <= 0)
+    return "fused_rnn CUDA: CudaDeviceLimits not filled in";
+  const CudaTuning tun = tuning ? *tuning : CudaTuning();
+  const int wk = WeightKind(weight_type);
+  const int D = shape.num_dirs();
+  const int64_t B = std::max<int64_t>(shape.batch, 1);
+  const int H = static_cast<int>(shape.num_units), P = static_cast<int>(shape.num_proj);
+  const int R = static_cast<int>(shape.recurrent_width());
+  Plan best;
+  // Mode 0: one block per (direction, row group), whole recurrent kernel in that block, no grid sync.
+  if (tun.mode < 0 || tun.mode == 0) {
+    Geometry geo;
+    geo.exchange = cuda_impl::kExchangeLocal;
+    int64_t rb = tun.rows_per_block > 0 ? tun.rows_per_block : CeilDiv(B * D, limits.sm_count);
+    rb = std::min<int64_t>(std::max<int64_t>(rb, 1), B);
+    geo.rb = static_cast<int>(rb);
+    geo.nbr = static_cast<int>(CeilDiv(B, rb));
+    geo.nbu = 1;
+    geo.upb = H;
+    geo.ppb = P;
+    if (const char* err = TryGeometry(shape, wk, geo, limits, tun, &best)) return err;
+  }
+  // Mode 3: a thread-block cluster per (direction, row group) on sm_90: units split over up to 8 blocks that
+  // exchange h through distributed shared memory and the hardware cluster barrier (no grid-wide sync).
+  if ((tun.mode < 0 || tun.mode == 3) && limits.cc_major >= 9) {
+    for (int cs = 2; cs <= 8; cs *= 2) {
+      Geometry geo;
+      geo.exchange = cuda_impl::kExchangeCluster;
+      geo.upb = tun.units_per_block > 0 ? std::min(tun.units_per_block, H) : static_cast<int>(CeilDiv(H, cs));
+      geo.nbu = static_cast<int>(CeilDiv(H, geo.upb));
+      if (tun.units_per_block > 0 && cs > 2) break;  // a forced size is one geometry
+      if (geo.nbu < 2 || geo.nbu > 8) continue;
+      const int64_t max_groups = std::max<int64_t>(1, limits.sm_count / (int64_t(D) * geo.nbu));
+      int64_t rb = tun.rows_per_block > 0 ? tun.rows_per_block : CeilDiv(B, max_groups);
+      rb = std::min<int64_t>(std::max<int64_t>(rb, 1), B);
+      geo.rb = static_cast<int>(rb);
+      geo.nbr = static_cast<int>(CeilDiv(B, rb));
+      geo.ppb = P > 0 ? static_cast<int>(CeilDiv(P, geo.nbu)) : 0;
+      if (const char* err = TryGeometry(shape, wk, geo, limits, tun, &best)) return err;
+    }
+  }
+  // Modes 1/2: the units of a direction split over blocks that exchange h every step.
+  if ((tun.mode < 0 || tun.mode == 1 || tun.mode == 2) && limits.cooperative_launch) {
+    const int max_blocks_per_dir = std::max(1, limits.sm_count / D);
+    Geometry geo;
+    geo.nbr = 1;
+    geo.rb = static_cast<int>(B);
+    geo.upb = tun.units_per_block > 0 ? std::min(tun.units_per_block, H)
+                                      : static_cast<int>(CeilDiv(H, max_blocks_per_dir));
+    geo.nbu = static_cast<int>(CeilDiv(H, geo.upb));
+    geo.ppb = P > 0 ? static_cast<int>(CeilDiv(P, geo.nbu)) : 0;
+    for (int ex = 1; ex <= 2; ++ex) {
+      if (tun.mode > 0 && ex != tun.mode) continue;
+      geo.exchange = ex;
+      if (const char* err = TryGeometry(shape, wk, geo, limits, tun, &best)) return err;
+    }
+  }
+  if (!best.fn) return "fused_rnn CUDA: no kernel configuration fits this shape on this device";
+  KernelParams& kp = best.kp;
+  kp.D = D;
+  kp.B = static_cast<int>(shape.batch);
+  kp.T = static_cast<int>(shape.max_time);
+  kp.H = H;
+  kp.P = P;
+  kp.R = R;
+  kp.reverse_mask = shape.direction == Direction::kReverse ? 1 : (shape.direction == Direction::kBidirectional ? 2 : 0);
+  kp.time_major = shape.time_major ? 1 : 0;
+  kp.cell_clip = shape.cell == CellType::kLstm ? shape.cell_clip : 0.f;
+  kp.proj_clip = P > 0 ? shape.proj_clip : 0.f;
+  kp.reserve_f = shape.cell == CellType::kLstm ? 5 * H + P : 4 * H;
+  kp.ex_r = static_cast<int>(CeilDiv(R, 4) * 4);
+  kp.ex_h = static_cast<int>(CeilDiv(H, 4) * 4);
+  *out = best;
+  return nullptr;
+}
+
+// Plans are cached: the search above calls the occupancy calculator for every candidate, far too slow per call.
+struct PlanKey {
+  int v[24];
+  bool operator<(const PlanKey& o) const { return std::memcmp(v, o.v, sizeof(v)) < 0; }
+};
+std::mutex g_plan_mutex;
+std::map<PlanKey, Plan> g_plans;
+
+const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
+                    const CudaTuning* tuning, Plan* out) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return CudaMessage("cudaGetDevice", e);
+  const CudaTuning tun = tuning ? *tuning : CudaTuning();
+  float clips[2] = {shape.cell_clip, shape.proj_clip};
+  int clip_bits[2];
+  std::memcpy(clip_bits, clips, sizeof(clips));
+  PlanKey key = {{static_cast<int>(shape.cell), static_cast<int>(shape.direction), static_cast<int>(shape.max_time),
+                  static_cast<int>(shape.batch), static_cast<int>(shape.num_units), static_cast<int>(shape.num_proj),
+                  shape.time_major ? 1 : 0, clip_bits[0], clip_bits[1], static_cast<int>(weight_type), device,
+                  limits.sm_count, limits.max_shared_bytes_per_block_optin, limits.cooperative_launch,
+                  limits.cc_major, limits.cc_minor, tun.mode, tun.units_per_block, tun.rows_per_block,
+                  tun.max_reg_chunks, tun.stream_location, tun.lanes_per_unit, 0, 0}};
+  {
+    std::lock_guard<std::mutex> lock(g_plan_mutex);
+    auto it = g_plans.find(key);
+    if (it != g_plans.end()) {
+      *out = it->second;
+      return nullptr;
+    }
+  }
+  if (const char* err = MakePlan(shape, weight_type, limits, tuning, out)) return err;
+  std::lock_guard<std::mutex> lock(g_plan_mutex);
+  if (g_plans.size() > 4096) g_plans.clear();
+  g_plans[key] = *out;
+  return nullptr;
+}
+
+}  // namespace
+
+const char* QueryCudaDeviceLimits(int device, CudaDeviceLimits* limits) {
+  if (!limits) return "fused_rnn CUDA: null limits";
+  auto get = [&](cudaDeviceAttr attr, int* v) { return cudaDeviceGetAttribute(v, attr, device); };
+  cudaError_t e;
+  if ((e = get(cudaDevAttrMultiProcessorCount, &limits->sm_count)) != cudaSuccess ||
+      (e = get(cudaDevAttrMaxSharedMemoryPerBlockOptin, &limits->max_shared_bytes_per_block_optin)) != cudaSuccess ||
+      (e = get(cudaDevAttrMaxSharedMemoryPerMultiprocessor, &limits->max_shared_bytes_per_sm)) != cudaSuccess ||
+      (e = get(cudaDevAttrMaxThreadsPerMultiProcessor, &limits->max_threads_per_sm)) != cudaSuccess ||
+      (e = get(cudaDevAttrMaxRegistersPerMultiprocessor, &limits->max_regs_per_sm)) != cudaSuccess ||
+      (e = get(cudaDevAttrL2CacheSize, &limits->l2_bytes)) != cudaSuccess ||
+      (e = get(cudaDevAttrComputeCapabilityMajor, &limits->cc_major)) != cudaSuccess ||
+      (e = get(cudaDevAttrComputeCapabilityMinor, &limits->cc_minor)) != cudaSuccess ||
+      (e = get(cudaDevAttrCooperativeLaunch, &limits->cooperative_launch)) != cudaSuccess)
+    return CudaMessage("cudaDeviceGetAttribute", e);
+  return nullptr;
+}
+
+size_t CudaForwardWorkspaceBytes(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
+                                 const CudaTuning* tuning) {
+  Plan plan;
+  if (GetPlan(shape, weight_type, limits, tuning, &plan) != nullptr) return 0;
+  return plan.ws_bytes;
+}
+
+const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
+                             const CudaTuning* tuning, char* buf, size_t buf_len) {
+  Plan pl;
+  if (const char* err = GetPlan(shape, weight_type, limits, tuning, &pl)) return err;
+  const KernelParams& k = pl.kp;
+  static const char* kModes[] = {"local", "tagged", "counter", "cluster"};
+  std::snprintf(buf, buf_len,
+                "mode=%s grid=%d (D=%d x rowgroups=%d x unitblocks=%d) threads=%d rows/block=%d units/block=%d "
+                "proj/block=%d RC=%d A[ksl=%d ksw=%d kc=%d reg=%d(tmpl %d) stream=%s] B[ksl=%d ksw=%d kc=%d "
+                "stream=%s] stage_rows=%d smem=%zu ws=%zu blocks/SM=%d waves=%d est_us=%.1f",
+                kModes[k.exchange], pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, k.ppb, pl.rc, k.a.ksl,
+                k.a.ksw, k.a.kc, k.a.kc_reg, pl.kc_template, k.a.kc == k.a.kc_reg ? "-" : (k.a.stream_global ? "global" : "smem"),
+                k.b.ksl, k.b.ksw, k.b.kc, k.P == 0 ? "-" : (k.b.stream_global ? "global" : "smem"), k.stage_rows,
+                pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.waves, pl.cost / 1980.0);
+  return nullptr;
+}
+
+const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, WeightType weight_type,
+                        const void* recurrent_kernel_16bit, const void* projection_kernel_16bit, void* workspace,
+                        size_t workspace_bytes, void* stream_ptr, const CudaDeviceLimits& limits,
+                        const CudaTuning* tuning) {
+  Plan pl;
+  if (const char* err = GetPlan(shape, weight_type, limits, tuning, &pl)) return err;
+  if (shape.batch == 0) return nullptr;
+  const bool is16 = weight_type != WeightType::kFloat32;
+  const void* w_rec = is16 ? recurrent_kernel_16bit : static_cast<const void*>(args.recurrent_kernel);
+  const void* w_proj = is16 ? projection_kernel_16bit : static_cast<const void*>(args.projection_kernel);
+  if (!w_rec) return "fused_rnn CUDA: recurrent kernel pointer is null (16-bit weight types take the 16-bit copy)";
+  if (shape.num_proj > 0 && !w_proj) return "fused_rnn CUDA: projection kernel pointer is null";
+  if (shape.max_time > 0 && (!args.x_proj || !args.output)) return "fused_rnn CUDA: x_proj or output is null";
+  if (pl.ws_bytes > 0) {
+    if (!workspace || workspace_bytes < pl.ws_bytes)
+      return Fmt("fused_rnn CUDA: workspace too small%s (need %lld bytes)", "", static_cast<long long>(pl.ws_bytes));
+    if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) return "fused_rnn CUDA: workspace must be 256-byte aligned";
+  }
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  KernelParams kp = pl.kp;
+  kp.x_proj = args.x_proj;
+  kp.w_rec = w_rec;
+  kp.rec_bias = shape.cell == CellType::kGru ? args.recurrent_bias : nullptr;
+  kp.w_proj = w_proj;
+  kp.lengths = args.sequence_lengths;
+  kp.h0 = args.initial_h;
+  kp.c0 = shape.cell == CellType::kLstm ? args.initial_c : nullptr;
+  kp.out = args.output;
+  kp.final_h = args.final_h;
+  kp.final_c = shape.cell == CellType::kLstm ? args.final_c : nullptr;
+  kp.reserve = args.reserve;
+  kp.debug_clock = tuning ? reinterpret_cast<long long*>(tuning->debug_clock) : nullptr;
+  if (pl.ws_bytes > 0) {
+    char* ws = static_cast<char*>(workspace);
+    kp.watchdog = reinterpret_cast<int*>(ws);
+    if (kp.exchange != cuda_impl::kExchangeLocal) {
+      kp.counters = reinterpret_cast<unsigned*>(ws + pl.off_counters);
+      if (kp.exchange == cuda_impl::kExchangeTagged) {
+        kp.xh_tag = reinterpret_cast<unsigned long long*>(ws + pl.off_xh);
+        kp.xm_tag = shape.num_proj > 0 ? reinterpret_cast<unsigned long long*>(ws + pl.off_xm) : nullptr;
+      } else {
+        kp.xh = reinterpret_cast<float*>(ws + pl.off_xh);
+        kp.xm = shape.num_proj > 0 ? reinterpret_cast<float*>(ws + pl.off_xm) : nullptr;
+      }
+    }
+    kp.ws_stream_a = ws + pl.off_stream_a;
+    kp.ws_stream_b = ws + pl.off_stream_b;
+    if (pl.ws_memset_bytes > 0) {
+      cudaError_t e = cudaMemsetAsync(workspace, 0, pl.ws_memset_bytes, stream);
+      if (e != cudaSuccess) return CudaMessage("cudaMemsetAsync(workspace)", e);
+    }
+  }
+  cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(pl.fn),
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem));
+  if (e != cudaSuccess) return CudaMessage("cudaFuncSetAttribute", e);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(pl.grid);
+  cfg.blockDim = dim3(pl.threads);
+  cfg.dynamicSmemBytes = pl.smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  cfg.attrs = attr;
+  cfg.numAttrs = 0;
+  if (pl.cooperative) {
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    cfg.numAttrs = 1;
+  } else if (pl.cluster > 0) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = pl.cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.numAttrs = 1;
+  }
+  e = cudaLaunchKernelEx(&cfg, pl.fn, kp);
+  if (e != cudaSuccess) return CudaMessage(pl.cooperative ? "cooperative kernel launch" : "kernel launch", e);
+  return nullptr;
+}
+
+int CudaWatchdogFired(const void* workspace, size_t workspace_bytes) {
+  if (!workspace || workspace_bytes < 4) return 0;
+  int v = 0;
+  if (cudaMemcpy(&v, workspace, sizeof(v), cudaMemcpyDeviceToHost) != cudaSuccess) return -1;
+  return v != 0 ? 1 : 0;
+}
+
+}  // namespace fused_rnn

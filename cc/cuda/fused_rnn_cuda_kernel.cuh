@@ -1,0 +1,892 @@
+// The persistent fused-RNN kernel (device code). Included only by the instantiation files.
+//
+// One launch runs every timestep of every direction. Each block owns a slice of hidden units (all G gates of
+// each, so the cell update is local) for a group of batch rows, keeps its slice of the recurrent kernel on chip
+// for the whole sequence (leading k-chunks in registers, the rest in shared memory, or in the workspace when the
+// slice does not fit), and per step computes
+//   phase A: z[rows, G*units] = h_prev[rows, R] @ U_slice, then the cell update for its units;
+//   phase B (projection LSTM only): h[rows, pcols] = m[rows, H] @ P_slice.
+// Blocks exchange h (and m) through shared memory when one block holds a whole direction (exchange "local", no
+// grid sync at all), or through global memory between the blocks of a direction: "tagged" stores every value
+// with its step number in one 64-bit word so readers poll the data itself (no separate barrier), "counter" uses
+// plain stores and one arrival counter per direction. Multi-block grids are launched cooperatively, so every
+// block is resident; the waits are still bounded by a watchdog so a bug can never hang the device.
+#ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_KERNEL_CUH_
+#define FUSED_RNN_CUDA_FUSED_RNN_CUDA_KERNEL_CUH_
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "fused_rnn_cuda_params.h"
+
+namespace fused_rnn {
+namespace cuda_impl {
+
+template <int WK> struct RawOf { using T = uint32_t; };
+template <> struct RawOf<kWeightF16> { using T = uint16_t; };
+template <> struct RawOf<kWeightBF16> { using T = uint16_t; };
+
+// 32-bit words one thread holds per chunk (4 k-rows x G columns): float32 one word each, 16-bit two k-rows a word.
+template <int WK, int G> __host__ __device__ constexpr int WordsPerChunk() { return WK == kWeightF32 ? 4 * G : 2 * G; }
+
+// Threads per block the compiler must plan registers for: the weight registers plus a budget for the rest, rounded
+// down to whole groups of 4 warps (ptxas sizes the register cap for a multiple of 128 threads).
+template <int G, int WK, int KC_REG, int RC> __host__ __device__ constexpr int MaxThreadsFor() {
+  return (65536 / (KC_REG * WordsPerChunk<WK, G>() + (RC == 1 ? 72 : 112))) / 128 * 128 > 1024
+             ? 1024
+             : ((65536 / (KC_REG * WordsPerChunk<WK, G>() + (RC == 1 ? 72 : 112))) / 128 * 128 < 128
+                    ? 128
+                    : (65536 / (KC_REG * WordsPerChunk<WK, G>() + (RC == 1 ? 72 : 112))) / 128 * 128);
+}
+
+constexpr long long kWatchdogPolls = 1ll << 24;
+
+// ex2.approx-based activations: a few instructions instead of the libm paths (expf/tanhf), which sit on the
+// per-step critical path. Error ~1e-7 absolute, well inside the float32 tolerance of the tests.
+// (.ftz forms: the non-ftz ex2 adds a denormal-range fix-up of 3 instructions on the serial path.)
+__device__ __forceinline__ float Exp2Ftz(float v) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(v));
+  return y;
+}
+__device__ __forceinline__ float RcpFtz(float v) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(v));
+  return y;
+}
+__device__ __forceinline__ float Sigmoid(float v) { return RcpFtz(1.f + Exp2Ftz(-1.4426950408889634f * v)); }
+__device__ __forceinline__ float Tanh(float v) {
+  return fmaf(2.f, RcpFtz(1.f + Exp2Ftz(-2.8853900817779268f * v)), -1.f);
+}
+
+// Clip to [-limit, limit] keeping NaN (fminf/fmaxf would turn NaN into a bound); limit <= 0 means no clip.
+__device__ __forceinline__ float ClipKeepNaN(float v, float limit) {
+  if (limit <= 0.f) return v;
+  return v > limit ? limit : (v < -limit ? -limit : v);
+}
+
+__device__ __forceinline__ unsigned long long LoadRelaxed64(const unsigned long long* ptr) {
+  unsigned long long v;
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(ptr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void StoreRelaxed64(unsigned long long* ptr, unsigned long long v) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(ptr), "l"(v) : "memory");
+}
+__device__ __forceinline__ void RedReleaseAdd(unsigned* ptr, unsigned v) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(ptr), "r"(v) : "memory");
+}
+__device__ __forceinline__ unsigned LoadAcquire32(const unsigned* ptr) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(ptr) : "memory");
+  return v;
+}
+__device__ __forceinline__ int LoadVolatile(const int* ptr) { return *reinterpret_cast<const volatile int*>(ptr); }
+
+template <int WK, int G>
+__device__ __forceinline__ void DecodeChunk(const uint32_t (&words)[WordsPerChunk<WK, G>()], float (&w)[4][G]) {
+  if constexpr (WK == kWeightF32) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+#pragma unroll
+      for (int g = 0; g < G; ++g) w[e][g] = __uint_as_float(words[e * G + g]);
+  } else {
+#pragma unroll
+    for (int ep = 0; ep < 2; ++ep)
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        // volatile asm: the conversion is loop-invariant across timesteps, and if the compiler hoists it out of
+        // the step loop the unpacked float32 weights need twice the registers (spills). Converting per use is
+        // cheap next to the FMAs.
+        const uint32_t v = words[ep * G + g];
+        if constexpr (WK == kWeightBF16) {
+          asm volatile("shl.b32 %0, %2, 16;\n\tand.b32 %1, %2, 0xffff0000;"
+                       : "=f"(w[2 * ep][g]), "=f"(w[2 * ep + 1][g])
+                       : "r"(v));
+        } else {
+          asm volatile("{\n\t.reg .f16 lo, hi;\n\tmov.b32 {lo, hi}, %2;\n\tcvt.f32.f16 %0, lo;\n\t"
+                       "cvt.f32.f16 %1, hi;\n\t}"
+                       : "=f"(w[2 * ep][g]), "=f"(w[2 * ep + 1][g])
+                       : "r"(v));
+        }
+      }
+  }
+}
+
+// Where this thread sits in a DotMap.
+struct DotSlot {
+  bool in_map;  // the thread's warp takes part
+  int col;      // column inside the block (may be >= cols for padding lanes: zero weights, result dropped)
+  int kl;       // k-lane
+  int kw;       // warp slot for the cross-warp sum
+  int lanek;    // lane inside the ksl group (0 writes the result)
+};
+
+__device__ __forceinline__ DotSlot MakeSlot(const DotMap& m, int tid) {
+  DotSlot s;
+  const int warp = tid >> 5, lane = tid & 31;
+  s.in_map = tid < m.threads_used;
+  s.kw = warp % m.ksw;
+  s.lanek = lane & (m.ksl - 1);
+  s.col = (warp / m.ksw) * (32 / m.ksl) + lane / m.ksl;
+  s.kl = s.kw * m.ksl + s.lanek;
+  return s;
+}
+
+// Prologue: loads this thread's part of the block's slice of a [K, *] weight matrix (columns
+// g * gate_stride + col0 + col) straight from global memory: chunks < kc_reg into registers, the rest into the
+// thread's own slots of the stream area (only this thread reads them back, so no barrier is needed). All loads of
+// the register chunks are independent and issue back to back; the stream chunks go 2 at a time. Rows >= K and
+// columns >= ncols_valid read as zero.
+template <int WK, int G, int KCR>
+__device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __restrict__ src, long long row_stride,
+                                                 int gate_stride, int col0, int ncols_valid, const DotMap& m, int K,
+                                                 uint32_t (&wreg)[KCR][WordsPerChunk<WK, G>()], uint2* stream,
+                                                 const DotSlot& slot, int tid) {
+  constexpr int NW = WordsPerChunk<WK, G>();
+  constexpr int NQ = NW / 2;
+  if (!slot.in_map) return;
+  const bool col_ok = slot.col < ncols_valid;
+  auto load_chunk = [&](int j, uint32_t(&words)[NW]) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int k = 4 * (slot.kl + m.ks * j) + e;
+      const bool ok = col_ok && k < K;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const uint32_t raw =
+            ok ? static_cast<uint32_t>(__ldg(src + (long long)k * row_stride + (long long)g * gate_stride + col0 + slot.col))
+               : 0u;
+        if constexpr (WK == kWeightF32) {
+          words[e * G + g] = raw;
+        } else if (e % 2 == 0) {
+          words[(e / 2) * G + g] = raw;
+        } else {
+          words[(e / 2) * G + g] |= raw << 16;
+        }
+      }
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < KCR; ++j)
+    if (j < m.kc_reg) load_chunk(j, wreg[j]);
+#pragma unroll 2
+  for (int j = m.kc_reg; j < m.kc; ++j) {
+    uint32_t words[NW];
+    load_chunk(j, words);
+    const int js = j - m.kc_reg;
+#pragma unroll
+    for (int q = 0; q < NQ; ++q)
+      stream[((long long)js * NQ + q) * m.threads_used + tid] = make_uint2(words[2 * q], words[2 * q + 1]);
+  }
+}
+
+// z partial sums for rows [0, nrows) of the h tile (row stride m.kpad floats, rows padded to a multiple of RC):
+// zpart[((kw * z_rows + z_row0 + r) * G + g) * m.cols + col]. With one row per pass, even and odd chunks go to
+// separate accumulators so the dependent FMA chains are half as long.
+template <int G, int WK, int RC>
+__device__ __forceinline__ void FmaChunk(const float (&w)[4][G], const float4* h4, int kpad4, int r0, int hidx,
+                                         float (&acc)[RC][G]) {
+#pragma unroll
+  for (int r = 0; r < RC; ++r) {
+    const float4 hv = h4[(r0 + r) * kpad4 + hidx];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      acc[r][g] = fmaf(w[0][g], hv.x, acc[r][g]);
+      acc[r][g] = fmaf(w[1][g], hv.y, acc[r][g]);
+      acc[r][g] = fmaf(w[2][g], hv.z, acc[r][g]);
+      acc[r][g] = fmaf(w[3][g], hv.w, acc[r][g]);
+    }
+  }
+}
+
+template <int WK, int G>
+__device__ __forceinline__ void LoadStreamChunk(const uint2* stream, int js, int stride, int tid, float (&w)[4][G]) {
+  constexpr int NW = WordsPerChunk<WK, G>();
+  constexpr int NQ = NW / 2;
+  uint32_t words[NW];
+#pragma unroll
+  for (int q = 0; q < NQ; ++q) {
+    const uint2 v = stream[((long long)js * NQ + q) * stride + tid];
+    words[2 * q] = v.x;
+    words[2 * q + 1] = v.y;
+  }
+  DecodeChunk<WK, G>(words, w);
+}
+
+template <int G, int WK, int KC_REG, int RC, int KCR>
+__device__ __forceinline__ void DotRows(const uint32_t (&wreg)[KCR][WordsPerChunk<WK, G>()], const uint2* stream,
+                                        const DotMap& m, const float* h_tile, int nrows, float* zpart, int z_row0,
+                                        int z_rows, const DotSlot& slot, int tid) {
+  constexpr int NA = RC == 1 ? 2 : 1;
+  const int kpad4 = m.kpad >> 2;
+  const float4* h4 = reinterpret_cast<const float4*>(h_tile);
+  const int kc_reg = m.kc_reg;
+  const int kc_stream = m.kc - kc_reg;
+  const int stride = m.threads_used;
+#pragma unroll 1
+  for (int r0 = 0; r0 < nrows; r0 += RC) {
+    float acc[NA][RC][G];
+#pragma unroll
+    for (int a = 0; a < NA; ++a)
+#pragma unroll
+      for (int r = 0; r < RC; ++r)
+#pragma unroll
+        for (int g = 0; g < G; ++g) acc[a][r][g] = 0.f;
+    if (kc_reg == KC_REG) {  // the usual case: no per-chunk branch, so loads can be hoisted across chunks
+#pragma unroll
+      for (int j = 0; j < KC_REG; ++j) {
+        float w[4][G];
+        DecodeChunk<WK, G>(wreg[j], w);
+        FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * j, acc[j % NA]);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < KC_REG; ++j) {
+        if (j < kc_reg) {
+          float w[4][G];
+          DecodeChunk<WK, G>(wreg[j], w);
+          FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * j, acc[j % NA]);
+        }
+      }
+    }
+    int js = 0;
+#pragma unroll 1
+    for (; js + NA <= kc_stream; js += NA) {
+#pragma unroll
+      for (int a = 0; a < NA; ++a) {
+        float w[4][G];
+        LoadStreamChunk<WK, G>(stream, js + a, stride, tid, w);
+        FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * (kc_reg + js + a), acc[a]);
+      }
+    }
+    if (js < kc_stream) {
+      float w[4][G];
+      LoadStreamChunk<WK, G>(stream, js, stride, tid, w);
+      FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * (kc_reg + js), acc[0]);
+    }
+#pragma unroll
+    for (int a = 1; a < NA; ++a)
+#pragma unroll
+      for (int r = 0; r < RC; ++r)
+#pragma unroll
+        for (int g = 0; g < G; ++g) acc[0][r][g] += acc[a][r][g];
+    for (int off = m.ksl >> 1; off > 0; off >>= 1) {
+#pragma unroll
+      for (int r = 0; r < RC; ++r)
+#pragma unroll
+        for (int g = 0; g < G; ++g) acc[0][r][g] += __shfl_xor_sync(0xffffffffu, acc[0][r][g], off);
+    }
+    if (slot.lanek == 0 && slot.col < m.cols) {
+#pragma unroll
+      for (int r = 0; r < RC; ++r)
+        if (r0 + r < nrows)
+#pragma unroll
+          for (int g = 0; g < G; ++g)
+            zpart[((slot.kw * z_rows + z_row0 + r0 + r) * G + g) * m.cols + slot.col] = acc[0][r][g];
+    }
+  }
+}
+
+// Raises the watchdog; returns true when the caller should stop waiting.
+__device__ __forceinline__ bool WatchdogTick(long long& polls, int* watchdog) {
+  ++polls;
+  if ((polls & 255) != 0) return false;
+  if (polls > kWatchdogPolls) {
+    atomicExch(watchdog, 1);
+    return true;
+  }
+  return LoadVolatile(watchdog) != 0;
+}
+
+__device__ __forceinline__ void LoadRelaxed128(const unsigned long long* ptr, unsigned long long& a,
+                                               unsigned long long& b) {
+  asm volatile("ld.relaxed.gpu.global.v2.u64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(ptr) : "memory");
+}
+
+// Copies rows [0, nrows) x [0, width) into the shared tile (row stride dst_stride) from
+//   source 0: the initial state h0 (rows of `width` floats, or zeros when null);
+//   source 1: tagged words (rows of `src_stride` words, 16-byte aligned) once each carries `tag`;
+//   source 2: plain floats (rows of `src_stride`, 16-byte aligned) after a barrier, read at L2 (other SMs wrote them).
+// Every thread keeps several 16-byte loads in flight: the exchange is latency-bound, not bandwidth-bound.
+__device__ __forceinline__ void FetchRows(float* dst, int dst_stride, const float* h0_rows,
+                                          const unsigned long long* tagged_rows, const float* plain_rows, int source,
+                                          unsigned tag, int nrows, int width, int src_stride, int tid, int nthreads,
+                                          int* watchdog) {
+  constexpr int kBatch = 4;  // vector loads in flight per thread
+  if (source == 0) {
+    const int total = nrows * width;
+#pragma unroll 1
+    for (int i0 = tid; i0 < total; i0 += kBatch * nthreads) {
+      float v[kBatch];
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const int i = i0 + q * nthreads;
+        v[q] = (h0_rows && i < total) ? __ldg(h0_rows + i) : 0.f;
+      }
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const int i = i0 + q * nthreads;
+        if (i < total) {
+          const int r = i / width;
+          dst[r * dst_stride + i - r * width] = v[q];
+        }
+      }
+    }
+  } else if (source == 2) {
+    const int per_row = src_stride / 4;  // float4 per row
+    const int total = nrows * per_row;
+    const float4* src4 = reinterpret_cast<const float4*>(plain_rows);
+#if __CUDA_ARCH__ >= 800
+    // Asynchronous 16-byte copies at L2 (.cg): as many in flight as the hardware takes, no registers held. The
+    // row padding of the exchange buffer is zero (memset before the launch), as the tile padding must be.
+#pragma unroll 1
+    for (int i = tid; i < total; i += nthreads) {
+      const int r = i / per_row, k = 4 * (i - r * per_row);
+      const unsigned dst_addr = static_cast<unsigned>(__cvta_generic_to_shared(dst + r * dst_stride + k));
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst_addr), "l"(src4 + i) : "memory");
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#else
+#pragma unroll 1
+    for (int i0 = tid; i0 < total; i0 += kBatch * nthreads) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const int i = i0 + q * nthreads;
+        if (i < total) v[q] = __ldcg(src4 + i);
+      }
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const int i = i0 + q * nthreads;
+        if (i < total) {
+          const int r = i / per_row, k = 4 * (i - r * per_row);
+          float* o = dst + r * dst_stride + k;
+          // dst rows are padded to a multiple of 4 floats (kpad) and the padding must stay zero.
+          o[0] = v[q].x;
+          if (k + 1 < width) o[1] = v[q].y;
+          if (k + 2 < width) o[2] = v[q].z;
+          if (k + 3 < width) o[3] = v[q].w;
+        }
+      }
+    }
+#endif
+  } else {
+    const int per_row = src_stride / 2;  // 16-byte pairs per row
+    const int total = nrows * per_row;
+#pragma unroll 1
+    for (int i0 = tid; i0 < total; i0 += kBatch * nthreads) {
+      unsigned long long v[kBatch][2];
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const int i = i0 + q * nthreads;
+        if (i < total) LoadRelaxed128(tagged_rows + 2 * i, v[q][0], v[q][1]);
+      }
+      // Poll the whole batch together: re-issue every load that is not ready before checking any of them
+      // again, so each wait costs one round trip for the batch (re-polling one word at a time costs one round
+      // trip per word, since the other words' first reads are stale by then).
+      long long polls = 0;
+      while (true) {
+        bool waiting = false;
+#pragma unroll
+        for (int q = 0; q < kBatch; ++q) {
+          const int i = i0 + q * nthreads;
+          if (i < total) {
+            const int k = 2 * (i % per_row);
+            const bool ready = static_cast<unsigned>(v[q][0] >> 32) == tag &&
+                               (k + 1 >= width || static_cast<unsigned>(v[q][1] >> 32) == tag);
+            if (!ready) {
+              waiting = true;
+              LoadRelaxed128(tagged_rows + 2 * i, v[q][0], v[q][1]);
+            }
+          }
+        }
+        if (!waiting || WatchdogTick(polls, watchdog)) break;
+      }
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const int i = i0 + q * nthreads;
+        if (i < total) {
+          const int r = i / per_row, k = 2 * (i - r * per_row);
+          float* o = dst + r * dst_stride + k;
+          o[0] = __uint_as_float(static_cast<unsigned>(v[q][0]));
+          if (k + 1 < width) o[1] = __uint_as_float(static_cast<unsigned>(v[q][1]));  // padding is never published
+        }
+      }
+    }
+  }
+}
+
+// Thread-block clusters (sm_90): the blocks of one direction write each new h value straight into every
+// cluster member's shared h tile (distributed shared memory) and meet at the hardware cluster barrier.
+__device__ __forceinline__ void ClusterSync() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void StoreToClusterRanks(float* local_addr, int ranks, float v) {
+#if __CUDA_ARCH__ >= 900
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(local_addr));
+#pragma unroll 1
+  for (int rank = 0; rank < ranks; ++rank) {
+    unsigned ra;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(ra), "f"(v) : "memory");
+  }
+#else
+  *local_addr = v;
+#endif
+}
+
+__device__ __forceinline__ void GroupBarrier(unsigned* counter, unsigned target, int* watchdog) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    RedReleaseAdd(counter, 1u);
+    long long polls = 0;
+    while (LoadAcquire32(counter) < target) {
+      if (WatchdogTick(polls, watchdog)) break;
+    }
+  }
+  __syncthreads();
+}
+
+template <int CELL, int WK, int KC_REG, int RC>
+__global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG, RC>(), 1)
+    RnnPersistentKernel(const KernelParams p) {
+  constexpr int G = CELL == 0 ? 4 : 3;
+  constexpr bool kLstm = CELL == 0;
+  constexpr int NW = WordsPerChunk<WK, G>();
+  constexpr int KCR = KC_REG > 0 ? KC_REG : 1;
+  using Raw = typename RawOf<WK>::T;
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int blocks_per_dir = p.nbr * p.nbu;
+  const int d = blockIdx.x / blocks_per_dir;
+  const int rem = blockIdx.x - d * blocks_per_dir;
+  const int rg = rem / p.nbu, ub = rem - rg * p.nbu;
+  const int row0 = rg * p.rb;
+  const int nrows = min(p.rb, p.B - row0);
+  const int H = p.H, R = p.R, P = p.P, B = p.B, T = p.T, D = p.D;
+  const int u0 = ub * p.upb;
+  const int ucount = min(p.upb, H - u0);
+  const int pc0 = ub * p.ppb;
+  const int pcount = P > 0 ? max(0, min(p.ppb, P - pc0)) : 0;
+  const bool reverse = (p.reverse_mask >> d) & 1;
+  const int mode = p.exchange;
+  const bool local = mode == kExchangeLocal;
+  const bool cluster = mode == kExchangeCluster;
+  const bool smem_h = local || cluster;  // the whole h (and m) tile lives in shared memory, double-buffered
+  const int own_cols = P > 0 ? p.ppb : p.upb;  // row stride of hown_s
+  const int own0 = P > 0 ? pc0 : u0;
+  const int own_count = P > 0 ? pcount : ucount;
+  const long long xcols = (long long)D * G * H;  // x_proj row width
+  const long long ocols = (long long)D * R;      // output row width
+  auto row_index = [&](int b, int t) -> long long {
+    return p.time_major ? (long long)t * B + b : (long long)b * T + t;
+  };
+
+  float* h_s = reinterpret_cast<float*>(smem + p.off_h);
+  float* m_s = reinterpret_cast<float*>(smem + p.off_m);
+  float* z_s = reinterpret_cast<float*>(smem + p.off_z);
+  float* c_s = reinterpret_cast<float*>(smem + p.off_c);
+  float* hown_s = reinterpret_cast<float*>(smem + p.off_hown);
+  int* len_s = reinterpret_cast<int*>(smem + p.off_len);  // [rb] lengths, then the group's max length
+  float* xs_s = reinterpret_cast<float*>(smem + p.off_x);  // [2][rb * upb][G] x_proj of the next steps
+  // Streamed weight chunks: shared memory or this block's part of the workspace. The two are kept as separate
+  // pointers (and separate inlined dot loops below) so the shared case compiles to LDS rather than generic loads.
+  uint2* stream_a_smem = reinterpret_cast<uint2*>(smem + p.off_stream_a);
+  uint2* stream_b_smem = reinterpret_cast<uint2*>(smem + p.off_stream_b);
+  uint2* stream_a_glob = static_cast<uint2*>(p.ws_stream_a) + (long long)blockIdx.x * p.ws_stream_a_words;
+  uint2* stream_b_glob = static_cast<uint2*>(p.ws_stream_b) + (long long)blockIdx.x * p.ws_stream_b_words;
+  uint2* stream_a = p.a.stream_global ? stream_a_glob : stream_a_smem;
+  uint2* stream_b = p.b.stream_global ? stream_b_glob : stream_b_smem;
+
+
+  const bool stamping = p.debug_clock != nullptr && blockIdx.x == 0 && tid == 0;
+  auto stamp = [&](int slot) {
+    if (stamping) p.debug_clock[slot] = clock64();
+  };
+  if (stamping) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    p.debug_clock[kDebugSlots - 2] = static_cast<long long>(t);
+  }
+  stamp(0);
+
+  // ---- prologue ------------------------------------------------------------------------------------------------
+  if (tid == 0) len_s[p.rb] = 0;
+  __syncthreads();
+  for (int r = tid; r < nrows; r += nthreads) {
+    int len = p.lengths ? p.lengths[row0 + r] : T;
+    len = min(max(len, 0), T);
+    len_s[r] = len;
+    atomicMax(&len_s[p.rb], len);
+  }
+
+  const DotSlot sa = MakeSlot(p.a, tid);
+  const DotSlot sb = MakeSlot(p.b, tid);
+  uint32_t wreg[KCR][NW];
+#pragma unroll
+  for (int j = 0; j < KCR; ++j)
+#pragma unroll
+    for (int q = 0; q < NW; ++q) wreg[j][q] = 0u;
+  LoadWeightChunks<WK, G, KCR>(static_cast<const Raw*>(p.w_rec) + (long long)d * R * G * H, (long long)G * H, H, u0,
+                               ucount, p.a, R, wreg, stream_a, sa, tid);
+  uint32_t wreg_b_unused[1][WordsPerChunk<WK, 1>()];
+  auto dot_a = [&](const float* h_tile, int nr, int z_row0) {
+    if (p.a.stream_global)
+      DotRows<G, WK, KC_REG, RC, KCR>(wreg, stream_a_glob, p.a, h_tile, nr, z_s, z_row0, p.rb, sa, tid);
+    else
+      DotRows<G, WK, KC_REG, RC, KCR>(wreg, stream_a_smem, p.a, h_tile, nr, z_s, z_row0, p.rb, sa, tid);
+  };
+  auto dot_b = [&](const float* m_tile, int nr, int z_row0) {
+    if (p.b.stream_global)
+      DotRows<1, WK, 0, RC, 1>(wreg_b_unused, stream_b_glob, p.b, m_tile, nr, z_s, z_row0, p.rb, sb, tid);
+    else
+      DotRows<1, WK, 0, RC, 1>(wreg_b_unused, stream_b_smem, p.b, m_tile, nr, z_s, z_row0, p.rb, sb, tid);
+  };
+  if (kLstm && P > 0) {
+    LoadWeightChunks<WK, 1, 1>(static_cast<const Raw*>(p.w_proj) + (long long)d * H * P, P, 0, pc0, pcount, p.b, H,
+                               wreg_b_unused, stream_b, sb, tid);
+  }
+
+  stamp(1);
+  // Zero the h/m/z union (the k-padding of the h and m tiles must read as 0: padded weights are 0, and 0 * NaN
+  // of uninitialised memory would poison the sums), then load the initial state.
+  for (int i = tid; i < p.union_bytes / 4; i += nthreads) reinterpret_cast<float*>(smem)[i] = 0.f;
+  __syncthreads();
+  for (int i = tid; i < nrows * own_count; i += nthreads) {
+    const int r = i / own_count, c = i - r * own_count;
+    hown_s[r * own_cols + c] = p.h0 ? p.h0[((long long)d * B + row0 + r) * R + own0 + c] : 0.f;
+  }
+  if (kLstm) {
+    for (int i = tid; i < nrows * ucount; i += nthreads) {
+      const int r = i / ucount, u = i - r * ucount;
+      c_s[r * p.upb + u] = p.c0 ? p.c0[((long long)d * B + row0 + r) * H + u0 + u] : 0.f;
+    }
+  }
+  if (smem_h) {
+    FetchRows(h_s, p.a.kpad, p.h0 ? p.h0 + ((long long)d * B + row0) * R : nullptr, nullptr, nullptr, 0, 0u, nrows, R,
+              R, tid, nthreads, p.watchdog);
+  }
+  // Zeros past each sequence's length in the output columns this block owns.
+  for (int r = 0; r < nrows; ++r) {
+    const int len = len_s[r];
+    const int n = (T - len) * own_count;
+    for (int i = tid; i < n; i += nthreads) {
+      const int t = len + i / own_count, c = i % own_count;
+      p.out[row_index(row0 + r, t) * ocols + (long long)d * R + own0 + c] = 0.f;
+    }
+  }
+  __syncthreads();
+  if (cluster) ClusterSync();  // every member is running before anyone writes into its shared memory
+  const int max_len = len_s[p.rb];
+  stamp(2);
+
+  // Publishing a new state value for (row r, column col) to whoever reads it next step.
+  auto publish_h = [&](int cur, int r, int col, float v, int s) {
+    if (local) {
+      h_s[(cur ^ 1) * p.h_buf_floats + r * p.a.kpad + col] = v;
+    } else if (cluster) {
+      StoreToClusterRanks(h_s + (cur ^ 1) * p.h_buf_floats + r * p.a.kpad + col, p.nbu, v);
+    } else {
+      const long long idx = (((long long)(s & 1) * D + d) * B + row0 + r) * p.ex_r + col;
+      if (mode == kExchangeTagged)
+        StoreRelaxed64(p.xh_tag + idx, (static_cast<unsigned long long>(s + 1) << 32) | __float_as_uint(v));
+      else
+        p.xh[idx] = v;
+    }
+  };
+
+
+  unsigned barrier_count = 0;
+  unsigned* group_counter = p.counters ? p.counters + (d * p.nbr + rg) * 32 : nullptr;
+  const int npairs = nrows * ucount;
+  int cur = 0;
+
+  // What a thread needs to update one (row, unit) pair, computed once before the recurrence for the thread's
+  // first pair (and on the fly for any further ones): the per-step code on this serial path is then a handful of
+  // instructions (each costs ~5 cycles of latency here; indexing math was half of the cell update).
+  const long long x_tstride = p.time_major ? (long long)B * xcols : xcols;
+  const long long o_tstride = p.time_major ? (long long)B * ocols : ocols;
+  struct PairCtx {
+    int r, u, len, zoff, soff;
+    const float* x_src;  // x_proj at t = 0, gate 0, this unit
+    float* out_ptr;      // output at t = 0, this unit (P == 0)
+    float* res_ptr;      // reserve at t = 0, this unit, or null
+    long long ex_off;    // exchange index of (d, row, column) without the parity
+  };
+  auto make_ctx = [&](int pi) {
+    PairCtx c;
+    c.r = pi / ucount;
+    c.u = pi - c.r * ucount;
+    const int b = row0 + c.r;
+    c.len = len_s[c.r];
+    c.zoff = c.r * G * p.a.cols + c.u;
+    c.soff = c.r * p.upb + c.u;
+    const long long row_t0 = p.time_major ? (long long)b : (long long)b * T;
+    c.x_src = p.x_proj + row_t0 * xcols + (long long)d * G * H + u0 + c.u;
+    c.out_ptr = p.out + row_t0 * ocols + (long long)d * R + u0 + c.u;
+    c.res_ptr = p.reserve ? p.reserve + ((long long)d * B + b) * T * p.reserve_f + u0 + c.u : nullptr;
+    c.ex_off = ((long long)d * B + b) * (P == 0 ? p.ex_r : p.ex_h) + u0 + c.u;
+    return c;
+  };
+  const PairCtx ctx0 = make_ctx(tid < npairs ? tid : 0);
+
+  // x_proj of step s goes into shared memory one step ahead (cp.async on sm_80+: the copy is in flight during a
+  // whole step and holds no registers; a register prefetch was sunk by the compiler to its use, back onto the
+  // critical path). Double-buffered by step parity; each thread copies and later reads only its own pairs.
+  const int xs_buf = p.rb * p.upb * G;
+  auto prefetch_x = [&](int s) {
+    float* xs = xs_s + (s & 1) * xs_buf;
+#pragma unroll 1
+    for (int pi = tid; pi < npairs; pi += nthreads) {
+      const PairCtx c = pi == tid ? ctx0 : make_ctx(pi);
+      if (s < c.len) {
+        const int t = reverse ? c.len - 1 - s : s;
+        const float* xp = c.x_src + t * x_tstride;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+#if __CUDA_ARCH__ >= 800
+          const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(xs + pi * G + g));
+          asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(xp + (long long)g * H) : "memory");
+#else
+          xs[pi * G + g] = __ldg(xp + (long long)g * H);
+#endif
+        }
+      }
+    }
+  };
+  prefetch_x(0);
+
+  // ---- the recurrence ------------------------------------------------------------------------------------------
+  for (int s = 0; s < max_len; ++s) {
+    const int sbase = s < kDebugSteps ? 3 + 5 * s : -1;
+    if (sbase >= 0) stamp(sbase);
+
+    // ---- phase A: z = h_prev @ U_slice
+    if (smem_h) {
+      if (sbase >= 0) stamp(sbase + 1);
+      if (sa.in_map)
+        dot_a(h_s + cur * p.h_buf_floats, nrows, 0);
+      __syncthreads();
+    } else {
+      const int prev = (s + 1) & 1;  // parity of step s - 1
+#pragma unroll 1
+      for (int rs0 = 0; rs0 < nrows; rs0 += p.stage_rows) {
+        const int nr = min(p.stage_rows, nrows - rs0);
+        const long long base = (((long long)prev * D + d) * B + row0 + rs0) * p.ex_r;
+        FetchRows(h_s, p.a.kpad, p.h0 ? p.h0 + ((long long)d * B + row0 + rs0) * R : nullptr,
+                  p.xh_tag ? p.xh_tag + base : nullptr, p.xh ? p.xh + base : nullptr,
+                  s == 0 ? 0 : (mode == kExchangeTagged ? 1 : 2), static_cast<unsigned>(s), nr, R, p.ex_r, tid,
+                  nthreads, p.watchdog);
+        __syncthreads();
+        if (sbase >= 0 && rs0 == 0) stamp(sbase + 1);
+        if (sa.in_map) dot_a(h_s, nr, rs0);
+        __syncthreads();
+      }
+    }
+    if (sbase >= 0) stamp(sbase + 2);
+
+    // ---- cell update for this block's units
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+    const float* xs_step = xs_s + (s & 1) * xs_buf;
+    const long long ex_par = (long long)(s & 1) * D * B * (P == 0 ? p.ex_r : p.ex_h);
+    auto cell_update = [&](int pi, const PairCtx& c) {
+      float zs[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) zs[g] = 0.f;
+      const float* zp = z_s + c.zoff;
+      const int kw_stride = p.rb * G * p.a.cols;
+#pragma unroll 1
+      for (int kw = 0; kw < p.a.ksw; ++kw, zp += kw_stride) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) zs[g] += zp[g * p.a.cols];
+      }
+      float hv = 0.f;  // new h (no projection) or m (projection)
+      if (s < c.len) {
+        const int t = reverse ? c.len - 1 - s : s;
+        float x[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) x[g] = xs_step[pi * G + g];
+        float* rs = c.res_ptr ? c.res_ptr + (long long)t * p.reserve_f : nullptr;
+        if constexpr (kLstm) {
+          const float ig = Sigmoid(x[0] + zs[0]);
+          const float fg = Sigmoid(x[1] + zs[1]);
+          const float gg = Tanh(x[2] + zs[2]);
+          const float og = Sigmoid(x[3] + zs[3]);
+          const float c_raw = fg * c_s[c.soff] + ig * gg;
+          const float cc = ClipKeepNaN(c_raw, p.cell_clip);
+          c_s[c.soff] = cc;
+          hv = og * Tanh(cc);
+          if (rs) {
+            rs[0] = ig;
+            rs[H] = fg;
+            rs[2 * H] = gg;
+            rs[3 * H] = og;
+            rs[4 * H] = c_raw;
+          }
+          if (P == 0) {
+            hown_s[c.soff] = hv;
+            c.out_ptr[t * o_tstride] = hv;
+          }
+        } else {
+          const float* rb_d = p.rec_bias ? p.rec_bias + (long long)d * G * H + u0 + c.u : nullptr;
+          const float az = zs[0] + (rb_d ? __ldg(rb_d) : 0.f);
+          const float ar = zs[1] + (rb_d ? __ldg(rb_d + H) : 0.f);
+          const float an = zs[2] + (rb_d ? __ldg(rb_d + 2 * H) : 0.f);
+          const float zg = Sigmoid(x[0] + az);
+          const float rg_ = Sigmoid(x[1] + ar);
+          const float ng = Tanh(x[2] + rg_ * an);
+          const float hp = hown_s[c.soff];
+          hv = zg * hp + (1.f - zg) * ng;
+          hown_s[c.soff] = hv;
+          c.out_ptr[t * o_tstride] = hv;
+          if (rs) {
+            rs[0] = zg;
+            rs[H] = rg_;
+            rs[2 * H] = ng;
+            rs[3 * H] = an;
+          }
+        }
+      } else if (P == 0) {
+        hv = hown_s[c.soff];  // finished row: the state stays
+      }
+      // Publish h (or m) to whoever reads it next.
+      const int col = u0 + c.u;
+      if (local) {
+        if (P == 0) h_s[(cur ^ 1) * p.h_buf_floats + c.r * p.a.kpad + col] = hv;
+        else m_s[c.r * p.b.kpad + col] = hv;
+      } else if (cluster) {
+        StoreToClusterRanks(P == 0 ? h_s + (cur ^ 1) * p.h_buf_floats + c.r * p.a.kpad + col
+                                   : m_s + c.r * p.b.kpad + col,
+                            p.nbu, hv);
+      } else if (mode == kExchangeTagged) {
+        StoreRelaxed64((P == 0 ? p.xh_tag : p.xm_tag) + ex_par + c.ex_off,
+                       (static_cast<unsigned long long>(s + 1) << 32) | __float_as_uint(hv));
+      } else {
+        (P == 0 ? p.xh : p.xm)[ex_par + c.ex_off] = hv;
+      }
+    };
+    // The per-step serial part (one pass of one warp in most plans) runs out of the instruction cache if it is
+    // long: keep its loops rolled (#pragma unroll 1) so the code it executes stays small.
+#pragma unroll 1
+    for (int pi = tid; pi < npairs; pi += nthreads) {
+      if (pi == tid) {
+        cell_update(pi, ctx0);
+      } else {
+        const PairCtx c = make_ctx(pi);  // only when a thread has several pairs
+        cell_update(pi, c);
+      }
+    }
+    if (sbase >= 0) stamp(sbase + 3);
+    if (s + 1 < max_len) prefetch_x(s + 1);
+
+    // ---- phase B (projection): h = clip(m @ P_slice)
+    if (kLstm && P > 0) {
+      if (smem_h) {
+        if (cluster) ClusterSync();
+        else __syncthreads();
+        if (sb.in_map) {
+          dot_b(m_s, nrows, 0);
+        }
+        __syncthreads();
+      } else {
+        if (mode == kExchangeCounter) GroupBarrier(group_counter, (++barrier_count) * p.nbu, p.watchdog);
+#pragma unroll 1
+        for (int rs0 = 0; rs0 < nrows; rs0 += p.stage_rows) {
+          const int nr = min(p.stage_rows, nrows - rs0);
+          const long long base = (((long long)(s & 1) * D + d) * B + row0 + rs0) * p.ex_h;
+          FetchRows(m_s, p.b.kpad, nullptr, p.xm_tag ? p.xm_tag + base : nullptr, p.xm ? p.xm + base : nullptr,
+                    mode == kExchangeTagged ? 1 : 2, static_cast<unsigned>(s + 1), nr, H, p.ex_h, tid, nthreads,
+                    p.watchdog);
+          __syncthreads();
+          if (sb.in_map) dot_b(m_s, nr, rs0);
+          __syncthreads();
+        }
+      }
+#pragma unroll 1
+      for (int pi = tid; pi < nrows * pcount; pi += nthreads) {
+        const int r = pi / pcount, pc = pi - r * pcount;
+        const int b = row0 + r;
+        const int len = len_s[r];
+        float h;
+        if (s < len) {
+          float h_raw = 0.f;
+#pragma unroll 1
+          for (int kw = 0; kw < p.b.ksw; ++kw) h_raw += z_s[(kw * p.rb + r) * p.b.cols + pc];
+          const int t = reverse ? len - 1 - s : s;
+          const long long row = row_index(b, t);
+          if (p.reserve) p.reserve[(((long long)d * B + b) * T + t) * p.reserve_f + 5 * H + pc0 + pc] = h_raw;
+          h = ClipKeepNaN(h_raw, p.proj_clip);
+          hown_s[r * p.ppb + pc] = h;
+          p.out[row * ocols + (long long)d * R + pc0 + pc] = h;
+        } else {
+          h = hown_s[r * p.ppb + pc];
+        }
+        publish_h(cur, r, pc0 + pc, h, s);
+      }
+    }
+
+    // ---- make h visible for the next step
+    if (local) {
+      __syncthreads();
+      cur ^= 1;
+    } else if (cluster) {
+      ClusterSync();
+      cur ^= 1;
+    } else if (mode == kExchangeCounter) {
+      GroupBarrier(group_counter, (++barrier_count) * p.nbu, p.watchdog);
+    }
+    // tagged: readers poll the data itself; the fetch + __syncthreads at the top of the next step orders the
+    // shared-memory reuse.
+    if (sbase >= 0) stamp(sbase + 4);
+  }
+  stamp(3 + 5 * kDebugSteps);
+
+  // ---- final states ------------------------------------------------------------------------------------------
+  __syncthreads();
+  for (int i = tid; i < nrows * own_count; i += nthreads) {
+    const int r = i / own_count, c = i - r * own_count;
+    if (p.final_h) p.final_h[((long long)d * B + row0 + r) * R + own0 + c] = hown_s[r * own_cols + c];
+  }
+  if (kLstm && p.final_c) {
+    for (int i = tid; i < nrows * ucount; i += nthreads) {
+      const int r = i / ucount, u = i - r * ucount;
+      p.final_c[((long long)d * B + row0 + r) * H + u0 + u] = c_s[r * p.upb + u];
+    }
+  }
+  if (stamping) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    p.debug_clock[kDebugSlots - 1] = static_cast<long long>(t);
+  }
+}
+
+#define FUSED_RNN_KERNEL_TABLE(NAME, CELL, WK)                                                      \
+  KernelFn NAME(int rc, int kc_idx) {                                                              \
+    constexpr int k0 = (WK == kWeightF32) ? 0 : 0;                                                 \
+    constexpr int k1 = (WK == kWeightF32) ? 2 : 4;                                                 \
+    constexpr int k2 = (WK == kWeightF32) ? 4 : 8;                                                 \
+    constexpr int k3 = (WK == kWeightF32) ? 6 : 12;                                                \
+    constexpr int k4 = (WK == kWeightF32) ? 8 : 16;                                                \
+    static const KernelFn table[2][kNumKcReg] = {                                                  \
+        {RnnPersistentKernel<CELL, WK, k0, 1>, RnnPersistentKernel<CELL, WK, k1, 1>,               \
+         RnnPersistentKernel<CELL, WK, k2, 1>, RnnPersistentKernel<CELL, WK, k3, 1>,               \
+         RnnPersistentKernel<CELL, WK, k4, 1>},                                                    \
+        {RnnPersistentKernel<CELL, WK, k0, 4>, RnnPersistentKernel<CELL, WK, k1, 4>,               \
+         RnnPersistentKernel<CELL, WK, k2, 4>, RnnPersistentKernel<CELL, WK, k3, 4>,               \
+         RnnPersistentKernel<CELL, WK, k4, 4>}};                                                   \
+    if (kc_idx < 0 || kc_idx >= kNumKcReg) return nullptr;                                         \
+    return table[rc == 4 ? 1 : 0][kc_idx];                                                         \
+  }
+
+}  // namespace cuda_impl
+}  // namespace fused_rnn
+
+#endif  // FUSED_RNN_CUDA_FUSED_RNN_CUDA_KERNEL_CUH_

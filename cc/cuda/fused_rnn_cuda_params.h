@@ -1,0 +1,100 @@
+// Kernel parameters shared by the planner (host) and the persistent kernel (device). Plain C++, no CUDA types.
+#ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_PARAMS_H_
+#define FUSED_RNN_CUDA_FUSED_RNN_CUDA_PARAMS_H_
+
+#include <cstdint>
+
+namespace fused_rnn {
+namespace cuda_impl {
+
+enum : int { kExchangeLocal = 0, kExchangeTagged = 1, kExchangeCounter = 2, kExchangeCluster = 3 };
+enum : int { kWeightF32 = 0, kWeightF16 = 1, kWeightBF16 = 2 };
+
+// How one block's threads share one product z[rows, cols] = h[rows, K] @ W[K, cols] (per gate):
+// warp w, lane l -> column group (w / ksw), k-slot kw = w % ksw; inside the warp, ksl consecutive lanes share a
+// column (lane / ksl picks it among 32 / ksl columns). k is split into "chunks" of 4 * ks rows; in chunk j the
+// thread with k-lane kl = kw * ksl + l % ksl owns rows 4 * (kl + ks * j) + e, e < 4 (so one float4 of h).
+struct DotMap {
+  int cols = 0;          // columns per gate owned by the block (units, or projection columns)
+  int ksl = 1;           // lanes per column (power of 2, <= 32): reduced with shuffles
+  int ksw = 1;           // warps per column group: partial sums added in shared memory
+  int ks = 1;            // ksl * ksw
+  int kc = 0;            // chunks: ceil(K / (4 * ks))
+  int kpad = 0;          // kc * 4 * ks, the row stride of the h tile in shared memory (floats)
+  int kc_reg = 0;        // leading chunks held in registers (<= the kernel's KC_REG)
+  int stream_global = 0; // 1: the other chunks stream from the workspace, 0: from shared memory
+  int threads_used = 0;  // (column groups) * ksw * 32
+};
+
+struct KernelParams {
+  // shape
+  int D = 1, B = 0, T = 0, H = 0, P = 0, R = 0;
+  int reverse_mask = 0;  // bit d set: direction d walks each sequence backwards
+  int time_major = 0;
+  float cell_clip = 0.f, proj_clip = 0.f;
+  int reserve_f = 0;     // floats per (d, b, t) of the reserve
+  // tensors (device)
+  const float* x_proj = nullptr;
+  const void* w_rec = nullptr;   // [D, R, G*H] in the weight type
+  const float* rec_bias = nullptr;
+  const void* w_proj = nullptr;  // [D, H, P]
+  const int32_t* lengths = nullptr;
+  const float* h0 = nullptr;
+  const float* c0 = nullptr;
+  float* out = nullptr;
+  float* final_h = nullptr;
+  float* final_c = nullptr;
+  float* reserve = nullptr;
+  // decomposition: grid = D * nbr * nbu blocks; block (d, row group, unit block)
+  int exchange = kExchangeLocal;
+  int nbr = 1, rb = 0;   // row groups per direction, rows per group
+  int nbu = 1;           // unit blocks per (direction, row group)
+  int upb = 0, ppb = 0;  // units / projection columns per block
+  int stage_rows = 0;    // multi-block: rows of h (and m) staged in shared memory at once
+  DotMap a, b;           // phase A: h_prev @ U (G gates), phase B: m @ P_kernel (projection)
+  // shared-memory layout (bytes from the dynamic base)
+  int off_h = 0, off_m = 0, off_z = 0, off_c = 0, off_hown = 0, off_len = 0, off_x = 0, off_stream_a = 0,
+      off_stream_b = 0;
+  int h_buf_floats = 0;  // local mode: floats between the two h buffers
+  int ex_r = 0, ex_h = 0; // row strides of the h and m exchange buffers (R and H rounded up to 4: 16-byte rows)
+  int union_bytes = 0;   // staging tile and h/m/z share the first union_bytes bytes
+  // workspace (device)
+  int* watchdog = nullptr;
+  unsigned* counters = nullptr;              // [D * nbr] barrier counters, 128 bytes apart
+  unsigned long long* xh_tag = nullptr;      // [2][D][B][ex_r]  (value bits | (tag << 32))
+  unsigned long long* xm_tag = nullptr;      // [2][D][B][ex_h]
+  float* xh = nullptr;                       // [2][D][B][ex_r]
+  float* xm = nullptr;                       // [2][D][B][ex_h]
+  void* ws_stream_a = nullptr;               // per block: ws_stream_a_words uint2 words
+  void* ws_stream_b = nullptr;
+  long long ws_stream_a_words = 0, ws_stream_b_words = 0;
+  // Test-only phase timestamps (clock64 of block 0, thread 0), null in normal use: [0] entry, [1] weights loaded,
+  // [2] prologue done, then per step s < kDebugSteps five stamps from 3 + 5 s: step start, h fetched, phase A dot
+  // done, cell update done, step end; [3 + 5 kDebugSteps] after the loop, [+1], [+2] globaltimer at entry / exit.
+  long long* debug_clock = nullptr;
+};
+constexpr int kDebugSteps = 32;
+constexpr int kDebugSlots = 3 + 5 * kDebugSteps + 3;
+
+using KernelFn = void (*)(KernelParams);
+
+// Register-chunk variants compiled per weight type (index 0..kNumKcReg-1).
+constexpr int kNumKcReg = 5;
+inline int KcRegValue(int weight_kind, int idx) {
+  static const int kF32[kNumKcReg] = {0, 2, 4, 6, 8};
+  static const int k16[kNumKcReg] = {0, 4, 8, 12, 16};
+  return weight_kind == kWeightF32 ? kF32[idx] : k16[idx];
+}
+
+// Defined in the instantiation files: the kernel for (cell, weight kind, rows per pass RC in {1, 4}, kc index).
+KernelFn GetKernelLstmF32(int rc, int kc_idx);
+KernelFn GetKernelLstmF16(int rc, int kc_idx);
+KernelFn GetKernelLstmBF16(int rc, int kc_idx);
+KernelFn GetKernelGruF32(int rc, int kc_idx);
+KernelFn GetKernelGruF16(int rc, int kc_idx);
+KernelFn GetKernelGruBF16(int rc, int kc_idx);
+
+}  // namespace cuda_impl
+}  // namespace fused_rnn
+
+#endif  // FUSED_RNN_CUDA_FUSED_RNN_CUDA_PARAMS_H_

@@ -1,0 +1,132 @@
+// GPU kernels of the fused ops: validate on the host, allocate every buffer through TensorFlow, launch the CUDA
+// core (cc/cuda) on TensorFlow's stream. Built only when CUDA is configured (tools/configure.py finds nvcc).
+#if GOOGLE_CUDA
+
+#include <cuda_runtime_api.h>
+
+#include <map>
+#include <mutex>
+
+#include "cc/core/fused_rnn.h"
+#include "cc/core/fused_rnn_cuda.h"
+#include "cc/tf/rnn_args.h"
+#include "cc/tf/status.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "xla/stream_executor/stream.h"
+#include "xla/stream_executor/stream_executor.h"
+
+namespace fused_rnn {
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+// Device limits of each CUDA device, read once (cudaGetDeviceProperties is slow).
+absl::Status LimitsFor(int ordinal, CudaDeviceLimits* limits) {
+  static std::mutex mu;
+  static std::map<int, CudaDeviceLimits>* cache = new std::map<int, CudaDeviceLimits>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(ordinal);
+  if (it == cache->end()) {
+    CudaDeviceLimits fresh;
+    if (const char* err = QueryCudaDeviceLimits(ordinal, &fresh)) {
+      return absl::InternalError(absl::StrCat("reading the limits of CUDA device ", ordinal, ": ", err));
+    }
+    it = cache->emplace(ordinal, fresh).first;
+  }
+  *limits = it->second;
+  return absl::OkStatus();
+}
+
+class FusedRnnGpuOp : public OpKernel {
+ public:
+  FusedRnnGpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) { attrs_.Read(ctx, cell); }
+
+  void Compute(OpKernelContext* ctx) override {
+    RnnInputs in;
+    RnnShape s;
+    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
+    // sequence_lengths is in host memory (see the registration): checked here, copied into the workspace below.
+    const int32_t* lengths_host = in.sequence_lengths->flat<int32_t>().data();
+    OP_REQUIRES_OK(ctx, CheckLengths(lengths_host, s.batch, s.max_time));
+    const bool lstm = s.cell == CellType::kLstm;
+    const int64_t D = s.num_dirs(), B = s.batch, T = s.max_time, R = s.recurrent_width(), H = s.num_units;
+
+    Tensor* output = nullptr;
+    Tensor* final_h = nullptr;
+    Tensor* final_c = nullptr;
+    Tensor* reserve = nullptr;
+    int out_index = 0;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, s.time_major ? TensorShape({T, B, D * R})
+                                                                         : TensorShape({B, T, D * R}), &output));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, TensorShape({D, B, R}), &final_h));
+    if (lstm) OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, TensorShape({D, B, H}), &final_c));
+    const int64_t reserve_floats = attrs_.is_training ? ReserveFloats(s) : 0;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, TensorShape({reserve_floats}), &reserve));
+    if (B == 0) return;
+
+    stream_executor::Stream* stream = ctx->op_device_context()->stream();
+    OP_REQUIRES(ctx, stream != nullptr, absl::InternalError("no GPU stream for the fused RNN op"));
+    CudaDeviceLimits limits;
+    OP_REQUIRES_OK(ctx, LimitsFor(stream->parent()->device_ordinal(), &limits));
+    const size_t core_bytes = CudaForwardWorkspaceBytes(s, WeightType::kFloat32, limits);
+    char plan[256] = {0};
+    if (core_bytes == 0) {
+      const char* why = CudaDescribePlan(s, WeightType::kFloat32, limits, nullptr, plan, sizeof(plan));
+      OP_REQUIRES(ctx, why == nullptr, Invalid("this shape cannot run on this GPU: ", why ? why : ""));
+    }
+    // Workspace: the core's bytes, then the lengths (256-byte aligned).
+    const size_t lengths_offset = (core_bytes + 255) & ~size_t{255};
+    Tensor workspace;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8,
+                                           TensorShape({static_cast<int64_t>(lengths_offset + 4 * B)}), &workspace));
+    char* ws = reinterpret_cast<char*>(workspace.flat<int8_t>().data());
+    void* raw_stream = stream->platform_specific_handle().stream;
+    int32_t* lengths_device = reinterpret_cast<int32_t*>(ws + lengths_offset);
+    OP_REQUIRES(ctx, cudaMemcpyAsync(lengths_device, lengths_host, sizeof(int32_t) * B, cudaMemcpyHostToDevice,
+                                     static_cast<cudaStream_t>(raw_stream)) == cudaSuccess,
+                absl::InternalError("copying sequence_lengths to the GPU failed"));
+
+    RnnForwardArgs args;
+    args.x_proj = in.x_proj->flat<float>().data();
+    args.recurrent_kernel = in.recurrent_kernel->flat<float>().data();
+    args.recurrent_bias = in.recurrent_bias ? in.recurrent_bias->flat<float>().data() : nullptr;
+    args.projection_kernel = s.num_proj > 0 ? in.projection_kernel->flat<float>().data() : nullptr;
+    args.sequence_lengths = lengths_device;
+    args.initial_h = in.initial_h->flat<float>().data();
+    args.initial_c = lstm ? in.initial_c->flat<float>().data() : nullptr;
+    args.output = output->flat<float>().data();
+    args.final_h = final_h->flat<float>().data();
+    args.final_c = lstm ? final_c->flat<float>().data() : nullptr;
+    args.reserve = attrs_.is_training ? reserve->flat<float>().data() : nullptr;
+    const char* err = CudaForward(s, args, WeightType::kFloat32, nullptr, nullptr, core_bytes ? ws : nullptr,
+                                  core_bytes, raw_stream, limits);
+    OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA launch: ", err ? err : "")));
+  }
+
+ private:
+  RnnAttrs attrs_;
+};
+
+class FusedLstmGpuOp : public FusedRnnGpuOp {
+ public:
+  explicit FusedLstmGpuOp(OpKernelConstruction* ctx) : FusedRnnGpuOp(ctx, CellType::kLstm) {}
+};
+class FusedGruGpuOp : public FusedRnnGpuOp {
+ public:
+  explicit FusedGruGpuOp(OpKernelConstruction* ctx) : FusedRnnGpuOp(ctx, CellType::kGru) {}
+};
+
+REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
+                        FusedLstmGpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
+                        FusedGruGpuOp);
+
+}  // namespace
+}  // namespace fused_rnn
+
+#endif  // GOOGLE_CUDA

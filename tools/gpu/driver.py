@@ -1,0 +1,906 @@
+#!/usr/bin/env python3
+"""Device harness for the CUDA core: correctness against tests/numpy_reference.py (float64), then timing against
+torch.nn.LSTM / torch.nn.GRU (cuDNN) in the same process, plain and replayed inside CUDA graphs.
+
+Run through tools/gpu/run_all.sh (which builds the library first). Writes everything under --out.
+"""
+import argparse
+import ctypes
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+import numpy_reference  # noqa: E402
+
+CELL = {"lstm": 0, "gru": 1}
+DIRECTION = {"forward": 0, "reverse": 1, "bidirectional": 2}
+WEIGHT = {"f32": 0, "f16": 1, "bf16": 2}
+TORCH_16 = {"f16": torch.float16, "bf16": torch.bfloat16}
+TOL_F32 = 1e-5
+TOL_16_VS_F32_WEIGHTS = 1e-2
+
+LOG_LINES = []
+
+
+def log(*args):
+    line = " ".join(str(a) for a in args)
+    print(line, flush=True)
+    LOG_LINES.append(line)
+
+
+class Lib:
+    def __init__(self, path):
+        L = ctypes.CDLL(path)
+        P64, PF, PI, PU64 = (ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
+                             ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64))
+        L.frg_query_limits.restype = ctypes.c_char_p
+        L.frg_query_limits.argtypes = [ctypes.c_int, PI]
+        L.frg_workspace_bytes.restype = ctypes.c_int64
+        L.frg_workspace_bytes.argtypes = [P64, PF, ctypes.c_int, PI, PI]
+        L.frg_describe.restype = ctypes.c_char_p
+        L.frg_describe.argtypes = [P64, PF, ctypes.c_int, PI, PI, ctypes.c_char_p, ctypes.c_int64]
+        L.frg_forward.restype = ctypes.c_char_p
+        L.frg_forward.argtypes = [P64, PF, ctypes.c_int, PU64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64,
+                                  PI, PI]
+        L.frg_watchdog.restype = ctypes.c_int
+        L.frg_watchdog.argtypes = [ctypes.c_uint64, ctypes.c_int64]
+        L.frg_set_debug_clock.restype = None
+        L.frg_set_debug_clock.argtypes = [ctypes.c_uint64]
+        self.L = L
+        self.limits = (ctypes.c_int * 9)()
+        err = L.frg_query_limits(torch.cuda.current_device(), self.limits)
+        if err:
+            raise RuntimeError(err.decode())
+
+
+def ptr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+class FusedRnn:
+    """One configured call of the CUDA core on torch-owned device buffers."""
+
+    def __init__(self, lib, cell, direction, T, B, H, P=0, time_major=False, cell_clip=0.0, proj_clip=0.0,
+                 wt="f32", tuning=None):
+        self.lib, self.cell, self.direction = lib, cell, direction
+        self.T, self.B, self.H, self.P = T, B, H, P
+        self.G = 4 if cell == "lstm" else 3
+        self.D = 2 if direction == "bidirectional" else 1
+        self.R = P if P else H
+        self.wt = wt
+        self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
+        self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
+        t = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
+                 lanes_per_unit=0)
+        t.update(tuning or {})
+        self.tuning = (ctypes.c_int * 6)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
+                                         t["stream_location"], t["lanes_per_unit"])
+        self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], lib.limits, self.tuning)
+        self.ws = torch.empty(max(self.ws_bytes, 256), dtype=torch.uint8, device="cuda")
+        self.ptrs = (ctypes.c_uint64 * 13)()
+
+    def describe(self):
+        buf = ctypes.create_string_buffer(1024)
+        err = self.lib.L.frg_describe(self.shape, self.clips, WEIGHT[self.wt], self.lib.limits, self.tuning, buf, 1024)
+        return ("ERROR: " + err.decode()) if err else buf.value.decode()
+
+    def bind(self, x_proj, w_rec=None, rec_bias=None, w_proj=None, lengths=None, h0=None, c0=None, out=None,
+             final_h=None, final_c=None, reserve=None, w_rec16=None, w_proj16=None):
+        self.keep = [x_proj, w_rec, rec_bias, w_proj, lengths, h0, c0, out, final_h, final_c, reserve, w_rec16,
+                     w_proj16]
+        for i, t in enumerate(self.keep):
+            self.ptrs[i] = ptr(t)
+
+    def __call__(self):
+        err = self.lib.L.frg_forward(self.shape, self.clips, WEIGHT[self.wt], self.ptrs, self.ws.data_ptr(),
+                                     self.ws_bytes, torch.cuda.current_stream().cuda_stream, self.lib.limits,
+                                     self.tuning)
+        if err:
+            raise RuntimeError(err.decode())
+
+    def watchdog(self):
+        return self.lib.L.frg_watchdog(self.ws.data_ptr(), self.ws_bytes) if self.ws_bytes else 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs and references
+
+def make_inputs(rng, cell, direction, T, B, H, P, ragged, with_init=True, gru_bias=True):
+    G = 4 if cell == "lstm" else 3
+    D = 2 if direction == "bidirectional" else 1
+    R = P if P else H
+    inp = {}
+    inp["x"] = (rng.standard_normal((B, T, D * G * H)) * 0.8).astype(np.float32)
+    inp["U"] = (rng.uniform(-1, 1, (D, R, G * H)) * (1.7 / math.sqrt(R))).astype(np.float32)
+    inp["Pk"] = (rng.uniform(-1, 1, (D, H, P)) * (1.7 / math.sqrt(H))).astype(np.float32) if P else None
+    inp["rb"] = (rng.standard_normal((D, G * H)) * 0.3).astype(np.float32) if (cell == "gru" and gru_bias) else None
+    if ragged:
+        lengths = rng.integers(0, T + 1, B).astype(np.int32)
+        lengths[0] = T
+        if B > 2:
+            lengths[1] = 0
+        if B > 3:
+            lengths[2] = 1
+        inp["lengths"] = lengths
+    else:
+        inp["lengths"] = None
+    inp["h0"] = (rng.standard_normal((D, B, R)) * 0.5).astype(np.float32) if with_init else None
+    inp["c0"] = (rng.standard_normal((D, B, H)) * 0.5).astype(np.float32) if (with_init and cell == "lstm") else None
+    return inp
+
+
+def round_weights(w, wt):
+    if w is None or wt == "f32":
+        return w, None
+    t16 = torch.from_numpy(w).to(TORCH_16[wt])
+    return t16.float().numpy(), t16
+
+
+def reference(cell, direction, inp, U, Pk, cell_clip, proj_clip, time_major, rows=None):
+    x = inp["x"]
+    B = x.shape[0]
+    D = U.shape[0]
+    R = U.shape[1]
+    H = U.shape[2] // (4 if cell == "lstm" else 3)
+    lengths = inp["lengths"] if inp["lengths"] is not None else np.full(B, x.shape[1], np.int32)
+    h0 = inp["h0"] if inp["h0"] is not None else np.zeros((D, B, R), np.float32)
+    c0 = inp["c0"] if inp["c0"] is not None else np.zeros((D, B, H), np.float32)
+    if rows is not None:
+        x, lengths, h0, c0 = x[rows], lengths[rows], h0[:, rows], c0[:, rows]
+    xx = x.transpose(1, 0, 2) if time_major else x
+    out, fh, fc = numpy_reference.rnn_forward(
+        cell, xx, U, lengths, h0, c0 if cell == "lstm" else None, recurrent_bias=inp["rb"],
+        projection_kernel=Pk, cell_clip=cell_clip, proj_clip=proj_clip, direction=direction, time_major=time_major)
+    if time_major:
+        out = out.transpose(1, 0, 2)
+    return out, fh, fc
+
+
+def reserve_reference(cell, direction, inp, U, Pk, cell_clip, proj_clip):
+    """Float64 training reserve [D, B, T, F] as fused_rnn.h defines it; NaN where nothing is written."""
+    x = inp["x"].astype(np.float64)
+    B, T, _ = x.shape
+    D, R, GH = U.shape
+    G = 4 if cell == "lstm" else 3
+    H = GH // G
+    P = 0 if Pk is None else Pk.shape[2]
+    F = 5 * H + P if cell == "lstm" else 4 * H
+    res = np.full((D, B, T, F), np.nan)
+    lengths = inp["lengths"] if inp["lengths"] is not None else np.full(B, T)
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    for d in range(D):
+        reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+        u = U[d].astype(np.float64)
+        for b in range(B):
+            h = inp["h0"][d, b].astype(np.float64) if inp["h0"] is not None else np.zeros(R)
+            c = inp["c0"][d, b].astype(np.float64) if (cell == "lstm" and inp["c0"] is not None) else np.zeros(H)
+            n = int(lengths[b])
+            for s in range(n):
+                t = n - 1 - s if reverse else s
+                xt = x[b, t, d * GH:(d + 1) * GH]
+                if cell == "lstm":
+                    z = xt + h @ u
+                    i, f, g, o = sig(z[:H]), sig(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), sig(z[3 * H:])
+                    c = f * c + i * g
+                    res[d, b, t, :4 * H] = np.concatenate([i, f, g, o])
+                    res[d, b, t, 4 * H:5 * H] = c
+                    if cell_clip > 0:
+                        c = np.clip(c, -cell_clip, cell_clip)
+                    m = o * np.tanh(c)
+                    if P:
+                        r = m @ Pk[d].astype(np.float64)
+                        res[d, b, t, 5 * H:] = r
+                        h = np.clip(r, -proj_clip, proj_clip) if proj_clip > 0 else r
+                    else:
+                        h = m
+                else:
+                    a = h @ u + (inp["rb"][d].astype(np.float64) if inp["rb"] is not None else 0.0)
+                    zg, rg = sig(xt[:H] + a[:H]), sig(xt[H:2 * H] + a[H:2 * H])
+                    ng = np.tanh(xt[2 * H:] + rg * a[2 * H:])
+                    res[d, b, t] = np.concatenate([zg, rg, ng, a[2 * H:]])
+                    h = zg * h + (1 - zg) * ng
+    return res
+
+
+def rel_err(got, want):
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    if got.size == 0:
+        return 0.0
+    if not np.all(np.isfinite(got)):
+        return float("inf")
+    den = np.linalg.norm(want)
+    return float(np.linalg.norm(got - want) / (den if den > 0 else 1.0))
+
+
+def max_rel(got, want):
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    if got.size == 0:
+        return 0.0
+    if not np.all(np.isfinite(got)):
+        return float("inf")
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def to_dev(a, dtype=None):
+    if a is None:
+        return None
+    t = torch.from_numpy(np.ascontiguousarray(a)).cuda()
+    return t if dtype is None else t.to(dtype)
+
+
+def poisoned(shape):
+    return torch.full(shape, float("nan"), dtype=torch.float32, device="cuda")
+
+
+def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=0.0, ragged=True, time_major=False,
+             wt="f32", tuning=None, with_init=True, check_reserve=False, rows=None, seed=0, gru_bias=True,
+             repeat=1, inject_nan=False):
+    """One correctness case; returns a result dict (passed, errors, plan)."""
+    rng = np.random.default_rng(seed)
+    inp = make_inputs(rng, cell, direction, T, B, H, P, ragged, with_init, gru_bias)
+    if inject_nan:  # NaN must flow through activations and clips exactly as in the float64 reference
+        inp["x"][0, T // 2, 0] = np.nan
+        inp["x"][B - 1, 1, -1] = np.inf
+    G = 4 if cell == "lstm" else 3
+    D = 2 if direction == "bidirectional" else 1
+    R = P if P else H
+    U_used, U16 = round_weights(inp["U"], wt)
+    P_used, P16 = round_weights(inp["Pk"], wt)
+    f = FusedRnn(lib, cell, direction, T, B, H, P, time_major, cell_clip, proj_clip, wt, tuning)
+    plan = f.describe()
+    x_dev = to_dev(inp["x"].transpose(1, 0, 2) if time_major else inp["x"])
+    out = poisoned((T, B, D * R) if time_major else (B, T, D * R))
+    fh = poisoned((D, B, R))
+    fc = poisoned((D, B, H)) if cell == "lstm" else None
+    F = (5 * H + P) if cell == "lstm" else 4 * H
+    res = poisoned((D, B, T, F)) if check_reserve else None
+    f.bind(x_dev, w_rec=to_dev(inp["U"]) if wt == "f32" else None, rec_bias=to_dev(inp["rb"]),
+           w_proj=to_dev(inp["Pk"]) if wt == "f32" else None, lengths=to_dev(inp["lengths"]), h0=to_dev(inp["h0"]),
+           c0=to_dev(inp["c0"]), out=out, final_h=fh, final_c=fc, reserve=res,
+           w_rec16=U16.cuda() if U16 is not None else None, w_proj16=P16.cuda() if P16 is not None else None)
+    errs = {}
+    for rep in range(repeat):  # repeat: a moving error is a race
+        for t in (out, fh, fc, res):
+            if t is not None:
+                t.fill_(float("nan"))
+        f()
+        torch.cuda.synchronize()
+        wd = f.watchdog()
+        o = out.cpu().numpy()
+        if time_major:
+            o = o.transpose(1, 0, 2)
+        want_o, want_h, want_c = reference(cell, direction, inp, U_used, P_used, cell_clip, proj_clip, time_major,
+                                           rows=rows)
+        sel = (lambda a: a) if rows is None else (lambda a: a[rows])
+        sel_state = (lambda a: a) if rows is None else (lambda a: a[:, rows])
+        got_h = sel_state(fh.cpu().numpy())
+        e = {}
+        if inject_nan:
+            # NaN exactly where the reference has NaN; the rest compared as usual.
+            e["nan_mismatch"] = int(np.sum(np.isnan(sel(o)) != np.isnan(want_o)) +
+                                    np.sum(np.isnan(got_h) != np.isnan(want_h)))
+            e["nan_positions"] = int(np.sum(np.isnan(want_o)))
+            finite_o, finite_h = ~np.isnan(want_o), ~np.isnan(want_h)
+            e.update({"out": rel_err(sel(o)[finite_o], want_o[finite_o]),
+                      "final_h": rel_err(got_h[finite_h], want_h[finite_h]),
+                      "out_max": max_rel(sel(o)[finite_o], want_o[finite_o]), "watchdog": wd,
+                      "unwritten": e["nan_mismatch"]})
+        else:
+            e = {"out": rel_err(sel(o), want_o), "final_h": rel_err(got_h, want_h),
+                 "out_max": max_rel(sel(o), want_o), "watchdog": wd,
+                 "unwritten": int(np.sum(~np.isfinite(o)))}
+        lengths = inp["lengths"] if inp["lengths"] is not None else np.full(B, T)
+        # Zeros past the length must be exact zeros.
+        past = np.zeros(o.shape[:2], bool)
+        for b in range(B):
+            past[b, lengths[b]:] = True
+        e["nonzero_past_len"] = int(np.count_nonzero(o[past]))
+        if cell == "lstm":
+            got_c = sel_state(fc.cpu().numpy())
+            keep = ~np.isnan(want_c)
+            e["final_c"] = rel_err(got_c[keep], want_c[keep])
+            if inject_nan:
+                e["nan_mismatch"] += int(np.sum(np.isnan(got_c) != np.isnan(want_c)))
+        if wt != "f32":
+            want_o32, _, _ = reference(cell, direction, inp, inp["U"], inp["Pk"], cell_clip, proj_clip, time_major,
+                                       rows=rows)
+            e["out_vs_f32_weights"] = rel_err(sel(o), want_o32)
+        if check_reserve:
+            want_r = reserve_reference(cell, direction, inp, U_used, P_used, cell_clip, proj_clip)
+            got_r = res.cpu().numpy()
+            valid = np.isfinite(want_r)
+            e["reserve"] = rel_err(got_r[valid], want_r[valid])
+            e["reserve_written_outside"] = int(np.sum(np.isfinite(got_r[~valid])))
+        if rep == 0:
+            errs = e
+        else:
+            for k in ("out", "final_h"):
+                if e[k] != errs[k]:
+                    errs["moving_error"] = True
+    ok = (errs.get("nan_mismatch", 0) == 0 and errs.get("nan_positions", 1) > 0 and errs["out"] <= TOL_F32 and errs["final_h"] <= TOL_F32 and errs.get("final_c", 0) <= TOL_F32
+          and errs["unwritten"] == 0 and errs["nonzero_past_len"] == 0 and errs["watchdog"] == 0
+          and errs.get("reserve", 0) <= TOL_F32 and errs.get("reserve_written_outside", 0) == 0
+          and errs.get("out_vs_f32_weights", 0) <= TOL_16_VS_F32_WEIGHTS and not errs.get("moving_error"))
+    return {"name": name, "passed": bool(ok), "errors": errs, "plan": plan}
+
+
+def correctness_suite(lib, quick=False):
+    results = []
+    small = dict(T=11, B=5, H=24)
+    combos = [("lstm", 0, 0.0, 0.0), ("lstm", 16, 0.6, 0.35), ("gru", 0, 0.0, 0.0)]
+    seed = 100
+    # Every cell x projection/clip x direction x exchange mode, ragged lengths with a zero and a one.
+    modes = [("local", {"mode": 0}), ("tagged", {"mode": 1, "units_per_block": 5}),
+             ("counter", {"mode": 2, "units_per_block": 7})]
+    if lib.limits[6] >= 9:
+        modes.append(("cluster", {"mode": 3, "units_per_block": 7}))
+    for mode, tun in modes:
+        for cell, P, cc, pc in combos:
+            for direction in ("forward", "reverse", "bidirectional"):
+                seed += 1
+                tm = seed % 2 == 0
+                name = f"{cell}{'+proj+clip' if P else ''} {direction} {mode} T{small['T']} B{small['B']} H{small['H']}" \
+                       f"{' time-major' if tm else ''}"
+                results.append(run_case(lib, name, cell, direction, P=P, cell_clip=cc, proj_clip=pc, ragged=True,
+                                        time_major=tm, tuning=tun, seed=seed, check_reserve=(direction != "reverse"),
+                                        repeat=2 if mode != "local" else 1, **small))
+    # 16-bit weights on each cell, each exchange.
+    for wt in ("f16", "bf16"):
+        for cell, P, cc, pc in combos:
+            for mode, tun in (("local", {"mode": 0}), ("tagged", {"mode": 1, "units_per_block": 6}),
+                              ("cluster", {"mode": 3, "units_per_block": 11})):
+                if mode == "cluster" and lib.limits[6] < 9:
+                    continue
+                seed += 1
+                name = f"{cell}{'+proj+clip' if P else ''} bidirectional {mode} {wt} T9 B4 H40"
+                results.append(run_case(lib, name, cell, "bidirectional", T=9, B=4, H=40, P=P, cell_clip=cc,
+                                        proj_clip=pc, wt=wt, tuning=tun, seed=seed))
+    # Weight placement: all streamed from shared memory, all from the workspace; rows-per-pass 4 in local mode;
+    # larger k (several chunks per lane); no initial state, no lengths, GRU without recurrent bias.
+    extra = [
+        ("lstm bi local all-streamed-smem H100", dict(cell="lstm", direction="bidirectional", T=8, B=3, H=100,
+                                                      tuning={"mode": 0, "max_reg_chunks": 0, "stream_location": 0})),
+        ("lstm bi local all-streamed-global H100", dict(cell="lstm", direction="bidirectional", T=8, B=3, H=100,
+                                                        tuning={"mode": 0, "max_reg_chunks": 0,
+                                                                "stream_location": 1})),
+        ("lstm+proj tagged streamed-global H64 P24", dict(cell="lstm", direction="bidirectional", T=8, B=3, H=64,
+                                                          P=24, cell_clip=1.0, proj_clip=0.5,
+                                                          tuning={"mode": 1, "units_per_block": 16,
+                                                                  "max_reg_chunks": 1, "stream_location": 1})),
+        ("gru fwd local rows/block=6 (RC=4) B13", dict(cell="gru", direction="forward", T=10, B=13, H=48,
+                                                       tuning={"mode": 0, "rows_per_block": 6})),
+        ("lstm rev counter B9 (RC=4) H130", dict(cell="lstm", direction="reverse", T=7, B=9, H=130,
+                                                 tuning={"mode": 2, "units_per_block": 33})),
+        ("lstm fwd tagged H200 lanes=4", dict(cell="lstm", direction="forward", T=6, B=2, H=200,
+                                             tuning={"mode": 1, "units_per_block": 40, "lanes_per_unit": 4})),
+        ("lstm fwd no-init no-lengths auto H64", dict(cell="lstm", direction="forward", T=9, B=3, H=64, ragged=False,
+                                                      with_init=False)),
+        ("gru bi no-bias no-init tagged H32", dict(cell="gru", direction="bidirectional", T=9, B=3, H=32,
+                                                   with_init=False, gru_bias=False, tuning={"mode": 1})),
+        ("lstm+proj bi local T1 B1 H8 P3", dict(cell="lstm", direction="bidirectional", T=1, B=1, H=8, P=3)),
+        ("lstm+proj cluster rows/block=4 (RC=4) B9", dict(cell="lstm", direction="bidirectional", T=7, B=9, H=40,
+                                                          P=12, cell_clip=0.8, proj_clip=0.4,
+                                                          tuning={"mode": 3, "rows_per_block": 4,
+                                                                  "units_per_block": 5})),
+        ("gru rev cluster auto-size H100", dict(cell="gru", direction="reverse", T=9, B=2, H=100, tuning={"mode": 3})),
+        ("gru bi all-zero lengths counter", dict(cell="gru", direction="bidirectional", T=5, B=2, H=16,
+                                                 tuning={"mode": 2})),
+    ]
+    # NaN / Inf inputs: NaN must come out where the float64 reference has it (clips and activations keep it).
+    nan_modes = [("local", {"mode": 0}), ("tagged", {"mode": 1, "units_per_block": 9}),
+                 ("counter", {"mode": 2, "units_per_block": 9})]
+    if lib.limits[6] >= 9:
+        nan_modes.append(("cluster", {"mode": 3, "units_per_block": 9}))
+    for mode, tun in nan_modes:
+        for cell, P, cc, pc in combos:
+            seed += 1
+            results.append(run_case(lib, f"NaN/Inf input {cell}{'+proj+clip' if P else ''} bidirectional {mode}",
+                                    cell, "bidirectional", T=9, B=3, H=24, P=P, cell_clip=cc, proj_clip=pc,
+                                    tuning=tun, seed=seed, inject_nan=True))
+    for name, kw in extra:
+        seed += 1
+        if name.startswith("gru bi all-zero"):
+            # handled below with explicit zero lengths
+            continue
+        results.append(run_case(lib, name, seed=seed, check_reserve=True, **kw))
+    return results
+
+
+def zero_length_case(lib):
+    """All sequences empty: outputs zero, finals = initial state."""
+    f = FusedRnn(lib, "gru", "bidirectional", 5, 2, 16, tuning={"mode": 2})
+    rng = np.random.default_rng(7)
+    inp = make_inputs(rng, "gru", "bidirectional", 5, 2, 16, 0, ragged=False)
+    out = poisoned((2, 5, 32))
+    fh = poisoned((2, 2, 16))
+    f.bind(to_dev(inp["x"]), w_rec=to_dev(inp["U"]), rec_bias=to_dev(inp["rb"]),
+           lengths=torch.zeros(2, dtype=torch.int32, device="cuda"), h0=to_dev(inp["h0"]), out=out, final_h=fh)
+    f()
+    torch.cuda.synchronize()
+    ok = bool(torch.all(out == 0).item()) and np.array_equal(fh.cpu().numpy(), inp["h0"])
+    return {"name": "gru bi all-zero lengths counter", "passed": ok, "errors": {"out": 0.0 if ok else float("inf")},
+            "plan": f.describe()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing
+
+def time_ms(fn, reps, warmup=10):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    ts = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    return {"median": ts[len(ts) // 2], "p10": ts[len(ts) // 10], "p90": ts[(len(ts) * 9) // 10]}
+
+
+def graph_of(fn):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    torch.cuda.synchronize()
+    return g
+
+
+def reps_for(ms_guess):
+    return int(min(300, max(30, 60.0 / max(ms_guess, 0.05))))
+
+
+class FusedLayer:
+    """x @ W + b (cuBLAS) then the fused recurrence, on preallocated buffers: one layer as the TF op runs it."""
+
+    def __init__(self, lib, cell, direction, T, B, I, H, P=0, wt="f32", cell_clip=0.0, proj_clip=0.0, seed=0,
+                 tuning=None, x=None):
+        g = torch.Generator(device="cuda")
+        g.manual_seed(seed)
+        G = 4 if cell == "lstm" else 3
+        D = 2 if direction == "bidirectional" else 1
+        R = P if P else H
+        self.D, self.R, self.G, self.H, self.P, self.B, self.T, self.wt = D, R, G, H, P, B, T, wt
+        self.x = x if x is not None else torch.randn(B, T, I, device="cuda", generator=g)
+        self.W = torch.empty(I, D * G * H, device="cuda").uniform_(-1, 1, generator=g) / math.sqrt(I)
+        self.bias = torch.empty(D * G * H, device="cuda").uniform_(-0.1, 0.1, generator=g)
+        self.U = torch.empty(D, R, G * H, device="cuda").uniform_(-1, 1, generator=g) * (1.2 / math.sqrt(R))
+        self.Pk = (torch.empty(D, H, P, device="cuda").uniform_(-1, 1, generator=g) * (1.2 / math.sqrt(H))) if P else None
+        self.rb = torch.empty(D, G * H, device="cuda").uniform_(-0.1, 0.1, generator=g) if cell == "gru" else None
+        self.xproj = torch.empty(B, T, D * G * H, device="cuda")
+        self.out = torch.empty(B, T, D * R, device="cuda")
+        self.fh = torch.empty(D, B, R, device="cuda")
+        self.fc = torch.empty(D, B, H, device="cuda") if cell == "lstm" else None
+        self.h0 = torch.zeros(D, B, R, device="cuda")
+        self.c0 = torch.zeros(D, B, H, device="cuda") if cell == "lstm" else None
+        self.f = FusedRnn(lib, cell, direction, T, B, H, P, False, cell_clip, proj_clip, wt, tuning)
+        if wt != "f32":
+            dt = TORCH_16[wt]
+            self.U16, self.P16 = self.U.to(dt), (self.Pk.to(dt) if P else None)
+            self.W16, self.bias16 = self.W.to(dt), self.bias.to(dt)
+            self.x16 = torch.empty(B * T, I, device="cuda", dtype=dt)
+            self.xproj16 = torch.empty(B * T, D * G * H, device="cuda", dtype=dt)
+        else:
+            self.U16 = self.P16 = None
+        self.f.bind(self.xproj, w_rec=self.U if wt == "f32" else None, rec_bias=self.rb,
+                    w_proj=self.Pk if wt == "f32" else None, h0=self.h0, c0=self.c0, out=self.out, final_h=self.fh,
+                    final_c=self.fc, w_rec16=self.U16, w_proj16=self.P16)
+        self.I = I
+
+    def gemm(self):
+        if self.wt == "f32":
+            torch.addmm(self.bias, self.x.view(-1, self.I), self.W, out=self.xproj.view(-1, self.xproj.shape[-1]))
+        else:
+            self.x16.copy_(self.x.view(-1, self.I))
+            torch.addmm(self.bias16, self.x16, self.W16, out=self.xproj16)
+            self.xproj.view(-1, self.xproj.shape[-1]).copy_(self.xproj16)
+
+    def full(self):
+        self.gemm()
+        self.f()
+
+    def check_rows(self, rows, cell, direction, cell_clip=0.0, proj_clip=0.0):
+        """Runs once and compares the given batch rows with the float64 oracle."""
+        self.out.fill_(float("nan"))
+        self.full()
+        torch.cuda.synchronize()
+        U = (self.U16.float() if self.U16 is not None else self.U).cpu().numpy()
+        Pk = None
+        if self.P:
+            Pk = (self.P16.float() if self.P16 is not None else self.Pk).cpu().numpy()
+        xp = self.xproj.cpu().numpy()[rows]
+        h0 = self.h0.cpu().numpy()[:, rows]
+        c0 = self.c0.cpu().numpy()[:, rows] if self.c0 is not None else None
+        rb = self.rb.cpu().numpy() if self.rb is not None else None
+        want, want_h, _ = numpy_reference.rnn_forward(cell, xp, U, np.full(len(rows), self.T), h0, c0,
+                                                      recurrent_bias=rb, projection_kernel=Pk, cell_clip=cell_clip,
+                                                      proj_clip=proj_clip, direction=direction)
+        got = self.out.cpu().numpy()
+        wd = self.f.watchdog()
+        return {"out": rel_err(got[rows], want), "final_h": rel_err(self.fh.cpu().numpy()[:, rows], want_h),
+                "unwritten": int(np.sum(~np.isfinite(got))), "watchdog": wd}
+
+
+def cudnn_module(cell, I, H, bi, P=0, layers=1, dtype=torch.float32):
+    kw = dict(num_layers=layers, bidirectional=bi, batch_first=True)
+    if cell == "lstm":
+        m = torch.nn.LSTM(I, H, proj_size=P, **kw)
+    else:
+        m = torch.nn.GRU(I, H, **kw)
+    return m.cuda().to(dtype).eval()
+
+
+def time_cudnn(cell, I, H, bi, B, T, P=0, layers=1, dtype=torch.float32, plain=True):
+    m = cudnn_module(cell, I, H, bi, P, layers, dtype)
+    x = torch.randn(B, T, I, device="cuda", dtype=dtype)
+
+    def fn():
+        with torch.no_grad():
+            m(x)
+
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.time()
+    fn()
+    torch.cuda.synchronize()
+    guess = (time.time() - t0) * 1e3
+    res = {}
+    if plain:
+        res["plain"] = time_ms(fn, reps_for(guess))
+    g = graph_of(fn)
+    res["graph"] = time_ms(g.replay, reps_for(guess))
+    return res
+
+
+def time_fused_layer(layers, plain=True):
+    """layers: list of FusedLayer run in sequence (ELMo: layer 2 reads layer 1's output)."""
+    def kernel_only():
+        for l in layers:
+            l.f()
+
+    def full():
+        for l in layers:
+            l.full()
+
+    for l in layers:
+        l.full()
+    torch.cuda.synchronize()
+    t0 = time.time()
+    full()
+    torch.cuda.synchronize()
+    guess = (time.time() - t0) * 1e3
+    res = {}
+    if plain:
+        res["kernel_plain"] = time_ms(kernel_only, reps_for(guess))
+    res["kernel_graph"] = time_ms(graph_of(kernel_only).replay, reps_for(guess))
+    res["full_graph"] = time_ms(graph_of(full).replay, reps_for(guess))
+    if plain:
+        res["full_plain"] = time_ms(full, reps_for(guess))
+    return res
+
+
+def graph_matches_eager(lib):
+    """The fused call captured in a graph computes the same as eagerly (memset + cooperative launch captured)."""
+    out = {}
+    for mode in (1, 2):
+        l = FusedLayer(lib, "lstm", "bidirectional", 20, 3, 64, 96, P=32, tuning={"mode": mode}, seed=3,
+                       cell_clip=2.0, proj_clip=1.0)
+        l.full()
+        torch.cuda.synchronize()
+        eager = l.out.clone()
+        g = graph_of(l.full)
+        l.out.fill_(float("nan"))
+        g.replay()
+        g.replay()
+        torch.cuda.synchronize()
+        out[f"mode{mode}"] = bool(torch.equal(eager, l.out)) and l.f.watchdog() == 0
+    return out
+
+
+TIMED = [
+    # name, cell, direction, T, B, I, H, P, goal_ms, cudnn layers
+    ("biLSTM H=100 B=1", "lstm", "bidirectional", 100, 1, 100, 100, 0, 0.08),
+    ("biLSTM H=100 B=64", "lstm", "bidirectional", 100, 64, 100, 100, 0, 0.15),
+    ("LSTM H=512 B=1", "lstm", "forward", 100, 1, 512, 512, 0, 0.15),
+    ("LSTM H=1024 B=1", "lstm", "forward", 100, 1, 1024, 1024, 0, 0.25),
+    ("LSTM H=1024 B=64", "lstm", "forward", 100, 64, 1024, 1024, 0, 0.6),
+    ("GRU H=512 B=1", "gru", "forward", 100, 1, 512, 512, 0, None),
+]
+
+
+def timing_suite(lib, results, variants):
+    rows = []
+    for name, cell, direction, T, B, I, H, P, goal in TIMED:
+        bi = direction == "bidirectional"
+        layer = FusedLayer(lib, cell, direction, T, B, I, H, P, seed=11)
+        chk_rows = [0] if B == 1 else [0, B - 1]
+        chk = layer.check_rows(chk_rows, cell, direction)
+        results.append({"name": f"[timed shape] {name} rows {chk_rows}", "passed": bool(
+            chk["out"] <= TOL_F32 and chk["final_h"] <= TOL_F32 and chk["unwritten"] == 0 and chk["watchdog"] == 0),
+            "errors": chk, "plan": layer.f.describe()})
+        fused = time_fused_layer([layer])
+        cud = time_cudnn(cell, I, H, bi, B, T)
+        rows.append({"case": name, "plan": layer.f.describe(), "fused": fused, "cudnn": cud, "goal_ms": goal})
+        log(f"{name}: kernel {fused['kernel_graph']['median']:.4f} ms (graph) / {fused['kernel_plain']['median']:.4f} "
+            f"plain; gemm+kernel {fused['full_graph']['median']:.4f} graph; cuDNN {cud['plain']['median']:.4f} / "
+            f"{cud['graph']['median']:.4f} graph | {layer.f.describe()}")
+        del layer
+    # ELMo biLM: 2 layers x 2 directions, LSTM 4096 cells, projection 512, input 512, clips 3.
+    for wt in ("f32", "f16", "bf16"):
+        l1 = FusedLayer(lib, "lstm", "bidirectional", 100, 1, 512, 4096, 512, wt=wt, cell_clip=3.0, proj_clip=3.0,
+                        seed=21)
+        l2 = FusedLayer(lib, "lstm", "bidirectional", 100, 1, 1024, 4096, 512, wt=wt, cell_clip=3.0, proj_clip=3.0,
+                        seed=22, x=l1.out)
+        chk = l1.check_rows([0], "lstm", "bidirectional", 3.0, 3.0)
+        results.append({"name": f"[timed shape] ELMo layer 1 {wt}", "passed": bool(
+            chk["out"] <= TOL_F32 and chk["unwritten"] == 0 and chk["watchdog"] == 0), "errors": chk,
+            "plan": l1.f.describe()})
+        fused = time_fused_layer([l1, l2])
+        entry = {"case": f"ELMo biLM 2 layers B=1 weights {wt}", "plan": l1.f.describe(), "fused": fused,
+                 "goal_ms": 1.5 if wt != "f32" else None}
+        if wt == "f32":
+            entry["cudnn"] = time_cudnn("lstm", 512, 4096, True, 1, 100, P=512, layers=2)
+        elif wt == "f16":
+            entry["cudnn"] = time_cudnn("lstm", 512, 4096, True, 1, 100, P=512, layers=2, dtype=torch.float16)
+        rows.append(entry)
+        log(f"ELMo {wt}: kernels {fused['kernel_graph']['median']:.4f} ms graph; gemm+kernels "
+            f"{fused['full_graph']['median']:.4f}; cuDNN {entry.get('cudnn', {}).get('graph', {}).get('median')} | "
+            f"{l1.f.describe()}")
+        del l1, l2
+        torch.cuda.empty_cache()
+    # Variants for NOTES.md: the exchange, the weight placement.
+    for name, kw, tun in [
+        ("LSTM H=512 B=1 tagged", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512), {"mode": 1}),
+        ("LSTM H=512 B=1 counter", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512), {"mode": 2}),
+        ("LSTM H=1024 B=1 tagged", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024), {"mode": 1}),
+        ("LSTM H=1024 B=1 counter", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024), {"mode": 2}),
+        ("LSTM H=1024 B=64 tagged", dict(cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024), {"mode": 1}),
+        ("LSTM H=1024 B=64 counter", dict(cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024), {"mode": 2}),
+        ("biLSTM H=100 B=1 local", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100), {"mode": 0}),
+        ("biLSTM H=100 B=1 tagged", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+         {"mode": 1}),
+        ("biLSTM H=100 B=1 cluster 2", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+         {"mode": 3, "units_per_block": 50}),
+        ("biLSTM H=100 B=1 cluster 4", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+         {"mode": 3, "units_per_block": 25}),
+        ("biLSTM H=100 B=1 cluster 8", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+         {"mode": 3, "units_per_block": 13}),
+        ("LSTM H=256 B=1 cluster 8", dict(cell="lstm", direction="forward", T=100, B=1, I=256, H=256),
+         {"mode": 3, "units_per_block": 32}),
+        ("LSTM H=256 B=1 tagged", dict(cell="lstm", direction="forward", T=100, B=1, I=256, H=256), {"mode": 1}),
+        ("biLSTM H=100 B=1 local all-smem-weights", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100,
+                                                         H=100), {"mode": 0, "max_reg_chunks": 0,
+                                                                  "stream_location": 0}),
+        ("LSTM H=1024 B=1 tagged weights in smem+global", dict(cell="lstm", direction="forward", T=100, B=1, I=1024,
+                                                               H=1024), {"mode": 1, "max_reg_chunks": 0}),
+        ("LSTM H=1024 B=1 tagged weights all global", dict(cell="lstm", direction="forward", T=100, B=1, I=1024,
+                                                          H=1024), {"mode": 1, "max_reg_chunks": 0,
+                                                                    "stream_location": 1}),
+    ]:
+        try:
+            l = FusedLayer(lib, seed=5, tuning=tun, **kw)
+            r = time_fused_layer([l], plain=False)
+            variants.append({"variant": name, "kernel_graph_ms": r["kernel_graph"]["median"], "plan": l.f.describe()})
+            log(f"variant {name}: {r['kernel_graph']['median']:.4f} ms | {l.f.describe()}")
+            del l
+        except Exception as ex:  # noqa: BLE001
+            variants.append({"variant": name, "error": str(ex)})
+            log(f"variant {name}: ERROR {ex}")
+    return rows
+
+
+DEBUG_STEPS = 32
+DEBUG_SLOTS = 3 + 5 * DEBUG_STEPS + 3
+PROFILE_CASES = {
+    "local100": ("biLSTM H=100 B=1 (auto)", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+                 None),
+    "local100_local": ("biLSTM H=100 B=1 local", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100,
+                                                      H=100), {"mode": 0}),
+    "local100_cluster": ("biLSTM H=100 B=1 cluster", dict(cell="lstm", direction="bidirectional", T=100, B=1,
+                                                          I=100, H=100), {"mode": 3}),
+    "h512_tagged": ("LSTM H=512 B=1 tagged", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512),
+                    {"mode": 1}),
+    "h512_counter": ("LSTM H=512 B=1 counter", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512),
+                     {"mode": 2}),
+    "h1024_tagged": ("LSTM H=1024 B=1 tagged", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024),
+                     {"mode": 1}),
+    "h1024_b64": ("LSTM H=1024 B=64 (auto)", dict(cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024),
+                  None),
+    "elmo16": ("ELMo layer f16", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
+                                      wt="f16", cell_clip=3.0, proj_clip=3.0), None),
+}
+
+
+def phase_profile(lib, key):
+    """Per-phase cycle counts of block 0 (clock64 stamps inside the kernel), averaged over steps 2..31."""
+    label, kw, tun = PROFILE_CASES[key]
+    l = FusedLayer(lib, seed=9, tuning=tun, **kw)
+    dbg = torch.zeros(DEBUG_SLOTS, dtype=torch.int64, device="cuda")
+    l.full()
+    lib.L.frg_set_debug_clock(dbg.data_ptr())
+    l.f()
+    torch.cuda.synchronize()
+    lib.L.frg_set_debug_clock(0)
+    c = dbg.cpu().numpy().astype(np.int64)
+    steps = [c[3 + 5 * s: 8 + 5 * s] for s in range(DEBUG_STEPS)]
+    nxt = [c[3 + 5 * (s + 1)] if s + 1 < DEBUG_STEPS else c[3 + 5 * DEBUG_STEPS] for s in range(DEBUG_STEPS)]
+    sel = range(2, DEBUG_STEPS - 1)
+    avg = lambda f: float(np.mean([f(s) for s in sel]))  # noqa: E731
+    total_ns = float(c[DEBUG_SLOTS - 1] - c[DEBUG_SLOTS - 2])
+    total_cyc = float(c[3 + 5 * DEBUG_STEPS] - c[0])
+    prof = {
+        "case": label, "plan": l.f.describe(),
+        "weights_load_cyc": float(c[1] - c[0]), "prologue_cyc": float(c[2] - c[0]),
+        "step_cyc": avg(lambda s: nxt[s] - steps[s][0]),
+        "fetch_cyc": avg(lambda s: steps[s][1] - steps[s][0]),
+        "dot_cyc": avg(lambda s: steps[s][2] - steps[s][1]),
+        "cell_cyc": avg(lambda s: steps[s][3] - steps[s][2]),
+        "rest_cyc": avg(lambda s: steps[s][4] - steps[s][3]),
+        "kernel_ns_globaltimer": total_ns,
+        "cycles_per_ns": total_cyc / total_ns if total_ns > 0 else float("nan"),
+        "kernel_graph_ms": time_fused_layer([l], plain=False)["kernel_graph"]["median"],
+    }
+    log("profile " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in prof.items()))
+    return prof
+
+
+def sweep(lib):
+    out = []
+    for label, cell, direction, I, H in (("biLSTM H=100", "lstm", "bidirectional", 100, 100),
+                                         ("LSTM H=512", "lstm", "forward", 512, 512)):
+        for B in (1, 2, 4, 8, 16, 32, 64, 128):
+            l = FusedLayer(lib, cell, direction, 100, B, I, H, seed=B)
+            f = time_fused_layer([l], plain=False)
+            c = time_cudnn(cell, I, H, direction == "bidirectional", B, 100, plain=False)
+            out.append({"config": label, "B": B, "kernel_graph": f["kernel_graph"]["median"],
+                        "full_graph": f["full_graph"]["median"], "cudnn_graph": c["graph"]["median"],
+                        "plan": l.f.describe()})
+            log(f"sweep {label} B={B}: kernel {f['kernel_graph']['median']:.4f} gemm+kernel "
+                f"{f['full_graph']['median']:.4f} cuDNN graph {c['graph']['median']:.4f}")
+            del l
+    return out
+
+
+def plot(sweep_rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    configs = sorted(set(r["config"] for r in sweep_rows))
+    fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4.2))
+    if len(configs) == 1:
+        axes = [axes]
+    for ax, cfg in zip(axes, configs):
+        rs = [r for r in sweep_rows if r["config"] == cfg]
+        bs = [r["B"] for r in rs]
+        ax.plot(bs, [r["kernel_graph"] for r in rs], "o-", label="fused kernel (graph)")
+        ax.plot(bs, [r["full_graph"] for r in rs], "s-", label="input GEMM + fused kernel (graph)")
+        ax.plot(bs, [r["cudnn_graph"] for r in rs], "^-", label="cuDNN torch.nn.LSTM (graph)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch B (T=100, fp32)")
+        ax.set_ylabel("median latency, ms")
+        ax.set_title(cfg)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(torch.cuda.get_device_name())
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--profile-only", default="", help="comma-separated PROFILE_CASES keys: run just those")
+    ap.add_argument("--ncu-case", default="", help="run one PROFILE_CASES key a few times (for ncu), nothing else")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    lib = Lib(args.lib)
+    dev = {"name": torch.cuda.get_device_name(), "limits": list(lib.limits), "torch": torch.__version__,
+           "cudnn": torch.backends.cudnn.version()}
+    log("device:", dev)
+    summary = {"device": dev}
+    if args.ncu_case:
+        label, kw, tun = PROFILE_CASES[args.ncu_case]
+        l = FusedLayer(lib, seed=9, tuning=tun, **kw)
+        for _ in range(4):
+            l.full()
+        torch.cuda.synchronize()
+        log("ncu case done:", label, l.f.describe())
+        return 0
+    profiles = []
+    for key in [k for k in args.profile_only.split(",") if k] or list(PROFILE_CASES):
+        try:
+            profiles.append(phase_profile(lib, key))
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+    summary["profiles"] = profiles
+    if args.profile_only:
+        with open(os.path.join(args.out, "profile.json"), "w") as fjson:
+            json.dump(summary, fjson, indent=1, default=str)
+        return 0
+    results = []
+    try:
+        results += correctness_suite(lib)
+        results.append(zero_length_case(lib))
+        results.append({"name": "graph replay == eager (tagged, counter)", "passed": all(graph_matches_eager(lib).values()),
+                        "errors": {}, "plan": ""})
+    except Exception:  # noqa: BLE001
+        log(traceback.format_exc())
+        results.append({"name": "correctness suite crashed", "passed": False, "errors": {}, "plan": ""})
+    for r in results:
+        e = r["errors"]
+        log(f"{'PASS' if r['passed'] else 'FAIL'} {r['name']}: " +
+            " ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in e.items()) +
+            f" | {r['plan']}")
+    summary["correctness"] = results
+    variants = []
+    timed = []
+    sw = []
+    if not args.skip_timing:
+        try:
+            timed = timing_suite(lib, results, variants)
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+    summary["timing"] = timed
+    summary["variants"] = variants
+    if not args.skip_sweep:
+        try:
+            sw = sweep(lib)
+            plot(sw, os.path.join(args.out, "latency_vs_batch.png"))
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+    summary["sweep"] = sw
+    with open(os.path.join(args.out, "results.json"), "w") as fjson:
+        json.dump(summary, fjson, indent=1, default=str)
+    if sw:
+        with open(os.path.join(args.out, "sweep.csv"), "w") as fcsv:
+            fcsv.write("config,B,kernel_graph_ms,full_graph_ms,cudnn_graph_ms\n")
+            for r in sw:
+                fcsv.write(f"{r['config']},{r['B']},{r['kernel_graph']:.5f},{r['full_graph']:.5f},"
+                           f"{r['cudnn_graph']:.5f}\n")
+    # Short tables last.
+    npass = sum(r["passed"] for r in results)
+    log(f"\n== correctness: {npass}/{len(results)} passed on {dev['name']}")
+    for r in results:
+        if not r["passed"]:
+            log(f"   FAILED: {r['name']} {r['errors']}")
+    if timed:
+        log("== timing (median ms, T=100): kernel graph | kernel plain | gemm+kernel graph | cuDNN plain | "
+            "cuDNN graph | goal")
+        for t in timed:
+            f, c = t["fused"], t.get("cudnn", {})
+            cp = c.get("plain", {}).get("median", float("nan"))
+            cg = c.get("graph", {}).get("median", float("nan"))
+            log(f"{t['case']:<36} {f['kernel_graph']['median']:8.4f} {f['kernel_plain']['median']:8.4f} "
+                f"{f['full_graph']['median']:8.4f} {cp:8.4f} {cg:8.4f} {t['goal_ms']}")
+    with open(os.path.join(args.out, "log.txt"), "w") as flog:
+        flog.write("\n".join(LOG_LINES) + "\n")
+    return 0 if npass == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

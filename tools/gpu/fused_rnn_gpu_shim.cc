@@ -1,0 +1,118 @@
+// extern "C" face of the CUDA core for the ctypes test/benchmark driver (tools/gpu/driver.py). Test-only.
+#include <cstdint>
+#include <cstring>
+
+#include "../../cc/core/fused_rnn_cuda.h"
+
+namespace {
+
+using fused_rnn::CudaDeviceLimits;
+using fused_rnn::CudaTuning;
+using fused_rnn::RnnShape;
+
+// shape: cell, direction, max_time, batch, num_units, num_proj, time_major; clips: cell_clip, proj_clip.
+RnnShape MakeShape(const int64_t* shape, const float* clips) {
+  RnnShape s;
+  s.cell = static_cast<fused_rnn::CellType>(shape[0]);
+  s.direction = static_cast<fused_rnn::Direction>(shape[1]);
+  s.max_time = shape[2];
+  s.batch = shape[3];
+  s.num_units = shape[4];
+  s.num_proj = shape[5];
+  s.time_major = shape[6] != 0;
+  s.cell_clip = clips[0];
+  s.proj_clip = clips[1];
+  return s;
+}
+
+// tuning (nullable): mode, units_per_block, rows_per_block, max_reg_chunks, stream_location, lanes_per_unit.
+int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
+
+CudaTuning MakeTuning(const int* t) {
+  CudaTuning tun;
+  tun.debug_clock = g_debug_clock;
+  if (t) {
+    tun.mode = t[0];
+    tun.units_per_block = t[1];
+    tun.rows_per_block = t[2];
+    tun.max_reg_chunks = t[3];
+    tun.stream_location = t[4];
+    tun.lanes_per_unit = t[5];
+  }
+  return tun;
+}
+
+CudaDeviceLimits MakeLimits(const int* l) {
+  CudaDeviceLimits lim;
+  lim.sm_count = l[0];
+  lim.max_shared_bytes_per_block_optin = l[1];
+  lim.max_shared_bytes_per_sm = l[2];
+  lim.max_threads_per_sm = l[3];
+  lim.max_regs_per_sm = l[4];
+  lim.l2_bytes = l[5];
+  lim.cc_major = l[6];
+  lim.cc_minor = l[7];
+  lim.cooperative_launch = l[8];
+  return lim;
+}
+
+}  // namespace
+
+extern "C" {
+
+// limits_out: 9 ints in the order of MakeLimits.
+const char* frg_query_limits(int device, int* limits_out) {
+  CudaDeviceLimits lim;
+  if (const char* err = fused_rnn::QueryCudaDeviceLimits(device, &lim)) return err;
+  const int v[9] = {lim.sm_count, lim.max_shared_bytes_per_block_optin, lim.max_shared_bytes_per_sm,
+                    lim.max_threads_per_sm, lim.max_regs_per_sm, lim.l2_bytes, lim.cc_major, lim.cc_minor,
+                    lim.cooperative_launch};
+  std::memcpy(limits_out, v, sizeof(v));
+  return nullptr;
+}
+
+int64_t frg_workspace_bytes(const int64_t* shape, const float* clips, int weight_type, const int* limits,
+                            const int* tuning) {
+  const CudaTuning tun = MakeTuning(tuning);
+  return static_cast<int64_t>(fused_rnn::CudaForwardWorkspaceBytes(
+      MakeShape(shape, clips), static_cast<fused_rnn::WeightType>(weight_type), MakeLimits(limits), &tun));
+}
+
+const char* frg_describe(const int64_t* shape, const float* clips, int weight_type, const int* limits,
+                         const int* tuning, char* buf, int64_t buf_len) {
+  const CudaTuning tun = MakeTuning(tuning);
+  return fused_rnn::CudaDescribePlan(MakeShape(shape, clips), static_cast<fused_rnn::WeightType>(weight_type),
+                                     MakeLimits(limits), &tun, buf, static_cast<size_t>(buf_len));
+}
+
+// ptrs (device addresses, 0 = null): x_proj, recurrent_kernel, recurrent_bias, projection_kernel, sequence_lengths,
+// initial_h, initial_c, output, final_h, final_c, reserve, recurrent_kernel_16bit, projection_kernel_16bit.
+const char* frg_forward(const int64_t* shape, const float* clips, int weight_type, const uint64_t* ptrs,
+                        uint64_t workspace, int64_t workspace_bytes, uint64_t stream, const int* limits,
+                        const int* tuning) {
+  fused_rnn::RnnForwardArgs a;
+  a.x_proj = reinterpret_cast<const float*>(ptrs[0]);
+  a.recurrent_kernel = reinterpret_cast<const float*>(ptrs[1]);
+  a.recurrent_bias = reinterpret_cast<const float*>(ptrs[2]);
+  a.projection_kernel = reinterpret_cast<const float*>(ptrs[3]);
+  a.sequence_lengths = reinterpret_cast<const int32_t*>(ptrs[4]);
+  a.initial_h = reinterpret_cast<const float*>(ptrs[5]);
+  a.initial_c = reinterpret_cast<const float*>(ptrs[6]);
+  a.output = reinterpret_cast<float*>(ptrs[7]);
+  a.final_h = reinterpret_cast<float*>(ptrs[8]);
+  a.final_c = reinterpret_cast<float*>(ptrs[9]);
+  a.reserve = reinterpret_cast<float*>(ptrs[10]);
+  const CudaTuning tun = MakeTuning(tuning);
+  return fused_rnn::CudaForward(MakeShape(shape, clips), a, static_cast<fused_rnn::WeightType>(weight_type),
+                                reinterpret_cast<const void*>(ptrs[11]), reinterpret_cast<const void*>(ptrs[12]),
+                                reinterpret_cast<void*>(workspace), static_cast<size_t>(workspace_bytes),
+                                reinterpret_cast<void*>(stream), MakeLimits(limits), &tun);
+}
+
+void frg_set_debug_clock(uint64_t device_ptr) { g_debug_clock = reinterpret_cast<int64_t*>(device_ptr); }
+
+int frg_watchdog(uint64_t workspace, int64_t workspace_bytes) {
+  return fused_rnn::CudaWatchdogFired(reinterpret_cast<const void*>(workspace), static_cast<size_t>(workspace_bytes));
+}
+
+}  // extern "C"
