@@ -43,9 +43,11 @@ const char* QueryCudaDeviceLimits(int device, CudaDeviceLimits* limits);
 // makes CudaForward return an error rather than silently pick something else.
 struct CudaTuning {
   int mode = -1;             // -1 auto; 0 one block per (direction, row group), no grid sync; 1 multi-block with
-                             // tagged exchange (flag in data); 2 multi-block with a counter barrier
-  int units_per_block = 0;   // multi-block: hidden units owned by one block (0 = auto)
-  int rows_per_block = 0;    // mode 0: batch rows per block (0 = auto)
+                             // tagged exchange (flag in data); 2 multi-block with a counter barrier; 3 (sm_90) a
+                             // thread-block cluster of 2..8 blocks per (direction, row group), exchange through
+                             // distributed shared memory + the cluster barrier
+  int units_per_block = 0;   // modes 1-3: hidden units owned by one block (0 = auto)
+  int rows_per_block = 0;    // modes 0 and 3: batch rows per block (0 = auto)
   int max_reg_chunks = -1;   // cap on weight chunks held in registers (-1 = auto; 0 = stream everything)
   int stream_location = -1;  // -1 auto; 0 streamed weights in shared memory; 1 in the workspace (L2/HBM)
   int lanes_per_unit = 0;    // k-split lanes per unit in a warp, power of 2 <= 32 (0 = auto)
@@ -53,7 +55,8 @@ struct CudaTuning {
 };
 
 // Bytes of workspace CudaForward needs for this shape (0 is possible: then workspace may be null).
-// Returns 0 also when the shape cannot run; CudaForward then reports why.
+// Returns 0 also when the shape cannot run; CudaForward / CudaDescribePlan then report why.
+// The training reserve (args.reserve != null) is written by every plan; it needs no extra workspace.
 size_t CudaForwardWorkspaceBytes(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
                                  const CudaTuning* tuning = nullptr);
 

@@ -283,8 +283,7 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
         const int nq_a = WordsPerChunk(wk, G) / 2, nq_b = WordsPerChunk(wk, 1) / 2;
         const size_t stream_a_bytes = size_t(aa.kc - aa.kc_reg) * nq_a * aa.threads_used * 8;
         const size_t stream_b_bytes = P > 0 ? size_t(b.kc) * nq_b * b.threads_used * 8 : 0;
-        // Fixed shared memory: the h, m tiles and z partial sums, cell state, own h, lengths.
-        const size_t staging = 0;
+        // Fixed shared memory: the h, m tiles and z partial sums, cell state, own h, lengths, x_proj buffers.
         const size_t z_floats =
             std::max(size_t(aa.ksw) * geo.rb * G * aa.cols, P > 0 ? size_t(b.ksw) * geo.rb * b.cols : size_t(0));
         const size_t per_row_tile = size_t(aa.kpad) * 4 + (P > 0 ? size_t(b.kpad) * 4 : 0);
@@ -321,7 +320,7 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
             tile_bytes = Align(size_t(stage_rows) * aa.kpad * 4, 16) +
                          (P > 0 ? Align(size_t(stage_rows) * b.kpad * 4, 16) : 0);
           }
-          const size_t union_bytes = Align(std::max(staging, tile_bytes + Align(z_floats * 4, 16)), 16);
+          const size_t union_bytes = Align(tile_bytes + Align(z_floats * 4, 16), 16);
           const size_t smem = union_bytes + fixed_after_union;
           if (smem > static_cast<size_t>(smem_limit)) continue;
           int bps = 0;

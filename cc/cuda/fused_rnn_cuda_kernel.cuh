@@ -7,10 +7,16 @@
 //   phase A: z[rows, G*units] = h_prev[rows, R] @ U_slice, then the cell update for its units;
 //   phase B (projection LSTM only): h[rows, pcols] = m[rows, H] @ P_slice.
 // Blocks exchange h (and m) through shared memory when one block holds a whole direction (exchange "local", no
-// grid sync at all), or through global memory between the blocks of a direction: "tagged" stores every value
-// with its step number in one 64-bit word so readers poll the data itself (no separate barrier), "counter" uses
-// plain stores and one arrival counter per direction. Multi-block grids are launched cooperatively, so every
-// block is resident; the waits are still bounded by a watchdog so a bug can never hang the device.
+// grid sync at all); through distributed shared memory and the hardware cluster barrier when a thread-block
+// cluster of 2..8 blocks holds it ("cluster", sm_90); or through global memory between the blocks of a
+// direction: "tagged" stores every value with its step number in one 64-bit word so readers poll the data
+// itself (no separate barrier), "counter" uses plain stores and one arrival counter per direction. Those
+// multi-block grids are launched cooperatively, so every block is resident; their waits are still bounded by a
+// watchdog so a bug can never hang the device.
+//
+// Latency, not FLOPs, sets the speed at small batch: every per-step phase is a dependent instruction chain run
+// by few warps (~5-6 cycles per instruction), so the per-step code is kept short: loops rolled, pair indexing
+// hoisted out of the recurrence, x_proj copied a step ahead with cp.async (see bench/gpu/NOTES.md).
 #ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_KERNEL_CUH_
 #define FUSED_RNN_CUDA_FUSED_RNN_CUDA_KERNEL_CUH_
 

@@ -57,7 +57,7 @@ struct KernelParams {
       off_stream_b = 0;
   int h_buf_floats = 0;  // local mode: floats between the two h buffers
   int ex_r = 0, ex_h = 0; // row strides of the h and m exchange buffers (R and H rounded up to 4: 16-byte rows)
-  int union_bytes = 0;   // staging tile and h/m/z share the first union_bytes bytes
+  int union_bytes = 0;   // bytes of the h/m tiles + z partial sums (zeroed in the prologue)
   // workspace (device)
   int* watchdog = nullptr;
   unsigned* counters = nullptr;              // [D * nbr] barrier counters, 128 bytes apart

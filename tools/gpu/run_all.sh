@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA core into a small shared library and runs the device harness (correctness, then timing).
-#   bash tools/gpu/run_all.sh                 # on the GPU machine; results under $OUT (or ./gpu_out)
+#   bash tools/gpu/run_all.sh                 # on the GPU machine; results under $OUT (default /tmp/fused_rnn_gpu_out)
+#   python3 tools/gpu/make_tables.py $OUT/results.json   # markdown tables for bench/gpu/RESULTS.md
 # Environment:
 #   GPU_ARCH   gencode flags (default: sm_75, sm_80, sm_90 SASS + compute_90 PTX; CUDA 13 dropped sm_70, add
 #              "-gencode arch=compute_70,code=sm_70" when building with CUDA 12.x; the device run passes sm_90 only)
@@ -8,7 +9,7 @@
 #   BUILD_ONLY=1 stops after the build; DRIVER_ARGS extra driver.py arguments
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT="${OUT:-$PWD/gpu_out}"
+OUT="${OUT:-/tmp/fused_rnn_gpu_out}"
 BUILD_DIR="${BUILD_DIR:-/tmp/fused_rnn_gpu_build}"
 GPU_ARCH="${GPU_ARCH:--gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90}"
 NVCC_FLAGS="-std=c++17 -O3 -Xcompiler -fPIC"
