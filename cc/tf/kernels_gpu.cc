@@ -53,20 +53,10 @@ class FusedRnnGpuOp : public OpKernel {
     // sequence_lengths is in host memory (see the registration): checked here, copied into the workspace below.
     const int32_t* lengths_host = in.sequence_lengths->flat<int32_t>().data();
     OP_REQUIRES_OK(ctx, CheckLengths(lengths_host, s.batch, s.max_time));
-    const bool lstm = s.cell == CellType::kLstm;
-    const int64_t D = s.num_dirs(), B = s.batch, T = s.max_time, R = s.recurrent_width(), H = s.num_units;
+    const int64_t B = s.batch;
 
-    Tensor* output = nullptr;
-    Tensor* final_h = nullptr;
-    Tensor* final_c = nullptr;
-    Tensor* reserve = nullptr;
-    int out_index = 0;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, s.time_major ? TensorShape({T, B, D * R})
-                                                                         : TensorShape({B, T, D * R}), &output));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, TensorShape({D, B, R}), &final_h));
-    if (lstm) OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, TensorShape({D, B, H}), &final_c));
-    const int64_t reserve_floats = attrs_.is_training ? ReserveFloats(s) : 0;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(out_index++, TensorShape({reserve_floats}), &reserve));
+    RnnOutputs out;
+    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, attrs_.is_training, &out));
     if (B == 0) return;
 
     stream_executor::Stream* stream = ctx->op_device_context()->stream();
@@ -91,18 +81,7 @@ class FusedRnnGpuOp : public OpKernel {
                                      static_cast<cudaStream_t>(raw_stream)) == cudaSuccess,
                 absl::InternalError("copying sequence_lengths to the GPU failed"));
 
-    RnnForwardArgs args;
-    args.x_proj = in.x_proj->flat<float>().data();
-    args.recurrent_kernel = in.recurrent_kernel->flat<float>().data();
-    args.recurrent_bias = in.recurrent_bias ? in.recurrent_bias->flat<float>().data() : nullptr;
-    args.projection_kernel = s.num_proj > 0 ? in.projection_kernel->flat<float>().data() : nullptr;
-    args.sequence_lengths = lengths_device;
-    args.initial_h = in.initial_h->flat<float>().data();
-    args.initial_c = lstm ? in.initial_c->flat<float>().data() : nullptr;
-    args.output = output->flat<float>().data();
-    args.final_h = final_h->flat<float>().data();
-    args.final_c = lstm ? final_c->flat<float>().data() : nullptr;
-    args.reserve = attrs_.is_training ? reserve->flat<float>().data() : nullptr;
+    const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths_device, attrs_.is_training);
     const char* err = CudaForward(s, args, WeightType::kFloat32, nullptr, nullptr, core_bytes ? ws : nullptr,
                                   core_bytes, raw_stream, limits);
     OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA launch: ", err ? err : "")));

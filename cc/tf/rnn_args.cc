@@ -103,4 +103,35 @@ Status CheckLengths(const int32_t* lengths, int64_t batch, int64_t max_time) {
   return absl::OkStatus();
 }
 
+absl::Status AllocateRnnOutputs(tensorflow::OpKernelContext* ctx, const RnnShape& s, bool is_training,
+                                RnnOutputs* out) {
+  const int64_t D = s.num_dirs(), B = s.batch, T = s.max_time, R = s.recurrent_width(), H = s.num_units;
+  int index = 0;
+  TF_RETURN_IF_ERROR(ctx->allocate_output(index++, s.time_major ? TensorShape({T, B, D * R}) : TensorShape({B, T, D * R}),
+                                          &out->output));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(index++, TensorShape({D, B, R}), &out->final_h));
+  if (s.cell == CellType::kLstm) {
+    TF_RETURN_IF_ERROR(ctx->allocate_output(index++, TensorShape({D, B, H}), &out->final_c));
+  }
+  return ctx->allocate_output(index++, TensorShape({is_training ? ReserveFloats(s) : 0}), &out->reserve);
+}
+
+RnnForwardArgs MakeForwardArgs(const RnnShape& s, const RnnInputs& in, const RnnOutputs& out,
+                               const int32_t* lengths, bool is_training) {
+  const bool lstm = s.cell == CellType::kLstm;
+  RnnForwardArgs args;
+  args.x_proj = in.x_proj->flat<float>().data();
+  args.recurrent_kernel = in.recurrent_kernel->flat<float>().data();
+  args.recurrent_bias = in.recurrent_bias ? in.recurrent_bias->flat<float>().data() : nullptr;
+  args.projection_kernel = s.num_proj > 0 ? in.projection_kernel->flat<float>().data() : nullptr;
+  args.sequence_lengths = lengths;
+  args.initial_h = in.initial_h->flat<float>().data();
+  args.initial_c = lstm ? in.initial_c->flat<float>().data() : nullptr;
+  args.output = out.output->flat<float>().data();
+  args.final_h = out.final_h->flat<float>().data();
+  args.final_c = lstm ? out.final_c->flat<float>().data() : nullptr;
+  args.reserve = is_training ? out.reserve->flat<float>().data() : nullptr;
+  return args;
+}
+
 }  // namespace fused_rnn

@@ -42,6 +42,20 @@ absl::Status ValidateRnnInputs(tensorflow::OpKernelContext* ctx, const RnnAttrs&
                                      RnnShape* shape);
 absl::Status CheckLengths(const int32_t* lengths, int64_t batch, int64_t max_time);
 
+// The op's outputs, allocated through TF (final_c only for the LSTM; reserve empty unless training).
+struct RnnOutputs {
+  tensorflow::Tensor* output = nullptr;
+  tensorflow::Tensor* final_h = nullptr;
+  tensorflow::Tensor* final_c = nullptr;
+  tensorflow::Tensor* reserve = nullptr;
+};
+absl::Status AllocateRnnOutputs(tensorflow::OpKernelContext* ctx, const RnnShape& shape, bool is_training,
+                                RnnOutputs* out);
+
+// The core's arguments for these tensors (host or device pointers alike); `lengths` is where the kernel put them.
+RnnForwardArgs MakeForwardArgs(const RnnShape& shape, const RnnInputs& in, const RnnOutputs& out,
+                               const int32_t* lengths, bool is_training);
+
 }  // namespace fused_rnn
 
 #endif  // FUSED_RNN_TF_RNN_ARGS_H_
