@@ -1,0 +1,1 @@
+"""Keras models that run on the fused recurrence ops (ELMo, NMT) and a TF-level beam search."""
