@@ -42,18 +42,66 @@ struct ChainCtx {
   int64_t num_unit_blocks = 0, num_proj_blocks = 0;
 };
 
+// One direction of the backward pass (see CpuBackward). Positions n = b * T + t index the per-step records.
+struct BwdCtx {
+  bool reverse = false;
+  int64_t T = 0, B = 0, H = 0, P = 0, R = 0, G = 0, max_len = 0;
+  float cell_clip = 0.f, proj_clip = 0.f;
+  const int32_t* lengths = nullptr;
+  const float* output = nullptr;    // this direction's columns of the forward output
+  const float* d_output = nullptr;  // same layout
+  int64_t out_b_stride = 0, out_t_stride = 0;
+  const float* reserve = nullptr;   // [B][T][F] of this direction
+  int64_t reserve_features = 0;
+  const float* initial_h = nullptr;  // [B][R]
+  const float* initial_c = nullptr;  // [B][H]
+  float* d_x = nullptr;              // this direction's G*H columns of d_x_proj
+  int64_t x_b_stride = 0, x_t_stride = 0;
+  const float* ut_packed = nullptr;  // U^T in panels over R: panel q is [G*H][16]
+  const float* pt_packed = nullptr;  // P^T in panels over H: panel u is [P][16]
+  float* dh_carry = nullptr;         // [B][R]: d_final_h in, d_initial_h out
+  float* dc_carry = nullptr;         // [B][H]: d_final_c in, d_initial_c out
+  float* dh_tot = nullptr;           // [B][R]: dh of the current step (output + carry)
+  float* hprev_t = nullptr;          // [R][B*T]: h_{t-1} of each position, zero where invalid
+  float* m_t = nullptr;              // [H][B*T]: m = o * tanh(c) (projection only)
+  float* dr = nullptr;               // [B*T][P]: gradient of r = m @ P after the clip mask (projection only)
+  float* dhu = nullptr;              // [B*T][G*H]: gradient of h_{t-1} @ U + b (GRU)
+};
+
+// out[m][k] = sum_n a_t[m][n] * rows(n)[k] for k in [k_begin, k_end), every m < M. Row n = b * T + t is
+// rows + b * b_stride + t * t_stride. With bias_out, also bias_out[k] = sum_n rows(n)[k].
+struct WeightGradArgs {
+  float* out = nullptr;
+  int64_t M = 0, K = 0, N = 0, T = 1;
+  const float* a_t = nullptr;
+  const float* rows = nullptr;
+  int64_t b_stride = 0, t_stride = 0;
+  float* bias_out = nullptr;
+};
+
 // Per-ISA step kernels: run step `step` for unit blocks [block_begin, block_end) over every active batch row.
 struct StepKernels {
   const char* name;
   void (*lstm_gates)(const ChainCtx&, int64_t step, int64_t block_begin, int64_t block_end);
   void (*lstm_projection)(const ChainCtx&, int64_t step, int64_t block_begin, int64_t block_end);
   void (*gru_gates)(const ChainCtx&, int64_t step, int64_t block_begin, int64_t block_end);
+  void (*lstm_backward)(const BwdCtx&);  // the whole sequential backward of one direction
+  void (*gru_backward)(const BwdCtx&);
+  void (*weight_grad)(const WeightGradArgs&, int64_t k_begin, int64_t k_end);
+  int64_t weight_grad_stripe;  // columns per weight_grad tile stripe (split work on multiples of it)
 };
 
 // kAvx2Kernels and kAvx512Kernels exist only in x86-64 builds (FUSED_RNN_HAVE_X86_KERNELS).
 extern const StepKernels kPortableKernels;
 extern const StepKernels kAvx2Kernels;
 extern const StepKernels kAvx512Kernels;
+
+// The kernels of the widest ISA this CPU runs (or FUSED_RNN_ISA's choice).
+const StepKernels& PickKernels();
+
+// CpuBackward with a given kernel table.
+void CpuBackwardWithKernels(const StepKernels& kernels, const RnnShape& shape, const RnnBackwardArgs& args,
+                            float* scratch, ParallelRunner* runner);
 
 // CpuForward with a given kernel table (tests run every ISA the machine has in one process).
 void CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& shape, const RnnForwardArgs& args,

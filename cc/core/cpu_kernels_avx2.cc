@@ -2,9 +2,11 @@
 #include "cc/core/simd_avx2.h"
 #define FUSED_RNN_ISA_NS avx2
 #include "cc/core/cpu_kernels_impl.h"
+#include "cc/core/cpu_backward_impl.h"
 
 namespace fused_rnn {
 namespace cpu {
-const StepKernels kAvx2Kernels = {avx2::Isa::kName, &avx2::LstmGates, &avx2::LstmProjection, &avx2::GruGates};
+const StepKernels kAvx2Kernels = {avx2::Isa::kName, &avx2::LstmGates, &avx2::LstmProjection, &avx2::GruGates,
+    &avx2::LstmBackward, &avx2::GruBackward, &avx2::WeightGrad, avx2::kWgStripe};
 }  // namespace cpu
 }  // namespace fused_rnn

@@ -2,9 +2,11 @@
 #include "cc/core/simd_avx512.h"
 #define FUSED_RNN_ISA_NS avx512
 #include "cc/core/cpu_kernels_impl.h"
+#include "cc/core/cpu_backward_impl.h"
 
 namespace fused_rnn {
 namespace cpu {
-const StepKernels kAvx512Kernels = {avx512::Isa::kName, &avx512::LstmGates, &avx512::LstmProjection, &avx512::GruGates};
+const StepKernels kAvx512Kernels = {avx512::Isa::kName, &avx512::LstmGates, &avx512::LstmProjection, &avx512::GruGates,
+    &avx512::LstmBackward, &avx512::GruBackward, &avx512::WeightGrad, avx512::kWgStripe};
 }  // namespace cpu
 }  // namespace fused_rnn

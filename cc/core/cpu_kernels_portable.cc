@@ -2,9 +2,11 @@
 #include "cc/core/simd_portable.h"
 #define FUSED_RNN_ISA_NS portable
 #include "cc/core/cpu_kernels_impl.h"
+#include "cc/core/cpu_backward_impl.h"
 
 namespace fused_rnn {
 namespace cpu {
-const StepKernels kPortableKernels = {portable::Isa::kName, &portable::LstmGates, &portable::LstmProjection, &portable::GruGates};
+const StepKernels kPortableKernels = {portable::Isa::kName, &portable::LstmGates, &portable::LstmProjection, &portable::GruGates,
+    &portable::LstmBackward, &portable::GruBackward, &portable::WeightGrad, portable::kWgStripe};
 }  // namespace cpu
 }  // namespace fused_rnn

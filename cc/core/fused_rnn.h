@@ -93,6 +93,37 @@ int64_t CpuForwardScratchFloats(const RnnShape& shape);
 // whatever the number of threads. Picks AVX-512, AVX2+FMA or a portable path at run time.
 void CpuForward(const RnnShape& shape, const RnnForwardArgs& args, float* scratch, ParallelRunner* runner);
 
+// ---- backward (training) ------------------------------------------------------------------------------------
+// Backpropagation through time in one call, for a forward that ran with a reserve. Same shape and layouts as the
+// forward; `d_*` are the gradients of the forward's outputs (d_output zero-past-length positions are ignored).
+struct RnnBackwardArgs {
+  const float* recurrent_kernel = nullptr;   // [D, R, G*H]
+  const float* projection_kernel = nullptr;  // [D, H, P] or null
+  const int32_t* sequence_lengths = nullptr; // [B] or null (all T)
+  const float* initial_h = nullptr;          // [D, B, R]
+  const float* initial_c = nullptr;          // [D, B, H] (LSTM)
+  const float* output = nullptr;             // the forward's output
+  const float* reserve = nullptr;            // the forward's reserve [D, B, T, F]
+  const float* d_output = nullptr;           // like output
+  const float* d_final_h = nullptr;          // [D, B, R]
+  const float* d_final_c = nullptr;          // [D, B, H] (LSTM)
+  float* d_x_proj = nullptr;                 // like x_proj; zero past each length
+  float* d_recurrent_kernel = nullptr;       // [D, R, G*H]
+  float* d_recurrent_bias = nullptr;         // [D, G*H] (GRU)
+  float* d_projection_kernel = nullptr;      // [D, H, P] when P > 0
+  float* d_initial_h = nullptr;              // [D, B, R]
+  float* d_initial_c = nullptr;              // [D, B, H] (LSTM)
+};
+
+// Floats of caller-owned scratch (64-byte aligned) the CPU backward needs: the transposed weights, and per
+// (direction, row, step) the previous state and, with a projection, m and d(r), kept for the weight gradients.
+int64_t CpuBackwardScratchFloats(const RnnShape& shape);
+
+// The sequential part (a thread per direction) walks the steps backwards keeping dh/dc in registers and
+// cache; the weight gradients are then one product over all steps (dU = sum_t h_{t-1}^T da_t), split over
+// threads. Deterministic whatever the number of threads.
+void CpuBackward(const RnnShape& shape, const RnnBackwardArgs& args, float* scratch, ParallelRunner* runner);
+
 // Which vector path CpuForward uses on this CPU: "avx512", "avx2" or "portable". FUSED_RNN_ISA=portable|avx2
 // in the environment forces a narrower path (for testing every path on one machine).
 const char* CpuIsaName();

@@ -37,7 +37,9 @@ using cpu::ChainCtx;
 using cpu::kBlock;
 using cpu::StepKernels;
 
-const StepKernels& PickKernels() {
+}  // namespace
+
+const StepKernels& cpu::PickKernels() {
   static const StepKernels* picked = [] {
     const char* force = std::getenv("FUSED_RNN_ISA");
     const std::string want = force ? force : "";
@@ -53,6 +55,8 @@ const StepKernels& PickKernels() {
   }();
   return *picked;
 }
+
+namespace {
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -231,7 +235,7 @@ void Participate(const std::shared_ptr<Job>& job, int preferred, bool is_caller)
 
 }  // namespace
 
-const char* CpuIsaName() { return PickKernels().name; }
+const char* CpuIsaName() { return cpu::PickKernels().name; }
 
 int64_t CpuForwardScratchFloats(const RnnShape& s) {
   const ScratchLayout l = Layout(s);
@@ -239,7 +243,7 @@ int64_t CpuForwardScratchFloats(const RnnShape& s) {
 }
 
 void CpuForward(const RnnShape& s, const RnnForwardArgs& a, float* scratch, ParallelRunner* runner) {
-  cpu::CpuForwardWithKernels(PickKernels(), s, a, scratch, runner);
+  cpu::CpuForwardWithKernels(cpu::PickKernels(), s, a, scratch, runner);
 }
 
 void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, const RnnForwardArgs& a,

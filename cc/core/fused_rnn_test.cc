@@ -56,9 +56,19 @@ Problem MakeProblem(CellType cell, Direction dir, int64_t T, int64_t B, int64_t 
 
 double Sig(double v) { return 1.0 / (1.0 + std::exp(-v)); }
 
+// The problem's tensors in float64 (the backward test perturbs them by finite differences).
+struct Params {
+  std::vector<double> x, rk, rb, pk, h0, c0;
+};
+Params ToParams(const Problem& p) {
+  auto d = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  return {d(p.x), d(p.rk), d(p.rb), d(p.pk), d(p.h0), d(p.c0)};
+}
+
 // float64 reference, one row and one step at a time.
-void Reference(const Problem& p, std::vector<double>* out, std::vector<double>* fh, std::vector<double>* fc) {
-  const RnnShape& s = p.s;
+void Reference(const Problem& prob, const Params& p, std::vector<double>* out, std::vector<double>* fh,
+               std::vector<double>* fc) {
+  const RnnShape& s = prob.s;
   const int64_t T = s.max_time, B = s.batch, H = s.num_units, P = s.num_proj, R = s.recurrent_width();
   const int64_t D = s.num_dirs(), G = s.num_gates();
   out->assign(T * B * D * R, 0.0);
@@ -70,11 +80,11 @@ void Reference(const Problem& p, std::vector<double>* out, std::vector<double>* 
       std::vector<double> h(R), c(H), z(G * H), m(H);
       for (int64_t k = 0; k < R; ++k) h[k] = p.h0[(d * B + b) * R + k];
       if (s.cell == CellType::kLstm) for (int64_t j = 0; j < H; ++j) c[j] = p.c0[(d * B + b) * H + j];
-      const int64_t L = p.lengths[b];
+      const int64_t L = prob.lengths[b];
       for (int64_t step = 0; step < L; ++step) {
         const int64_t t = reverse ? L - 1 - step : step;
         const int64_t row = s.time_major ? (t * B + b) : (b * T + t);
-        const float* x = p.x.data() + row * D * G * H + d * G * H;
+        const double* x = p.x.data() + row * D * G * H + d * G * H;
         for (int64_t col = 0; col < G * H; ++col) {
           double acc = 0;
           for (int64_t k = 0; k < R; ++k) acc += h[k] * p.rk[(d * R + k) * G * H + col];
@@ -114,6 +124,10 @@ void Reference(const Problem& p, std::vector<double>* out, std::vector<double>* 
       if (s.cell == CellType::kLstm) for (int64_t j = 0; j < H; ++j) (*fc)[(d * B + b) * H + j] = c[j];
     }
   }
+}
+
+void Reference(const Problem& p, std::vector<double>* out, std::vector<double>* fh, std::vector<double>* fc) {
+  Reference(p, ToParams(p), out, fh, fc);
 }
 
 struct Result {
@@ -291,6 +305,146 @@ TEST(CoreTest, CheckShapeRejectsBadShapes) {
   s.num_proj = 0;
   s.proj_clip = 1.f;
   EXPECT_NE(CheckShape(s), nullptr);
+}
+
+// ---- backward ------------------------------------------------------------------------------------------------
+// The loss sum(w_out * out) + sum(w_fh * final_h) + sum(w_fc * final_c) has the w's as its output gradients; its
+// gradient with respect to every input is checked against float64 central differences of the reference.
+struct Grads {
+  std::vector<float> dx, drk, drb, dpk, dh0, dc0;
+};
+
+Grads RunBackward(const Problem& p, const cpu::StepKernels& k, ParallelRunner* runner, const std::vector<float>& w_out,
+                  const std::vector<float>& w_fh, const std::vector<float>& w_fc) {
+  const RnnShape& s = p.s;
+  const int64_t D = s.num_dirs(), R = s.recurrent_width(), G = s.num_gates(), H = s.num_units, B = s.batch;
+  const Result fwd = RunCore(p, k, nullptr, /*with_reserve=*/true);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  Grads g;
+  g.dx.assign(p.x.size(), nan);
+  g.drk.assign(p.rk.size(), nan);
+  g.drb.assign(s.cell == CellType::kGru ? D * G * H : 0, nan);
+  g.dpk.assign(p.pk.size(), nan);
+  g.dh0.assign(D * B * R, nan);
+  g.dc0.assign(s.cell == CellType::kLstm ? D * B * H : 0, nan);
+  std::vector<float> scratch(CpuBackwardScratchFloats(s) + 16, nan);
+  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+  RnnBackwardArgs a;
+  a.recurrent_kernel = p.rk.data();
+  a.projection_kernel = p.pk.empty() ? nullptr : p.pk.data();
+  a.sequence_lengths = p.lengths.data();
+  a.initial_h = p.h0.data();
+  a.initial_c = p.c0.empty() ? nullptr : p.c0.data();
+  a.output = fwd.out.data();
+  a.reserve = fwd.reserve.data();
+  a.d_output = w_out.data();
+  a.d_final_h = w_fh.data();
+  a.d_final_c = s.cell == CellType::kLstm ? w_fc.data() : nullptr;
+  a.d_x_proj = g.dx.data();
+  a.d_recurrent_kernel = g.drk.data();
+  a.d_recurrent_bias = g.drb.empty() ? nullptr : g.drb.data();
+  a.d_projection_kernel = g.dpk.empty() ? nullptr : g.dpk.data();
+  a.d_initial_h = g.dh0.data();
+  a.d_initial_c = g.dc0.empty() ? nullptr : g.dc0.data();
+  cpu::CpuBackwardWithKernels(k, s, a, aligned, runner);
+  return g;
+}
+
+double Loss(const Problem& prob, const Params& p, const std::vector<float>& w_out, const std::vector<float>& w_fh,
+            const std::vector<float>& w_fc) {
+  std::vector<double> out, fh, fc;
+  Reference(prob, p, &out, &fh, &fc);
+  double l = 0;
+  for (size_t i = 0; i < out.size(); ++i) l += w_out[i] * out[i];
+  for (size_t i = 0; i < fh.size(); ++i) l += w_fh[i] * fh[i];
+  if (prob.s.cell == CellType::kLstm) for (size_t i = 0; i < fc.size(); ++i) l += w_fc[i] * fc[i];
+  return l;
+}
+
+std::vector<double> NumericGrad(const Problem& prob, std::vector<double> Params::*member,
+                                const std::vector<float>& w_out, const std::vector<float>& w_fh,
+                                const std::vector<float>& w_fc) {
+  Params p = ToParams(prob);
+  std::vector<double>& v = p.*member;
+  std::vector<double> g(v.size());
+  const double eps = 1e-6;
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double keep = v[i];
+    v[i] = keep + eps;
+    const double up = Loss(prob, p, w_out, w_fh, w_fc);
+    v[i] = keep - eps;
+    const double down = Loss(prob, p, w_out, w_fh, w_fc);
+    v[i] = keep;
+    g[i] = (up - down) / (2 * eps);
+  }
+  return g;
+}
+
+class BackwardTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(BackwardTest, MatchesFloat64FiniteDifferencesOnEveryIsaAndThreadCount) {
+  const Case c = GetParam();
+  static uint32_t seed = 100;
+  const Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
+  const RnnShape& s = p.s;
+  std::mt19937 rng(seed * 7);
+  std::normal_distribution<float> n01(0.f, 1.f);
+  auto random = [&](int64_t n) { std::vector<float> v(n); for (auto& e : v) e = n01(rng); return v; };
+  const int64_t D = s.num_dirs(), R = s.recurrent_width();
+  const std::vector<float> w_out = random(s.max_time * s.batch * D * R);  // also past lengths: must be ignored
+  const std::vector<float> w_fh = random(D * s.batch * R), w_fc = random(D * s.batch * s.num_units);
+  const std::vector<double> want_dx = NumericGrad(p, &Params::x, w_out, w_fh, w_fc);
+  const std::vector<double> want_drk = NumericGrad(p, &Params::rk, w_out, w_fh, w_fc);
+  const std::vector<double> want_dh0 = NumericGrad(p, &Params::h0, w_out, w_fh, w_fc);
+  const bool lstm = c.cell == CellType::kLstm;
+  const std::vector<double> want_dc0 = lstm ? NumericGrad(p, &Params::c0, w_out, w_fh, w_fc) : std::vector<double>();
+  const std::vector<double> want_dpk = c.P > 0 ? NumericGrad(p, &Params::pk, w_out, w_fh, w_fc) : std::vector<double>();
+  const std::vector<double> want_drb = lstm ? std::vector<double>() : NumericGrad(p, &Params::rb, w_out, w_fh, w_fc);
+  for (const cpu::StepKernels* k : AvailableKernels()) {
+    SCOPED_TRACE(k->name);
+    const Grads g = RunBackward(p, *k, nullptr, w_out, w_fh, w_fc);
+    EXPECT_LT(RelErr(g.dx, want_dx, want_dx.size()), 1e-4);
+    EXPECT_LT(RelErr(g.drk, want_drk, want_drk.size()), 1e-4);
+    EXPECT_LT(RelErr(g.dh0, want_dh0, want_dh0.size()), 1e-4);
+    if (lstm) { EXPECT_LT(RelErr(g.dc0, want_dc0, want_dc0.size()), 1e-4); }
+    if (c.P > 0) { EXPECT_LT(RelErr(g.dpk, want_dpk, want_dpk.size()), 1e-4); }
+    if (!lstm) { EXPECT_LT(RelErr(g.drb, want_drb, want_drb.size()), 1e-4); }
+    ThreadRunner on_time(3), late(3, 2000), never(3, 0, true);
+    for (ParallelRunner* runner : std::vector<ParallelRunner*>{&on_time, &late, &never}) {
+      const Grads t = RunBackward(p, *k, runner, w_out, w_fh, w_fc);
+      EXPECT_EQ(0, std::memcmp(t.dx.data(), g.dx.data(), sizeof(float) * g.dx.size()));
+      EXPECT_EQ(0, std::memcmp(t.drk.data(), g.drk.data(), sizeof(float) * g.drk.size()));
+      EXPECT_EQ(0, std::memcmp(t.dh0.data(), g.dh0.data(), sizeof(float) * g.dh0.size()));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cells, BackwardTest,
+    ::testing::Values(Case{CellType::kLstm, Direction::kForward, 5, 3, 6, 0, false, 0, 0},
+                      Case{CellType::kLstm, Direction::kReverse, 4, 4, 17, 0, true, 0, 0},
+                      Case{CellType::kLstm, Direction::kBidirectional, 5, 5, 9, 0, false, 0, 0},
+                      Case{CellType::kLstm, Direction::kBidirectional, 4, 5, 12, 7, false, 0.5f, 0.3f},
+                      Case{CellType::kLstm, Direction::kForward, 3, 2, 20, 18, true, 0, 0.2f},
+                      Case{CellType::kLstm, Direction::kReverse, 4, 6, 5, 3, false, 0.4f, 0},
+                      Case{CellType::kGru, Direction::kForward, 5, 3, 7, 0, false, 0, 0},
+                      Case{CellType::kGru, Direction::kBidirectional, 4, 5, 18, 0, true, 0, 0},
+                      Case{CellType::kGru, Direction::kReverse, 3, 4, 33, 0, false, 0, 0}));
+
+TEST(BackwardTest, EmptyBatchAndTimeGiveZeroWeightGradsAndPassStates) {
+  for (int64_t T : {0, 3}) {
+    Problem p = MakeProblem(CellType::kLstm, Direction::kBidirectional, T, 2, 5, 3, false, 0, 0, 5);
+    for (auto& l : p.lengths) l = 0;
+    std::vector<float> w_out(T * 2 * 2 * 3, 1.f), w_fh(2 * 2 * 3), w_fc(2 * 2 * 5);
+    for (size_t i = 0; i < w_fh.size(); ++i) w_fh[i] = 0.5f + i;
+    for (size_t i = 0; i < w_fc.size(); ++i) w_fc[i] = -1.f - i;
+    const Grads g = RunBackward(p, cpu::PickKernels(), nullptr, w_out, w_fh, w_fc);
+    for (float v : g.dx) EXPECT_EQ(v, 0.f);
+    for (float v : g.drk) EXPECT_EQ(v, 0.f);
+    for (float v : g.dpk) EXPECT_EQ(v, 0.f);
+    for (size_t i = 0; i < w_fh.size(); ++i) EXPECT_EQ(g.dh0[i], w_fh[i]);
+    for (size_t i = 0; i < w_fc.size(); ++i) EXPECT_EQ(g.dc0[i], w_fc[i]);
+  }
 }
 
 }  // namespace

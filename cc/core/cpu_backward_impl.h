@@ -1,0 +1,277 @@
+// Backward kernels (backpropagation through time), written once over the SIMD abstraction like the forward step
+// kernels and compiled per ISA. Include after cpu_kernels_impl.h (same per-ISA namespace).
+//
+// Per step, walking the steps backwards, for every batch row still inside its sequence:
+//   dh      = d_output[t] + dh_carry                       (carry from step t+1, or d_final_h)
+//   dr      = dh masked where the projection clip was active; dm = dr @ P^T      (projection)
+//   LSTM:   dc = dc_carry + dm * o * (1 - tanh(c)^2), masked where the cell clip was active
+//           da = [dc*g*i(1-i), dc*c_prev*f(1-f), dc*i*(1-g^2), dm*tanh(c)*o(1-o)];  dc_carry = dc * f
+//   GRU:    da = [dh*(h_prev-n)*z(1-z), dan*hu_n*r(1-r), dan],  dan = dh*(1-z)*(1-n^2)
+//           d(h_prev @ U + b) = [da_z, da_r, dan * r]
+//   dh_carry = d(h_prev @ U) @ U^T  (+ dh * z for the GRU)
+// da is the gradient of x_proj (written in place, it is also the left operand of the carry product). The
+// weight gradients are left to WeightGrad over the h_{t-1}, m and dr records of every position.
+#ifndef FUSED_RNN_ISA_NS
+#error "include cpu_kernels_impl.h first"
+#endif
+
+namespace fused_rnn {
+namespace cpu {
+namespace FUSED_RNN_ISA_NS {
+
+struct BwdRow {
+  bool active;
+  int64_t pos;       // time position of this step
+  int64_t pos_prev;  // time position of the previous step (valid when step > 0)
+  int64_t n;         // record index b * T + pos
+};
+inline BwdRow BwdRowAt(const BwdCtx& c, int64_t b, int64_t step) {
+  const int64_t len = c.lengths[b];
+  BwdRow r;
+  r.active = step < len;
+  r.pos = r.active ? (c.reverse ? len - 1 - step : step) : 0;
+  r.pos_prev = c.reverse ? r.pos + 1 : r.pos - 1;
+  r.n = b * c.T + r.pos;
+  return r;
+}
+
+inline const float* HPrevRow(const BwdCtx& c, int64_t b, int64_t step, const BwdRow& r) {
+  return step == 0 ? c.initial_h + b * c.R : c.output + b * c.out_b_stride + r.pos_prev * c.out_t_stride;
+}
+inline float* DxRow(const BwdCtx& c, int64_t b, int64_t pos) { return c.d_x + b * c.x_b_stride + pos * c.x_t_stride; }
+
+// Stage 1 of a step, per active row: dh = d_output + carry; records h_{t-1} (transposed) and, with a
+// projection, dr.
+inline void BwdStepRows(const BwdCtx& c, int64_t step) {
+  const int64_t R = c.R, N = c.B * c.T;
+  for (int64_t b = 0; b < c.B; ++b) {
+    const BwdRow rs = BwdRowAt(c, b, step);
+    if (!rs.active) continue;
+    const float* h_prev = HPrevRow(c, b, step, rs);
+    for (int64_t r = 0; r < R; ++r) c.hprev_t[r * N + rs.n] = h_prev[r];
+    const float* d_out = c.d_output + b * c.out_b_stride + rs.pos * c.out_t_stride;
+    const float* r_pre = c.P > 0 ? c.reserve + rs.n * c.reserve_features + 5 * c.H : nullptr;
+    for (int64_t j = 0; j < R; j += kW) {
+      const int n = Valid(R, j);
+      V dh = Isa::Add(Isa::LoadN(d_out + j, n), Isa::LoadN(c.dh_carry + b * R + j, n));
+      Isa::StoreN(c.dh_tot + b * R + j, dh, n);
+      if (c.P > 0) {
+        // clip_by_value passes the gradient where |r| <= clip (NaN compares false: passes too).
+        if (c.proj_clip > 0.f) dh = Isa::Select(Isa::Set1(c.proj_clip), Isa::Abs(Isa::LoadN(r_pre + j, n)), Isa::Zero(), dh);
+        Isa::StoreN(c.dr + rs.n * c.P + j, dh, n);
+      }
+    }
+  }
+}
+
+// Stage 2, LSTM: for MR rows and unit block u, dm (from dr @ P^T or dh) and the gate gradients.
+template <int MR>
+inline void LstmBwdBlock(const BwdCtx& c, int64_t step, int64_t b0, int64_t u) {
+  const int64_t H = c.H, F = c.reserve_features, N = c.B * c.T, j0 = u * kBlock;
+  BwdRow rs[MR];
+  V dm[MR][kNV];
+  const float* dr_rows[MR];
+  for (int m = 0; m < MR; ++m) {
+    rs[m] = BwdRowAt(c, b0 + m, step);
+    for (int v = 0; v < kNV; ++v) dm[m][v] = Isa::Zero();
+    dr_rows[m] = c.P > 0 ? c.dr + rs[m].n * c.P : nullptr;
+  }
+  if (c.P > 0) PanelProduct<kNV, MR>(c.pt_packed + u * c.P * kBlock, c.P, dr_rows, dm);
+  const V one = Isa::Set1(1.0f);
+  for (int m = 0; m < MR; ++m) {
+    if (!rs[m].active) continue;
+    const int64_t b = b0 + m;
+    const float* res = c.reserve + rs[m].n * F;
+    const float* c_prev_src = step == 0 ? c.initial_c + b * H : c.reserve + (b * c.T + rs[m].pos_prev) * F + 4 * H;
+    float* dx = DxRow(c, b, rs[m].pos);
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t j = j0 + v * kW;
+      const int n = Valid(H, j);
+      if (n == 0) continue;
+      const V dmv = c.P > 0 ? dm[m][v] : Isa::LoadN(c.dh_tot + b * c.R + j, n);
+      const V ig = Isa::LoadN(res + j, n), fg = Isa::LoadN(res + H + j, n);
+      const V gg = Isa::LoadN(res + 2 * H + j, n), og = Isa::LoadN(res + 3 * H + j, n);
+      const V c_pre = Isa::LoadN(res + 4 * H + j, n);
+      V c_prev = Isa::LoadN(c_prev_src + j, n);
+      if (step > 0) c_prev = Clip(c_prev, c.cell_clip);
+      const V tc = Tanh(Clip(c_pre, c.cell_clip));
+      V dc = Isa::Fma(Isa::Mul(dmv, og), Isa::Sub(one, Isa::Mul(tc, tc)), Isa::LoadN(c.dc_carry + b * H + j, n));
+      if (c.cell_clip > 0.f) dc = Isa::Select(Isa::Set1(c.cell_clip), Isa::Abs(c_pre), Isa::Zero(), dc);
+      const V da_i = Isa::Mul(Isa::Mul(dc, gg), Isa::Mul(ig, Isa::Sub(one, ig)));
+      const V da_f = Isa::Mul(Isa::Mul(dc, c_prev), Isa::Mul(fg, Isa::Sub(one, fg)));
+      const V da_g = Isa::Mul(Isa::Mul(dc, ig), Isa::Sub(one, Isa::Mul(gg, gg)));
+      const V da_o = Isa::Mul(Isa::Mul(dmv, tc), Isa::Mul(og, Isa::Sub(one, og)));
+      Isa::StoreN(c.dc_carry + b * H + j, Isa::Mul(dc, fg), n);
+      Isa::StoreN(dx + j, da_i, n);
+      Isa::StoreN(dx + H + j, da_f, n);
+      Isa::StoreN(dx + 2 * H + j, da_g, n);
+      Isa::StoreN(dx + 3 * H + j, da_o, n);
+      if (c.P > 0) {
+        alignas(64) float m_lanes[kW];
+        Isa::Store(m_lanes, Isa::Mul(og, tc));
+        for (int l = 0; l < n; ++l) c.m_t[(j + l) * N + rs[m].n] = m_lanes[l];
+      }
+    }
+  }
+}
+
+// Stage 2, GRU: gate gradients for MR rows and unit block u.
+template <int MR>
+inline void GruBwdBlock(const BwdCtx& c, int64_t step, int64_t b0, int64_t u) {
+  const int64_t H = c.H, F = c.reserve_features, GH = 3 * H, j0 = u * kBlock;
+  const V one = Isa::Set1(1.0f);
+  for (int m = 0; m < MR; ++m) {
+    const int64_t b = b0 + m;
+    const BwdRow rs = BwdRowAt(c, b, step);
+    if (!rs.active) continue;
+    const float* res = c.reserve + rs.n * F;
+    const float* h_prev = HPrevRow(c, b, step, rs);
+    float* dx = DxRow(c, b, rs.pos);
+    float* dhu = c.dhu + rs.n * GH;
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t j = j0 + v * kW;
+      const int n = Valid(H, j);
+      if (n == 0) continue;
+      const V zg = Isa::LoadN(res + j, n), rg = Isa::LoadN(res + H + j, n);
+      const V ng = Isa::LoadN(res + 2 * H + j, n), hu_n = Isa::LoadN(res + 3 * H + j, n);
+      const V dh = Isa::LoadN(c.dh_tot + b * H + j, n);
+      const V da_z = Isa::Mul(Isa::Mul(dh, Isa::Sub(Isa::LoadN(h_prev + j, n), ng)), Isa::Mul(zg, Isa::Sub(one, zg)));
+      const V da_n = Isa::Mul(Isa::Mul(dh, Isa::Sub(one, zg)), Isa::Sub(one, Isa::Mul(ng, ng)));
+      const V da_r = Isa::Mul(Isa::Mul(da_n, hu_n), Isa::Mul(rg, Isa::Sub(one, rg)));
+      Isa::StoreN(dx + j, da_z, n);
+      Isa::StoreN(dx + H + j, da_r, n);
+      Isa::StoreN(dx + 2 * H + j, da_n, n);
+      Isa::StoreN(dhu + j, da_z, n);
+      Isa::StoreN(dhu + H + j, da_r, n);
+      Isa::StoreN(dhu + 2 * H + j, Isa::Mul(da_n, rg), n);
+    }
+  }
+}
+
+// Stage 3: dh_carry[:, q-block] = d(h_prev @ U) @ U^T (+ dh * z for the GRU) for MR rows.
+template <int MR>
+inline void CarryBlock(const BwdCtx& c, int64_t step, int64_t b0, int64_t q) {
+  const int64_t R = c.R, GH = c.G * c.H, p0 = q * kBlock;
+  const bool gru = c.dhu != nullptr;
+  BwdRow rs[MR];
+  const float* rows[MR];
+  V acc[MR][kNV];
+  for (int m = 0; m < MR; ++m) {
+    const int64_t b = b0 + m;
+    rs[m] = BwdRowAt(c, b, step);
+    rows[m] = gru ? c.dhu + rs[m].n * GH : DxRow(c, b, rs[m].pos);
+    for (int v = 0; v < kNV; ++v) {
+      const int n = Valid(R, p0 + v * kW);
+      acc[m][v] = Isa::Zero();
+      if (gru && rs[m].active && n > 0) {
+        const float* z = c.reserve + rs[m].n * c.reserve_features;
+        acc[m][v] = Isa::Mul(Isa::LoadN(c.dh_tot + b * R + p0 + v * kW, n), Isa::LoadN(z + p0 + v * kW, n));
+      }
+    }
+  }
+  PanelProduct<kNV, MR>(c.ut_packed + q * GH * kBlock, GH, rows, acc);
+  for (int m = 0; m < MR; ++m) {
+    if (!rs[m].active) continue;
+    for (int v = 0; v < kNV; ++v) {
+      const int n = Valid(R, p0 + v * kW);
+      if (n > 0) Isa::StoreN(c.dh_carry + (b0 + m) * R + p0 + v * kW, acc[m][v], n);
+    }
+  }
+}
+
+template <int MR> struct LstmBwdOp { static void Run(const BwdCtx& c, int64_t s, int64_t b, int64_t u) { LstmBwdBlock<MR>(c, s, b, u); } };
+template <int MR> struct GruBwdOp { static void Run(const BwdCtx& c, int64_t s, int64_t b, int64_t u) { GruBwdBlock<MR>(c, s, b, u); } };
+template <int MR> struct CarryOp { static void Run(const BwdCtx& c, int64_t s, int64_t b, int64_t q) { CarryBlock<MR>(c, s, b, q); } };
+
+template <template <int> class Block>
+inline void BwdRowGroups(const BwdCtx& c, int64_t step, int64_t num_blocks) {
+  constexpr int kMR = Isa::kMaxRows;
+  auto any_active = [&](int64_t first, int rows) {
+    for (int m = 0; m < rows; ++m) if (step < c.lengths[first + m]) return true;
+    return false;
+  };
+  for (int64_t u = 0; u < num_blocks; ++u) {
+    int64_t b = 0;
+    for (; b + kMR <= c.B; b += kMR) {
+      if (any_active(b, kMR)) Block<kMR>::Run(c, step, b, u);
+    }
+    for (; b < c.B; ++b) {
+      if (any_active(b, 1)) Block<1>::Run(c, step, b, u);
+    }
+  }
+}
+
+void LstmBackward(const BwdCtx& c) {
+  for (int64_t step = c.max_len - 1; step >= 0; --step) {
+    BwdStepRows(c, step);
+    BwdRowGroups<LstmBwdOp>(c, step, CeilDiv(c.H, kBlock));
+    BwdRowGroups<CarryOp>(c, step, CeilDiv(c.R, kBlock));
+  }
+}
+
+void GruBackward(const BwdCtx& c) {
+  for (int64_t step = c.max_len - 1; step >= 0; --step) {
+    BwdStepRows(c, step);
+    BwdRowGroups<GruBwdOp>(c, step, CeilDiv(c.H, kBlock));
+    BwdRowGroups<CarryOp>(c, step, CeilDiv(c.R, kBlock));
+  }
+}
+
+// ---- weight gradients: out = A^T-records times rows, a register tile of kWgRows x kWgVecs vectors ----------------
+constexpr int kWgVecs = 4;
+constexpr int kWgRows = kW == 8 ? 2 : 4;  // AVX2 has 16 registers: 2 x 4 accumulators + 4 loads
+constexpr int64_t kWgStripe = kWgVecs * kW;
+
+template <int MR>
+inline void WeightGradTile(const WeightGradArgs& w, int64_t m0, int64_t k0) {
+  V acc[MR][kWgVecs];
+  int nv[kWgVecs];
+  for (int j = 0; j < kWgVecs; ++j) nv[j] = Valid(w.K, k0 + j * kW);
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < kWgVecs; ++j) acc[m][j] = Isa::Zero();
+  const float* a_rows[MR];
+  for (int m = 0; m < MR; ++m) a_rows[m] = w.a_t + (m0 + m) * w.N;
+  const int64_t B = w.T > 0 ? w.N / w.T : 0;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < w.T; ++t) {
+      const int64_t n = b * w.T + t;
+      const float* row = w.rows + b * w.b_stride + t * w.t_stride + k0;
+      V bv[kWgVecs];
+#pragma GCC unroll 4
+      for (int j = 0; j < kWgVecs; ++j) bv[j] = nv[j] == kW ? Isa::Load(row + j * kW) : (nv[j] > 0 ? Isa::LoadN(row + j * kW, nv[j]) : Isa::Zero());
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) {
+        const V a = Isa::Set1(a_rows[m][n]);
+#pragma GCC unroll 4
+        for (int j = 0; j < kWgVecs; ++j) acc[m][j] = Isa::Fma(a, bv[j], acc[m][j]);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < kWgVecs; ++j)
+      if (nv[j] > 0) Isa::StoreN(w.out + (m0 + m) * w.K + k0 + j * kW, acc[m][j], nv[j]);
+}
+
+void WeightGrad(const WeightGradArgs& w, int64_t k_begin, int64_t k_end) {
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kWgStripe) {
+    int64_t m = 0;
+    for (; m + kWgRows <= w.M; m += kWgRows) WeightGradTile<kWgRows>(w, m, k0);
+    for (; m < w.M; ++m) WeightGradTile<1>(w, m, k0);
+    if (w.bias_out != nullptr) {
+      for (int j = 0; j < kWgVecs; ++j) {
+        const int nv = Valid(w.K, k0 + j * kW);
+        if (nv == 0) continue;
+        V sum = Isa::Zero();
+        const int64_t B = w.T > 0 ? w.N / w.T : 0;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t t = 0; t < w.T; ++t)
+            sum = Isa::Add(sum, Isa::LoadN(w.rows + b * w.b_stride + t * w.t_stride + k0 + j * kW, nv));
+        Isa::StoreN(w.bias_out + k0 + j * kW, sum, nv);
+      }
+    }
+  }
+}
+
+}  // namespace FUSED_RNN_ISA_NS
+}  // namespace cpu
+}  // namespace fused_rnn
