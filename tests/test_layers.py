@@ -195,7 +195,7 @@ def test_dropout_only_in_training(rng):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gradients_match_stock_layer(rng, cell):
-    """Interim gradient (recomputed through the reference) against the stock layer's autodiff."""
+    """The fused gradient against the stock layer's autodiff (more cases in test_grad.py)."""
     stock, fused = STOCK[cell](5, return_sequences=True), FUSED[cell](5, return_sequences=True)
     x = tf.constant(rng.standard_normal((3, 4, 2)).astype(np.float32))
     stock.build(x.shape)

@@ -108,7 +108,7 @@ class _FusedRNN(keras.layers.Layer):
     def _add_cell_weights(self, prefix, input_dim):
         raise NotImplementedError
 
-    def _run(self, x_proj, lengths, initial_states, direction):
+    def _run(self, x_proj, lengths, initial_states, direction, training):
         raise NotImplementedError
 
     # -- Keras API --
@@ -186,7 +186,8 @@ class _FusedRNN(keras.layers.Layer):
         lengths = self._lengths(mask, batch, max_time)
         x_proj = self._x_proj(sequences, training)
         direction = "bidirectional" if self.bidirectional else ("reverse" if self.go_backwards else "forward")
-        out, finals = self._run(x_proj, lengths, self._initial_states(initial_state, batch), direction)
+        out, finals = self._run(x_proj, lengths, self._initial_states(initial_state, batch), direction,
+                                training is True)
         width = self._width
         final_h = finals[0]
         if self.return_sequences:
@@ -315,12 +316,12 @@ class FusedLSTM(_FusedRNN):
                                                self.projection_constraint)
         return w
 
-    def _run(self, x_proj, lengths, initial_states, direction):
+    def _run(self, x_proj, lengths, initial_states, direction, training):
         rec = _stack([w["recurrent_kernel"] for w in self._dir_weights])
         proj = _stack([w["projection_kernel"] for w in self._dir_weights]) if self.num_proj else None
         out, h, c = ops.lstm_sequence(x_proj, rec, lengths, initial_states[0], initial_states[1],
                                       projection_kernel=proj, direction=direction, cell_clip=self.cell_clip or 0.0,
-                                      proj_clip=self.proj_clip or 0.0)
+                                      proj_clip=self.proj_clip or 0.0, training=training)
         return out, (h, c)
 
     def get_config(self):
@@ -369,13 +370,14 @@ class FusedGRU(_FusedRNN):
     def _input_bias(self):
         return _concat([tf.convert_to_tensor(w["bias"])[0] for w in self._dir_weights], axis=0)
 
-    def _run(self, x_proj, lengths, initial_states, direction):
+    def _run(self, x_proj, lengths, initial_states, direction, training):
         rec = _stack([w["recurrent_kernel"] for w in self._dir_weights])
         if self.use_bias:
             rec_bias = tf.stack([tf.convert_to_tensor(w["bias"])[1] for w in self._dir_weights])
         else:
             rec_bias = tf.zeros([self._num_dirs, 3 * self.units])
-        out, h = ops.gru_sequence(x_proj, rec, rec_bias, lengths, initial_states[0], direction=direction)
+        out, h = ops.gru_sequence(x_proj, rec, rec_bias, lengths, initial_states[0], direction=direction,
+                                  training=training)
         return out, (h,)
 
     def get_config(self):

@@ -90,11 +90,13 @@ def _units(recurrent_kernel, gates):
 @tf.autograph.experimental.do_not_convert
 def lstm_sequence(x_proj, recurrent_kernel, sequence_lengths=None, initial_h=None, initial_c=None,
                   projection_kernel=None, direction="forward", time_major=False, cell_clip=0.0, proj_clip=0.0,
-                  implementation="auto", name=None):
+                  implementation="auto", training=False, name=None):
     """Runs an LSTM (Keras gate order i, f, c, o) over whole sequences. Returns (output, final_h, final_c).
 
     projection_kernel [D, H, P] makes it TF's LSTMCell(num_proj=P): h = clip(o * tanh(c) @ P, proj_clip).
     cell_clip / proj_clip of 0 (or None) disable the clips.
+    training=True makes the op keep what its fused gradient needs (as cuDNN's reserve space); without it a
+    gradient still works, at the cost of one more forward pass.
     """
     with tf.name_scope(name or "lstm_sequence"):
         x_proj, recurrent_kernel, lengths, batch = _common(x_proj, recurrent_kernel, sequence_lengths, direction,
@@ -117,7 +119,8 @@ def lstm_sequence(x_proj, recurrent_kernel, sequence_lengths=None, initial_h=Non
         if _use_op(implementation):
             out, h, c, _ = _loader.load().fused_lstm_sequence(
                 x_proj, recurrent_kernel, projection_kernel, lengths, initial_h, initial_c, direction=direction,
-                time_major=time_major, num_proj=num_proj, cell_clip=cell_clip, proj_clip=proj_clip)
+                time_major=time_major, num_proj=num_proj, cell_clip=cell_clip, proj_clip=proj_clip,
+                is_training=bool(training))
             return out, h, c
         return reference.lstm_sequence(x_proj, recurrent_kernel, projection_kernel if num_proj else None, lengths,
                                        initial_h, initial_c, direction, time_major, cell_clip, proj_clip)
@@ -125,8 +128,11 @@ def lstm_sequence(x_proj, recurrent_kernel, sequence_lengths=None, initial_h=Non
 
 @tf.autograph.experimental.do_not_convert
 def gru_sequence(x_proj, recurrent_kernel, recurrent_bias=None, sequence_lengths=None, initial_h=None,
-                 direction="forward", time_major=False, implementation="auto", name=None):
-    """Runs a GRU (Keras reset_after=True, gate order z, r, n) over whole sequences. Returns (output, final_h)."""
+                 direction="forward", time_major=False, implementation="auto", training=False, name=None):
+    """Runs a GRU (Keras reset_after=True, gate order z, r, n) over whole sequences. Returns (output, final_h).
+
+    training: as for lstm_sequence.
+    """
     with tf.name_scope(name or "gru_sequence"):
         x_proj, recurrent_kernel, lengths, batch = _common(x_proj, recurrent_kernel, sequence_lengths, direction,
                                                            time_major, 3)
@@ -138,45 +144,47 @@ def gru_sequence(x_proj, recurrent_kernel, recurrent_bias=None, sequence_lengths
         if _use_op(implementation):
             out, h, _ = _loader.load().fused_gru_sequence(
                 x_proj, recurrent_kernel, recurrent_bias, lengths, initial_h, direction=direction,
-                time_major=time_major)
+                time_major=time_major, is_training=bool(training))
             return out, h
         return reference.gru_sequence(x_proj, recurrent_kernel, recurrent_bias, lengths, initial_h, direction,
                                       time_major)
 
 
 # ---- gradients ------------------------------------------------------------------------------------------------
-# Interim: the gradient recomputes the forward with the pure-TF reference (same function, stock ops) and
-# differentiates that. Exact, but it costs a reference forward and backward; a fused backward op replaces it.
-def _reference_grad(op, output_grads, cell):
-    attrs = {k: op.get_attr(k) for k in ("direction", "time_major")}
-    direction = attrs["direction"].decode() if isinstance(attrs["direction"], bytes) else attrs["direction"]
-    inputs = list(op.inputs)
-    with tf.GradientTape() as tape:
-        for t in inputs:
-            if t.dtype == tf.float32:
-                tape.watch(t)
-        if cell == "lstm":
-            x, rk, pk, lengths, h0, c0 = inputs
-            num_proj = op.get_attr("num_proj")
-            outs = reference.lstm_sequence(x, rk, pk if num_proj else None, lengths, h0, c0, direction,
-                                           attrs["time_major"], op.get_attr("cell_clip"), op.get_attr("proj_clip"))
-            grads_in = output_grads[:3]
-        else:
-            x, rk, rb, lengths, h0 = inputs
-            outs = reference.gru_sequence(x, rk, rb, lengths, h0, direction, attrs["time_major"])
-            grads_in = output_grads[:2]
-    float_inputs = [t for t in inputs if t.dtype == tf.float32]
-    grads = tape.gradient(list(outs), float_inputs, output_gradients=list(grads_in),
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    it = iter(grads)
-    return [next(it) if t.dtype == tf.float32 else None for t in inputs]
+# The fused backward op: one call for every step and direction. It needs the forward's reserve; a forward that
+# ran without one (inference mode, e.g. a GradientTape around a layer called without training=True) is re-run
+# once with is_training=True, which costs one forward pass (a fraction of the backward).
+def _grads_or_zeros(op, grads):
+    return [tf.zeros_like(op.outputs[i]) if g is None else g for i, g in enumerate(grads)]
+
+
+def _attr_str(op, name):
+    value = op.get_attr(name)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @tf.RegisterGradient("FusedLSTMSequence")
 def _lstm_grad(op, *grads):
-    return _reference_grad(op, grads, "lstm")
+    lib = _loader.load()
+    d_output, d_final_h, d_final_c, _ = _grads_or_zeros(op, grads)
+    attrs = dict(direction=_attr_str(op, "direction"), time_major=op.get_attr("time_major"),
+                 num_proj=op.get_attr("num_proj"), cell_clip=op.get_attr("cell_clip"),
+                 proj_clip=op.get_attr("proj_clip"))
+    output, reserve = op.outputs[0], op.outputs[3]
+    if not op.get_attr("is_training"):
+        output, _, _, reserve = lib.fused_lstm_sequence(*op.inputs, is_training=True, **attrs)
+    d_x, d_rk, d_pk, d_h0, d_c0 = lib.fused_lstm_sequence_grad(*op.inputs, output, reserve, d_output, d_final_h,
+                                                              d_final_c, **attrs)
+    return [d_x, d_rk, d_pk, None, d_h0, d_c0]
 
 
 @tf.RegisterGradient("FusedGRUSequence")
 def _gru_grad(op, *grads):
-    return _reference_grad(op, grads, "gru")
+    lib = _loader.load()
+    d_output, d_final_h, _ = _grads_or_zeros(op, grads)
+    attrs = dict(direction=_attr_str(op, "direction"), time_major=op.get_attr("time_major"))
+    output, reserve = op.outputs[0], op.outputs[2]
+    if not op.get_attr("is_training"):
+        output, _, reserve = lib.fused_gru_sequence(*op.inputs, is_training=True, **attrs)
+    d_x, d_rk, d_rb, d_h0 = lib.fused_gru_sequence_grad(*op.inputs, output, reserve, d_output, d_final_h, **attrs)
+    return [d_x, d_rk, d_rb, None, d_h0]

@@ -1,7 +1,7 @@
 """Pure-TensorFlow implementation of the fused recurrence, with exactly the op's semantics.
 
 It is the portable fallback (stock ops only: it runs where the op library is not loaded, e.g. an unmodified
-TF Serving) and the source of the interim gradient. One tf.while_loop per direction; float32 throughout.
+TF Serving) and the source of the interim gradient. One tf.while_loop per direction; float32 (float64 works too: the gradient tests use it as a numeric oracle).
 Arguments and layouts are those of `tf_ops.lstm_sequence` / `tf_ops.gru_sequence`.
 """
 import tensorflow as tf
@@ -20,7 +20,7 @@ def _run_direction(step_fn, x_bxtxg, lengths_b, initial_states, reverse, out_wid
     x_txbxg = tf.transpose(x_bxtxg, [1, 0, 2])
     num_steps = tf.shape(x_txbxg)[0]
     batch = tf.shape(x_txbxg)[1]
-    outputs = tf.TensorArray(tf.float32, size=num_steps, element_shape=tf.TensorShape([None, out_width]))
+    outputs = tf.TensorArray(x_bxtxg.dtype, size=num_steps, element_shape=tf.TensorShape([None, out_width]))
 
     def body(t, states, outputs):
         out_t, new_states = step_fn(x_txbxg[t], states)

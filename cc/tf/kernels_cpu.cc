@@ -70,6 +70,42 @@ class FusedGruCpuOp : public FusedRnnCpuOp {
   explicit FusedGruCpuOp(OpKernelConstruction* ctx) : FusedRnnCpuOp(ctx, CellType::kGru) {}
 };
 
+class FusedRnnGradCpuOp : public OpKernel {
+ public:
+  FusedRnnGradCpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
+    attrs_.Read(ctx, cell, /*has_is_training=*/false);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    RnnInputs in;
+    RnnShape s;
+    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
+    const int32_t* lengths = in.sequence_lengths->flat<int32_t>().data();
+    OP_REQUIRES_OK(ctx, CheckLengths(lengths, s.batch, s.max_time));
+    RnnGradTensors g;
+    OP_REQUIRES_OK(ctx, ValidateRnnGradInputs(ctx, s, &g));
+    OP_REQUIRES_OK(ctx, AllocateRnnGrads(ctx, s, in, &g));
+
+    Tensor scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({CpuBackwardScratchFloats(s)}), &scratch));
+    const tensorflow::DeviceBase::CpuWorkerThreads* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    TfPoolRunner runner(workers ? workers->workers : nullptr);
+    CpuBackward(s, MakeBackwardArgs(s, in, g, lengths), scratch.flat<float>().data(), &runner);
+  }
+
+ private:
+  RnnAttrs attrs_;
+};
+
+class FusedLstmGradCpuOp : public FusedRnnGradCpuOp {
+ public:
+  explicit FusedLstmGradCpuOp(OpKernelConstruction* ctx) : FusedRnnGradCpuOp(ctx, CellType::kLstm) {}
+};
+class FusedGruGradCpuOp : public FusedRnnGradCpuOp {
+ public:
+  explicit FusedGruGradCpuOp(OpKernelConstruction* ctx) : FusedRnnGradCpuOp(ctx, CellType::kGru) {}
+};
+
 class CpuIsaOp : public OpKernel {
  public:
   explicit CpuIsaOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -83,6 +119,8 @@ class CpuIsaOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("FusedRnnCpuIsa").Device(tensorflow::DEVICE_CPU), CpuIsaOp);
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence").Device(tensorflow::DEVICE_CPU), FusedLstmCpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence").Device(tensorflow::DEVICE_CPU), FusedGruCpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceGrad").Device(tensorflow::DEVICE_CPU), FusedLstmGradCpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceGrad").Device(tensorflow::DEVICE_CPU), FusedGruGradCpuOp);
 
 }  // namespace
 }  // namespace fused_rnn

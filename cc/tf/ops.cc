@@ -97,14 +97,20 @@ Status OutputAndReserve(InferenceContext* c, bool time_major, bool is_training, 
   return absl::OkStatus();
 }
 
-Status LstmShape(InferenceContext* c) {
+// The dims of the LSTM ops' common inputs (0..5), checked; shared by the forward and the gradient op.
+struct RnnDims {
+  bool time_major = false;
+  int dirs = 1;
+  DimensionHandle batch, time, units, width;
+};
+
+Status LstmInputDims(InferenceContext* c, RnnDims* dims) {
   std::string direction;
-  bool time_major, is_training;
+  bool time_major;
   int num_proj;
   float cell_clip, proj_clip;
   TF_RETURN_IF_ERROR(c->GetAttr("direction", &direction));
   TF_RETURN_IF_ERROR(c->GetAttr("time_major", &time_major));
-  TF_RETURN_IF_ERROR(c->GetAttr("is_training", &is_training));
   TF_RETURN_IF_ERROR(c->GetAttr("num_proj", &num_proj));
   TF_RETURN_IF_ERROR(c->GetAttr("cell_clip", &cell_clip));
   TF_RETURN_IF_ERROR(c->GetAttr("proj_clip", &proj_clip));
@@ -133,21 +139,71 @@ Status LstmShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(LengthsShape(c, 3, &batch));
   TF_RETURN_IF_ERROR(StateShape(c, 4, "initial_h", dirs, batch, width));
   TF_RETURN_IF_ERROR(StateShape(c, 5, "initial_c", dirs, batch, units));
-  DimensionHandle features;
-  TF_RETURN_IF_ERROR(c->Multiply(units, 5, &features));
-  TF_RETURN_IF_ERROR(c->Add(features, num_proj, &features));
-  TF_RETURN_IF_ERROR(OutputAndReserve(c, time_major, is_training, dirs, batch, time, width, features, 0, 3));
-  c->set_output(1, c->MakeShape({c->MakeDim(dirs), batch, width}));
-  c->set_output(2, c->MakeShape({c->MakeDim(dirs), batch, units}));
+  dims->time_major = time_major;
+  dims->dirs = dirs;
+  dims->batch = batch;
+  dims->time = time;
+  dims->units = units;
+  dims->width = width;
   return absl::OkStatus();
 }
 
-Status GruShape(InferenceContext* c) {
+Status LstmShape(InferenceContext* c) {
+  bool is_training;
+  int num_proj;
+  TF_RETURN_IF_ERROR(c->GetAttr("is_training", &is_training));
+  TF_RETURN_IF_ERROR(c->GetAttr("num_proj", &num_proj));
+  RnnDims d;
+  TF_RETURN_IF_ERROR(LstmInputDims(c, &d));
+  DimensionHandle features;
+  TF_RETURN_IF_ERROR(c->Multiply(d.units, 5, &features));
+  TF_RETURN_IF_ERROR(c->Add(features, num_proj, &features));
+  TF_RETURN_IF_ERROR(OutputAndReserve(c, d.time_major, is_training, d.dirs, d.batch, d.time, d.width, features, 0, 3));
+  c->set_output(1, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.width}));
+  c->set_output(2, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.units}));
+  return absl::OkStatus();
+}
+
+// Checks that input `index` has the forward output's shape ([B, T, D*R] or time-major); names it on error.
+Status OutputLike(InferenceContext* c, int index, const char* name, const RnnDims& d) {
+  DimensionHandle out_width;
+  TF_RETURN_IF_ERROR(c->Multiply(d.width, d.dirs, &out_width));
+  ShapeHandle want = d.time_major ? c->MakeShape({d.time, d.batch, out_width})
+                                  : c->MakeShape({d.batch, d.time, out_width});
+  ShapeHandle given;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(index), 3, &given));
+  ShapeHandle merged;
+  if (!c->Merge(given, want, &merged).ok()) {
+    return Invalid(name, " must have the forward output's shape ", c->DebugString(want), ", got ",
+                   c->DebugString(given));
+  }
+  return absl::OkStatus();
+}
+
+// Gradient ops: inputs 0.. as the forward, then output, reserve, d_output, d_final_h(, d_final_c); the
+// gradients have the shapes of the forward's float inputs.
+Status LstmGradShape(InferenceContext* c) {
+  RnnDims d;
+  TF_RETURN_IF_ERROR(LstmInputDims(c, &d));
+  TF_RETURN_IF_ERROR(OutputLike(c, 6, "output", d));
+  ShapeHandle reserve;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(7), 1, &reserve));
+  TF_RETURN_IF_ERROR(OutputLike(c, 8, "d_output", d));
+  TF_RETURN_IF_ERROR(StateShape(c, 9, "d_final_h", d.dirs, d.batch, d.width));
+  TF_RETURN_IF_ERROR(StateShape(c, 10, "d_final_c", d.dirs, d.batch, d.units));
+  c->set_output(0, c->input(0));
+  c->set_output(1, c->input(1));
+  c->set_output(2, c->input(2));
+  c->set_output(3, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.width}));
+  c->set_output(4, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.units}));
+  return absl::OkStatus();
+}
+
+Status GruInputDims(InferenceContext* c, RnnDims* dims) {
   std::string direction;
-  bool time_major, is_training;
+  bool time_major;
   TF_RETURN_IF_ERROR(c->GetAttr("direction", &direction));
   TF_RETURN_IF_ERROR(c->GetAttr("time_major", &time_major));
-  TF_RETURN_IF_ERROR(c->GetAttr("is_training", &is_training));
   const int dirs = NumDirs(direction);
   DimensionHandle batch, time, units;
   ShapeHandle rec;
@@ -167,10 +223,39 @@ Status GruShape(InferenceContext* c) {
   }
   TF_RETURN_IF_ERROR(LengthsShape(c, 3, &batch));
   TF_RETURN_IF_ERROR(StateShape(c, 4, "initial_h", dirs, batch, units));
+  dims->time_major = time_major;
+  dims->dirs = dirs;
+  dims->batch = batch;
+  dims->time = time;
+  dims->units = units;
+  dims->width = units;
+  return absl::OkStatus();
+}
+
+Status GruShape(InferenceContext* c) {
+  bool is_training;
+  TF_RETURN_IF_ERROR(c->GetAttr("is_training", &is_training));
+  RnnDims d;
+  TF_RETURN_IF_ERROR(GruInputDims(c, &d));
   DimensionHandle features;
-  TF_RETURN_IF_ERROR(c->Multiply(units, 4, &features));
-  TF_RETURN_IF_ERROR(OutputAndReserve(c, time_major, is_training, dirs, batch, time, units, features, 0, 2));
-  c->set_output(1, c->MakeShape({c->MakeDim(dirs), batch, units}));
+  TF_RETURN_IF_ERROR(c->Multiply(d.units, 4, &features));
+  TF_RETURN_IF_ERROR(OutputAndReserve(c, d.time_major, is_training, d.dirs, d.batch, d.time, d.units, features, 0, 2));
+  c->set_output(1, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.units}));
+  return absl::OkStatus();
+}
+
+Status GruGradShape(InferenceContext* c) {
+  RnnDims d;
+  TF_RETURN_IF_ERROR(GruInputDims(c, &d));
+  TF_RETURN_IF_ERROR(OutputLike(c, 5, "output", d));
+  ShapeHandle reserve;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 1, &reserve));
+  TF_RETURN_IF_ERROR(OutputLike(c, 7, "d_output", d));
+  TF_RETURN_IF_ERROR(StateShape(c, 8, "d_final_h", d.dirs, d.batch, d.units));
+  c->set_output(0, c->input(0));
+  c->set_output(1, c->input(1));
+  c->set_output(2, c->input(2));
+  c->set_output(3, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.units}));
   return absl::OkStatus();
 }
 
@@ -241,6 +326,73 @@ initial_h: [D, B, H].
 output: [B, T, D*H] ([T, B, D*H] if time_major); zero at t >= sequence_lengths[b].
 final_h: [D, B, H]: the state after each sequence's last valid step.
 reserve: [D*B*T*4H] when is_training, else [0].
+)doc");
+
+REGISTER_OP("FusedLSTMSequenceGrad")
+    .Input("x_proj: float")
+    .Input("recurrent_kernel: float")
+    .Input("projection_kernel: float")
+    .Input("sequence_lengths: int32")
+    .Input("initial_h: float")
+    .Input("initial_c: float")
+    .Input("output: float")
+    .Input("reserve: float")
+    .Input("d_output: float")
+    .Input("d_final_h: float")
+    .Input("d_final_c: float")
+    .Output("d_x_proj: float")
+    .Output("d_recurrent_kernel: float")
+    .Output("d_projection_kernel: float")
+    .Output("d_initial_h: float")
+    .Output("d_initial_c: float")
+    .Attr("direction: {'forward', 'reverse', 'bidirectional'} = 'forward'")
+    .Attr("time_major: bool = false")
+    .Attr("num_proj: int >= 0 = 0")
+    .Attr("cell_clip: float = 0.0")
+    .Attr("proj_clip: float = 0.0")
+    .SetShapeFn(LstmGradShape)
+    .Doc(R"doc(
+Backpropagation through time for FusedLSTMSequence, every step and direction in one call. Inputs 0-5 and the
+attributes are the forward's; x_proj is read only for its shape.
+
+output: the forward's output, [B, T, D*R] ([T, B, D*R] if time_major).
+reserve: the forward's reserve, run with is_training=true: [D*B*T*(5H+num_proj)].
+d_output: gradient of the output, shaped like it; ignored at t >= sequence_lengths[b].
+d_final_h: [D, B, R]. d_final_c: [D, B, H].
+d_x_proj: shaped like x_proj; zero at t >= sequence_lengths[b]. The gradient of the input kernel and bias
+  follows from it (x_proj = x @ kernel + bias).
+d_recurrent_kernel: [D, R, 4H]. d_projection_kernel: like projection_kernel.
+d_initial_h: [D, B, R]. d_initial_c: [D, B, H].
+A clipped value passes no gradient where its clip was active (tf.clip_by_value's rule).
+)doc");
+
+REGISTER_OP("FusedGRUSequenceGrad")
+    .Input("x_proj: float")
+    .Input("recurrent_kernel: float")
+    .Input("recurrent_bias: float")
+    .Input("sequence_lengths: int32")
+    .Input("initial_h: float")
+    .Input("output: float")
+    .Input("reserve: float")
+    .Input("d_output: float")
+    .Input("d_final_h: float")
+    .Output("d_x_proj: float")
+    .Output("d_recurrent_kernel: float")
+    .Output("d_recurrent_bias: float")
+    .Output("d_initial_h: float")
+    .Attr("direction: {'forward', 'reverse', 'bidirectional'} = 'forward'")
+    .Attr("time_major: bool = false")
+    .SetShapeFn(GruGradShape)
+    .Doc(R"doc(
+Backpropagation through time for FusedGRUSequence in one call. Inputs 0-4 and the attributes are the
+forward's; x_proj is read only for its shape.
+
+output: the forward's output, [B, T, D*H] ([T, B, D*H] if time_major).
+reserve: the forward's reserve, run with is_training=true: [D*B*T*4H].
+d_output: gradient of the output, shaped like it; ignored at t >= sequence_lengths[b].
+d_final_h: [D, B, H].
+d_x_proj: shaped like x_proj; zero at t >= sequence_lengths[b].
+d_recurrent_kernel: [D, H, 3H]. d_recurrent_bias: [D, 3H]. d_initial_h: [D, B, H].
 )doc");
 
 }  // namespace fused_rnn

@@ -8,14 +8,14 @@ using absl::Status;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
-void RnnAttrs::Read(tensorflow::OpKernelConstruction* ctx, CellType cell_type) {
+void RnnAttrs::Read(tensorflow::OpKernelConstruction* ctx, CellType cell_type, bool has_is_training) {
   cell = cell_type;
   std::string dir;
   OP_REQUIRES_OK(ctx, ctx->GetAttr("direction", &dir));
   direction = dir == "bidirectional" ? Direction::kBidirectional
                                      : (dir == "reverse" ? Direction::kReverse : Direction::kForward);
   OP_REQUIRES_OK(ctx, ctx->GetAttr("time_major", &time_major));
-  OP_REQUIRES_OK(ctx, ctx->GetAttr("is_training", &is_training));
+  if (has_is_training) OP_REQUIRES_OK(ctx, ctx->GetAttr("is_training", &is_training));
   if (cell == CellType::kLstm) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_proj", &num_proj));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("cell_clip", &cell_clip));
@@ -132,6 +132,70 @@ RnnForwardArgs MakeForwardArgs(const RnnShape& s, const RnnInputs& in, const Rnn
   args.final_c = lstm ? out.final_c->flat<float>().data() : nullptr;
   args.reserve = is_training ? out.reserve->flat<float>().data() : nullptr;
   return args;
+}
+
+Status ValidateRnnGradInputs(tensorflow::OpKernelContext* ctx, const RnnShape& s, RnnGradTensors* g) {
+  const bool lstm = s.cell == CellType::kLstm;
+  const int64_t D = s.num_dirs(), B = s.batch, T = s.max_time, R = s.recurrent_width(), H = s.num_units;
+  TF_RETURN_IF_ERROR(ctx->input("output", &g->output));
+  TF_RETURN_IF_ERROR(ctx->input("reserve", &g->reserve));
+  TF_RETURN_IF_ERROR(ctx->input("d_output", &g->d_output));
+  TF_RETURN_IF_ERROR(ctx->input("d_final_h", &g->d_final_h));
+  const TensorShape out_shape = s.time_major ? TensorShape({T, B, D * R}) : TensorShape({B, T, D * R});
+  TF_RETURN_IF_ERROR(ExpectShape("output", *g->output, out_shape));
+  TF_RETURN_IF_ERROR(ExpectShape("d_output", *g->d_output, out_shape));
+  TF_RETURN_IF_ERROR(ExpectShape("d_final_h", *g->d_final_h, TensorShape({D, B, R})));
+  if (lstm) {
+    TF_RETURN_IF_ERROR(ctx->input("d_final_c", &g->d_final_c));
+    TF_RETURN_IF_ERROR(ExpectShape("d_final_c", *g->d_final_c, TensorShape({D, B, H})));
+  }
+  if (g->reserve->shape() != TensorShape({ReserveFloats(s)})) {
+    return Invalid("reserve must be the forward's reserve of shape [", ReserveFloats(s),
+                   "] (run the forward with is_training=true), got ", g->reserve->shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+Status AllocateRnnGrads(tensorflow::OpKernelContext* ctx, const RnnShape& s, const RnnInputs& in,
+                        RnnGradTensors* g) {
+  const bool lstm = s.cell == CellType::kLstm;
+  const int64_t D = s.num_dirs(), B = s.batch, R = s.recurrent_width(), H = s.num_units;
+  int index = 0;
+  TF_RETURN_IF_ERROR(ctx->allocate_output(index++, in.x_proj->shape(), &g->d_x_proj));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(index++, in.recurrent_kernel->shape(), &g->d_recurrent_kernel));
+  if (lstm) {
+    TF_RETURN_IF_ERROR(ctx->allocate_output(index++, in.projection_kernel->shape(), &g->d_projection_kernel));
+  } else {
+    TF_RETURN_IF_ERROR(ctx->allocate_output(index++, in.recurrent_bias->shape(), &g->d_recurrent_bias));
+  }
+  TF_RETURN_IF_ERROR(ctx->allocate_output(index++, TensorShape({D, B, R}), &g->d_initial_h));
+  if (lstm) TF_RETURN_IF_ERROR(ctx->allocate_output(index++, TensorShape({D, B, H}), &g->d_initial_c));
+  return absl::OkStatus();
+}
+
+RnnBackwardArgs MakeBackwardArgs(const RnnShape& s, const RnnInputs& in, const RnnGradTensors& g,
+                                 const int32_t* lengths) {
+  const bool lstm = s.cell == CellType::kLstm;
+  auto ptr = [](const Tensor* t) { return t ? t->flat<float>().data() : nullptr; };
+  auto mut = [](Tensor* t) { return t ? t->flat<float>().data() : nullptr; };
+  RnnBackwardArgs a;
+  a.recurrent_kernel = ptr(in.recurrent_kernel);
+  a.projection_kernel = s.num_proj > 0 ? ptr(in.projection_kernel) : nullptr;
+  a.sequence_lengths = lengths;
+  a.initial_h = ptr(in.initial_h);
+  a.initial_c = lstm ? ptr(in.initial_c) : nullptr;
+  a.output = ptr(g.output);
+  a.reserve = ptr(g.reserve);
+  a.d_output = ptr(g.d_output);
+  a.d_final_h = ptr(g.d_final_h);
+  a.d_final_c = lstm ? ptr(g.d_final_c) : nullptr;
+  a.d_x_proj = mut(g.d_x_proj);
+  a.d_recurrent_kernel = mut(g.d_recurrent_kernel);
+  a.d_recurrent_bias = lstm ? nullptr : mut(g.d_recurrent_bias);
+  a.d_projection_kernel = s.num_proj > 0 ? mut(g.d_projection_kernel) : nullptr;
+  a.d_initial_h = mut(g.d_initial_h);
+  a.d_initial_c = lstm ? mut(g.d_initial_c) : nullptr;
+  return a;
 }
 
 }  // namespace fused_rnn

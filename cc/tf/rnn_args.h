@@ -22,7 +22,8 @@ struct RnnAttrs {
   int num_proj = 0;
   float cell_clip = 0.f, proj_clip = 0.f;
 
-  void Read(tensorflow::OpKernelConstruction* ctx, CellType cell_type);
+  // Gradient ops have no is_training attribute.
+  void Read(tensorflow::OpKernelConstruction* ctx, CellType cell_type, bool has_is_training = true);
 };
 
 // Input indices of each op (see ops.cc).
@@ -51,6 +52,27 @@ struct RnnOutputs {
 };
 absl::Status AllocateRnnOutputs(tensorflow::OpKernelContext* ctx, const RnnShape& shape, bool is_training,
                                 RnnOutputs* out);
+
+// The gradient ops' extra inputs and outputs. ValidateRnnGradInputs checks them against `shape` (call it after
+// ValidateRnnInputs and CheckLengths); AllocateRnnGrads allocates the gradients through TF.
+struct RnnGradTensors {
+  const tensorflow::Tensor* output = nullptr;
+  const tensorflow::Tensor* reserve = nullptr;
+  const tensorflow::Tensor* d_output = nullptr;
+  const tensorflow::Tensor* d_final_h = nullptr;
+  const tensorflow::Tensor* d_final_c = nullptr;  // LSTM only
+  tensorflow::Tensor* d_x_proj = nullptr;
+  tensorflow::Tensor* d_recurrent_kernel = nullptr;
+  tensorflow::Tensor* d_recurrent_bias = nullptr;     // GRU
+  tensorflow::Tensor* d_projection_kernel = nullptr;  // LSTM
+  tensorflow::Tensor* d_initial_h = nullptr;
+  tensorflow::Tensor* d_initial_c = nullptr;  // LSTM
+};
+absl::Status ValidateRnnGradInputs(tensorflow::OpKernelContext* ctx, const RnnShape& shape, RnnGradTensors* g);
+absl::Status AllocateRnnGrads(tensorflow::OpKernelContext* ctx, const RnnShape& shape, const RnnInputs& in,
+                              RnnGradTensors* g);
+RnnBackwardArgs MakeBackwardArgs(const RnnShape& shape, const RnnInputs& in, const RnnGradTensors& g,
+                                 const int32_t* lengths);
 
 // The core's arguments for these tensors (host or device pointers alike); `lengths` is where the kernel put them.
 RnnForwardArgs MakeForwardArgs(const RnnShape& shape, const RnnInputs& in, const RnnOutputs& out,

@@ -156,5 +156,45 @@ TEST(GruShapeFn, KnownUnknownAndBad) {
   EXPECT_NE(std::string(r.status.message()).find("initial_h"), std::string::npos) << r.status;
 }
 
+// Gradient ops: the gradients take the shapes of the forward's float inputs; the extra inputs are checked.
+TEST(LstmGradShapeFn, KnownUnknownAndBad) {
+  // Bidirectional, B=3, T=7, H=5, P=2: output [3,7,4], reserve [2*3*7*27].
+  const std::vector<std::vector<int64_t>> good = {{3, 7, 40}, {2, 2, 20}, {2, 5, 2}, {3}, {2, 3, 2}, {2, 3, 5},
+                                                  {3, 7, 4}, {1134}, {3, 7, 4}, {2, 3, 2}, {2, 3, 5}};
+  const std::map<std::string, tensorflow::AttrValue> attrs = {{"direction", Str("bidirectional")}, {"num_proj", Int(2)}};
+  auto r = Infer("FusedLSTMSequenceGrad", attrs, good);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[3,7,40]", "[2,2,20]", "[2,5,2]", "[2,3,2]", "[2,3,5]"}));
+  std::vector<std::vector<int64_t>> unknown(11, std::vector<int64_t>{-2});
+  unknown[1] = {2, 2, 20};
+  r = Infer("FusedLSTMSequenceGrad", attrs, unknown);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"?", "[2,2,20]", "?", "[2,?,2]", "[2,?,5]"}));
+  const std::vector<std::pair<int, const char*>> bad = {{6, "output"}, {8, "d_output"}, {9, "d_final_h"},
+                                                        {10, "d_final_c"}};
+  for (const auto& [index, name] : bad) {
+    auto dims = good;
+    dims[index][1] += 1;
+    r = Infer("FusedLSTMSequenceGrad", attrs, dims);
+    EXPECT_FALSE(r.status.ok()) << name;
+    EXPECT_NE(std::string(r.status.message()).find(name), std::string::npos) << name << ": " << r.status;
+  }
+  auto dims = good;
+  dims[7] = {3, 378};
+  EXPECT_FALSE(Infer("FusedLSTMSequenceGrad", attrs, dims).status.ok());  // reserve must be a vector
+}
+
+TEST(GruGradShapeFn, KnownAndBad) {
+  const std::vector<std::vector<int64_t>> good = {{2, 4, 18}, {1, 6, 18}, {1, 18}, {2}, {1, 2, 6},
+                                                  {2, 4, 6}, {192}, {2, 4, 6}, {1, 2, 6}};
+  auto r = Infer("FusedGRUSequenceGrad", {}, good);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[2,4,18]", "[1,6,18]", "[1,18]", "[1,2,6]"}));
+  auto dims = good;
+  dims[8] = {1, 2, 5};
+  r = Infer("FusedGRUSequenceGrad", {}, dims);
+  EXPECT_NE(std::string(r.status.message()).find("d_final_h"), std::string::npos) << r.status;
+}
+
 }  // namespace
 }  // namespace fused_rnn
