@@ -32,6 +32,11 @@ struct ChainCtx {
   const float* w_packed = nullptr;
   // Packed projection, panel-major: panel q (columns q*16..) is [H][16], zero-padded past P.
   const float* p_packed = nullptr;
+  // INT8 weights instead (same panel layout, int8), and 1/scale per row of U ([R]) and of P ([H]).
+  const int8_t* wq_packed = nullptr;
+  const int8_t* pq_packed = nullptr;
+  const float* w_inv_scale = nullptr;
+  const float* p_inv_scale = nullptr;
   float* h_buf[2] = {nullptr, nullptr};  // [B][R] each; step s reads h_buf[s % 2], writes h_buf[(s + 1) % 2]
   float* c_state = nullptr;              // [B][H], LSTM
   float* m_buf = nullptr;                // [B][H], projection LSTM: o * tanh(c) before the projection

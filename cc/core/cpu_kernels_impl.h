@@ -123,6 +123,49 @@ inline void PanelProduct(const float* __restrict panel, int64_t K, const float* 
   }
 }
 
+// The same product over an int8 panel: acc[m][j] += sum_k (h_rows[m][k] * inv_scale[k]) * float(panel[k][j]).
+// Dequantizing the row through h (one scalar multiply per k) keeps the arithmetic float32 and the weights int8.
+template <int NJ, int MR>
+inline void PanelProductQ8(const int8_t* __restrict panel, const float* __restrict inv_scale, int64_t K,
+                           const float* const* h_rows, V (&acc)[MR][NJ]) {
+  constexpr int kRowBytes = NJ * kW;
+  if (MR == 1) {
+    V acc_odd[NJ];
+    for (int j = 0; j < NJ; ++j) acc_odd[j] = Isa::Zero();
+    const float* __restrict h0 = h_rows[0];
+    int64_t k = 0;
+    for (; k + 1 < K; k += 2) {
+      const V he = Isa::Set1(h0[k] * inv_scale[k]);
+      const V ho = Isa::Set1(h0[k + 1] * inv_scale[k + 1]);
+      const int8_t* pe = panel + k * kRowBytes;
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) {
+        acc[0][j] = Isa::Fma(he, Isa::LoadI8(pe + j * kW), acc[0][j]);
+        acc_odd[j] = Isa::Fma(ho, Isa::LoadI8(pe + kRowBytes + j * kW), acc_odd[j]);
+      }
+    }
+    if (k < K) {
+      const V he = Isa::Set1(h0[k] * inv_scale[k]);
+      const int8_t* pe = panel + k * kRowBytes;
+      for (int j = 0; j < NJ; ++j) acc[0][j] = Isa::Fma(he, Isa::LoadI8(pe + j * kW), acc[0][j]);
+    }
+    for (int j = 0; j < NJ; ++j) acc[0][j] = Isa::Add(acc[0][j], acc_odd[j]);
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      const int8_t* pk = panel + k * kRowBytes;
+      V w[NJ];
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) w[j] = Isa::LoadI8(pk + j * kW);
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) {
+        const V hm = Isa::Set1(h_rows[m][k] * inv_scale[k]);
+#pragma GCC unroll 16
+        for (int j = 0; j < NJ; ++j) acc[m][j] = Isa::Fma(hm, w[j], acc[m][j]);
+      }
+    }
+  }
+}
+
 // Row bookkeeping for one step: the time position a row reads and writes, and whether it is still running.
 struct RowStep {
   bool active;
@@ -163,7 +206,8 @@ inline void LstmBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
       }
     }
   }
-  PanelProduct<NJ, MR>(c.w_packed + u * R * 4 * kBlock, R, h_rows, acc);
+  if (c.wq_packed) PanelProductQ8<NJ, MR>(c.wq_packed + u * R * 4 * kBlock, c.w_inv_scale, R, h_rows, acc);
+  else PanelProduct<NJ, MR>(c.w_packed + u * R * 4 * kBlock, R, h_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;
@@ -213,7 +257,8 @@ inline void ProjectionBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t
     m_rows[m] = c.m_buf + (b0 + m) * H;
     for (int v = 0; v < kNV; ++v) acc[m][v] = Isa::Zero();
   }
-  PanelProduct<kNV, MR>(c.p_packed + q * H * kBlock, H, m_rows, acc);
+  if (c.pq_packed) PanelProductQ8<kNV, MR>(c.pq_packed + q * H * kBlock, c.p_inv_scale, H, m_rows, acc);
+  else PanelProduct<kNV, MR>(c.p_packed + q * H * kBlock, H, m_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;
@@ -256,7 +301,8 @@ inline void GruBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
       }
     }
   }
-  PanelProduct<NJ, MR>(c.w_packed + u * H * 3 * kBlock, H, h_rows, acc);
+  if (c.wq_packed) PanelProductQ8<NJ, MR>(c.wq_packed + u * H * 3 * kBlock, c.w_inv_scale, H, h_rows, acc);
+  else PanelProduct<NJ, MR>(c.w_packed + u * H * 3 * kBlock, H, h_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;

@@ -46,6 +46,9 @@ struct RnnShape {
   bool time_major = false;
   float cell_clip = 0.f;  // <= 0: no clip (LSTM only)
   float proj_clip = 0.f;  // <= 0: no clip (projection LSTM only)
+  // INT8 recurrent (and projection) weights with one float scale per row: W[k][j] = q[k][j] / scale[k]. The
+  // arithmetic stays float32 (weights are converted on the fly); forward only.
+  bool int8_weights = false;
 
   int num_dirs() const { return direction == Direction::kBidirectional ? 2 : 1; }
   int num_gates() const { return cell == CellType::kLstm ? 4 : 3; }
@@ -64,6 +67,12 @@ struct RnnForwardArgs {
   float* final_h = nullptr;
   float* final_c = nullptr;
   float* reserve = nullptr;
+  // With shape.int8_weights, these replace recurrent_kernel / projection_kernel (same layouts, int8), with
+  // scales [D, R] and [D, H]: row k of direction d is q[d][k][:] / scale[d][k]. A zero scale means a zero row.
+  const int8_t* recurrent_kernel_q8 = nullptr;
+  const float* recurrent_scale = nullptr;
+  const int8_t* projection_kernel_q8 = nullptr;
+  const float* projection_scale = nullptr;
 };
 
 // Returns nullptr when the shape is one the core runs, else a message naming what is wrong.

@@ -69,15 +69,19 @@ inline void CpuRelax() {
 int64_t Align16(int64_t n) { return (n + 15) & ~int64_t{15}; }
 
 struct ScratchLayout {
-  int64_t w_packed, p_packed, h_buf, c_state, m_buf, lengths, per_dir;
+  int64_t w_packed, p_packed, w_inv_scale, p_inv_scale, h_buf, c_state, m_buf, lengths, per_dir;
 };
 
 ScratchLayout Layout(const RnnShape& s) {
   const int64_t H = s.num_units, P = s.num_proj, R = s.recurrent_width(), B = s.batch, G = s.num_gates();
   ScratchLayout l;
   int64_t off = 0;
-  l.w_packed = off; off += Align16(CeilDiv(H, kBlock) * R * G * kBlock);
-  l.p_packed = off; off += Align16(P > 0 ? CeilDiv(P, kBlock) * H * kBlock : 0);
+  // Packed weights: floats, or int8 (a quarter of the floats) plus one inverse scale per row.
+  const int64_t per_weight = s.int8_weights ? 4 : 1;
+  l.w_packed = off; off += Align16(CeilDiv(CeilDiv(H, kBlock) * R * G * kBlock, per_weight));
+  l.p_packed = off; off += Align16(P > 0 ? CeilDiv(CeilDiv(P, kBlock) * H * kBlock, per_weight) : 0);
+  l.w_inv_scale = off; off += Align16(s.int8_weights ? R : 0);
+  l.p_inv_scale = off; off += Align16(s.int8_weights && P > 0 ? H : 0);
   l.h_buf = off;    off += 2 * Align16(B * R);
   l.c_state = off;  off += Align16(s.cell == CellType::kLstm ? B * H : 0);
   l.m_buf = off;    off += Align16(P > 0 ? B * H : 0);
@@ -106,6 +110,10 @@ struct Job {
   ChainCtx ctx[2];
   const float* rec_kernel[2] = {nullptr, nullptr};  // [R][G*H] per direction
   const float* proj_kernel[2] = {nullptr, nullptr}; // [H][P]
+  const int8_t* rec_kernel_q8[2] = {nullptr, nullptr};  // the same, int8 (with int8_weights)
+  const int8_t* proj_kernel_q8[2] = {nullptr, nullptr};
+  const float* rec_scale[2] = {nullptr, nullptr};   // [R]
+  const float* proj_scale[2] = {nullptr, nullptr};  // [H]
   const StepKernels* kernels = nullptr;
 };
 
@@ -119,7 +127,48 @@ inline void CopyBlock(float* __restrict dst, const float* __restrict src, int64_
   }
 }
 
+template <typename W>
+inline void CopyBlockT(W* __restrict dst, const W* __restrict src, int64_t n) {
+  for (int l = 0; l < kBlock; ++l) dst[l] = l < n ? src[l] : W(0);
+}
+
+// INT8 weights: the same panels, int8, and 1/scale per row (0 for a zero row, whose scale is 0).
+void PackSliceQ8(const Job& job, int chain, int64_t slice) {
+  const ChainCtx& c = job.ctx[chain];
+  const Chain& ch = job.chains[chain];
+  const int64_t H = c.H, R = c.R, G = c.G, S = ch.num_slices;
+  if (slice == 0) {
+    float* inv = const_cast<float*>(c.w_inv_scale);
+    for (int64_t k = 0; k < R; ++k) inv[k] = job.rec_scale[chain][k] != 0.f ? 1.f / job.rec_scale[chain][k] : 0.f;
+    if (c.P > 0) {
+      float* pinv = const_cast<float*>(c.p_inv_scale);
+      for (int64_t k = 0; k < H; ++k) pinv[k] = job.proj_scale[chain][k] != 0.f ? 1.f / job.proj_scale[chain][k] : 0.f;
+    }
+  }
+  int8_t* wp = const_cast<int8_t*>(c.wq_packed);
+  for (int64_t u = slice * c.num_unit_blocks / S; u < (slice + 1) * c.num_unit_blocks / S; ++u) {
+    int8_t* panel = wp + u * R * G * kBlock;
+    const int64_t j0 = u * kBlock, n = std::min<int64_t>(kBlock, H - j0);
+    for (int64_t k = 0; k < R; ++k) {
+      for (int64_t g = 0; g < G; ++g) {
+        CopyBlockT(panel + (k * G + g) * kBlock, job.rec_kernel_q8[chain] + k * G * H + g * H + j0, n);
+      }
+    }
+  }
+  if (c.P > 0) {
+    int8_t* pp = const_cast<int8_t*>(c.pq_packed);
+    for (int64_t q = slice * c.num_proj_blocks / S; q < (slice + 1) * c.num_proj_blocks / S; ++q) {
+      const int64_t p0 = q * kBlock, n = std::min<int64_t>(kBlock, c.P - p0);
+      for (int64_t k = 0; k < H; ++k) CopyBlockT(pp + (q * H + k) * kBlock, job.proj_kernel_q8[chain] + k * c.P + p0, n);
+    }
+  }
+}
+
 void PackSlice(const Job& job, int chain, int64_t slice) {
+  if (job.shape->int8_weights) {
+    PackSliceQ8(job, chain, slice);
+    return;
+  }
   const ChainCtx& c = job.ctx[chain];
   const Chain& ch = job.chains[chain];
   const int64_t H = c.H, R = c.R, G = c.G;
@@ -285,8 +334,15 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
     c.out_b_stride = out_b_stride; c.out_t_stride = out_t_stride;
     c.lengths = lengths;
     c.rec_bias = a.recurrent_bias ? a.recurrent_bias + d * G * H : nullptr;
-    c.w_packed = base + l.w_packed;
-    c.p_packed = P > 0 ? base + l.p_packed : nullptr;
+    if (s.int8_weights) {
+      c.wq_packed = reinterpret_cast<const int8_t*>(base + l.w_packed);
+      c.pq_packed = P > 0 ? reinterpret_cast<const int8_t*>(base + l.p_packed) : nullptr;
+      c.w_inv_scale = base + l.w_inv_scale;
+      c.p_inv_scale = P > 0 ? base + l.p_inv_scale : nullptr;
+    } else {
+      c.w_packed = base + l.w_packed;
+      c.p_packed = P > 0 ? base + l.p_packed : nullptr;
+    }
     c.h_buf[0] = base + l.h_buf;
     c.h_buf[1] = base + l.h_buf + Align16(B * R);
     c.c_state = lstm ? base + l.c_state : nullptr;
@@ -297,8 +353,15 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
     c.reserve = a.reserve ? a.reserve + d * B * T * c.reserve_features : nullptr;
     c.num_unit_blocks = CeilDiv(H, kBlock);
     c.num_proj_blocks = P > 0 ? CeilDiv(P, kBlock) : 0;
-    job->rec_kernel[d] = a.recurrent_kernel + d * R * G * H;
-    job->proj_kernel[d] = P > 0 ? a.projection_kernel + d * H * P : nullptr;
+    if (s.int8_weights) {
+      job->rec_kernel_q8[d] = a.recurrent_kernel_q8 + d * R * G * H;
+      job->rec_scale[d] = a.recurrent_scale + d * R;
+      job->proj_kernel_q8[d] = P > 0 ? a.projection_kernel_q8 + d * H * P : nullptr;
+      job->proj_scale[d] = P > 0 ? a.projection_scale + d * H : nullptr;
+    } else {
+      job->rec_kernel[d] = a.recurrent_kernel + d * R * G * H;
+      job->proj_kernel[d] = P > 0 ? a.projection_kernel + d * H * P : nullptr;
+    }
   }
   // Threads: splitting a step across cores pays only when a step is long against the hand-off (about 1 us per
   // step between the two vCPUs of the development VM).

@@ -20,7 +20,35 @@ struct Problem {
   RnnShape s;
   std::vector<float> x, rk, rb, pk, h0, c0;
   std::vector<int32_t> lengths;
+  // INT8 weights (s.int8_weights): rk / pk then hold the dequantized weights the reference uses.
+  std::vector<int8_t> rk_q8, pk_q8;
+  std::vector<float> rk_scale, pk_scale;
 };
+
+// scale = 127 / max|row|, q = round-half-even(w * scale); w is replaced by q / scale.
+void QuantizeRows(std::vector<float>* w, int64_t rows, int64_t cols, std::vector<int8_t>* q, std::vector<float>* scale) {
+  q->resize(rows * cols);
+  scale->resize(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    float m = 0.f;
+    for (int64_t c = 0; c < cols; ++c) m = std::max(m, std::fabs((*w)[r * cols + c]));
+    const float s = m > 0.f ? 127.f / m : 0.f;
+    (*scale)[r] = s;
+    for (int64_t c = 0; c < cols; ++c) {
+      const float v = std::nearbyint((*w)[r * cols + c] * s);
+      (*q)[r * cols + c] = static_cast<int8_t>(v);
+      (*w)[r * cols + c] = s > 0.f ? v / s : 0.f;
+    }
+  }
+}
+
+void MakeInt8(Problem* p) {
+  const RnnShape& s = p->s;
+  const int64_t D = s.num_dirs(), R = s.recurrent_width(), G = s.num_gates(), H = s.num_units;
+  p->s.int8_weights = true;
+  QuantizeRows(&p->rk, D * R, G * H, &p->rk_q8, &p->rk_scale);
+  if (s.num_proj > 0) QuantizeRows(&p->pk, D * H, s.num_proj, &p->pk_q8, &p->pk_scale);
+}
 
 Problem MakeProblem(CellType cell, Direction dir, int64_t T, int64_t B, int64_t H, int64_t P, bool time_major,
                     float cell_clip, float proj_clip, uint32_t seed) {
@@ -147,9 +175,15 @@ Result RunCore(const Problem& p, const cpu::StepKernels& kernels, ParallelRunner
   float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
   RnnForwardArgs a;
   a.x_proj = p.x.data();
-  a.recurrent_kernel = p.rk.data();
+  if (s.int8_weights) {
+    a.recurrent_kernel_q8 = p.rk_q8.data();
+    a.recurrent_scale = p.rk_scale.data();
+    a.projection_kernel_q8 = p.pk_q8.empty() ? nullptr : p.pk_q8.data();
+    a.projection_scale = p.pk_scale.empty() ? nullptr : p.pk_scale.data();
+  }
+  a.recurrent_kernel = s.int8_weights ? nullptr : p.rk.data();
   a.recurrent_bias = p.rb.empty() ? nullptr : p.rb.data();
-  a.projection_kernel = p.pk.empty() ? nullptr : p.pk.data();
+  a.projection_kernel = p.pk.empty() || s.int8_weights ? nullptr : p.pk.data();
   a.sequence_lengths = p.lengths.data();
   a.initial_h = p.h0.data();
   a.initial_c = p.c0.empty() ? nullptr : p.c0.data();
@@ -218,7 +252,10 @@ class CoreTest : public ::testing::TestWithParam<Case> {};
 TEST_P(CoreTest, MatchesFloat64ReferenceOnEveryIsaAndThreadCount) {
   const Case c = GetParam();
   static uint32_t seed = 1;
-  const Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
+  Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
+  // Every other case runs INT8 weights, against the reference with the same dequantized weights.
+  if (seed % 2 == 0) MakeInt8(&p);
+  SCOPED_TRACE(p.s.int8_weights ? "int8 weights" : "float weights");
   std::vector<double> out, fh, fc;
   Reference(p, &out, &fh, &fc);
   for (const cpu::StepKernels* k : AvailableKernels()) {
@@ -253,6 +290,28 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{CellType::kGru, Direction::kForward, 8, 4, 17, 0, false, 0, 0},
                       Case{CellType::kGru, Direction::kBidirectional, 6, 7, 48, 0, true, 0, 0},
                       Case{CellType::kGru, Direction::kReverse, 3, 1, 600, 0, false, 0, 0}));
+
+TEST(CoreTest, Int8ZeroRowsAndEveryCellAgainstDequantizedReference) {
+  const Case cases[] = {{CellType::kLstm, Direction::kBidirectional, 6, 5, 40, 24, false, 0.5f, 0.3f},
+                        {CellType::kLstm, Direction::kForward, 5, 3, 33, 0, true, 0, 0},
+                        {CellType::kGru, Direction::kReverse, 5, 4, 20, 0, false, 0, 0}};
+  uint32_t seed = 50;
+  for (const Case& c : cases) {
+    Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
+    const int64_t GH = p.s.num_gates() * c.H;
+    for (int64_t j = 0; j < GH; ++j) p.rk[3 * GH + j] = 0.f;  // a zero row: scale 0, dequantized to 0
+    MakeInt8(&p);
+    EXPECT_EQ(p.rk_scale[3], 0.f);
+    std::vector<double> out, fh, fc;
+    Reference(p, &out, &fh, &fc);
+    for (const cpu::StepKernels* k : AvailableKernels()) {
+      SCOPED_TRACE(k->name);
+      const Result r = RunCore(p, *k, nullptr);
+      EXPECT_LT(RelErr(r.out, out, out.size()), 1e-5);
+      EXPECT_LT(RelErr(r.fh, fh, fh.size()), 1e-5);
+    }
+  }
+}
 
 TEST(CoreTest, ZeroLengthsReturnInitialStateAndZeroOutput) {
   Problem p = MakeProblem(CellType::kLstm, Direction::kBidirectional, 4, 3, 8, 0, false, 0, 0, 7);

@@ -23,6 +23,9 @@ struct Isa {
     return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, TailMask(n));
   }
   static inline void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static inline V LoadI8(const int8_t* p) {  // 8 int8 -> 8 floats (exact)
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
   static inline void StoreN(float* p, V v, int n) {
     if (n >= 8) _mm256_storeu_ps(p, v);
     else _mm256_maskstore_ps(p, TailMask(n), v);

@@ -20,6 +20,9 @@ struct Isa {
     return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
   }
   static inline void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static inline V LoadI8(const int8_t* p) {  // 16 int8 -> 16 floats (exact)
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   static inline void StoreN(float* p, V v, int n) {
     if (n >= 16) _mm512_storeu_ps(p, v);
     else _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);

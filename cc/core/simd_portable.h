@@ -25,6 +25,7 @@ struct Isa {
     return r;
   }
   static inline void Store(float* p, const V& v) { std::memcpy(p, v.f, sizeof(v.f)); }
+  static inline V LoadI8(const int8_t* p) { FRNN_PORTABLE_MAP(static_cast<float>(p[l])); }
   static inline void StoreN(float* p, const V& v, int n) { std::memcpy(p, v.f, sizeof(float) * (n < 16 ? n : 16)); }
   static inline V Add(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] + b.f[l]); }
   static inline V Sub(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] - b.f[l]); }
