@@ -46,7 +46,7 @@ class _FusedRNN(keras.layers.Layer):
                  kernel_constraint=None, recurrent_constraint=None, bias_constraint=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, unroll=False, zero_output_for_mask=False,
-                 bidirectional=False, merge_mode="concat", use_cudnn="auto", **kwargs):
+                 bidirectional=False, merge_mode="concat", use_cudnn="auto", int8_weights=False, **kwargs):
         super().__init__(**kwargs)
         name = type(self).__name__
         _check(int(units) > 0, f"{name}: units must be a positive integer, got {units}")
@@ -86,6 +86,9 @@ class _FusedRNN(keras.layers.Layer):
         self.zero_output_for_mask = zero_output_for_mask
         self.bidirectional = bidirectional
         self.merge_mode = merge_mode
+        # INT8 recurrent (and projection) weights with per-row scales (tf_ops.quantize): inference only; they are
+        # non-trainable, and tf_ops.quantize_model fills them from a trained float layer.
+        self.int8_weights = bool(int8_weights)
         self.supports_masking = True
 
     @property
@@ -133,6 +136,18 @@ class _FusedRNN(keras.layers.Layer):
                                    constraint=constraint)
         setattr(self, name, variable)
         return name
+
+    def _add_recurrent(self, weights, role, prefix, shape, initializer, regularizer, constraint):
+        """A recurrent or projection kernel: float, or (int8_weights) int8 rows plus one scale per row."""
+        if not self.int8_weights:
+            weights[role] = self._add(prefix + role, shape, initializer, regularizer, constraint)
+            return
+        scale_role = role.replace("_kernel", "_scale")  # recurrent_scale, projection_scale
+        for sub_role, sub_shape, dtype in ((role + "_q8", shape, "int8"), (scale_role, shape[:1], "float32")):
+            variable = self.add_weight(name=prefix + sub_role, shape=sub_shape, initializer="zeros", dtype=dtype,
+                                       trainable=False)
+            setattr(self, prefix + sub_role, variable)
+            weights[sub_role] = prefix + sub_role
 
     def _x_proj(self, sequences, training):
         """x @ kernel + bias for every timestep and direction, as one matrix product."""
@@ -253,7 +268,7 @@ class _FusedRNN(keras.layers.Layer):
             "dropout": self.dropout, "seed": self.seed, "return_sequences": self.return_sequences,
             "return_state": self.return_state, "go_backwards": self.go_backwards, "unroll": self.unroll,
             "zero_output_for_mask": self.zero_output_for_mask, "bidirectional": self.bidirectional,
-            "merge_mode": self.merge_mode,
+            "merge_mode": self.merge_mode, "int8_weights": self.int8_weights,
         })
         return config
 
@@ -293,13 +308,10 @@ class FusedLSTM(_FusedRNN):
 
     def _add_cell_weights(self, prefix, input_dim):
         h = self.units
-        w = {
-            "kernel": self._add(prefix + "kernel", (input_dim, 4 * h), self.kernel_initializer,
-                                self.kernel_regularizer, self.kernel_constraint),
-            "recurrent_kernel": self._add(prefix + "recurrent_kernel", (self._width, 4 * h),
-                                          self.recurrent_initializer, self.recurrent_regularizer,
-                                          self.recurrent_constraint),
-        }
+        w = {"kernel": self._add(prefix + "kernel", (input_dim, 4 * h), self.kernel_initializer,
+                                 self.kernel_regularizer, self.kernel_constraint)}
+        self._add_recurrent(w, "recurrent_kernel", prefix, (self._width, 4 * h), self.recurrent_initializer,
+                            self.recurrent_regularizer, self.recurrent_constraint)
         if self.use_bias:
             if self.unit_forget_bias:
                 base = self.bias_initializer
@@ -311,12 +323,20 @@ class FusedLSTM(_FusedRNN):
                 bias_init = self.bias_initializer
             w["bias"] = self._add(prefix + "bias", (4 * h,), bias_init, self.bias_regularizer, self.bias_constraint)
         if self.num_proj:
-            w["projection_kernel"] = self._add(prefix + "projection_kernel", (h, self.num_proj),
-                                               self.projection_initializer, self.projection_regularizer,
-                                               self.projection_constraint)
+            self._add_recurrent(w, "projection_kernel", prefix, (h, self.num_proj), self.projection_initializer,
+                                self.projection_regularizer, self.projection_constraint)
         return w
 
     def _run(self, x_proj, lengths, initial_states, direction, training):
+        if self.int8_weights:
+            dw = self._dir_weights
+            out, h, c = ops.lstm_sequence_int8(
+                x_proj, _stack([w["recurrent_kernel_q8"] for w in dw]), _stack([w["recurrent_scale"] for w in dw]),
+                lengths, initial_states[0], initial_states[1],
+                projection_kernel_q8=_stack([w["projection_kernel_q8"] for w in dw]) if self.num_proj else None,
+                projection_scale=_stack([w["projection_scale"] for w in dw]) if self.num_proj else None,
+                direction=direction, cell_clip=self.cell_clip or 0.0, proj_clip=self.proj_clip or 0.0)
+            return out, (h, c)
         rec = _stack([w["recurrent_kernel"] for w in self._dir_weights])
         proj = _stack([w["projection_kernel"] for w in self._dir_weights]) if self.num_proj else None
         out, h, c = ops.lstm_sequence(x_proj, rec, lengths, initial_states[0], initial_states[1],
@@ -356,12 +376,10 @@ class FusedGRU(_FusedRNN):
 
     def _add_cell_weights(self, prefix, input_dim):
         h = self.units
-        w = {
-            "kernel": self._add(prefix + "kernel", (input_dim, 3 * h), self.kernel_initializer,
-                                self.kernel_regularizer, self.kernel_constraint),
-            "recurrent_kernel": self._add(prefix + "recurrent_kernel", (h, 3 * h), self.recurrent_initializer,
-                                          self.recurrent_regularizer, self.recurrent_constraint),
-        }
+        w = {"kernel": self._add(prefix + "kernel", (input_dim, 3 * h), self.kernel_initializer,
+                                 self.kernel_regularizer, self.kernel_constraint)}
+        self._add_recurrent(w, "recurrent_kernel", prefix, (h, 3 * h), self.recurrent_initializer,
+                            self.recurrent_regularizer, self.recurrent_constraint)
         if self.use_bias:
             w["bias"] = self._add(prefix + "bias", (2, 3 * h), self.bias_initializer, self.bias_regularizer,
                                   self.bias_constraint)
@@ -371,11 +389,17 @@ class FusedGRU(_FusedRNN):
         return _concat([tf.convert_to_tensor(w["bias"])[0] for w in self._dir_weights], axis=0)
 
     def _run(self, x_proj, lengths, initial_states, direction, training):
-        rec = _stack([w["recurrent_kernel"] for w in self._dir_weights])
         if self.use_bias:
             rec_bias = tf.stack([tf.convert_to_tensor(w["bias"])[1] for w in self._dir_weights])
         else:
             rec_bias = tf.zeros([self._num_dirs, 3 * self.units])
+        if self.int8_weights:
+            dw = self._dir_weights
+            out, h = ops.gru_sequence_int8(x_proj, _stack([w["recurrent_kernel_q8"] for w in dw]),
+                                           _stack([w["recurrent_scale"] for w in dw]), rec_bias, lengths,
+                                           initial_states[0], direction=direction)
+            return out, (h,)
+        rec = _stack([w["recurrent_kernel"] for w in self._dir_weights])
         out, h = ops.gru_sequence(x_proj, rec, rec_bias, lengths, initial_states[0], direction=direction,
                                   training=training)
         return out, (h,)

@@ -150,6 +150,83 @@ def gru_sequence(x_proj, recurrent_kernel, recurrent_bias=None, sequence_lengths
                                       time_major)
 
 
+# ---- INT8 recurrent weights (inference) ------------------------------------------------------------------------
+def _int8(value, name):
+    t = _to_tensor(value, tf.int8)
+    if t.dtype != tf.int8:
+        raise _invalid(f"{name} must be int8 (see tf_ops.quantize_rows), got {t.dtype.name}")
+    return t
+
+
+def _dequantize(q, scale):
+    scale = tf.convert_to_tensor(scale)
+    inv = tf.math.divide_no_nan(tf.ones_like(scale), scale)
+    return tf.cast(q, tf.float32) * inv[..., None]
+
+
+@tf.autograph.experimental.do_not_convert
+def lstm_sequence_int8(x_proj, recurrent_kernel_q8, recurrent_scale, sequence_lengths=None, initial_h=None,
+                       initial_c=None, projection_kernel_q8=None, projection_scale=None, direction="forward",
+                       time_major=False, cell_clip=0.0, proj_clip=0.0, implementation="auto", name=None):
+    """lstm_sequence with INT8 recurrent (and projection) weights: kernels [D, R, 4H] / [D, H, P] int8, scales
+    [D, R] / [D, H] from tf_ops.quantize_rows. Float32 arithmetic; inference only. Returns (output, h, c)."""
+    with tf.name_scope(name or "lstm_sequence_int8"):
+        recurrent_kernel_q8 = _int8(recurrent_kernel_q8, "recurrent_kernel_q8")
+        recurrent_scale = _float32(recurrent_scale, "recurrent_scale")
+        if (projection_kernel_q8 is None) != (projection_scale is None):
+            raise _invalid("projection_kernel_q8 and projection_scale come together")
+        if not _use_op(implementation):
+            pk = None if projection_kernel_q8 is None else _dequantize(_int8(projection_kernel_q8, "projection_kernel_q8"),
+                                                                          projection_scale)
+            return lstm_sequence(x_proj, _dequantize(recurrent_kernel_q8, recurrent_scale), sequence_lengths,
+                                 initial_h, initial_c, projection_kernel=pk, direction=direction,
+                                 time_major=time_major, cell_clip=cell_clip, proj_clip=proj_clip,
+                                 implementation="reference")
+        x_proj, _, lengths, batch = _common(x_proj, tf.zeros([0, 0, 0]), sequence_lengths, direction, time_major, 4)
+        if recurrent_kernel_q8.shape.rank != 3:
+            raise _invalid(f"recurrent_kernel_q8 must be rank 3, got shape {recurrent_kernel_q8.shape}")
+        units = _units(recurrent_kernel_q8, 4)
+        dirs = _num_dirs(direction)
+        if projection_kernel_q8 is None:
+            num_proj = 0
+            projection_kernel_q8 = tf.zeros([dirs, units, 0], tf.int8)
+            projection_scale = tf.zeros([dirs, 0])
+        else:
+            projection_kernel_q8 = _int8(projection_kernel_q8, "projection_kernel_q8")
+            projection_scale = _float32(projection_scale, "projection_scale")
+            num_proj = projection_kernel_q8.shape[-1]
+        width = num_proj or units
+        initial_h = tf.zeros([dirs, batch, width]) if initial_h is None else _float32(initial_h, "initial_h")
+        initial_c = tf.zeros([dirs, batch, units]) if initial_c is None else _float32(initial_c, "initial_c")
+        return _loader.load().fused_lstm_sequence_int8(
+            x_proj, recurrent_kernel_q8, projection_kernel_q8, lengths, initial_h, initial_c, recurrent_scale,
+            projection_scale, direction=direction, time_major=time_major, num_proj=num_proj,
+            cell_clip=float(cell_clip or 0.0), proj_clip=float(proj_clip or 0.0))
+
+
+@tf.autograph.experimental.do_not_convert
+def gru_sequence_int8(x_proj, recurrent_kernel_q8, recurrent_scale, recurrent_bias=None, sequence_lengths=None,
+                      initial_h=None, direction="forward", time_major=False, implementation="auto", name=None):
+    """gru_sequence with INT8 recurrent weights [D, H, 3H] and scales [D, H]. Returns (output, h)."""
+    with tf.name_scope(name or "gru_sequence_int8"):
+        recurrent_kernel_q8 = _int8(recurrent_kernel_q8, "recurrent_kernel_q8")
+        recurrent_scale = _float32(recurrent_scale, "recurrent_scale")
+        if not _use_op(implementation):
+            return gru_sequence(x_proj, _dequantize(recurrent_kernel_q8, recurrent_scale), recurrent_bias,
+                                sequence_lengths, initial_h, direction=direction, time_major=time_major,
+                                implementation="reference")
+        x_proj, _, lengths, batch = _common(x_proj, tf.zeros([0, 0, 0]), sequence_lengths, direction, time_major, 3)
+        if recurrent_kernel_q8.shape.rank != 3:
+            raise _invalid(f"recurrent_kernel_q8 must be rank 3, got shape {recurrent_kernel_q8.shape}")
+        units = _units(recurrent_kernel_q8, 3)
+        dirs = _num_dirs(direction)
+        recurrent_bias = (tf.zeros([dirs, 3 * units]) if recurrent_bias is None
+                          else _float32(recurrent_bias, "recurrent_bias"))
+        initial_h = tf.zeros([dirs, batch, units]) if initial_h is None else _float32(initial_h, "initial_h")
+        return _loader.load().fused_gru_sequence_int8(x_proj, recurrent_kernel_q8, recurrent_bias, lengths, initial_h,
+                                                      recurrent_scale, direction=direction, time_major=time_major)
+
+
 # ---- gradients ------------------------------------------------------------------------------------------------
 # The fused backward op: one call for every step and direction. It needs the forward's reserve; a forward that
 # ran without one (inference mode, e.g. a GradientTape around a layer called without training=True) is re-run

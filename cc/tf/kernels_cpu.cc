@@ -70,6 +70,42 @@ class FusedGruCpuOp : public FusedRnnCpuOp {
   explicit FusedGruCpuOp(OpKernelConstruction* ctx) : FusedRnnCpuOp(ctx, CellType::kGru) {}
 };
 
+class FusedRnnInt8CpuOp : public OpKernel {
+ public:
+  FusedRnnInt8CpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
+    attrs_.Read(ctx, cell, /*has_is_training=*/false);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    RnnInputs in;
+    RnnShape s;
+    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
+    OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s));
+    const int32_t* lengths = in.sequence_lengths->flat<int32_t>().data();
+    OP_REQUIRES_OK(ctx, CheckLengths(lengths, s.batch, s.max_time));
+    RnnOutputs out;
+    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, /*is_training=*/false, &out, /*has_reserve_output=*/false));
+    if (s.batch == 0) return;
+    Tensor scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({CpuForwardScratchFloats(s)}), &scratch));
+    const tensorflow::DeviceBase::CpuWorkerThreads* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    TfPoolRunner runner(workers ? workers->workers : nullptr);
+    CpuForward(s, MakeForwardArgs(s, in, out, lengths, false), scratch.flat<float>().data(), &runner);
+  }
+
+ private:
+  RnnAttrs attrs_;
+};
+
+class FusedLstmInt8CpuOp : public FusedRnnInt8CpuOp {
+ public:
+  explicit FusedLstmInt8CpuOp(OpKernelConstruction* ctx) : FusedRnnInt8CpuOp(ctx, CellType::kLstm) {}
+};
+class FusedGruInt8CpuOp : public FusedRnnInt8CpuOp {
+ public:
+  explicit FusedGruInt8CpuOp(OpKernelConstruction* ctx) : FusedRnnInt8CpuOp(ctx, CellType::kGru) {}
+};
+
 class FusedRnnGradCpuOp : public OpKernel {
  public:
   FusedRnnGradCpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
@@ -119,6 +155,8 @@ class CpuIsaOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("FusedRnnCpuIsa").Device(tensorflow::DEVICE_CPU), CpuIsaOp);
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence").Device(tensorflow::DEVICE_CPU), FusedLstmCpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence").Device(tensorflow::DEVICE_CPU), FusedGruCpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceInt8").Device(tensorflow::DEVICE_CPU), FusedLstmInt8CpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceInt8").Device(tensorflow::DEVICE_CPU), FusedGruInt8CpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceGrad").Device(tensorflow::DEVICE_CPU), FusedLstmGradCpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceGrad").Device(tensorflow::DEVICE_CPU), FusedGruGradCpuOp);
 

@@ -244,6 +244,44 @@ Status GruShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+// INT8 ops: inputs 0.. as the float forward (the kernels int8), then the per-row scales.
+Status ScaleShape(InferenceContext* c, int index, const char* name, int dirs, DimensionHandle rows) {
+  ShapeHandle given;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(index), 2, &given));
+  ShapeHandle want = c->MakeShape({c->MakeDim(dirs), rows});
+  ShapeHandle merged;
+  if (!c->Merge(given, want, &merged).ok()) {
+    return Invalid(name, " must have shape ", c->DebugString(want), ", got ", c->DebugString(given));
+  }
+  return absl::OkStatus();
+}
+
+Status LstmInt8Shape(InferenceContext* c) {
+  int num_proj;
+  TF_RETURN_IF_ERROR(c->GetAttr("num_proj", &num_proj));
+  RnnDims d;
+  TF_RETURN_IF_ERROR(LstmInputDims(c, &d));
+  TF_RETURN_IF_ERROR(ScaleShape(c, 6, "recurrent_scale", d.dirs, d.width));
+  TF_RETURN_IF_ERROR(ScaleShape(c, 7, "projection_scale", d.dirs, num_proj > 0 ? d.units : c->MakeDim(0)));
+  DimensionHandle out_width;
+  TF_RETURN_IF_ERROR(c->Multiply(d.width, d.dirs, &out_width));
+  c->set_output(0, d.time_major ? c->MakeShape({d.time, d.batch, out_width}) : c->MakeShape({d.batch, d.time, out_width}));
+  c->set_output(1, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.width}));
+  c->set_output(2, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.units}));
+  return absl::OkStatus();
+}
+
+Status GruInt8Shape(InferenceContext* c) {
+  RnnDims d;
+  TF_RETURN_IF_ERROR(GruInputDims(c, &d));
+  TF_RETURN_IF_ERROR(ScaleShape(c, 5, "recurrent_scale", d.dirs, d.units));
+  DimensionHandle out_width;
+  TF_RETURN_IF_ERROR(c->Multiply(d.width, d.dirs, &out_width));
+  c->set_output(0, d.time_major ? c->MakeShape({d.time, d.batch, out_width}) : c->MakeShape({d.batch, d.time, out_width}));
+  c->set_output(1, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.units}));
+  return absl::OkStatus();
+}
+
 Status GruGradShape(InferenceContext* c) {
   RnnDims d;
   TF_RETURN_IF_ERROR(GruInputDims(c, &d));
@@ -393,6 +431,55 @@ d_output: gradient of the output, shaped like it; ignored at t >= sequence_lengt
 d_final_h: [D, B, H].
 d_x_proj: shaped like x_proj; zero at t >= sequence_lengths[b].
 d_recurrent_kernel: [D, H, 3H]. d_recurrent_bias: [D, 3H]. d_initial_h: [D, B, H].
+)doc");
+
+REGISTER_OP("FusedLSTMSequenceInt8")
+    .Input("x_proj: float")
+    .Input("recurrent_kernel: int8")
+    .Input("projection_kernel: int8")
+    .Input("sequence_lengths: int32")
+    .Input("initial_h: float")
+    .Input("initial_c: float")
+    .Input("recurrent_scale: float")
+    .Input("projection_scale: float")
+    .Output("output: float")
+    .Output("final_h: float")
+    .Output("final_c: float")
+    .Attr("direction: {'forward', 'reverse', 'bidirectional'} = 'forward'")
+    .Attr("time_major: bool = false")
+    .Attr("num_proj: int >= 0 = 0")
+    .Attr("cell_clip: float = 0.0")
+    .Attr("proj_clip: float = 0.0")
+    .SetShapeFn(LstmInt8Shape)
+    .Doc(R"doc(
+FusedLSTMSequence with INT8 recurrent and projection weights, one float scale per row: row k of direction d is
+recurrent_kernel[d, k, :] / recurrent_scale[d, k] (scale = 127 / max|row|; a zero scale is a zero row). The
+arithmetic is float32: weights are converted on the fly. Inference only (no gradient).
+
+x_proj, sequence_lengths, initial_h, initial_c, outputs and attributes: as FusedLSTMSequence.
+recurrent_kernel: [D, R, 4H] int8.
+projection_kernel: [D, H, num_proj] int8; [D, H, 0] when num_proj == 0.
+recurrent_scale: [D, R]. projection_scale: [D, H]; [D, 0] when num_proj == 0.
+)doc");
+
+REGISTER_OP("FusedGRUSequenceInt8")
+    .Input("x_proj: float")
+    .Input("recurrent_kernel: int8")
+    .Input("recurrent_bias: float")
+    .Input("sequence_lengths: int32")
+    .Input("initial_h: float")
+    .Input("recurrent_scale: float")
+    .Output("output: float")
+    .Output("final_h: float")
+    .Attr("direction: {'forward', 'reverse', 'bidirectional'} = 'forward'")
+    .Attr("time_major: bool = false")
+    .SetShapeFn(GruInt8Shape)
+    .Doc(R"doc(
+FusedGRUSequence with INT8 recurrent weights and one float scale per row (see FusedLSTMSequenceInt8).
+Inference only.
+
+recurrent_kernel: [D, H, 3H] int8. recurrent_scale: [D, H].
+The other inputs, outputs and attributes: as FusedGRUSequence.
 )doc");
 
 }  // namespace fused_rnn

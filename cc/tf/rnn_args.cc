@@ -93,6 +93,30 @@ Status ValidateRnnInputs(tensorflow::OpKernelContext* ctx, const RnnAttrs& a, Rn
   return absl::OkStatus();
 }
 
+Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnShape* s) {
+  const int64_t D = s->num_dirs();
+  TF_RETURN_IF_ERROR(ctx->input("recurrent_scale", &in->recurrent_scale));
+  TF_RETURN_IF_ERROR(ExpectShape("recurrent_scale", *in->recurrent_scale, TensorShape({D, s->recurrent_width()})));
+  if (s->cell == CellType::kLstm) {
+    TF_RETURN_IF_ERROR(ctx->input("projection_scale", &in->projection_scale));
+    TF_RETURN_IF_ERROR(ExpectShape("projection_scale", *in->projection_scale,
+                                   TensorShape({D, s->num_proj > 0 ? s->num_units : 0})));
+  }
+  // A negative, NaN or infinite scale is not one the quantizer makes (127 / max|row|, or 0 for a zero row).
+  for (const Tensor* t : {in->recurrent_scale, in->projection_scale}) {
+    if (t == nullptr) continue;
+    const auto v = t->flat<float>();
+    for (int64_t i = 0; i < v.size(); ++i) {
+      if (!(v(i) >= 0.f) || v(i) == std::numeric_limits<float>::infinity()) {
+        return Invalid(t == in->recurrent_scale ? "recurrent_scale" : "projection_scale", "[", i, "] = ", v(i),
+                       " is not a finite scale >= 0");
+      }
+    }
+  }
+  s->int8_weights = true;
+  return absl::OkStatus();
+}
+
 Status CheckLengths(const int32_t* lengths, int64_t batch, int64_t max_time) {
   for (int64_t b = 0; b < batch; ++b) {
     if (lengths[b] < 0 || lengths[b] > max_time) {
@@ -104,7 +128,7 @@ Status CheckLengths(const int32_t* lengths, int64_t batch, int64_t max_time) {
 }
 
 absl::Status AllocateRnnOutputs(tensorflow::OpKernelContext* ctx, const RnnShape& s, bool is_training,
-                                RnnOutputs* out) {
+                                RnnOutputs* out, bool has_reserve_output) {
   const int64_t D = s.num_dirs(), B = s.batch, T = s.max_time, R = s.recurrent_width(), H = s.num_units;
   int index = 0;
   TF_RETURN_IF_ERROR(ctx->allocate_output(index++, s.time_major ? TensorShape({T, B, D * R}) : TensorShape({B, T, D * R}),
@@ -113,6 +137,7 @@ absl::Status AllocateRnnOutputs(tensorflow::OpKernelContext* ctx, const RnnShape
   if (s.cell == CellType::kLstm) {
     TF_RETURN_IF_ERROR(ctx->allocate_output(index++, TensorShape({D, B, H}), &out->final_c));
   }
+  if (!has_reserve_output) return absl::OkStatus();
   return ctx->allocate_output(index++, TensorShape({is_training ? ReserveFloats(s) : 0}), &out->reserve);
 }
 
@@ -121,9 +146,16 @@ RnnForwardArgs MakeForwardArgs(const RnnShape& s, const RnnInputs& in, const Rnn
   const bool lstm = s.cell == CellType::kLstm;
   RnnForwardArgs args;
   args.x_proj = in.x_proj->flat<float>().data();
-  args.recurrent_kernel = in.recurrent_kernel->flat<float>().data();
+  if (s.int8_weights) {
+    args.recurrent_kernel_q8 = in.recurrent_kernel->flat<int8_t>().data();
+    args.recurrent_scale = in.recurrent_scale->flat<float>().data();
+    args.projection_kernel_q8 = s.num_proj > 0 ? in.projection_kernel->flat<int8_t>().data() : nullptr;
+    args.projection_scale = s.num_proj > 0 ? in.projection_scale->flat<float>().data() : nullptr;
+  } else {
+    args.recurrent_kernel = in.recurrent_kernel->flat<float>().data();
+    args.projection_kernel = s.num_proj > 0 ? in.projection_kernel->flat<float>().data() : nullptr;
+  }
   args.recurrent_bias = in.recurrent_bias ? in.recurrent_bias->flat<float>().data() : nullptr;
-  args.projection_kernel = s.num_proj > 0 ? in.projection_kernel->flat<float>().data() : nullptr;
   args.sequence_lengths = lengths;
   args.initial_h = in.initial_h->flat<float>().data();
   args.initial_c = lstm ? in.initial_c->flat<float>().data() : nullptr;

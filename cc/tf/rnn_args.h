@@ -35,7 +35,12 @@ struct RnnInputs {
   const tensorflow::Tensor* sequence_lengths;
   const tensorflow::Tensor* initial_h;
   const tensorflow::Tensor* initial_c;  // LSTM only
+  const tensorflow::Tensor* recurrent_scale = nullptr;   // INT8 ops only
+  const tensorflow::Tensor* projection_scale = nullptr;  // INT8 LSTM only
 };
+
+// INT8 ops: reads and checks the scales, sets shape->int8_weights. Call after ValidateRnnInputs.
+absl::Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnShape* shape);
 
 // Reads the inputs of the op in `ctx`, checks every shape, fills `shape`. Lengths are checked on the host by
 // CheckLengths (the GPU kernel copies them first).
@@ -51,7 +56,7 @@ struct RnnOutputs {
   tensorflow::Tensor* reserve = nullptr;
 };
 absl::Status AllocateRnnOutputs(tensorflow::OpKernelContext* ctx, const RnnShape& shape, bool is_training,
-                                RnnOutputs* out);
+                                RnnOutputs* out, bool has_reserve_output = true);
 
 // The gradient ops' extra inputs and outputs. ValidateRnnGradInputs checks them against `shape` (call it after
 // ValidateRnnInputs and CheckLengths); AllocateRnnGrads allocates the gradients through TF.

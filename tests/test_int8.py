@@ -1,0 +1,160 @@
+"""INT8 recurrent weights: the quantizer, the int8 kernels, the scheme's error, and the Keras path."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_ops
+from conftest import rel_err
+from numpy_reference import rnn_forward
+from test_ops import check_padding_is_zero, make_inputs
+
+pytestmark = pytest.mark.skipif(not tf_ops.op_library_available(), reason="op library not built")
+
+
+# ---- the quantizer against hand-computed rows ----------------------------------------------------------------
+def test_quantize_rows_by_hand():
+    w = np.array([
+        [4.0, -2.0, 1.0, 0.0],       # scale 31.75: 127, -63.5 -> -64 (tie to even), 31.75 -> 32, 0
+        [-8.0, 4.0, 2.0, 0.5],       # negative extreme: scale 15.875: -127, 63.5 -> 64, 31.75 -> 32, 7.9375 -> 8
+        [0.0, 0.0, 0.0, 0.0],        # zero row: scale 0, q 0
+        [127.0, 2.5, 3.5, -2.5],     # scale 1: ties to even: 2, 4, -2
+    ], np.float32)
+    q, scale = tf_ops.quantize_rows(w)
+    assert q.dtype == np.int8 and scale.dtype == np.float32
+    np.testing.assert_array_equal(scale, [31.75, 15.875, 0.0, 1.0])
+    np.testing.assert_array_equal(q, [[127, -64, 32, 0], [-127, 64, 32, 8], [0, 0, 0, 0], [127, 2, 4, -2]])
+    np.testing.assert_array_equal(tf_ops.dequantize_rows(q, scale)[2], 0.0)
+
+
+def test_quantize_rows_stacks_and_rejects_bad_weights(rng):
+    w = rng.standard_normal((2, 5, 12)).astype(np.float32)
+    q, scale = tf_ops.quantize_rows(w)
+    assert q.shape == (2, 5, 12) and scale.shape == (2, 5)
+    np.testing.assert_array_equal(np.max(np.abs(q.astype(int)), axis=-1), 127)  # every row's extreme is +-127
+    assert np.max(np.abs(tf_ops.dequantize_rows(q, scale) - w)) <= np.max(0.5 / scale) * 1.0001
+    with pytest.raises(ValueError, match="NaN"):
+        tf_ops.quantize_rows(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="matrix"):
+        tf_ops.quantize_rows(np.ones(3))
+
+
+# ---- the kernels: against float64 with the same dequantized weights (checks the kernel, not the scheme) -------
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("proj,cell_clip,proj_clip", [(0, 0.0, 0.0), (9, 0.5, 0.3)])
+def test_lstm_int8_kernel_matches_float64_dequantized(rng, direction, time_major, proj, cell_clip, proj_clip):
+    batch, max_time, units = int(rng.integers(1, 7)), int(rng.integers(1, 12)), int(rng.integers(1, 40))
+    a = make_inputs(rng, "lstm", direction, batch, max_time, units, proj, time_major)
+    rk_q, rk_s = tf_ops.quantize_rows(a["rk"])
+    pk_q, pk_s = tf_ops.quantize_rows(a["pk"]) if proj else (None, None)
+    out, h, c = tf_ops.lstm_sequence_int8(a["x"], rk_q, rk_s, a["lengths"], a["h0"], a["c0"], pk_q, pk_s,
+                                          direction=direction, time_major=time_major, cell_clip=cell_clip,
+                                          proj_clip=proj_clip, implementation="op")
+    want = rnn_forward("lstm", a["x"], tf_ops.dequantize_rows(rk_q, rk_s), a["lengths"], a["h0"], a["c0"],
+                       projection_kernel=tf_ops.dequantize_rows(pk_q, pk_s) if proj else None,
+                       cell_clip=cell_clip, proj_clip=proj_clip, direction=direction, time_major=time_major)
+    assert rel_err(out, want[0]) < 1e-5
+    assert rel_err(h, want[1]) < 1e-5
+    assert rel_err(c, want[2]) < 1e-5
+    check_padding_is_zero(out, a["lengths"], time_major)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_gru_int8_kernel_matches_float64_dequantized(rng, direction):
+    a = make_inputs(rng, "gru", direction, 5, 9, 33)
+    rk_q, rk_s = tf_ops.quantize_rows(a["rk"])
+    out, h = tf_ops.gru_sequence_int8(a["x"], rk_q, rk_s, a["rb"], a["lengths"], a["h0"], direction=direction,
+                                      implementation="op")
+    want = rnn_forward("gru", a["x"], tf_ops.dequantize_rows(rk_q, rk_s), a["lengths"], a["h0"],
+                       recurrent_bias=a["rb"], direction=direction)
+    assert rel_err(out, want[0]) < 1e-5
+    assert rel_err(h, want[1]) < 1e-5
+
+
+def test_large_int8_split_across_threads_matches_reference_path(rng):
+    a = make_inputs(rng, "lstm", "forward", 3, 6, 300, full=True)
+    rk_q, rk_s = tf_ops.quantize_rows(a["rk"])
+    got = tf_ops.lstm_sequence_int8(a["x"], rk_q, rk_s, a["lengths"], a["h0"], a["c0"], implementation="op")
+    want = tf_ops.lstm_sequence_int8(a["x"], rk_q, rk_s, a["lengths"], a["h0"], a["c0"], implementation="reference")
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+
+
+def test_int8_op_rejects_bad_inputs_by_name(rng):
+    a = make_inputs(rng, "lstm", "forward", 2, 3, 4)
+    rk_q, rk_s = tf_ops.quantize_rows(a["rk"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="recurrent_kernel_q8 must be int8"):
+        tf_ops.lstm_sequence_int8(a["x"], a["rk"], rk_s, a["lengths"], a["h0"], a["c0"], implementation="op")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="recurrent_scale"):
+        tf_ops.lstm_sequence_int8(a["x"], rk_q, -rk_s, a["lengths"], a["h0"], a["c0"], implementation="op")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="recurrent_scale"):
+        tf_ops.lstm_sequence_int8(a["x"], rk_q, rk_s[:, :2], a["lengths"], a["h0"], a["c0"], implementation="op")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sequence_lengths"):
+        tf_ops.lstm_sequence_int8(a["x"], rk_q, rk_s, np.array([9, 1], np.int32), a["h0"], a["c0"],
+                                  implementation="op")
+
+
+# ---- the scheme's error against the float32 model -------------------------------------------------------------
+@pytest.mark.parametrize("cell,units,num_proj", [("lstm", 256, None), ("lstm", 512, 128), ("gru", 256, None)])
+def test_scheme_error_under_one_percent_over_100_steps(rng, cell, units, num_proj):
+    """Relative L2 error of the outputs of an int8 layer against its float32 original, random Glorot weights."""
+    layer_cls = tf_ops.FusedLSTM if cell == "lstm" else tf_ops.FusedGRU
+    kwargs = dict(num_proj=num_proj) if num_proj else {}
+    float_layer = layer_cls(units, return_sequences=True, recurrent_initializer="glorot_uniform", bias_initializer=
+                            "glorot_uniform", **kwargs)
+    x = tf.constant(rng.standard_normal((4, 100, 64)).astype(np.float32))
+    float_out = float_layer(x).numpy()
+    int8_layer = layer_cls(units, return_sequences=True, int8_weights=True, **kwargs)
+    int8_layer.build(x.shape)
+    int8_layer.set_weights(tf_ops.quantized_weights(float_layer))
+    int8_out = int8_layer(x).numpy()
+    err = np.linalg.norm(int8_out - float_out) / np.linalg.norm(float_out)
+    print(f"{cell} H={units} P={num_proj}: relative L2 error {err:.2e}")
+    assert err < 0.01
+
+
+# ---- Keras: conversion, save/load, SavedModel ---------------------------------------------------------------
+def _float_model(rng):
+    inputs = keras.Input((None, 6))
+    h = keras.layers.Masking(0.0)(inputs)
+    h = tf_ops.FusedLSTM(16, num_proj=8, cell_clip=3.0, proj_clip=3.0, bidirectional=True, return_sequences=True)(h)
+    h = tf_ops.FusedGRU(12)(h)
+    model = keras.Model(inputs, keras.layers.Dense(3)(h))
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.4 for w in model.get_weights()])
+    return model
+
+
+def test_quantize_model_saves_loads_and_exports_int8_weights(rng, tmp_path):
+    model = _float_model(rng)
+    x = rng.standard_normal((3, 7, 6)).astype(np.float32)
+    x[1, 5:] = 0.0  # a shorter sequence (masked)
+    int8_model = tf_ops.quantize_model(model)
+    fused = [layer for layer in int8_model.layers if isinstance(layer, (tf_ops.FusedLSTM, tf_ops.FusedGRU))]
+    assert len(fused) == 2 and all(layer.int8_weights for layer in fused)
+    int8_vars = [v for layer in fused for v in layer.weights if v.dtype == "int8"]
+    assert len(int8_vars) == 2 + 2 + 1  # LSTM: recurrent + projection per direction; GRU: recurrent
+    assert all(not v.trainable for v in int8_vars)
+    want = int8_model(x).numpy()
+    # Close to the float model (the scheme), identical to the same network run on dequantized float weights.
+    float_out = model(x).numpy()
+    assert np.linalg.norm(want - float_out) / np.linalg.norm(float_out) < 0.02
+    path = os.path.join(tmp_path, "int8.keras")
+    int8_model.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(reloaded(x).numpy(), want)
+    export_dir = os.path.join(tmp_path, "saved")
+    int8_model.export(export_dir, verbose=False)
+    loaded = tf.saved_model.load(export_dir)
+    np.testing.assert_allclose(loaded.serve(tf.constant(x)).numpy(), want, rtol=1e-6, atol=1e-6)
+    saved_dtypes = {v.dtype for v in loaded.variables}
+    assert tf.int8 in saved_dtypes
+
+
+def test_quantize_model_rejects_keras_bidirectional_wrapper():
+    inputs = keras.Input((None, 4))
+    outputs = keras.layers.Bidirectional(tf_ops.FusedLSTM(5))(inputs)
+    with pytest.raises(ValueError, match="bidirectional=True"):
+        tf_ops.quantize_model(keras.Model(inputs, outputs))

@@ -1,0 +1,75 @@
+"""INT8 recurrent weights: the per-row scheme, and conversion of trained float layers and models.
+
+    q, scale = tf_ops.quantize_rows(w)           # w [..., rows, cols] float -> int8 q, float32 scale [..., rows]
+    int8_model = tf_ops.quantize_model(model)    # every FusedLSTM/FusedGRU holds int8 recurrent weights
+
+Scheme: scale = 127 / max|row|, q = round(row * scale) (ties to even, as numpy and TF round), so the largest
+|value| of every row maps to +-127; a zero row gets scale 0 and q = 0. Dequantized: row = q / scale. Only the
+recurrent and projection kernels are quantized; input kernels, biases, inputs, outputs and arithmetic stay float32.
+"""
+import keras
+import numpy as np
+
+
+def quantize_rows(w):
+    """Per-row INT8 quantization of w [..., rows, cols]. Returns (q int8 like w, scale float32 [..., rows])."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim < 2:
+        raise ValueError(f"quantize_rows needs a matrix (or a stack of them), got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("quantize_rows: the weights contain NaN or Inf")
+    row_max = np.max(np.abs(w), axis=-1)
+    scale = np.where(row_max > 0, np.float32(127.0) / np.where(row_max > 0, row_max, 1), 0).astype(np.float32)
+    q = np.rint(w * scale[..., None])
+    return np.clip(q, -127, 127).astype(np.int8), scale
+
+
+def dequantize_rows(q, scale):
+    """q / scale per row (0 for a zero scale), float32."""
+    q = np.asarray(q, np.float32)
+    scale = np.asarray(scale, np.float32)
+    inv = np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1), 0).astype(np.float32)
+    return q * inv[..., None]
+
+
+def quantized_weights(layer):
+    """The weights of `layer` (a built float FusedLSTM/FusedGRU) in the order of its int8_weights=True twin."""
+    from tf_ops import layers  # noqa: avoid an import cycle at module load
+
+    if not isinstance(layer, layers._FusedRNN):
+        raise ValueError(f"quantized_weights takes a FusedLSTM or FusedGRU, got {type(layer).__name__}")
+    if layer.int8_weights:
+        return layer.get_weights()
+    # Keras orders a layer's weights trainable first, then non-trainable (the int8 kernels and their scales).
+    trainable, frozen = [], []
+    for names in layer._weight_names:
+        for role, name in names.items():
+            value = keras.ops.convert_to_numpy(getattr(layer, name))
+            if role in ("recurrent_kernel", "projection_kernel"):
+                frozen.extend(quantize_rows(value))
+            else:
+                trainable.append(value)
+    return trainable + frozen
+
+
+def quantize_model(model):
+    """A copy of `model` whose FusedLSTM/FusedGRU layers hold int8 recurrent (and projection) weights."""
+    from tf_ops import layers
+
+    def clone(layer):
+        if isinstance(layer, layers._FusedRNN):
+            config = layer.get_config()
+            config["int8_weights"] = True
+            return type(layer).from_config(config)
+        if isinstance(layer, keras.layers.Bidirectional) and isinstance(layer.forward_layer, layers._FusedRNN):
+            raise ValueError("quantize_model: use FusedLSTM/FusedGRU(bidirectional=True) instead of wrapping them "
+                             "in keras.layers.Bidirectional")
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for src, dst in zip(model.layers, copy.layers):
+        if isinstance(src, layers._FusedRNN):
+            dst.set_weights(quantized_weights(src))
+        else:
+            dst.set_weights(src.get_weights())
+    return copy
