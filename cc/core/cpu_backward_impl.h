@@ -40,19 +40,19 @@ inline const float* HPrevRow(const BwdCtx& c, int64_t b, int64_t step, const Bwd
 }
 inline float* DxRow(const BwdCtx& c, int64_t b, int64_t pos) { return c.d_x + b * c.x_b_stride + pos * c.x_t_stride; }
 
-// Stage 1 of a step, per active row: dh = d_output + carry; records h_{t-1} (transposed) and, with a
-// projection, dr.
-inline void BwdStepRows(const BwdCtx& c, int64_t step) {
+// Per active row of `step`, for recurrent columns [col0, col1): dh = d_output + carry; the h_{t-1} record
+// (transposed) and, with a projection, dr. Runs after the carry of those columns is final (the step after).
+inline void BwdPrepColumns(const BwdCtx& c, int64_t step, int64_t col0, int64_t col1) {
   const int64_t R = c.R, N = c.B * c.T;
   for (int64_t b = 0; b < c.B; ++b) {
     const BwdRow rs = BwdRowAt(c, b, step);
     if (!rs.active) continue;
     const float* h_prev = HPrevRow(c, b, step, rs);
-    for (int64_t r = 0; r < R; ++r) c.hprev_t[r * N + rs.n] = h_prev[r];
+    for (int64_t r = col0; r < col1; ++r) c.hprev_t[r * N + rs.n] = h_prev[r];
     const float* d_out = c.d_output + b * c.out_b_stride + rs.pos * c.out_t_stride;
     const float* r_pre = c.P > 0 ? c.reserve + rs.n * c.reserve_features + 5 * c.H : nullptr;
-    for (int64_t j = 0; j < R; j += kW) {
-      const int n = Valid(R, j);
+    for (int64_t j = col0; j < col1; j += kW) {
+      const int n = Valid(col1, j);
       V dh = Isa::Add(Isa::LoadN(d_out + j, n), Isa::LoadN(c.dh_carry + b * R + j, n));
       Isa::StoreN(c.dh_tot + b * R + j, dh, n);
       if (c.P > 0) {
@@ -184,13 +184,13 @@ template <int MR> struct GruBwdOp { static void Run(const BwdCtx& c, int64_t s, 
 template <int MR> struct CarryOp { static void Run(const BwdCtx& c, int64_t s, int64_t b, int64_t q) { CarryBlock<MR>(c, s, b, q); } };
 
 template <template <int> class Block>
-inline void BwdRowGroups(const BwdCtx& c, int64_t step, int64_t num_blocks) {
+inline void BwdRowGroups(const BwdCtx& c, int64_t step, int64_t block_begin, int64_t block_end) {
   constexpr int kMR = Isa::kMaxRows;
   auto any_active = [&](int64_t first, int rows) {
     for (int m = 0; m < rows; ++m) if (step < c.lengths[first + m]) return true;
     return false;
   };
-  for (int64_t u = 0; u < num_blocks; ++u) {
+  for (int64_t u = block_begin; u < block_end; ++u) {
     int64_t b = 0;
     for (; b + kMR <= c.B; b += kMR) {
       if (any_active(b, kMR)) Block<kMR>::Run(c, step, b, u);
@@ -201,21 +201,20 @@ inline void BwdRowGroups(const BwdCtx& c, int64_t step, int64_t num_blocks) {
   }
 }
 
-void LstmBackward(const BwdCtx& c) {
-  for (int64_t step = c.max_len - 1; step >= 0; --step) {
-    BwdStepRows(c, step);
-    BwdRowGroups<LstmBwdOp>(c, step, CeilDiv(c.H, kBlock));
-    BwdRowGroups<CarryOp>(c, step, CeilDiv(c.R, kBlock));
-  }
+// A step's two stages, each over a range of 16-column blocks (threads split blocks; see the driver):
+// gates over unit blocks [u0, u1); then carry over recurrent-column blocks [q0, q1), followed by the next
+// (earlier) step's prep of the same columns.
+void BwdGates(const BwdCtx& c, int64_t step, int64_t u0, int64_t u1) {
+  if (c.dhu != nullptr) BwdRowGroups<GruBwdOp>(c, step, u0, u1);
+  else BwdRowGroups<LstmBwdOp>(c, step, u0, u1);
 }
 
-void GruBackward(const BwdCtx& c) {
-  for (int64_t step = c.max_len - 1; step >= 0; --step) {
-    BwdStepRows(c, step);
-    BwdRowGroups<GruBwdOp>(c, step, CeilDiv(c.H, kBlock));
-    BwdRowGroups<CarryOp>(c, step, CeilDiv(c.R, kBlock));
-  }
+void BwdCarry(const BwdCtx& c, int64_t step, int64_t q0, int64_t q1) {
+  BwdRowGroups<CarryOp>(c, step, q0, q1);
+  if (step > 0) BwdPrepColumns(c, step - 1, q0 * kBlock, std::min(q1 * kBlock, c.R));
 }
+
+void BwdPrep(const BwdCtx& c, int64_t step, int64_t col0, int64_t col1) { BwdPrepColumns(c, step, col0, col1); }
 
 // ---- weight gradients: out = A^T-records times rows, a register tile of kWgRows x kWgVecs vectors ----------------
 constexpr int kWgVecs = 4;

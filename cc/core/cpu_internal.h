@@ -4,6 +4,7 @@
 #define FUSED_RNN_CORE_CPU_INTERNAL_H_
 
 #include <cstdint>
+#include <functional>
 
 #include "cc/core/fused_rnn.h"
 
@@ -90,8 +91,11 @@ struct StepKernels {
   void (*lstm_gates)(const ChainCtx&, int64_t step, int64_t block_begin, int64_t block_end);
   void (*lstm_projection)(const ChainCtx&, int64_t step, int64_t block_begin, int64_t block_end);
   void (*gru_gates)(const ChainCtx&, int64_t step, int64_t block_begin, int64_t block_end);
-  void (*lstm_backward)(const BwdCtx&);  // the whole sequential backward of one direction
-  void (*gru_backward)(const BwdCtx&);
+  // Backward step stages (cpu_backward_impl.h): gates over unit blocks, carry over recurrent-column blocks (and
+  // the next step's prep of those columns), and a step's prep over a column range.
+  void (*bwd_gates)(const BwdCtx&, int64_t step, int64_t block_begin, int64_t block_end);
+  void (*bwd_carry)(const BwdCtx&, int64_t step, int64_t block_begin, int64_t block_end);
+  void (*bwd_prep)(const BwdCtx&, int64_t step, int64_t col_begin, int64_t col_end);
   void (*weight_grad)(const WeightGradArgs&, int64_t k_begin, int64_t k_end);
   int64_t weight_grad_stripe;  // columns per weight_grad tile stripe (split work on multiples of it)
 };
@@ -100,6 +104,13 @@ struct StepKernels {
 extern const StepKernels kPortableKernels;
 extern const StepKernels kAvx2Kernels;
 extern const StepKernels kAvx512Kernels;
+
+// Runs stages [0, num_stages) of `num_chains` independent chains, each cut into `slices` slices, on the caller
+// and up to threads - 1 helpers: stage k of a chain starts once every slice of its stage k - 1 is done; a thread
+// keeps the slices it claimed. `setup` runs on the caller while helpers may already run stage 0; no later stage
+// starts before it returns. The forward's scheduler (fused_rnn_cpu.cc), shared with the backward.
+void RunStaged(int num_chains, int64_t slices, int64_t num_stages, int threads, ParallelRunner* runner,
+               std::function<void(int chain, int64_t slice, int64_t stage)> stage_fn, const std::function<void()>& setup);
 
 // The kernels of the widest ISA this CPU runs (or FUSED_RNN_ISA's choice).
 const StepKernels& PickKernels();

@@ -115,6 +115,8 @@ struct Job {
   const float* rec_scale[2] = {nullptr, nullptr};   // [R]
   const float* proj_scale[2] = {nullptr, nullptr};  // [H]
   const StepKernels* kernels = nullptr;
+  // Set by RunStaged (the backward): runs every stage instead of the forward's packing and step kernels.
+  std::function<void(int, int64_t, int64_t)> custom;
 };
 
 // dst[0..16) = src[0..n), zero past n. Inline: a memcpy + fill call per 64-byte piece cost more than the copy
@@ -197,6 +199,10 @@ void PackSlice(const Job& job, int chain, int64_t slice) {
 }
 
 void RunStage(const Job& job, int chain, int64_t slice, int64_t stage) {
+  if (job.custom) {
+    job.custom(chain, slice, stage);
+    return;
+  }
   if (stage == 0) {
     PackSlice(job, chain, slice);
     return;
@@ -283,6 +289,26 @@ void Participate(const std::shared_ptr<Job>& job, int preferred, bool is_caller)
 }
 
 }  // namespace
+
+void cpu::RunStaged(int num_chains, int64_t slices, int64_t num_stages, int threads, ParallelRunner* runner,
+                    std::function<void(int, int64_t, int64_t)> stage_fn, const std::function<void()>& setup) {
+  auto job = std::make_shared<Job>();
+  job->num_chains = num_chains;
+  job->custom = std::move(stage_fn);
+  for (int c = 0; c < num_chains; ++c) {
+    job->chains[c].num_slices = slices;
+    job->chains[c].num_stages = num_stages;
+  }
+  const int64_t threads_per_chain = std::max<int64_t>(1, threads / num_chains);
+  job->share = CeilDiv(slices, threads_per_chain);
+  for (int i = 1; i < threads && runner != nullptr; ++i) {
+    std::shared_ptr<Job> keep = job;
+    runner->Schedule([keep, i]() { Participate(keep, i % keep->num_chains, /*is_caller=*/false); });
+  }
+  setup();
+  job->ready.store(true, std::memory_order_release);
+  Participate(job, 0, /*is_caller=*/true);
+}
 
 const char* CpuIsaName() { return cpu::PickKernels().name; }
 

@@ -1,5 +1,6 @@
-// CPU driver of the backward pass: packs the transposed weights, runs each direction's sequential part on its
-// own thread, then the weight gradients (one product over every position) split over all threads.
+// CPU driver of the backward pass: the sequential part (packing the transposed weights, then two stages per step)
+// on the forward's stage scheduler, then the weight gradients (one product over every position) split over all
+// threads.
 //
 // Why this split: the sequential part only needs dh @ U^T per step (the same work as a forward step); the
 // weight gradient sum_t h_{t-1}^T da_t is independent across steps, so it runs afterwards as one large product
@@ -14,6 +15,10 @@
 
 #include "cc/core/cpu_internal.h"
 #include "cc/core/fused_rnn.h"
+
+#ifndef FUSED_RNN_SPLIT_FLOPS
+#define FUSED_RNN_SPLIT_FLOPS 3.0e5
+#endif
 
 namespace fused_rnn {
 namespace {
@@ -79,9 +84,10 @@ void ParallelFor(int64_t total, int64_t max_threads, ParallelRunner* runner, std
   }
 }
 
-// U [R][GH] -> panels over R of [GH][16]; P [H][P] -> panels over H of [P][16] (zero past the edge).
-void PackTransposed(const float* w, int64_t rows, int64_t cols, float* packed) {
-  for (int64_t q = 0; q < CeilDiv(rows, kBlock); ++q) {
+// U [R][GH] -> panels over R of [GH][16]; P [H][P] -> panels over H of [P][16] (zero past the edge); panels
+// [q0, q1) only.
+void PackTransposed(const float* w, int64_t rows, int64_t cols, float* packed, int64_t q0, int64_t q1) {
+  for (int64_t q = q0; q < q1; ++q) {
     float* panel = packed + q * cols * kBlock;
     for (int64_t l = 0; l < kBlock; ++l) {
       const int64_t r = q * kBlock + l;
@@ -158,24 +164,53 @@ void cpu::CpuBackwardWithKernels(const StepKernels& kernels, const RnnShape& s, 
     c.dr = P > 0 ? base + l.dr : nullptr;
     c.dhu = lstm ? nullptr : base + l.dhu;
   }
-  // d_x_proj is zero past each length (the forward never read x_proj there).
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = lengths[b]; t < T; ++t) std::memset(a.d_x_proj + b * x_b_stride + t * x_t_stride, 0, sizeof(float) * x_w);
+  // Phase 1, the sequential part, on the forward's stage scheduler: per direction (chain), stage 0 packs the
+  // transposed weights, then every step is two stages: gates over unit blocks, then the carry over recurrent
+  // columns (with the next step's prep of those columns). Threads split blocks, as in the forward, once a step
+  // is long enough to pay for the hand-off.
+  const int helpers_available = runner ? std::max(0, runner->NumHelperThreads()) : 0;
+  const double step_flops = 2.0 * B * (static_cast<double>(R) * GH + static_cast<double>(H) * P);
+  const int64_t unit_blocks = CeilDiv(H, kBlock), col_blocks = CeilDiv(R, kBlock);
+  int64_t slices = 1;
+  int threads = (D == 2 && helpers_available >= 1) ? 2 : 1;
+  if (step_flops >= FUSED_RNN_SPLIT_FLOPS && helpers_available >= 1) {
+    const int total = 1 + helpers_available;
+    slices = std::min<int64_t>(std::max(unit_blocks, col_blocks), std::max(1, total / static_cast<int>(D)));
+    threads = static_cast<int>(std::min<int64_t>(total, slices * D));
   }
-
-  // Phase 1: each direction's sequential pass on its own thread.
-  ParallelFor(D, D, runner, [&](int64_t d) {
-    BwdCtx& c = ctx[d];
-    float* base = scratch + d * l.per_dir;
-    PackTransposed(a.recurrent_kernel + d * R * GH, R, GH, const_cast<float*>(c.ut_packed));
-    if (P > 0) PackTransposed(a.projection_kernel + d * H * P, H, P, const_cast<float*>(c.pt_packed));
-    // Records of positions past a length stay zero, so the weight products can run over every position.
-    std::memset(base + l.hprev_t, 0, sizeof(float) * (l.per_dir - l.hprev_t));
-    std::memcpy(c.dh_carry, a.d_final_h + d * B * R, sizeof(float) * B * R);
-    if (lstm) std::memcpy(c.dc_carry, a.d_final_c + d * B * H, sizeof(float) * B * H);
-    if (lstm) kernels.lstm_backward(c);
-    else kernels.gru_backward(c);
-  });
+  const int64_t S = slices;
+  auto stage_fn = [&](int d, int64_t slice, int64_t stage) {
+    const BwdCtx& c = ctx[d];
+    const int64_t u0 = slice * unit_blocks / S, u1 = (slice + 1) * unit_blocks / S;
+    const int64_t q0 = slice * col_blocks / S, q1 = (slice + 1) * col_blocks / S;
+    if (stage == 0) {
+      PackTransposed(a.recurrent_kernel + d * R * GH, R, GH, const_cast<float*>(c.ut_packed), q0, q1);
+      if (P > 0) PackTransposed(a.projection_kernel + d * H * P, H, P, const_cast<float*>(c.pt_packed), u0, u1);
+      return;
+    }
+    const int64_t step = max_len - 1 - (stage - 1) / 2;
+    if ((stage - 1) % 2 == 0) kernels.bwd_gates(c, step, u0, u1);
+    else kernels.bwd_carry(c, step, q0, q1);
+  };
+  auto setup = [&]() {
+    // d_x_proj is zero past each length (the forward never read x_proj there).
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = lengths[b]; t < T; ++t) std::memset(a.d_x_proj + b * x_b_stride + t * x_t_stride, 0, sizeof(float) * x_w);
+    }
+    for (int d = 0; d < D; ++d) {
+      // Records of positions past a length stay zero, so the weight products can run over every position.
+      float* base = scratch + d * l.per_dir;
+      std::memset(base + l.hprev_t, 0, sizeof(float) * (l.per_dir - l.hprev_t));
+      std::memcpy(ctx[d].dh_carry, a.d_final_h + d * B * R, sizeof(float) * B * R);
+      if (lstm) std::memcpy(ctx[d].dc_carry, a.d_final_c + d * B * H, sizeof(float) * B * H);
+      if (max_len > 0) kernels.bwd_prep(ctx[d], max_len - 1, 0, R);
+    }
+  };
+  if (max_len == 0) {
+    setup();
+  } else {
+    cpu::RunStaged(static_cast<int>(D), S, 1 + 2 * max_len, threads, runner, stage_fn, setup);
+  }
 
   // Phase 2: dU (and the GRU's recurrent bias) and dP, column stripes over every thread.
   WeightGradArgs wg[2][2];
@@ -200,19 +235,19 @@ void cpu::CpuBackwardWithKernels(const StepKernels& kernels, const RnnShape& s, 
   }
   // Tasks: (direction, matrix, column chunk); chunks are whole tile stripes.
   const int64_t stripe = kernels.weight_grad_stripe;
-  const int64_t threads = 1 + (runner ? std::max(0, runner->NumHelperThreads()) : 0);
+  const int64_t all_threads = 1 + helpers_available;
   struct Task { int d, which; int64_t k0, k1; };
   std::vector<Task> tasks;
   for (int d = 0; d < D; ++d) {
     for (int which = 0; which < (P > 0 ? 2 : 1); ++which) {
       const int64_t K = wg[d][which].K, stripes = CeilDiv(K, stripe);
-      const int64_t chunks = std::min<int64_t>(stripes, 4 * threads);
+      const int64_t chunks = std::min<int64_t>(stripes, 4 * all_threads);
       for (int64_t i = 0; i < chunks; ++i) {
         tasks.push_back({d, which, (i * stripes / chunks) * stripe, std::min(K, ((i + 1) * stripes / chunks) * stripe)});
       }
     }
   }
-  ParallelFor(static_cast<int64_t>(tasks.size()), threads, runner, [&](int64_t i) {
+  ParallelFor(static_cast<int64_t>(tasks.size()), all_threads, runner, [&](int64_t i) {
     const Task& t = tasks[i];
     kernels.weight_grad(wg[t.d][t.which], t.k0, t.k1);
   });
