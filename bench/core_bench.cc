@@ -33,7 +33,9 @@ class SpinPool : public fused_rnn::ParallelRunner {
   std::vector<std::thread> threads_;
 };
 
-double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int helpers) {
+enum class Mode { kForward, kInt8Forward, kBackward };
+
+double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int helpers, Mode mode) {
   fused_rnn::RnnShape s;
   s.cell = cell;
   s.direction = bidi ? fused_rnn::Direction::kBidirectional : fused_rnn::Direction::kForward;
@@ -45,9 +47,11 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
   std::normal_distribution<float> n01(0.f, 0.1f);
   auto rand = [&](int64_t n) { std::vector<float> v(n); for (auto& e : v) e = n01(rng); return v; };
   auto x = rand(B * 100 * D * G * H), rk = rand(D * H * G * H), h0 = rand(D * B * H), c0 = rand(D * B * H);
-  std::vector<float> out(B * 100 * D * H), fh(D * B * H), fc(D * B * H);
-  std::vector<float> scratch(fused_rnn::CpuForwardScratchFloats(s) + 16);
-  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+  std::vector<float> out(B * 100 * D * H), fh(D * B * H), fc(D * B * H), reserve(fused_rnn::ReserveFloats(s));
+  // INT8 weights: any int8 values and scales time the same as real ones.
+  std::vector<int8_t> rk_q8(rk.size());
+  for (size_t i = 0; i < rk.size(); ++i) rk_q8[i] = static_cast<int8_t>(static_cast<int>(rk[i] * 1000) % 127);
+  std::vector<float> rk_scale(D * H, 100.f);
   fused_rnn::RnnForwardArgs a;
   a.x_proj = x.data();
   a.recurrent_kernel = rk.data();
@@ -56,18 +60,46 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
   a.output = out.data();
   a.final_h = fh.data();
   a.final_c = fc.data();
+  if (mode == Mode::kInt8Forward) {
+    s.int8_weights = true;
+    a.recurrent_kernel = nullptr;
+    a.recurrent_kernel_q8 = rk_q8.data();
+    a.recurrent_scale = rk_scale.data();
+  }
+  std::vector<float> scratch(std::max(fused_rnn::CpuForwardScratchFloats(s), fused_rnn::CpuBackwardScratchFloats(s)) + 16);
+  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+  std::vector<float> dx(x.size()), drk(rk.size()), dh0(h0.size()), dc0(c0.size()), drb(D * G * H);
+  fused_rnn::RnnBackwardArgs g;
+  if (mode == Mode::kBackward) {
+    a.reserve = reserve.data();
+    fused_rnn::CpuForward(s, a, aligned, nullptr);
+    g.recurrent_kernel = rk.data();
+    g.initial_h = h0.data();
+    g.initial_c = c0.data();
+    g.output = out.data();
+    g.reserve = reserve.data();
+    g.d_output = out.data();  // any values time the same
+    g.d_final_h = fh.data();
+    g.d_final_c = fc.data();
+    g.d_x_proj = dx.data();
+    g.d_recurrent_kernel = drk.data();
+    g.d_recurrent_bias = drb.data();
+    g.d_initial_h = dh0.data();
+    g.d_initial_c = dc0.data();
+  }
   std::vector<double> times;
-  for (int i = 0; i < 30; ++i) {
+  for (int i = 0; i < 23; ++i) {
     SpinPool pool(helpers);
-    timespec c0, c1;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+    timespec t_cpu0, t_cpu1;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t_cpu0);
     const auto t0 = std::chrono::steady_clock::now();
-    fused_rnn::CpuForward(s, a, aligned, &pool);
+    if (mode == Mode::kBackward) fused_rnn::CpuBackward(s, g, aligned, &pool);
+    else fused_rnn::CpuForward(s, a, aligned, &pool);
     const auto t1 = std::chrono::steady_clock::now();
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t_cpu1);
     pool.Join();
     // With no helpers, the calling thread's CPU time is barely touched by other processes' load.
-    const double cpu_ms = (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) * 1e-6;
+    const double cpu_ms = (t_cpu1.tv_sec - t_cpu0.tv_sec) * 1e3 + (t_cpu1.tv_nsec - t_cpu0.tv_nsec) * 1e-6;
     if (i >= 3) times.push_back(helpers == 0 && kCpuTime ? cpu_ms : std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
   std::sort(times.begin(), times.end());
@@ -79,16 +111,24 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) kCpuTime |= std::string(argv[i]) == "--cpu-time";
   std::printf("core only (no TF), T=100, ISA %s, median ms\n", fused_rnn::CpuIsaName());
-  std::printf("%-22s %10s %10s\n", "case", "1 thread", "2 threads");
+  std::printf("%-20s | %-21s | %-21s | %-21s\n", "", "forward float32", "forward int8", "backward");
+  std::printf("%-20s | %10s %10s | %10s %10s | %10s %10s\n", "case", "1 thread", "2 threads", "1 thread",
+              "2 threads", "1 thread", "2 threads");
   struct C { const char* name; fused_rnn::CellType cell; bool bidi; int64_t H, B; };
   for (const C& c : {C{"LSTM H=100 B=1", fused_rnn::CellType::kLstm, false, 100, 1},
                      C{"LSTM H=256 B=1", fused_rnn::CellType::kLstm, false, 256, 1},
                      C{"LSTM H=512 B=1", fused_rnn::CellType::kLstm, false, 512, 1},
                      C{"LSTM H=1024 B=1", fused_rnn::CellType::kLstm, false, 1024, 1},
                      C{"LSTM H=512 B=16", fused_rnn::CellType::kLstm, false, 512, 16},
+                     C{"LSTM H=512 B=32", fused_rnn::CellType::kLstm, false, 512, 32},
                      C{"biLSTM H=100 B=1", fused_rnn::CellType::kLstm, true, 100, 1},
                      C{"GRU H=256 B=1", fused_rnn::CellType::kGru, false, 256, 1}}) {
-    std::printf("%-22s %10.3f %10.3f\n", c.name, TimeMs(c.cell, c.bidi, c.H, c.B, 0), TimeMs(c.cell, c.bidi, c.H, c.B, 1));
+    std::printf("%-20s", c.name);
+    for (Mode m : {Mode::kForward, Mode::kInt8Forward, Mode::kBackward}) {
+      std::printf(" | %10.3f %10.3f", TimeMs(c.cell, c.bidi, c.H, c.B, 0, m), TimeMs(c.cell, c.bidi, c.H, c.B, 1, m));
+    }
+    std::printf("\n");
+    std::fflush(stdout);
   }
   return 0;
 }

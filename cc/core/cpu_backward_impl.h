@@ -15,6 +15,8 @@
 #error "include cpu_kernels_impl.h first"
 #endif
 
+#include <vector>
+
 namespace fused_rnn {
 namespace cpu {
 namespace FUSED_RNN_ISA_NS {
@@ -221,29 +223,30 @@ constexpr int kWgVecs = 4;
 constexpr int kWgRows = kW == 8 ? 2 : 4;  // AVX2 has 16 registers: 2 x 4 accumulators + 4 loads
 constexpr int64_t kWgStripe = kWgVecs * kW;
 
+constexpr int64_t kWgChunk = 256;  // positions per packed chunk: 256 x 64 floats = 64 KiB, L2-resident
+
+// One register tile over a packed chunk: out[m0.., k0..] (+)= sum_{n in chunk} a_t[m][n0 + n] * packed[n][..].
 template <int MR>
-inline void WeightGradTile(const WeightGradArgs& w, int64_t m0, int64_t k0) {
+inline void WeightGradTile(const WeightGradArgs& w, int64_t m0, int64_t k0, const float* __restrict packed,
+                           int64_t n0, int64_t n1, bool accumulate) {
   V acc[MR][kWgVecs];
   int nv[kWgVecs];
   for (int j = 0; j < kWgVecs; ++j) nv[j] = Valid(w.K, k0 + j * kW);
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < kWgVecs; ++j) acc[m][j] = Isa::Zero();
+    for (int j = 0; j < kWgVecs; ++j)
+      acc[m][j] = accumulate && nv[j] > 0 ? Isa::LoadN(w.out + (m0 + m) * w.K + k0 + j * kW, nv[j]) : Isa::Zero();
   const float* a_rows[MR];
-  for (int m = 0; m < MR; ++m) a_rows[m] = w.a_t + (m0 + m) * w.N;
-  const int64_t B = w.T > 0 ? w.N / w.T : 0;
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = 0; t < w.T; ++t) {
-      const int64_t n = b * w.T + t;
-      const float* row = w.rows + b * w.b_stride + t * w.t_stride + k0;
-      V bv[kWgVecs];
+  for (int m = 0; m < MR; ++m) a_rows[m] = w.a_t + (m0 + m) * w.N + n0;
+  for (int64_t n = 0; n < n1 - n0; ++n) {
+    const float* row = packed + n * kWgStripe;
+    V bv[kWgVecs];
 #pragma GCC unroll 4
-      for (int j = 0; j < kWgVecs; ++j) bv[j] = nv[j] == kW ? Isa::Load(row + j * kW) : (nv[j] > 0 ? Isa::LoadN(row + j * kW, nv[j]) : Isa::Zero());
+    for (int j = 0; j < kWgVecs; ++j) bv[j] = Isa::Load(row + j * kW);
 #pragma GCC unroll 4
-      for (int m = 0; m < MR; ++m) {
-        const V a = Isa::Set1(a_rows[m][n]);
+    for (int m = 0; m < MR; ++m) {
+      const V a = Isa::Set1(a_rows[m][n]);
 #pragma GCC unroll 4
-        for (int j = 0; j < kWgVecs; ++j) acc[m][j] = Isa::Fma(a, bv[j], acc[m][j]);
-      }
+      for (int j = 0; j < kWgVecs; ++j) acc[m][j] = Isa::Fma(a, bv[j], acc[m][j]);
     }
   }
   for (int m = 0; m < MR; ++m)
@@ -251,21 +254,37 @@ inline void WeightGradTile(const WeightGradArgs& w, int64_t m0, int64_t k0) {
       if (nv[j] > 0) Isa::StoreN(w.out + (m0 + m) * w.K + k0 + j * kW, acc[m][j], nv[j]);
 }
 
+// The rows are strided (a position's row of d_x_proj is D*G*H floats from the next): each stripe of columns is
+// copied chunk by chunk into a contiguous, L2-resident buffer first, so the tiles stream it without TLB misses.
 void WeightGrad(const WeightGradArgs& w, int64_t k_begin, int64_t k_end) {
+  std::vector<float> packed_storage(kWgChunk * kWgStripe + kW);
+  float* packed = packed_storage.data();
+  const int64_t T = w.T > 0 ? w.T : 1;
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kWgStripe) {
-    int64_t m = 0;
-    for (; m + kWgRows <= w.M; m += kWgRows) WeightGradTile<kWgRows>(w, m, k0);
-    for (; m < w.M; ++m) WeightGradTile<1>(w, m, k0);
+    V bias_sum[kWgVecs];
+    for (int j = 0; j < kWgVecs; ++j) bias_sum[j] = Isa::Zero();
+    bool first = true;
+    for (int64_t n0 = 0; n0 < w.N || first; n0 += kWgChunk) {
+      const int64_t n1 = std::min(w.N, n0 + kWgChunk);
+      for (int64_t n = n0; n < n1; ++n) {
+        const float* src = w.rows + (n / T) * w.b_stride + (n % T) * w.t_stride + k0;
+        float* dst = packed + (n - n0) * kWgStripe;
+        for (int j = 0; j < kWgVecs; ++j) {
+          const int nv = Valid(w.K, k0 + j * kW);
+          const V v = nv > 0 ? Isa::LoadN(src + j * kW, nv) : Isa::Zero();
+          Isa::Store(dst + j * kW, v);
+          if (w.bias_out != nullptr) bias_sum[j] = Isa::Add(bias_sum[j], v);
+        }
+      }
+      int64_t m = 0;
+      for (; m + kWgRows <= w.M; m += kWgRows) WeightGradTile<kWgRows>(w, m, k0, packed, n0, n1, !first);
+      for (; m < w.M; ++m) WeightGradTile<1>(w, m, k0, packed, n0, n1, !first);
+      first = false;
+    }
     if (w.bias_out != nullptr) {
       for (int j = 0; j < kWgVecs; ++j) {
         const int nv = Valid(w.K, k0 + j * kW);
-        if (nv == 0) continue;
-        V sum = Isa::Zero();
-        const int64_t B = w.T > 0 ? w.N / w.T : 0;
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t t = 0; t < w.T; ++t)
-            sum = Isa::Add(sum, Isa::LoadN(w.rows + b * w.b_stride + t * w.t_stride + k0 + j * kW, nv));
-        Isa::StoreN(w.bias_out + k0 + j * kW, sum, nv);
+        if (nv > 0) Isa::StoreN(w.bias_out + k0 + j * kW, bias_sum[j], nv);
       }
     }
   }

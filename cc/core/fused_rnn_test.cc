@@ -490,12 +490,16 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{CellType::kGru, Direction::kBidirectional, 4, 5, 18, 0, true, 0, 0},
                       Case{CellType::kGru, Direction::kReverse, 3, 4, 33, 0, false, 0, 0}));
 
-// Sizes whose steps are split across threads (step flops above the split threshold): every thread count gives
-// the same bits, and sampled entries of every gradient match float64 central differences.
+// Sizes whose steps are split across threads (step flops above the split threshold), and sizes with many
+// positions: every thread count gives the same bits, and sampled gradient entries match float64 central
+// differences.
 TEST(BackwardTest, SplitStepsMatchSampledFiniteDifferences) {
   const Case cases[] = {{CellType::kLstm, Direction::kForward, 4, 4, 150, 0, false, 0, 0},
                         {CellType::kLstm, Direction::kBidirectional, 3, 3, 130, 40, false, 0.8f, 0.5f},
-                        {CellType::kGru, Direction::kReverse, 4, 5, 140, 0, true, 0, 0}};
+                        {CellType::kGru, Direction::kReverse, 4, 5, 140, 0, true, 0, 0},
+                        // B*T > 256: the weight gradients accumulate over several packed chunks.
+                        {CellType::kLstm, Direction::kBidirectional, 20, 15, 20, 12, false, 0.9f, 0.6f},
+                        {CellType::kGru, Direction::kForward, 30, 11, 18, 0, true, 0, 0}};
   uint32_t seed = 300;
   for (const Case& c : cases) {
     const Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
