@@ -1,0 +1,451 @@
+"""Train and run the OpenNMT-style translation model (models/nmt_model.py) from raw text.
+
+    python -m models.nmt train --src train.en --tgt train.de --valid-src val.en --valid-tgt val.de \
+        --model-dir /work/nmt_runs/en-de --max-steps 20000 --time-budget 60m
+    python -m models.nmt translate --model-dir /work/nmt_runs/en-de --beam-size 5 < in.en > out.de
+
+train: SentencePiece models trained on the training text (separate, or one shared with --shared-vocab), the model,
+Adam with warm-up and a cosine decay to --max-steps, gradient clipping, length-bucketed batches of about
+--batch-tokens tokens. Every --eval-every steps it translates the validation set (beam search, fused decoder),
+logs sacreBLEU, and checkpoints (ckpt-last.npz, and ckpt-best.npz for the best BLEU). It stops on --max-steps or
+when the run's total time (across resumes) reaches --time-budget, saving a checkpoint; SIGINT/SIGTERM also save
+one and stop. Run the same command again to resume: the model directory holds the config, the SentencePiece
+models and the checkpoint (weights, optimizer state, step, elapsed time); the batch order and every dropout mask
+are functions of (seed, step), so a resumed run continues exactly as an uninterrupted one would.
+train_log.jsonl in the model directory has one line per log/eval event (step, time, loss, BLEU, load average).
+
+translate: raw text lines on stdin, detokenised translations on stdout (n lines per input with --n-best n, best
+first; --with-scores prefixes "score<TAB>").
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import sentencepiece as spm  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from models.nmt_model import NMTConfig, NMTModel, Translator  # noqa: E402
+
+CONFIG_FILE = "config.json"
+LOG_FILE = "train_log.jsonl"
+SPM_SRC, SPM_TGT = "spm_src", "spm_tgt"
+# Special ids fixed in every SentencePiece model trained here (and in NMTConfig's defaults).
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+# ---- text and vocabularies ------------------------------------------------------------------------------------
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f]
+
+
+def train_sentencepiece(files, prefix, vocab_size, model_type, seed_sentences=2_000_000):
+    """Trains a SentencePiece model on the given text files; returns the path of the .model file."""
+    spm.SentencePieceTrainer.train(
+        input=",".join(files), model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=1.0, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        input_sentence_size=seed_sentences, shuffle_input_sentence=False, num_threads=2,
+        hard_vocab_limit=False, minloglevel=2)
+    return prefix + ".model"
+
+
+def load_sentencepiece(model_dir):
+    src = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, SPM_SRC + ".model"))
+    tgt = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, SPM_TGT + ".model"))
+    return src, tgt
+
+
+# ---- batches --------------------------------------------------------------------------------------------------
+def pad_batch(seqs, pad_id=PAD_ID):
+    width = max((len(s) for s in seqs), default=0)
+    out = np.full((len(seqs), width), pad_id, np.int32)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = s
+    return out
+
+
+def make_batches(src_ids, tgt_ids, batch_tokens, seed):
+    """Length-bucketed batches: lists of example indices whose padded size stays under batch_tokens."""
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(src_ids)), [len(s) for s in src_ids], [len(t) for t in tgt_ids]))
+    batches, current, longest = [], [], 0
+    for i in order:
+        size = max(len(src_ids[i]), len(tgt_ids[i]) + 1)
+        if current and max(longest, size) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(int(i))
+        longest = max(longest, size)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def batch_arrays(indices, src_ids, tgt_ids):
+    src = pad_batch([src_ids[i] for i in indices])
+    tgt_in = pad_batch([[BOS_ID] + tgt_ids[i] for i in indices])
+    tgt_out = pad_batch([tgt_ids[i] + [EOS_ID] for i in indices])
+    return src, tgt_in, tgt_out
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------
+def save_checkpoint(path, model, optimizer, meta):
+    """Weights, optimizer state and meta in one .npz, written to a temporary file and renamed (atomic)."""
+    arrays = {f"model_{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)}
+    arrays.update({f"optimizer_{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    arrays["meta"] = np.array(json.dumps(meta))
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, model, optimizer=None):
+    with np.load(path) as data:
+        for i, v in enumerate(model.weights):
+            v.assign(data[f"model_{i:04d}"])
+        if optimizer is not None:
+            for i, v in enumerate(optimizer.variables):
+                v.assign(data[f"optimizer_{i:04d}"])
+        return json.loads(str(data["meta"]))
+
+
+def load_model(model_dir, checkpoint="best"):
+    """(model, config dict, src SentencePiece, tgt SentencePiece) from a model directory."""
+    with open(os.path.join(model_dir, CONFIG_FILE)) as f:
+        config = json.load(f)
+    model = NMTModel(NMTConfig.from_dict(config["model"]))
+    path = os.path.join(model_dir, f"ckpt-{checkpoint}.npz")
+    if checkpoint == "best" and not os.path.exists(path):
+        path = os.path.join(model_dir, "ckpt-last.npz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint in --model-dir {model_dir!r} (looked for {path})")
+    load_checkpoint(path, model)
+    sp_src, sp_tgt = load_sentencepiece(model_dir)
+    return model, config, sp_src, sp_tgt
+
+
+# ---- translation ----------------------------------------------------------------------------------------------
+def translate_ids(translator, src_ids, batch_size=64, length_penalty=0.0, max_length=200, n_best=1):
+    """Beam-search translations of id lists: per input, n_best (ids, score) pairs, best first (EOS removed)."""
+    if n_best > translator.beam_size:
+        raise ValueError(f"n_best ({n_best}) must be <= beam_size ({translator.beam_size})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))  # similar lengths share a batch
+    results = [None] * len(src_ids)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        src = pad_batch([src_ids[i] for i in chunk])
+        decode_len = min(max_length, 2 * src.shape[1] + 10)
+        ids_bkl, scores_bk = translator(src, decode_len, length_penalty)
+        ids_bkl, scores_bk = ids_bkl.numpy(), scores_bk.numpy()
+        for row, i in enumerate(chunk):
+            hyps = []
+            for k in range(n_best):
+                seq = ids_bkl[row, k].tolist()
+                if EOS_ID in seq:
+                    seq = seq[:seq.index(EOS_ID)]
+                hyps.append((seq, float(scores_bk[row, k])))
+            results[i] = hyps
+    return results
+
+
+def translate_lines(model, sp_src, sp_tgt, lines, beam_size=5, batch_size=64, length_penalty=0.0, n_best=1,
+                    decoder="fused", max_length=200, translator=None):
+    translator = translator or Translator(model, beam_size=beam_size, decoder=decoder)
+    src_ids = sp_src.encode(lines, out_type=int)
+    results = translate_ids(translator, src_ids, batch_size, length_penalty, max_length, n_best)
+    return [[(sp_tgt.decode(ids), score) for ids, score in hyps] for hyps in results]
+
+
+def corpus_bleu(hypotheses, references):
+    import sacrebleu  # imported late: translate does not need it
+    return sacrebleu.corpus_bleu(hypotheses, [references])
+
+
+# ---- training -------------------------------------------------------------------------------------------------
+def parse_duration(text):
+    """'3600', '3600s', '60m', '1.5h' -> seconds."""
+    if text is None:
+        return None
+    text = str(text).strip()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+    try:
+        return float(text[:-1]) * scale if scale else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--time-budget: not a duration: {text!r} (e.g. 3600, 60m, 1h)")
+
+
+def learning_rate(step, args):
+    """Linear warm-up, constant, then a cosine decay from --decay-start to --max-steps down to lr * --min-lr."""
+    lr = args.lr * min(1.0, (step + 1) / max(args.warmup_steps, 1))
+    if args.max_steps and args.decay_start is not None and step >= args.decay_start:
+        span = max(args.max_steps - args.decay_start, 1)
+        progress = min(1.0, (step - args.decay_start) / span)
+        lr *= args.min_lr + (1.0 - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr
+
+
+def _model_config_from_args(args, src_vocab, tgt_vocab):
+    return NMTConfig(src_vocab_size=src_vocab, tgt_vocab_size=tgt_vocab, emb_dim=args.emb_dim, hidden=args.hidden,
+                     enc_layers=args.layers, dec_layers=args.layers, attention=args.attention,
+                     input_feed=not args.no_input_feed, tie_output=not args.no_tie, dropout=args.dropout,
+                     label_smoothing=args.label_smoothing, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step and exits."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test thread)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(args, log=print):
+    """The train command; returns the final meta (step, elapsed, best BLEU, history)."""
+    start_wall = time.time()
+    os.makedirs(args.model_dir, exist_ok=True)
+    config_path = os.path.join(args.model_dir, CONFIG_FILE)
+    last_path = os.path.join(args.model_dir, "ckpt-last.npz")
+    best_path = os.path.join(args.model_dir, "ckpt-best.npz")
+    import keras
+    keras.utils.set_random_seed(args.seed)  # initial weights
+
+    resuming = os.path.exists(config_path) and os.path.exists(last_path)
+    if resuming:
+        with open(config_path) as f:
+            saved = json.load(f)
+        # The saved recipe wins: a resumed run must continue the same one. Only budgets may change.
+        train_args = dict(saved["train"])
+        for key in ("max_steps", "time_budget", "eval_every", "log_every"):
+            train_args[key] = getattr(args, key)
+        args = argparse.Namespace(**{**vars(args), **train_args})
+        model_cfg = NMTConfig.from_dict(saved["model"])
+        log(f"resuming from {last_path}")
+    else:
+        _model_config_from_args(args, 1, 1)  # bad model settings fail now, not after the SentencePiece training
+        if args.shared_vocab:
+            path = train_sentencepiece([args.src, args.tgt], os.path.join(args.model_dir, "spm_shared"),
+                                       args.src_vocab_size, args.spm_type)
+            for name in (SPM_SRC, SPM_TGT):
+                for ext in (".model", ".vocab"):
+                    with open(path[:-6] + ext, "rb") as f, open(os.path.join(args.model_dir, name + ext), "wb") as g:
+                        g.write(f.read())
+        else:
+            train_sentencepiece([args.src], os.path.join(args.model_dir, SPM_SRC), args.src_vocab_size,
+                                args.spm_type)
+            train_sentencepiece([args.tgt], os.path.join(args.model_dir, SPM_TGT), args.tgt_vocab_size,
+                                args.spm_type)
+    sp_src, sp_tgt = load_sentencepiece(args.model_dir)
+    if not resuming:
+        model_cfg = _model_config_from_args(args, sp_src.get_piece_size(), sp_tgt.get_piece_size())
+        train_keys = ["src", "tgt", "valid_src", "valid_tgt", "shared_vocab", "src_vocab_size", "tgt_vocab_size",
+                      "spm_type", "batch_tokens", "max_len", "lr", "warmup_steps", "decay_start", "min_lr",
+                      "clip_norm", "seed", "valid_beam_size", "valid_batch_size", "valid_length_penalty",
+                      "max_steps", "time_budget", "eval_every", "log_every"]
+        with open(config_path, "w") as f:
+            json.dump({"model": dataclasses.asdict(model_cfg),
+                       "train": {k: getattr(args, k) for k in train_keys}}, f, indent=1, sort_keys=True)
+
+    # Data: encoded once; pairs that are empty or longer than --max-len are left out of training.
+    src_lines, tgt_lines = read_lines(args.src), read_lines(args.tgt)
+    if len(src_lines) != len(tgt_lines):
+        raise ValueError(f"--src has {len(src_lines)} lines but --tgt has {len(tgt_lines)}")
+    src_ids = sp_src.encode(src_lines, out_type=int)
+    tgt_ids = sp_tgt.encode(tgt_lines, out_type=int)
+    keep = [i for i in range(len(src_ids)) if 0 < len(src_ids[i]) <= args.max_len and
+            0 < len(tgt_ids[i]) <= args.max_len]
+    src_ids = [src_ids[i] for i in keep]
+    tgt_ids = [tgt_ids[i] for i in keep]
+    batches = make_batches(src_ids, tgt_ids, args.batch_tokens, args.seed)
+    valid_src = read_lines(args.valid_src) if args.valid_src else []
+    valid_ref = read_lines(args.valid_tgt) if args.valid_tgt else []
+
+    model = NMTModel(model_cfg)
+    optimizer = keras.optimizers.Adam(learning_rate=args.lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    optimizer.build(model.trainable_variables)
+    meta = {"step": 0, "elapsed": 0.0, "best_bleu": None, "best_step": None}
+    if resuming:
+        meta = load_checkpoint(last_path, model, optimizer)
+    log(f"{len(keep)} training pairs, {len(batches)} batches/epoch, vocab {model_cfg.src_vocab_size}/"
+        f"{model_cfg.tgt_vocab_size}, {sum(int(np.prod(v.shape)) for v in model.trainable_variables)} parameters")
+
+    variables = model.trainable_variables
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32),
+                                  tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([2], tf.int64),
+                                  tf.TensorSpec([], tf.float32)])
+    def train_step(src, tgt_in, tgt_out, seed_2, lr):
+        with tf.GradientTape() as tape:
+            loss, tokens = model.token_loss(src, tgt_in, tgt_out, seed_2, training=True)
+        grads = tape.gradient(loss, variables)
+        grads, norm = tf.clip_by_global_norm(grads, args.clip_norm)
+        optimizer.learning_rate.assign(lr)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss, tokens, norm
+
+    translator = Translator(model, beam_size=args.valid_beam_size, decoder="fused")
+
+    def evaluate():
+        t0 = time.time()
+        hyps = translate_lines(model, sp_src, sp_tgt, valid_src, batch_size=args.valid_batch_size,
+                               length_penalty=args.valid_length_penalty, translator=translator)
+        bleu = corpus_bleu([h[0][0] for h in hyps], valid_ref)
+        return bleu, time.time() - t0
+
+    def write_log(record):
+        with open(os.path.join(args.model_dir, LOG_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    session_start = time.time()
+    elapsed_before = meta["elapsed"] + (session_start - start_wall if not resuming else 0.0)
+    loss_sum, token_sum, window_start = 0.0, 0, time.time()
+    step = meta["step"]
+    with _StopSignal() as stopper:
+        while True:
+            elapsed = elapsed_before + time.time() - session_start
+            out_of_time = args.time_budget is not None and elapsed >= args.time_budget
+            finished = (args.max_steps is not None and step >= args.max_steps) or out_of_time or stopper.stop
+            if step > meta["step"] and (finished or step % args.eval_every == 0) and valid_src and not stopper.stop:
+                bleu, eval_seconds = evaluate()
+                elapsed = elapsed_before + time.time() - session_start
+                record = {"event": "eval", "step": step, "elapsed": round(elapsed, 1), "bleu": round(bleu.score, 2),
+                          "eval_seconds": round(eval_seconds, 1), "loadavg": os.getloadavg()[0]}
+                log(f"step {step} valid BLEU {bleu.score:.2f} ({bleu}) eval {eval_seconds:.0f}s")
+                write_log(record)
+                meta.update(step=step, elapsed=elapsed)
+                if meta["best_bleu"] is None or bleu.score > meta["best_bleu"]:
+                    meta.update(best_bleu=bleu.score, best_step=step)
+                    save_checkpoint(best_path, model, optimizer, meta)
+                save_checkpoint(last_path, model, optimizer, meta)
+            elif step > meta["step"] and (finished or step % args.save_every == 0):
+                meta.update(step=step, elapsed=elapsed)
+                save_checkpoint(last_path, model, optimizer, meta)
+            if finished:
+                why = "interrupted" if stopper.stop else ("time budget" if out_of_time else "max steps")
+                log(f"stopped at step {step} ({why}), {elapsed:.0f}s in total")
+                write_log({"event": "stop", "step": step, "elapsed": round(elapsed, 1), "why": why})
+                break
+            epoch, position = divmod(step, len(batches))
+            perm = np.random.default_rng([args.seed, epoch]).permutation(len(batches))
+            src, tgt_in, tgt_out = batch_arrays(batches[perm[position]], src_ids, tgt_ids)
+            lr = learning_rate(step, args)
+            loss, tokens, norm = train_step(src, tgt_in, tgt_out, tf.constant([args.seed, step], tf.int64),
+                                            tf.constant(lr, tf.float32))
+            step += 1
+            loss_sum += float(loss) * int(tokens)
+            token_sum += int(tokens)
+            if step % args.log_every == 0:
+                now = time.time()
+                record = {"event": "train", "step": step, "epoch": round(step / len(batches), 3),
+                          "elapsed": round(elapsed_before + now - session_start, 1),
+                          "loss": round(loss_sum / max(token_sum, 1), 4), "lr": lr,
+                          "tokens_per_s": round(token_sum / (now - window_start), 1),
+                          "grad_norm": round(float(norm), 3), "loadavg": os.getloadavg()[0]}
+                log(" ".join(f"{k} {v}" for k, v in record.items() if k != "event"))
+                write_log(record)
+                loss_sum, token_sum, window_start = 0.0, 0, now
+    return meta
+
+
+def translate_main(args):
+    model, _, sp_src, sp_tgt = load_model(args.model_dir, args.checkpoint)
+    lines = [line.rstrip("\n") for line in sys.stdin]
+    results = translate_lines(model, sp_src, sp_tgt, [line.strip() for line in lines], beam_size=args.beam_size,
+                              batch_size=args.batch_size, length_penalty=args.length_penalty, n_best=args.n_best,
+                              decoder=args.decoder, max_length=args.max_length)
+    out = sys.stdout
+    for hyps in results:
+        for text, score in hyps:
+            out.write(f"{score:.4f}\t{text}\n" if args.with_scores else text + "\n")
+    out.flush()
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m models.nmt", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train (or resume) a model")
+    t.add_argument("--src", required=True, help="training source text, one sentence a line")
+    t.add_argument("--tgt", required=True, help="training target text, line-aligned with --src")
+    t.add_argument("--valid-src", help="validation source text")
+    t.add_argument("--valid-tgt", help="validation reference text (raw, for sacreBLEU)")
+    t.add_argument("--model-dir", required=True)
+    t.add_argument("--shared-vocab", action="store_true", help="one SentencePiece model for both sides")
+    t.add_argument("--src-vocab-size", type=int, default=8000, help="(the shared size with --shared-vocab)")
+    t.add_argument("--tgt-vocab-size", type=int, default=8000)
+    t.add_argument("--spm-type", default="bpe", choices=("bpe", "unigram"))
+    t.add_argument("--emb-dim", type=int, default=256)
+    t.add_argument("--hidden", type=int, default=256)
+    t.add_argument("--layers", type=int, default=2, help="encoder and decoder layers")
+    t.add_argument("--attention", default="general", choices=("general", "dot"))
+    t.add_argument("--no-input-feed", action="store_true")
+    t.add_argument("--no-tie", action="store_true", help="a separate output projection")
+    t.add_argument("--dropout", type=float, default=0.3)
+    t.add_argument("--label-smoothing", type=float, default=0.1)
+    t.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per batch (about)")
+    t.add_argument("--max-len", type=int, default=100, help="longest training sentence, in subwords")
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--warmup-steps", type=int, default=200)
+    t.add_argument("--decay-start", type=int, default=None, help="step where the cosine decay starts")
+    t.add_argument("--min-lr", type=float, default=0.05, help="final learning rate, as a fraction of --lr")
+    t.add_argument("--clip-norm", type=float, default=5.0)
+    t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--time-budget", type=parse_duration, default=None,
+                   help="total training time across resumes, e.g. 3600, 60m, 1h")
+    t.add_argument("--eval-every", type=int, default=1000)
+    t.add_argument("--save-every", type=int, default=200)
+    t.add_argument("--log-every", type=int, default=50)
+    t.add_argument("--valid-beam-size", type=int, default=5)
+    t.add_argument("--valid-batch-size", type=int, default=64)
+    t.add_argument("--valid-length-penalty", type=float, default=0.6)
+    r = sub.add_parser("translate", help="translate stdin to stdout")
+    r.add_argument("--model-dir", required=True)
+    r.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    r.add_argument("--beam-size", type=int, default=5)
+    r.add_argument("--n-best", type=int, default=1)
+    r.add_argument("--length-penalty", type=float, default=0.6)
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--max-length", type=int, default=200)
+    r.add_argument("--decoder", default="fused", choices=("fused", "fused_op", "stock"),
+                   help="fused: fused encoder (the fast path); fused_op: also each decoder step on the op; "
+                        "stock: stock Keras layers and cells")
+    r.add_argument("--with-scores", action="store_true")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        train(args, log=lambda msg: print(msg, flush=True))
+    else:
+        if args.n_best > args.beam_size:
+            raise SystemExit(f"--n-best ({args.n_best}) must be <= --beam-size ({args.beam_size})")
+        translate_main(args)
+
+
+if __name__ == "__main__":
+    main()
