@@ -1,0 +1,492 @@
+"""models.elmo: char ids, the fixture models of bilm-tf / AllenNLP, random models against a float64 NumPy ELMo,
+ScalarMix, the CLI.
+
+The NumPy reference below reads the bilm-tf hdf5 layout directly (TF gate order i, j, f, o; the +1 forget bias at
+run time; the backward direction over each sentence reversed within its length), so it shares no code with the
+model's weight mapping.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_ops
+from conftest import ROOT, SHARED
+from models import elmo
+
+pytestmark = pytest.mark.skipif(not tf_ops.op_library_available(), reason="op library not built")
+
+FIXTURES = os.path.join(SHARED, "data", "elmo")
+FIXTURE_MODELS = {"model-a-bilm-tf": "lm_embeddings_sentences.json", "model-b-allennlp": "sentences.json"}
+needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason=f"ELMo fixtures not found at {FIXTURES}")
+
+
+# ---- character ids ------------------------------------------------------------------------------------------------
+def _padded(prefix, length=50, fill=261):
+    return list(prefix) + [fill] * (length - len(prefix))
+
+
+def test_char_ids_match_bilm_tf_batcher_unit_test():
+    # bilm-tf tests/test_data.py::TestBatcher (first ids of each row; 261 after them; a zero row for padding).
+    bos, eos = _padded([259, 257, 260]), _padded([259, 258, 260])
+    expected = np.array([
+        [bos, _padded([259, 85, 105, 102, 260]), _padded([259, 103, 106, 115, 116, 117, 260]),
+         _padded([259, 116, 102, 111, 117, 102, 111, 100, 102, 260]), eos],
+        [bos, _padded([259, 84, 102, 100, 112, 111, 101, 260]), _padded([259, 47, 260]), eos, [0] * 50],
+    ], np.int32)
+    got = elmo.batch_to_ids([["The", "first", "sentence"], ["Second", "."]])
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_char_ids_short_tokens_unicode_and_truncation():
+    # bilm-tf TestUnicodeCharsVocabulary (max_word_length=5, ids before the +1 the Batcher adds).
+    expected = np.array([[258, 256, 259, 260, 260], [258, 116, 104, 259, 260], [258, 116, 104, 104, 259],
+                         [258, 196, 128, 116, 259], [258, 257, 259, 260, 260]], np.int32) + 1
+    got = elmo.batch_to_ids([["th", "thhhhh", chr(256) + "t"]], max_characters_per_token=5)
+    np.testing.assert_array_equal(got[0], expected)
+    # AllenNLP's indexer test, and a literal "<S>" token is the sentence-boundary token.
+    np.testing.assert_array_equal(elmo.batch_to_ids([[chr(256) + "t"]])[0, 1], _padded([259, 197, 129, 117, 260]))
+    np.testing.assert_array_equal(elmo.batch_to_ids([["</S>"]])[0, 1], _padded([259, 258, 260]))
+
+
+@needs_fixtures
+def test_char_ids_of_the_bilm_tf_vocabulary():
+    with open(os.path.join(FIXTURES, "model-a-bilm-tf", "char_ids_vocab_test.txt"), encoding="utf-8") as f:
+        words = [w for w in f.read().split("\n") if w and w not in ("<S>", "</S>")]
+    ids = elmo.batch_to_ids([words])[0, 1:-1]
+    for word, row in zip(words, ids):
+        raw = list(word.encode("utf-8"))[:48]
+        np.testing.assert_array_equal(row, _padded([259] + [b + 1 for b in raw] + [260]), err_msg=word)
+
+
+def test_batch_to_ids_rejects_untokenised_sentences():
+    with pytest.raises(TypeError, match=r"sentences\[1\].*split"):
+        elmo.batch_to_ids([["ok"], "not tokenised"])
+    with pytest.raises(TypeError, match="sentences must be"):
+        elmo.batch_to_ids("a b c")
+    with pytest.raises(TypeError, match=r"sentences\[0\]\[1\]"):
+        elmo.batch_to_ids([["a", 3]])
+    with pytest.raises(ValueError, match="max_characters_per_token"):
+        elmo.batch_to_ids([["a"]], max_characters_per_token=2)
+
+
+# ---- the fixture models ---------------------------------------------------------------------------------------------
+def _fixture(name):
+    folder = os.path.join(FIXTURES, name)
+    return os.path.join(folder, "options.json"), os.path.join(folder, "lm_weights.hdf5"), folder
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", sorted(FIXTURE_MODELS))
+def test_fixture_token_embeddings(name):
+    options_file, weight_file, folder = _fixture(name)
+    model = elmo.load_elmo(options_file, weight_file)
+    with open(os.path.join(folder, "vocab_test.txt"), encoding="utf-8") as f:
+        vocab = f.read().strip().split("\n")
+    with h5py.File(os.path.join(folder, "elmo_token_embeddings.hdf5"), "r") as f:
+        expected = f["embedding"][...]
+    assert len(vocab) == expected.shape[0]
+    # One token per sentence: layer 0 at its position is [embedding, embedding].
+    layer_0 = model(elmo.batch_to_ids([[word] for word in vocab]))["layer_0"].numpy()[:, 0]
+    width = expected.shape[1]
+    np.testing.assert_allclose(layer_0[:, :width], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(layer_0[:, width:], layer_0[:, :width])
+
+
+@needs_fixtures
+@pytest.mark.parametrize("implementation", ["fused", "keras"])
+@pytest.mark.parametrize("name", sorted(FIXTURE_MODELS))
+def test_fixture_stateful_top_layer(name, implementation):
+    options_file, weight_file, folder = _fixture(name)
+    with open(os.path.join(folder, FIXTURE_MODELS[name]), encoding="utf-8") as f:
+        streams = json.load(f)
+    expected = []
+    for k in range(3):
+        with h5py.File(os.path.join(folder, f"lm_embeddings_{k}.hdf5"), "r") as f:
+            expected.append([f[str(i)][...] for i in range(10)])
+    # bilm-tf's test: one model (max_batch_size=4), 10 batches in order, row k of every batch continues stream k.
+    model = elmo.load_elmo(options_file, weight_file, stateful=True, max_batch_size=4,
+                           implementation=implementation)
+    embed = elmo.embed_function(model)
+
+    def check_batch(i):
+        batch = [streams[k][i].strip().split() for k in range(3)]
+        out = embed(elmo.batch_to_ids(batch))
+        for k, sentence in enumerate(batch):
+            want = np.concatenate([expected[k][i][0], expected[k][i][1]], axis=-1)
+            assert int(np.sum(out["mask"][k])) == len(sentence)
+            np.testing.assert_allclose(out["layer_2"][k, :len(sentence)], want, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"batch {i}, row {k}")
+
+    for i in range(10):
+        check_batch(i)
+    model.reset_states()  # back to zero state: batch 0 again gives batch 0's expected values
+    check_batch(0)
+
+
+# ---- random models against a float64 NumPy ELMo -------------------------------------------------------------------
+CONFIGS = {
+    # use_skip_connections=false, 2 layers, ReLU CNN, 2 highways, CNN projection, LSTM projection, both clips.
+    "plain": dict(dim=12, projection_dim=5, n_layers=2, cell_clip=1.0, proj_clip=1.2, skip=False,
+                  filters=[[1, 3], [2, 4], [3, 6]], n_highway=2, activation="relu", char_dim=4, max_chars=12),
+    # The released models' structure: skip connections; plus 3 layers, tanh CNN, one highway.
+    "skip": dict(dim=10, projection_dim=4, n_layers=3, cell_clip=0.8, proj_clip=1.0, skip=True,
+                 filters=[[1, 2], [3, 5], [4, 3]], n_highway=1, activation="tanh", char_dim=3, max_chars=10),
+    # No projections anywhere (filters sum to projection_dim = dim), no highway, no cell clip; proj_clip is
+    # ignored without a projection, as in TF's LSTMCell.
+    "no_projection": dict(dim=6, projection_dim=6, n_layers=2, cell_clip=None, proj_clip=1.0, skip=True,
+                          filters=[[1, 2], [2, 4]], n_highway=0, activation="relu", char_dim=3, max_chars=8),
+}
+
+
+def write_random_model(directory, rng, cfg):
+    """options.json and lm_weights.hdf5 in the bilm-tf layout, from random numbers."""
+    options = {"lstm": {"dim": cfg["dim"], "projection_dim": cfg["projection_dim"], "n_layers": cfg["n_layers"],
+                        "cell_clip": cfg["cell_clip"], "proj_clip": cfg["proj_clip"],
+                        "use_skip_connections": cfg["skip"]},
+               "char_cnn": {"embedding": {"dim": cfg["char_dim"]}, "filters": cfg["filters"],
+                            "n_highway": cfg["n_highway"], "n_characters": 262,
+                            "max_characters_per_token": cfg["max_chars"], "activation": cfg["activation"]}}
+    n_filters = sum(n for _, n in cfg["filters"])
+    units, width = cfg["dim"], min(cfg["dim"], cfg["projection_dim"])
+    normal = lambda *shape, scale=1.0: (scale * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    weights = {"char_embed": rng.uniform(-1, 1, (261, cfg["char_dim"])).astype(np.float32)}
+    for i, (w, n) in enumerate(cfg["filters"]):
+        weights[f"CNN/W_cnn_{i}"] = normal(1, w, cfg["char_dim"], n, scale=0.5)
+        weights[f"CNN/b_cnn_{i}"] = normal(n, scale=0.2)
+    for k in range(cfg["n_highway"]):
+        weights[f"CNN_high_{k}/W_carry"] = normal(n_filters, n_filters, scale=n_filters ** -0.5)
+        weights[f"CNN_high_{k}/b_carry"] = normal(n_filters, scale=0.5) - 1.0
+        weights[f"CNN_high_{k}/W_transform"] = normal(n_filters, n_filters, scale=n_filters ** -0.5)
+        weights[f"CNN_high_{k}/b_transform"] = normal(n_filters, scale=0.2)
+    if n_filters != cfg["projection_dim"]:
+        weights["CNN_proj/W_proj"] = normal(n_filters, cfg["projection_dim"], scale=1.5 * n_filters ** -0.5)
+        weights["CNN_proj/b_proj"] = normal(cfg["projection_dim"], scale=0.2)
+    for d in range(2):
+        for layer in range(cfg["n_layers"]):
+            root = f"RNN_{d}/RNN/MultiRNNCell/Cell{layer}/LSTMCell/"
+            # Large enough that the cell and projection clips bite (checked by the tests).
+            input_dim = cfg["projection_dim"] if layer == 0 else width
+            weights[root + "W_0"] = normal(input_dim + width, 4 * units, scale=0.5)
+            weights[root + "B"] = normal(4 * units, scale=0.5)
+            if width < units:
+                weights[root + "W_P_0"] = normal(units, width, scale=0.9)
+    os.makedirs(directory, exist_ok=True)
+    options_file, weight_file = os.path.join(directory, "options.json"), os.path.join(directory, "lm_weights.hdf5")
+    with open(options_file, "w") as f:
+        json.dump(options, f)
+    with h5py.File(weight_file, "w") as f:
+        for path, value in weights.items():
+            f.create_dataset(path, data=value)
+    return options_file, weight_file
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class NumpyElmo:
+    """float64 ELMo from an options.json and a bilm-tf lm_weights.hdf5, with per-row state carried across calls."""
+
+    def __init__(self, options_file, weight_file, max_batch=8):
+        with open(options_file) as f:
+            self.options = json.load(f)
+        with h5py.File(weight_file, "r") as f:
+            self.w = {}
+            f.visititems(lambda path, obj: self.w.__setitem__(path, obj[...].astype(np.float64))
+                         if isinstance(obj, h5py.Dataset) else None)
+        lstm = self.options["lstm"]
+        self.units = lstm["dim"]
+        self.width = min(lstm["dim"], lstm["projection_dim"])
+        self.n_layers = lstm["n_layers"]
+        self.max_batch = max_batch
+        self.reset()
+        self.clipped = {"cell": 0, "proj": 0}
+
+    def reset(self):
+        self.c = np.zeros((self.n_layers, 2, self.max_batch, self.units))
+        self.h = np.zeros((self.n_layers, 2, self.max_batch, self.width))
+
+    def token_embeddings(self, ids_bxtxc):
+        cnn = self.options["char_cnn"]
+        table = np.concatenate([np.zeros((1, cnn["embedding"]["dim"])), self.w["char_embed"]])  # id 0 -> zeros
+        chars = table[ids_bxtxc]  # [B, T, C, E]
+        act = np.tanh if cnn["activation"] == "tanh" else (lambda v: np.maximum(v, 0.0))
+        pooled = []
+        for i, (width, _) in enumerate(cnn["filters"]):
+            kernel = self.w[f"CNN/W_cnn_{i}"][0]  # [width, E, n]
+            positions = chars.shape[2] - width + 1
+            conv = sum(chars[:, :, k:k + positions, :] @ kernel[k] for k in range(width)) + self.w[f"CNN/b_cnn_{i}"]
+            pooled.append(act(conv.max(axis=2)))
+        x = np.concatenate(pooled, axis=-1)
+        for k in range(cnn.get("n_highway") or 0):
+            carry = _sigmoid(x @ self.w[f"CNN_high_{k}/W_carry"] + self.w[f"CNN_high_{k}/b_carry"])
+            transform = np.maximum(x @ self.w[f"CNN_high_{k}/W_transform"] + self.w[f"CNN_high_{k}/b_transform"], 0)
+            x = carry * transform + (1.0 - carry) * x
+        if "CNN_proj/W_proj" in self.w:
+            x = x @ self.w["CNN_proj/W_proj"] + self.w["CNN_proj/b_proj"]
+        return x
+
+    def _cell(self, root, x, c, h):
+        lstm = self.options["lstm"]
+        z = np.concatenate([x, h]) @ self.w[root + "W_0"] + self.w[root + "B"]
+        i, j, f, o = np.split(z, 4)
+        c = _sigmoid(f + 1.0) * c + _sigmoid(i) * np.tanh(j)
+        if lstm.get("cell_clip"):
+            self.clipped["cell"] += int(np.sum(np.abs(c) > lstm["cell_clip"]))
+            c = np.clip(c, -lstm["cell_clip"], lstm["cell_clip"])
+        h = _sigmoid(o) * np.tanh(c)
+        if root + "W_P_0" in self.w:
+            h = h @ self.w[root + "W_P_0"]
+            if lstm.get("proj_clip"):
+                self.clipped["proj"] += int(np.sum(np.abs(h) > lstm["proj_clip"]))
+                h = np.clip(h, -lstm["proj_clip"], lstm["proj_clip"])
+        return c, h
+
+    def __call__(self, ids_bxtxc, stateful=True):
+        """Per row: [n_layers + 1, tokens, 2R] with <S>/</S> removed."""
+        if not stateful:
+            self.reset()
+        tokens = self.token_embeddings(ids_bxtxc)
+        lengths = (ids_bxtxc > 0).any(axis=2).sum(axis=1)
+        results = []
+        for row, length in enumerate(lengths):
+            per_direction = []
+            for d in range(2):
+                order = range(length) if d == 0 else range(length - 1, -1, -1)
+                layer_input, outputs = tokens[row, :length], []
+                for layer in range(self.n_layers):
+                    root = f"RNN_{d}/RNN/MultiRNNCell/Cell{layer}/LSTMCell/"
+                    c, h = self.c[layer, d, row], self.h[layer, d, row]
+                    out = np.zeros((length, self.width))
+                    for t in order:
+                        c, h = self._cell(root, layer_input[t], c, h)
+                        out[t] = h
+                    self.c[layer, d, row], self.h[layer, d, row] = c, h
+                    if self.options["lstm"]["use_skip_connections"] and layer > 0:
+                        out = out + layer_input  # added to the output only, not to the state
+                    outputs.append(out)
+                    layer_input = out
+                per_direction.append(outputs)
+            layers = [np.concatenate([tokens[row, :length]] * 2, axis=-1)]
+            layers += [np.concatenate([per_direction[0][k], per_direction[1][k]], axis=-1)
+                       for k in range(self.n_layers)]
+            results.append(np.stack([layer[1:length - 1] for layer in layers]))
+        return results
+
+
+ALPHABET = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;'-") + ["é", "•", "中", "😀"]
+
+
+def random_sentences(rng, count, max_tokens=9):
+    sentences = []
+    for _ in range(count):
+        n_tokens = int(rng.integers(0, max_tokens + 1))
+        sentence = ["".join(rng.choice(ALPHABET, int(rng.integers(1, 14)))) for _ in range(n_tokens)]
+        sentences.append(sentence)
+    sentences[int(rng.integers(count))] = ["x" * 30, "<S>", "ab"]  # truncated token, literal boundary token
+    return sentences
+
+
+def assert_matches_reference(outputs, reference_rows, sentences, tol):
+    n_layers = len(reference_rows[0])
+    for k, (sentence, want) in enumerate(zip(sentences, reference_rows)):
+        assert int(np.sum(outputs["mask"][k])) == len(sentence)
+        for layer in range(n_layers):
+            got = np.asarray(outputs[f"layer_{layer}"][k])
+            np.testing.assert_allclose(got[:len(sentence)], want[layer], rtol=tol, atol=tol,
+                                       err_msg=f"row {k}, layer {layer}")
+            assert not np.any(got[len(sentence):]), "non-zero output past the sentence"
+
+
+@pytest.mark.parametrize("implementation", ["fused", "keras"])
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_random_model_matches_numpy(tmp_path, rng, config, implementation):
+    cfg = CONFIGS[config]
+    options_file, weight_file = write_random_model(str(tmp_path), rng, cfg)
+    reference = NumpyElmo(options_file, weight_file, max_batch=4)
+    stateless = elmo.load_elmo(options_file, weight_file, implementation=implementation)
+    stateful = elmo.load_elmo(options_file, weight_file, stateful=True, max_batch_size=4,
+                              implementation=implementation)
+    embed = elmo.embed_function(stateful)
+    tol = 1e-5
+    # Stateless: any call starts from zero.
+    sentences = random_sentences(rng, 4)
+    ids = elmo.batch_to_ids(sentences, cfg["max_chars"])
+    assert_matches_reference(stateless(ids), reference(ids, stateful=False), sentences, tol)
+    # Stateful: 3 rows, then 2 (row 2 keeps its state), then 4 (row 2 continues, row 3 starts from zero).
+    reference.reset()
+    for count in (3, 2, 4):
+        sentences = random_sentences(rng, count)
+        ids = elmo.batch_to_ids(sentences, cfg["max_chars"])
+        assert_matches_reference(embed(ids), reference(ids), sentences, tol)
+    if cfg["cell_clip"]:
+        assert reference.clipped["cell"] > 0, "the cell clip never bit: the test would not see it"
+    if cfg["proj_clip"] and cfg["projection_dim"] < cfg["dim"]:
+        assert reference.clipped["proj"] > 0, "the projection clip never bit: the test would not see it"
+    # A batch over max_batch_size is an error that names it.
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="max_batch_size"):
+        embed(elmo.batch_to_ids([["a"]] * 5, cfg["max_chars"]))
+
+
+def test_fused_gradients_match_stock_keras(tmp_path, rng):
+    """Fine-tuning: the fused model's gradients equal the stock-Keras network's."""
+    options_file, weight_file = write_random_model(str(tmp_path), rng, CONFIGS["skip"])
+    models = [elmo.load_elmo(options_file, weight_file, implementation=impl, trainable=True)
+              for impl in ("fused", "keras")]
+    ids = elmo.batch_to_ids(random_sentences(rng, 3, max_tokens=6), CONFIGS["skip"]["max_chars"])
+    probe = None
+    grads = []
+    for model in models:
+        variables = [model.bilm.cell_weights(layer, d)[name] for layer in range(model.bilm.n_layers)
+                     for d in range(2) for name in ("kernel", "recurrent_kernel", "bias", "projection_kernel")]
+        variables.append(model.char_encoder.projection.kernel)
+        with tf.GradientTape() as tape:
+            out = model(ids)
+            if probe is None:
+                probe = rng.standard_normal(out["layer_3"].shape).astype(np.float32)
+            loss = tf.reduce_sum(out["layer_3"] * probe) + tf.reduce_sum(out["layer_1"])
+        grads.append(tape.gradient(loss, [v.value for v in variables]))
+    for fused, stock in zip(*grads):
+        np.testing.assert_allclose(fused, stock, rtol=1e-4, atol=1e-5)
+
+
+# ---- ScalarMix ----------------------------------------------------------------------------------------------------
+def numpy_scalar_mix(tensors, mask, scalars, gamma, layer_norm, epsilon=1e-13):
+    weights = np.exp(scalars - np.max(scalars))
+    weights /= weights.sum()
+    tensors = [np.asarray(t, np.float64) for t in tensors]
+    if layer_norm:
+        m = np.asarray(mask, np.float64)[..., None]
+        count = m.sum() * tensors[0].shape[-1]
+        normed = []
+        for t in tensors:
+            mean = (t * m).sum() / count
+            variance = (((t * m - mean) * m) ** 2).sum() / count
+            normed.append((t - mean) / np.sqrt(variance + epsilon))
+        tensors = normed
+    return gamma * sum(w * t for w, t in zip(weights, tensors))
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_scalar_mix_matches_numpy(rng, layer_norm):
+    batch, steps, width = 3, 7, 5
+    tensors = [(rng.standard_normal((batch, steps, width)) * s + s).astype(np.float32) for s in (0.5, 2.0, 4.0)]
+    lengths = np.array([7, 3, 0])
+    mask = np.arange(steps)[None, :] < lengths[:, None]
+    scalars = rng.standard_normal(3)
+    mix = elmo.ScalarMix(3, do_layer_norm=layer_norm, initial_scalar_parameters=scalars)
+    got = mix(tensors, mask=mask).numpy()
+    np.testing.assert_allclose(got, numpy_scalar_mix(tensors, mask, scalars, 1.0, layer_norm), rtol=1e-5,
+                               atol=1e-6)
+    mix.gamma.assign(0.3)
+    got = mix(tensors, mask=mask).numpy()
+    np.testing.assert_allclose(got, numpy_scalar_mix(tensors, mask, scalars, 0.3, layer_norm), rtol=1e-5,
+                               atol=1e-6)
+    assert len(mix.trainable_weights) == 2
+    with pytest.raises(ValueError, match="tensors must be a list of 3"):
+        mix(tensors[:2])
+
+
+def test_frozen_elmo_with_scalar_mix_in_a_keras_model(tmp_path, rng):
+    import keras
+    options_file, weight_file = write_random_model(str(tmp_path), rng, CONFIGS["plain"])
+    model = elmo.load_elmo(options_file, weight_file)  # frozen by default
+    char_ids = keras.Input((None, CONFIGS["plain"]["max_chars"]), dtype="int32")
+    out = model(char_ids)
+    mixed = elmo.ScalarMix(3, do_layer_norm=True)([out["layer_0"], out["layer_1"], out["layer_2"]],
+                                                  mask=out["mask"])
+    tagger = keras.Model(char_ids, keras.layers.Dense(2)(mixed))
+    assert len(tagger.trainable_weights) == 4  # ScalarMix (2) + Dense (2): ELMo stays frozen
+    ids = elmo.batch_to_ids(random_sentences(rng, 3), CONFIGS["plain"]["max_chars"])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(tagger(ids)))
+    grads = tape.gradient(loss, tagger.trainable_weights)
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+def test_cli_embeds_a_file(tmp_path, rng):
+    cfg = CONFIGS["skip"]
+    options_file, weight_file = write_random_model(str(tmp_path / "model"), rng, cfg)
+    sentences = [s or ["lonely"] for s in random_sentences(rng, 7)]  # blank lines are an error (tested below)
+    sentences[3] = sentences[1]  # a duplicate sentence keeps its own key
+    lines = [" ".join(s) for s in sentences]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    with open(tmp_path / "in.txt", "w", encoding="utf-8") as fin:
+        fin.write("\n".join(lines) + "\n")
+    with open(tmp_path / "in.txt", "rb") as fin, open(tmp_path / "out.hdf5", "wb") as fout:
+        proc = subprocess.run([sys.executable, "-m", "models.elmo", "embed", "--options", options_file,
+                               "--weights", weight_file, "--batch-size", "3"], stdin=fin, stdout=fout,
+                              stderr=subprocess.PIPE, cwd=ROOT, env=env, timeout=120)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, stderr
+    assert "7/7 sentences" in stderr
+    reference = NumpyElmo(options_file, weight_file)
+    with h5py.File(tmp_path / "out.hdf5", "r") as f:
+        assert sorted(f.keys()) == sorted([str(i) for i in range(7)] + ["sentence_to_index"])
+        index = json.loads(f["sentence_to_index"][0])
+        assert index[lines[0]] == "0" and index[lines[6]] == "6"
+        for i, sentence in enumerate(sentences):
+            ids = elmo.batch_to_ids([sentence], cfg["max_chars"])
+            want = reference(ids, stateful=False)[0]  # stateless: each sentence alone
+            assert f[str(i)].shape == (cfg["n_layers"] + 1, len(sentence), 2 * cfg["projection_dim"])
+            np.testing.assert_allclose(f[str(i)][...], want, rtol=1e-5, atol=1e-5, err_msg=f"sentence {i}")
+
+
+def _run_cli(capsys, argv, stdin_text="a b\n"):
+    import io
+    stdin = io.TextIOWrapper(io.BytesIO(stdin_text.encode("utf-8")), encoding="utf-8")
+    status = elmo.main(["embed"] + argv + ["--output", os.devnull], stdin=stdin)
+    return status, capsys.readouterr().err
+
+
+def test_cli_errors_name_the_file_and_the_problem(tmp_path, rng, capsys):
+    options_file, weight_file = write_random_model(str(tmp_path), rng, CONFIGS["plain"])
+    missing = str(tmp_path / "nope.json")
+    status, err = _run_cli(capsys, ["--options", missing, "--weights", weight_file])
+    assert status == 2 and missing in err and "does not exist" in err
+    status, err = _run_cli(capsys, ["--options", options_file, "--weights", str(tmp_path / "nope.hdf5")])
+    assert status == 2 and "nope.hdf5" in err and "does not exist" in err
+    # Malformed: not HDF5, not JSON, a missing dataset, a wrong shape, a missing option.
+    garbage = tmp_path / "garbage.hdf5"
+    garbage.write_bytes(b"this is not an HDF5 file\n" * 10)
+    status, err = _run_cli(capsys, ["--options", options_file, "--weights", str(garbage)])
+    assert status == 2 and "garbage.hdf5" in err and "not a readable HDF5 file" in err
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"lstm": {"dim": 12,}')
+    status, err = _run_cli(capsys, ["--options", str(bad_json), "--weights", weight_file])
+    assert status == 2 and "bad.json" in err and "not valid JSON" in err
+    partial = tmp_path / "partial.hdf5"
+    with h5py.File(weight_file, "r") as src, h5py.File(partial, "w") as dst:
+        for key in src:
+            src.copy(key, dst)
+        del dst["RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_P_0"]
+    status, err = _run_cli(capsys, ["--options", options_file, "--weights", str(partial)])
+    assert status == 2 and "partial.hdf5" in err and "RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_P_0" in err
+    with h5py.File(partial, "a") as f:
+        f["RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_P_0"] = np.zeros((3, 3), np.float32)
+    status, err = _run_cli(capsys, ["--options", options_file, "--weights", str(partial)])
+    assert status == 2 and "W_P_0" in err and "(3, 3)" in err
+    with open(options_file) as f:
+        options = json.load(f)
+    del options["lstm"]["projection_dim"]
+    no_key = tmp_path / "no_key.json"
+    no_key.write_text(json.dumps(options))
+    status, err = _run_cli(capsys, ["--options", str(no_key), "--weights", weight_file])
+    assert status == 2 and "no_key.json" in err and "lstm.projection_dim" in err
+    # Input with a blank line.
+    status, err = _run_cli(capsys, ["--options", options_file, "--weights", weight_file], "a b\n\nc\n")
+    assert status == 2 and "empty line" in err and "line 2" in err
+    # And the Python API raises the same, typed.
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        elmo.load_elmo(missing, weight_file)
+    with pytest.raises(elmo.ElmoFileError, match="garbage.hdf5"):
+        elmo.load_elmo(options_file, str(garbage))
