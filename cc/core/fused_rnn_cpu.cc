@@ -96,6 +96,16 @@ struct Chain {
   std::atomic<int64_t> done{0};        // (stage, slice) units finished
   int64_t num_slices = 1;
   int64_t num_stages = 0;
+  // claim[x]: the next stage of slice x nobody has started. Whoever runs stage k of slice x first moves claim[x]
+  // from k to k + 1, so every stage runs exactly once even when a waiting thread runs it for a preempted owner.
+  std::unique_ptr<std::atomic<int64_t>[]> claim;
+
+  void Init(int64_t slices, int64_t stages) {
+    num_slices = slices;
+    num_stages = stages;
+    claim.reset(new std::atomic<int64_t>[slices]);
+    for (int64_t x = 0; x < slices; ++x) claim[x].store(0, std::memory_order_relaxed);
+  }
 };
 
 struct Job {
@@ -221,44 +231,75 @@ void RunStage(const Job& job, int chain, int64_t slice, int64_t stage) {
   }
 }
 
-// Runs owned slices through every stage of one chain; claims unclaimed slices of the chain while it waits.
-void WorkChain(const Job& job, int chain_index, std::vector<std::pair<int64_t, int64_t>> owned) {
+// Runs stage k of slice x if it is due (every slice finished stage k - 1) and nobody has started it.
+bool TryRunStage(const Job& job, int chain_index, int64_t x) {
+  Chain& ch = const_cast<Chain&>(job.chains[chain_index]);
+  int64_t k = ch.claim[x].load(std::memory_order_acquire);
+  if (k >= ch.num_stages || ch.done.load(std::memory_order_acquire) < k * ch.num_slices) return false;
+  if (k >= 1 && !job.ready.load(std::memory_order_acquire)) return false;
+  if (!ch.claim[x].compare_exchange_strong(k, k + 1, std::memory_order_acq_rel)) return false;
+  RunStage(job, chain_index, x, k);
+  ch.done.fetch_add(1, std::memory_order_release);
+  return true;
+}
+
+// Runs any due stage of the chain (for an owner that is not running: preempted, or never scheduled).
+bool HelpChain(const Job& job, int chain_index) {
+  bool ran = false;
+  for (int64_t x = 0; x < job.chains[chain_index].num_slices; ++x) ran |= TryRunStage(job, chain_index, x);
+  return ran;
+}
+
+// Waiting: spin briefly (a step's hand-off is about a microsecond), then give the core away. A long wait
+// means the awaited thread is not running (more runnable threads than cores).
+inline void Backoff(int64_t spins) {
+  CpuRelax();
+  if ((spins & 255) == 0 && spins > (1 << 12)) {
+    if (spins > (1 << 16)) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    else std::this_thread::yield();
+  }
+}
+
+// Runs owned slices through every stage of one chain (slices stay with their thread: their weights stay in its
+// cache). After a grace period a waiting thread claims slices nobody took and runs due stages of any slice.
+void WorkChain(const Job& job, int chain_index, std::vector<int64_t> owned) {
   Chain& ch = const_cast<Chain&>(job.chains[chain_index]);
   const int64_t S = ch.num_slices;
-  // owned: (slice, next stage to run). Always advance the slice that is furthest behind.
   while (true) {
-    size_t lowest = owned.size();
-    for (size_t i = 0; i < owned.size(); ++i) {
-      if (owned[i].second < ch.num_stages && (lowest == owned.size() || owned[i].second < owned[lowest].second)) lowest = i;
+    // The owned slice that is furthest behind.
+    int64_t slice = -1, stage = ch.num_stages;
+    for (int64_t x : owned) {
+      const int64_t k = ch.claim[x].load(std::memory_order_acquire);
+      if (k < stage) {
+        stage = k;
+        slice = x;
+      }
     }
-    if (lowest == owned.size()) return;
-    const int64_t stage = owned[lowest].second;
+    if (slice < 0) return;
     if (stage >= 1 && !job.ready.load(std::memory_order_acquire)) {
       while (!job.ready.load(std::memory_order_acquire)) CpuRelax();
     }
-    const int64_t need = stage * S;
-    if (ch.done.load(std::memory_order_acquire) < need) {
+    if (ch.done.load(std::memory_order_acquire) < stage * S) {
       const auto start = std::chrono::steady_clock::now();
       int64_t spins = 0;
-      bool stole = false;
-      while (ch.done.load(std::memory_order_acquire) < need) {
-        CpuRelax();
-        if ((++spins & 255) == 0) {
-          if (ch.next_slice.load(std::memory_order_relaxed) < S &&
-              std::chrono::steady_clock::now() - start > std::chrono::microseconds(100)) {
+      bool new_slices = false;
+      while (ch.done.load(std::memory_order_acquire) < stage * S) {
+        Backoff(++spins);
+        if ((spins & 255) == 0 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(100)) {
+          if (ch.next_slice.load(std::memory_order_relaxed) < S) {
             const int64_t first = ch.next_slice.fetch_add(S, std::memory_order_relaxed);
-            for (int64_t x = first; x < S; ++x) owned.emplace_back(x, 0);
-            stole = first < S;
-            if (stole) break;
+            for (int64_t x = first; x < S; ++x) owned.push_back(x);
+            if (first < S) {
+              new_slices = true;  // they start at stage 0: run them first
+              break;
+            }
           }
-          if (spins > (1 << 16)) std::this_thread::yield();
+          HelpChain(job, chain_index);
         }
       }
-      if (stole) continue;  // the new slices start at stage 0: run them first
+      if (new_slices) continue;
     }
-    RunStage(job, chain_index, owned[lowest].first, stage);
-    ++owned[lowest].second;
-    ch.done.fetch_add(1, std::memory_order_release);
+    TryRunStage(job, chain_index, slice);  // fails only when another thread took this stage meanwhile
   }
 }
 
@@ -270,8 +311,8 @@ void Participate(const std::shared_ptr<Job>& job, int preferred, bool is_caller)
     const int64_t take = is_caller && i > 0 ? ch.num_slices : job->share;  // the caller mops up other chains
     const int64_t first = ch.next_slice.fetch_add(take, std::memory_order_relaxed);
     if (first >= ch.num_slices) continue;
-    std::vector<std::pair<int64_t, int64_t>> owned;
-    for (int64_t x = first; x < std::min(first + take, ch.num_slices); ++x) owned.emplace_back(x, 0);
+    std::vector<int64_t> owned;
+    for (int64_t x = first; x < std::min(first + take, ch.num_slices); ++x) owned.push_back(x);
     WorkChain(*job, ci, std::move(owned));
     if (!is_caller) return;  // a helper does one chain; the caller goes on to make sure every chain finishes
   }
@@ -280,9 +321,12 @@ void Participate(const std::shared_ptr<Job>& job, int preferred, bool is_caller)
       Chain& ch = job->chains[ci];
       const int64_t total = ch.num_slices * ch.num_stages;
       int64_t spins = 0;
+      const auto start = std::chrono::steady_clock::now();
       while (ch.done.load(std::memory_order_acquire) < total) {
-        CpuRelax();
-        if ((++spins & 1023) == 0) std::this_thread::yield();
+        Backoff(++spins);
+        if ((spins & 255) == 0 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(100)) {
+          HelpChain(*job, ci);
+        }
       }
     }
   }
@@ -295,10 +339,7 @@ void cpu::RunStaged(int num_chains, int64_t slices, int64_t num_stages, int thre
   auto job = std::make_shared<Job>();
   job->num_chains = num_chains;
   job->custom = std::move(stage_fn);
-  for (int c = 0; c < num_chains; ++c) {
-    job->chains[c].num_slices = slices;
-    job->chains[c].num_stages = num_stages;
-  }
+  for (int c = 0; c < num_chains; ++c) job->chains[c].Init(slices, num_stages);
   const int64_t threads_per_chain = std::max<int64_t>(1, threads / num_chains);
   job->share = CeilDiv(slices, threads_per_chain);
   for (int i = 1; i < threads && runner != nullptr; ++i) {
@@ -404,8 +445,7 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
   }
   const int64_t stages_per_step = P > 0 ? 2 : 1;
   for (int d = 0; d < D; ++d) {
-    job->chains[d].num_slices = slices_per_chain;
-    job->chains[d].num_stages = 1 + max_len * stages_per_step;
+    job->chains[d].Init(slices_per_chain, 1 + max_len * stages_per_step);
   }
   const int64_t threads_per_chain = std::max<int64_t>(1, threads / D);
   job->share = CeilDiv(slices_per_chain, threads_per_chain);

@@ -7,6 +7,7 @@
 // with K = B*T instead of B*T rank-B updates that would stream dU through memory at every step.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -80,7 +81,10 @@ void ParallelFor(int64_t total, int64_t max_threads, ParallelRunner* runner, std
   Drain(ts.get());
   int64_t spins = 0;
   while (ts->done.load(std::memory_order_acquire) < total) {
-    if ((++spins & 63) == 0) std::this_thread::yield();
+    if ((++spins & 63) == 0) {
+      if (spins > (1 << 14)) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      else std::this_thread::yield();
+    }
   }
 }
 
