@@ -222,7 +222,10 @@ def read_options(options_file):
     try:
         with open(options_file, "rb") as f:
             options = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise ElmoFileError(f"options file {options_file!r} is not valid JSON: not UTF-8 text (byte {e.start}); "
+                            "is it the weight file?") from None
+    except json.JSONDecodeError as e:
         raise ElmoFileError(f"options file {options_file!r} is not valid JSON: {e}") from None
     except OSError as e:
         raise ElmoFileError(f"options file {options_file!r} cannot be read: {e.strerror or e}") from None
