@@ -132,6 +132,64 @@ def batch_to_ids(sentences, max_characters_per_token=MAX_CHARACTERS_PER_TOKEN):
     return ids_bxtxc
 
 
+def tokens_to_char_ids(tokens_bxt, sequence_len_b, max_characters_per_token=MAX_CHARACTERS_PER_TOKEN):
+    """batch_to_ids in TensorFlow ops (for a SavedModel on raw tokens): a padded token matrix [B, T] (tf.string,
+    UTF-8) and the sentence lengths [B] -> int32 char ids [B, T + 2, max_characters_per_token].
+
+    Same ids as batch_to_ids for the first sequence_len[b] tokens of each row (entries past a row's length are
+    ignored); rows are padded to T + 2 positions (batch_to_ids pads to the longest sentence + 2: extra padding
+    rows are all zeros either way, so the model's outputs at real tokens are the same). Raises
+    InvalidArgumentError naming the argument when the shapes disagree or a length is outside [0, T].
+    """
+    max_chars = int(max_characters_per_token)
+    tokens_bxt = tf.convert_to_tensor(tokens_bxt, tf.string)
+    sequence_len_b = tf.convert_to_tensor(sequence_len_b)
+    if sequence_len_b.dtype not in (tf.int32, tf.int64):
+        raise TypeError(f"tokens_to_char_ids: sequence_len must be int32 or int64, got {sequence_len_b.dtype.name}")
+    sequence_len_b = tf.cast(sequence_len_b, tf.int32)
+    for tensor, rank, what in ((tokens_bxt, 2, "tokens must be a [batch, max_tokens] string matrix"),
+                               (sequence_len_b, 1, "sequence_len must be a [batch] vector")):
+        if tensor.shape.rank is not None and tensor.shape.rank != rank:
+            raise tf.errors.InvalidArgumentError(None, None, f"{what}, got shape {tensor.shape}")
+    checks = [
+        tf.debugging.assert_rank(tokens_bxt, 2, message="tokens must be a [batch, max_tokens] string matrix"),
+        tf.debugging.assert_rank(sequence_len_b, 1, message="sequence_len must be a [batch] vector"),
+    ]
+    with tf.control_dependencies(checks):
+        dims = tf.shape(tokens_bxt)
+        batch, max_tokens = dims[0], dims[1]
+    checks = [
+        tf.debugging.assert_equal(tf.shape(sequence_len_b)[0], batch,
+                                  message="sequence_len must have one entry per row of tokens"),
+        tf.debugging.assert_non_negative(sequence_len_b, message="sequence_len must be >= 0"),
+        tf.debugging.assert_less_equal(sequence_len_b, max_tokens,
+                                       message="sequence_len must be <= the number of token columns"),
+    ]
+    with tf.control_dependencies(checks):
+        sequence_len_b = tf.identity(sequence_len_b)
+    # Each token's first max_chars - 2 UTF-8 bytes, zero-padded (decode_raw pads); n_bytes says how many are real.
+    room = max_chars - 2
+    bytes_bxtxr = tf.cast(tf.io.decode_raw(tokens_bxt, tf.uint8, fixed_length=room), tf.int32)
+    n_bytes_bxt = tf.minimum(tf.strings.length(tokens_bxt, unit="BYTE"), room)
+    position_c = tf.range(max_chars)
+    shifted_bxtxc = tf.pad(bytes_bxtxr, [[0, 0], [0, 0], [1, 1]])  # position j holds byte j - 1
+    n_bxtx1 = n_bytes_bxt[:, :, None]
+    rows_bxtxc = tf.where(position_c == 0, BOW_CHAR,
+                          tf.where(position_c <= n_bxtx1, shifted_bxtxc,
+                                   tf.where(position_c == n_bxtx1 + 1, EOW_CHAR, PAD_CHAR))) + 1
+    bos_row_c = tf.constant(_char_row([BOS_CHAR], max_chars))
+    eos_row_c = tf.constant(_char_row([EOS_CHAR], max_chars))
+    # A token that is literally <S> or </S> becomes the boundary token (as batch_to_ids does).
+    rows_bxtxc = tf.where(tf.equal(tokens_bxt, BOS_TOKEN)[:, :, None], bos_row_c, rows_bxtxc)
+    rows_bxtxc = tf.where(tf.equal(tokens_bxt, EOS_TOKEN)[:, :, None], eos_row_c, rows_bxtxc)
+    ids_bxsxc = tf.concat([tf.tile(bos_row_c[None, None], [batch, 1, 1]), rows_bxtxc,
+                           tf.zeros([batch, 1, max_chars], tf.int32)], axis=1)
+    position_s = tf.range(max_tokens + 2)[None, :]
+    len_bx1 = sequence_len_b[:, None]
+    ids_bxsxc = tf.where((position_s == len_bx1 + 1)[:, :, None], eos_row_c, ids_bxsxc)
+    return tf.where((position_s <= len_bx1 + 1)[:, :, None], ids_bxsxc, tf.zeros_like(ids_bxsxc))
+
+
 # ---- options and weight files -------------------------------------------------------------------------------------
 def _get(options, path, source, kind=None, default=KeyError):
     """options["a"]["b"] for path "a.b", with an error naming the file and the key."""
@@ -823,6 +881,58 @@ def set_bilm_tf_weights(model, weights):
             if bilm.num_proj:
                 assign(variables["projection_kernel"], weights[root + "W_P_0"])
     model.reset_states()
+
+
+def get_bilm_tf_weights(model):
+    """The inverse of set_bilm_tf_weights: an ElmoModel's weights as {hdf5 dataset path: float32 array} in the
+    bilm-tf layout (char_embed without the row of id 0, "no token", which loading sets to zeros; TF gate order
+    i, j, f, o; the +1.0 forget bias taken back out of B). write_bilm_tf(model, directory) saves them with the
+    options."""
+    def value(variable):
+        return np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
+
+    def tf_gate_order(m):
+        i, f, j, o = np.split(m, 4, axis=-1)
+        return np.concatenate([i, j, f, o], axis=-1)
+
+    encoder, bilm = model.char_encoder, model.bilm
+    weights = {"char_embed": value(encoder.char_embedding.embeddings)[1:]}
+    for i, conv in enumerate(encoder.convolutions):
+        weights[f"CNN/W_cnn_{i}"] = value(conv.kernel)
+        weights[f"CNN/b_cnn_{i}"] = value(conv.bias)
+    for k in range(encoder.n_highway):
+        for part, dense in (("carry", encoder.highway_carry[k]), ("transform", encoder.highway_transform[k])):
+            weights[f"CNN_high_{k}/W_{part}"] = value(dense.kernel)
+            weights[f"CNN_high_{k}/b_{part}"] = value(dense.bias)
+    if encoder.projection is not None:
+        weights["CNN_proj/W_proj"] = value(encoder.projection.kernel)
+        weights["CNN_proj/b_proj"] = value(encoder.projection.bias)
+    for direction in range(2):
+        for layer in range(bilm.n_layers):
+            root = f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell/"
+            variables = bilm.cell_weights(layer, direction)
+            bias = value(variables["bias"]).copy()
+            bias[bilm.units:2 * bilm.units] -= np.float32(1.0)
+            weights[root + "W_0"] = tf_gate_order(np.concatenate([value(variables["kernel"]),
+                                                                 value(variables["recurrent_kernel"])]))
+            weights[root + "B"] = tf_gate_order(bias)
+            if bilm.num_proj:
+                weights[root + "W_P_0"] = value(variables["projection_kernel"])
+    return weights
+
+
+def write_bilm_tf(model, directory):
+    """Writes directory/options.json and directory/lm_weights.hdf5 in the released bilm-tf format (what
+    load_elmo reads); returns their paths."""
+    os.makedirs(directory, exist_ok=True)
+    options_file = os.path.join(directory, "options.json")
+    weight_file = os.path.join(directory, "lm_weights.hdf5")
+    with open(options_file, "w") as f:
+        json.dump(model.options, f, indent=1)
+    with h5py.File(weight_file, "w") as f:
+        for path, array in get_bilm_tf_weights(model).items():
+            f.create_dataset(path, data=array)
+    return options_file, weight_file
 
 
 def load_elmo(options_file, weight_file, *, stateful=False, max_batch_size=128, implementation="fused",

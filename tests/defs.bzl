@@ -8,7 +8,7 @@ def pytest_test(name, size = "medium", data = [], **kwargs):
         main = "pytest_main.py",
         args = ["$(location %s.py)" % name],
         data = data + ["//cc:_fused_rnn_ops.so"],
-        deps = [":testlib", "//models", "//tf_ops"],
+        deps = [":testlib", "//export", "//models", "//tf_ops"],
         python_version = "PY3",
         **kwargs
     )

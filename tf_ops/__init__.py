@@ -11,8 +11,10 @@ from tf_ops._loader import cpu_isa
 from tf_ops._loader import library_path as op_library_path
 from tf_ops.layers import FusedGRU
 from tf_ops.layers import FusedLSTM
+from tf_ops.ops import OP_NAMES
 from tf_ops.ops import gru_sequence
 from tf_ops.ops import gru_sequence_int8
+from tf_ops.ops import implementation_scope
 from tf_ops.ops import lstm_sequence
 from tf_ops.ops import lstm_sequence_int8
 from tf_ops.quantize import dequantize_rows
@@ -21,5 +23,5 @@ from tf_ops.quantize import quantize_rows
 from tf_ops.quantize import quantized_weights
 
 __all__ = ["FusedLSTM", "FusedGRU", "lstm_sequence", "gru_sequence", "lstm_sequence_int8", "gru_sequence_int8",
-           "quantize_rows", "dequantize_rows", "quantized_weights", "quantize_model", "op_library_available",
+           "quantize_rows", "dequantize_rows", "quantized_weights", "quantize_model", "op_library_available", "implementation_scope", "OP_NAMES",
            "op_library_path", "cpu_isa"]

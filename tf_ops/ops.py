@@ -8,8 +8,13 @@ x_proj [B, T, D*G*H] (or time-major), recurrent_kernel [D, R, G*H], states [D, B
 output [B, T, D*R], zero past each sequence's length.
 
 `implementation`: "op" (the fused kernel; error if the library is not built), "reference" (stock TF ops
-only), or "auto" (the op when its library loads, else the reference).
+only), or "auto" (the op when its library loads, else the reference). `implementation_scope("reference")` makes
+"auto" mean "reference" inside a block (the Keras layers use "auto"): tracing a model there gives a graph of stock
+TensorFlow ops only, e.g. the portable SavedModel flavour for an unmodified TF Serving.
 """
+import contextlib
+import threading
+
 import tensorflow as tf
 
 from tf_ops import _loader
@@ -45,9 +50,32 @@ def _lengths(value, name="sequence_lengths"):
     return t
 
 
+# The ops this package's library registers: a graph that holds any of them needs the library loaded.
+OP_NAMES = ("FusedLSTMSequence", "FusedGRUSequence", "FusedLSTMSequenceGrad", "FusedGRUSequenceGrad",
+            "FusedLSTMSequenceInt8", "FusedGRUSequenceInt8", "FusedRnnCpuIsa")
+_IMPLEMENTATIONS = ("auto", "op", "reference")
+_scope = threading.local()  # per thread: tracing happens in the caller's thread
+
+
+@contextlib.contextmanager
+def implementation_scope(implementation):
+    """Inside the block, implementation="auto" (the layers' choice) means `implementation`; scopes nest."""
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(f"implementation_scope: implementation must be one of {_IMPLEMENTATIONS}, got "
+                         f"{implementation!r}")
+    previous = getattr(_scope, "implementation", "auto")
+    _scope.implementation = implementation
+    try:
+        yield
+    finally:
+        _scope.implementation = previous
+
+
 def _use_op(implementation):
-    if implementation not in ("auto", "op", "reference"):
+    if implementation not in _IMPLEMENTATIONS:
         raise ValueError(f"implementation must be 'auto', 'op' or 'reference', got {implementation!r}")
+    if implementation == "auto":
+        implementation = getattr(_scope, "implementation", "auto")
     if implementation == "reference":
         return False
     if implementation == "op":

@@ -25,17 +25,23 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python - <<'PY' >/dev/null 2>&1
+pinned_ok() {  # are the pins of requirements file $1 installed?
+  .venv/bin/python - "$1" <<'PY' >/dev/null 2>&1
 import importlib.metadata as md, re, sys
-for line in open("requirements.txt"):
+for line in open(sys.argv[1]):
     line = line.split("#")[0].strip()
     if not line: continue
     name, version = re.split(r"==", line)
     if md.version(name) != version: sys.exit(1)
 PY
-then
+}
+if ! pinned_ok requirements.txt; then
   say "installing Python packages (requirements.txt)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+fi
+if ! pinned_ok requirements-nodeps.txt; then
+  say "installing Python packages (requirements-nodeps.txt, without their dependencies)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 fi
 
 # 3. Bazel configuration for this TensorFlow (writes .tf_configure.bazelrc).
