@@ -16,6 +16,13 @@ constexpr int64_t kBlock = 16;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// p + n, or null for a null p: an empty tensor (T == 0) may come as a null pointer, and offsetting null is
+// undefined behaviour (UBSan found it through tools/fuzz_core.sh).
+template <class V>
+inline V* Offset(V* p, int64_t n) {
+  return p == nullptr ? nullptr : p + n;
+}
+
 // Everything one direction ("chain") of the recurrence needs, with strides resolved for the layout.
 struct ChainCtx {
   int dir = 0;

@@ -15,6 +15,13 @@ const char* CheckShape(const RnnShape& s) {
   return nullptr;
 }
 
+int64_t FirstBadLength(const int32_t* lengths, int64_t batch, int64_t max_time) {
+  for (int64_t b = 0; b < batch; ++b) {
+    if (lengths[b] < 0 || lengths[b] > max_time) return b;
+  }
+  return -1;
+}
+
 int64_t ReserveFeatures(const RnnShape& s) {
   if (s.cell == CellType::kGru) return 4 * s.num_units;
   return 5 * s.num_units + s.num_proj;

@@ -79,6 +79,10 @@ struct RnnForwardArgs {
 // (The TF layer validates every argument first; this is the core's own contract.)
 const char* CheckShape(const RnnShape& shape);
 
+// The first batch row whose length is outside [0, max_time], or -1 when every length is valid (the core's other
+// contract on its inputs; the TF layer reports the row by name).
+int64_t FirstBadLength(const int32_t* lengths, int64_t batch, int64_t max_time);
+
 // Floats per (direction, batch row, timestep) of the training reserve.
 int64_t ReserveFeatures(const RnnShape& shape);
 // Total floats of the training reserve: D * B * T * ReserveFeatures.

@@ -394,10 +394,10 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
     c.reverse = s.direction == Direction::kReverse || (s.direction == Direction::kBidirectional && d == 1);
     c.T = T; c.B = B; c.H = H; c.P = P; c.R = R; c.G = G;
     c.cell_clip = s.cell_clip; c.proj_clip = s.proj_clip;
-    c.x_proj = a.x_proj + d * G * H;
+    c.x_proj = Offset(a.x_proj, d * G * H);  // T == 0: x_proj and output may be empty (null)
     c.x_b_stride = s.time_major ? x_w : T * x_w;
     c.x_t_stride = s.time_major ? B * x_w : x_w;
-    c.output = a.output + d * R;
+    c.output = Offset(a.output, d * R);
     c.out_b_stride = out_b_stride; c.out_t_stride = out_t_stride;
     c.lengths = lengths;
     c.rec_bias = a.recurrent_bias ? a.recurrent_bias + d * G * H : nullptr;

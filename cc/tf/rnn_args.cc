@@ -118,11 +118,10 @@ Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnSh
 }
 
 Status CheckLengths(const int32_t* lengths, int64_t batch, int64_t max_time) {
-  for (int64_t b = 0; b < batch; ++b) {
-    if (lengths[b] < 0 || lengths[b] > max_time) {
-      return Invalid("sequence_lengths[", b, "] = ", lengths[b], " is outside [0, ", max_time,
-                             "] (max_time of x_proj)");
-    }
+  const int64_t b = FirstBadLength(lengths, batch, max_time);
+  if (b >= 0) {
+    return Invalid("sequence_lengths[", b, "] = ", lengths[b], " is outside [0, ", max_time,
+                   "] (max_time of x_proj)");
   }
   return absl::OkStatus();
 }
