@@ -36,6 +36,6 @@ set +e
 status=${PIPESTATUS[0]}
 set -e
 # Keep the corpus small: merge only inputs that add coverage into the committed seed directory.
-"$OUT/fuzz_core" -merge=1 cc/core/fuzz_corpus "$OUT/corpus" -max_len=64 >"$OUT/merge.log" 2>&1 || true
+"$OUT/fuzz_core" -merge=1 cc/core/fuzz_corpus "$OUT/corpus" -max_len=64 -artifact_prefix="$OUT/" >"$OUT/merge.log" 2>&1 || true
 echo "[fuzz] corpus: $(ls cc/core/fuzz_corpus | wc -l) inputs in cc/core/fuzz_corpus; exit status $status"
 exit "$status"

@@ -28,6 +28,10 @@ const char* Fmt(const char* fmt, const char* a = "", long long x = 0) {
 }
 const char* CudaMessage(const char* what, cudaError_t e) {
   std::snprintf(g_message, sizeof(g_message), "fused_rnn CUDA: %s failed: %s", what, cudaGetErrorString(e));
+  // The failed call also left its error in this thread's last-error slot; it is reported through the message, so
+  // reset the slot (a no-op for sticky errors). Otherwise a refused launch (e.g. a cooperative grid that cannot be
+  // resident) would surface again at the caller's next, unrelated cudaGetLastError().
+  cudaGetLastError();
   return g_message;
 }
 

@@ -1,5 +1,8 @@
 // extern "C" face of the CUDA core for the ctypes test/benchmark driver (tools/gpu/driver.py). Test-only.
+#include <cuda_runtime.h>
+
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 
 #include "../../cc/core/fused_rnn_cuda.h"
@@ -113,6 +116,43 @@ void frg_set_debug_clock(uint64_t device_ptr) { g_debug_clock = reinterpret_cast
 
 int frg_watchdog(uint64_t workspace, int64_t workspace_bytes) {
   return fused_rnn::CudaWatchdogFired(reinterpret_cast<const void*>(workspace), static_cast<size_t>(workspace_bytes));
+}
+
+// Plain device memory for the torch-free harness mode (driver.py --sanitize-cases / --coresidency-check): the same
+// CUDA runtime instance as the core, so compute-sanitizer sees one runtime, no framework allocator and no cuDNN.
+// Each returns the cudaError_t code (0 = success); frg_error_string names one.
+int frg_malloc(uint64_t* ptr, int64_t bytes) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, static_cast<size_t>(bytes));
+  *ptr = reinterpret_cast<uint64_t>(p);
+  return static_cast<int>(e);
+}
+int frg_free(uint64_t ptr) { return static_cast<int>(cudaFree(reinterpret_cast<void*>(ptr))); }
+int frg_memcpy_h2d(uint64_t dst, const void* src, int64_t bytes) {
+  return static_cast<int>(cudaMemcpy(reinterpret_cast<void*>(dst), src, static_cast<size_t>(bytes),
+                                     cudaMemcpyHostToDevice));
+}
+int frg_memcpy_d2h(void* dst, uint64_t src, int64_t bytes) {
+  return static_cast<int>(cudaMemcpy(dst, reinterpret_cast<const void*>(src), static_cast<size_t>(bytes),
+                                     cudaMemcpyDeviceToHost));
+}
+int frg_memset(uint64_t ptr, int value, int64_t bytes) {
+  return static_cast<int>(cudaMemset(reinterpret_cast<void*>(ptr), value, static_cast<size_t>(bytes)));
+}
+int frg_synchronize() { return static_cast<int>(cudaDeviceSynchronize()); }
+int frg_last_error() { return static_cast<int>(cudaGetLastError()); }
+int frg_device_reset() { return static_cast<int>(cudaDeviceReset()); }
+const char* frg_error_string(int e) { return cudaGetErrorString(static_cast<cudaError_t>(e)); }
+int frg_device_name(int device, char* buf, int buf_len) {
+  cudaDeviceProp prop;
+  const cudaError_t e = cudaGetDeviceProperties(&prop, device);
+  if (e == cudaSuccess) std::snprintf(buf, static_cast<size_t>(buf_len), "%s", prop.name);
+  return static_cast<int>(e);
+}
+int frg_runtime_versions(int* runtime, int* driver) {
+  cudaError_t e = cudaRuntimeGetVersion(runtime);
+  if (e == cudaSuccess) e = cudaDriverGetVersion(driver);
+  return static_cast<int>(e);
 }
 
 }  // extern "C"

@@ -6,16 +6,17 @@
 #   GPU_ARCH   gencode flags (default: sm_75, sm_80, sm_90 SASS + compute_90 PTX; CUDA 13 dropped sm_70, add
 #              "-gencode arch=compute_70,code=sm_70" when building with CUDA 12.x; the device run passes sm_90 only)
 #   BUILD_DIR  where objects and libfused_rnn_gpu.so go (default /tmp/fused_rnn_gpu_build)
+#   NVCC_EXTRA extra nvcc flags for every object (tools/gpu/sanitize.sh passes -lineinfo)
 #   BUILD_ONLY=1 stops after the build; DRIVER_ARGS extra driver.py arguments
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/fused_rnn_gpu_out}"
 BUILD_DIR="${BUILD_DIR:-/tmp/fused_rnn_gpu_build}"
 GPU_ARCH="${GPU_ARCH:--gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90}"
-NVCC_FLAGS="-std=c++17 -O3 -Xcompiler -fPIC"
+NVCC_FLAGS="-std=c++17 -O3 -Xcompiler -fPIC ${NVCC_EXTRA:-}"
 mkdir -p "$BUILD_DIR" "$OUT"
 
-echo "== build ($GPU_ARCH)"
+echo "== build ($GPU_ARCH ${NVCC_EXTRA:-})"
 t0=$(date +%s)
 pids=()
 for src in cc/cuda/*.cu; do
