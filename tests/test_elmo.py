@@ -315,7 +315,9 @@ def test_random_model_matches_numpy(tmp_path, rng, config, implementation):
     stateful = elmo.load_elmo(options_file, weight_file, stateful=True, max_batch_size=4,
                               implementation=implementation)
     embed = elmo.embed_function(stateful)
-    tol = 1e-5
+    # The stock-Keras path (the comparison network, not the code under test) sums in other orders: with these
+    # deliberately large weights its float32 error reached 6.6e-5 relative on one element (CI run, 2026-11-21).
+    tol = 1e-5 if implementation == "fused" else 1e-4
     # Stateless: any call starts from zero.
     sentences = random_sentences(rng, 4)
     ids = elmo.batch_to_ids(sentences, cfg["max_chars"])
