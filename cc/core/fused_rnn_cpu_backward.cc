@@ -119,12 +119,15 @@ void cpu::CpuBackwardWithKernels(const StepKernels& kernels, const RnnShape& s, 
   const int64_t G = s.num_gates(), D = s.num_dirs(), GH = G * H, N = B * T;
   const bool lstm = s.cell == CellType::kLstm;
   if (B == 0 || T == 0) {
-    // No step ran: the weight gradients are zero and the state gradients pass straight through.
-    std::memset(a.d_recurrent_kernel, 0, sizeof(float) * D * R * GH);
-    if (!lstm && a.d_recurrent_bias) std::memset(a.d_recurrent_bias, 0, sizeof(float) * D * GH);
-    if (P > 0) std::memset(a.d_projection_kernel, 0, sizeof(float) * D * H * P);
-    std::memcpy(a.d_initial_h, a.d_final_h, sizeof(float) * D * B * R);
-    if (lstm) std::memcpy(a.d_initial_c, a.d_final_c, sizeof(float) * D * B * H);
+    // No step ran: the weight gradients are zero and the state gradients pass straight through. Sizes can be
+    // zero here with null pointers (an empty batch), which memset/memcpy must not be given.
+    auto zero = [](float* p, int64_t n) { if (n > 0) std::memset(p, 0, sizeof(float) * n); };
+    auto copy = [](float* dst, const float* src, int64_t n) { if (n > 0) std::memcpy(dst, src, sizeof(float) * n); };
+    zero(a.d_recurrent_kernel, D * R * GH);
+    if (!lstm && a.d_recurrent_bias) zero(a.d_recurrent_bias, D * GH);
+    if (P > 0) zero(a.d_projection_kernel, D * H * P);
+    copy(a.d_initial_h, a.d_final_h, D * B * R);
+    if (lstm) copy(a.d_initial_c, a.d_final_c, D * B * H);
     return;
   }
   const BwdLayout l = Layout(s);

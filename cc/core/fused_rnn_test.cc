@@ -147,78 +147,7 @@ TEST(CoreTest, CheckShapeRejectsBadShapes) {
 }
 
 // ---- backward ------------------------------------------------------------------------------------------------
-// The loss sum(w_out * out) + sum(w_fh * final_h) + sum(w_fc * final_c) has the w's as its output gradients; its
-// gradient with respect to every input is checked against float64 central differences of the reference.
-struct Grads {
-  std::vector<float> dx, drk, drb, dpk, dh0, dc0;
-};
-
-Grads RunBackward(const Problem& p, const cpu::StepKernels& k, ParallelRunner* runner, const std::vector<float>& w_out,
-                  const std::vector<float>& w_fh, const std::vector<float>& w_fc) {
-  const RnnShape& s = p.s;
-  const int64_t D = s.num_dirs(), R = s.recurrent_width(), G = s.num_gates(), H = s.num_units, B = s.batch;
-  const Result fwd = RunCore(p, k, nullptr, /*with_reserve=*/true);
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  Grads g;
-  g.dx.assign(p.x.size(), nan);
-  g.drk.assign(p.rk.size(), nan);
-  g.drb.assign(s.cell == CellType::kGru ? D * G * H : 0, nan);
-  g.dpk.assign(p.pk.size(), nan);
-  g.dh0.assign(D * B * R, nan);
-  g.dc0.assign(s.cell == CellType::kLstm ? D * B * H : 0, nan);
-  std::vector<float> scratch(CpuBackwardScratchFloats(s) + 16, nan);
-  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
-  RnnBackwardArgs a;
-  a.recurrent_kernel = p.rk.data();
-  a.projection_kernel = p.pk.empty() ? nullptr : p.pk.data();
-  a.sequence_lengths = p.lengths.data();
-  a.initial_h = p.h0.data();
-  a.initial_c = p.c0.empty() ? nullptr : p.c0.data();
-  a.output = fwd.out.data();
-  a.reserve = fwd.reserve.data();
-  a.d_output = w_out.data();
-  a.d_final_h = w_fh.data();
-  a.d_final_c = s.cell == CellType::kLstm ? w_fc.data() : nullptr;
-  a.d_x_proj = g.dx.data();
-  a.d_recurrent_kernel = g.drk.data();
-  a.d_recurrent_bias = g.drb.empty() ? nullptr : g.drb.data();
-  a.d_projection_kernel = g.dpk.empty() ? nullptr : g.dpk.data();
-  a.d_initial_h = g.dh0.data();
-  a.d_initial_c = g.dc0.empty() ? nullptr : g.dc0.data();
-  cpu::CpuBackwardWithKernels(k, s, a, aligned, runner);
-  return g;
-}
-
-double Loss(const Problem& prob, const Params& p, const std::vector<float>& w_out, const std::vector<float>& w_fh,
-            const std::vector<float>& w_fc) {
-  std::vector<double> out, fh, fc;
-  Reference(prob, p, &out, &fh, &fc);
-  double l = 0;
-  for (size_t i = 0; i < out.size(); ++i) l += w_out[i] * out[i];
-  for (size_t i = 0; i < fh.size(); ++i) l += w_fh[i] * fh[i];
-  if (prob.s.cell == CellType::kLstm) for (size_t i = 0; i < fc.size(); ++i) l += w_fc[i] * fc[i];
-  return l;
-}
-
-std::vector<double> NumericGrad(const Problem& prob, std::vector<double> Params::*member,
-                                const std::vector<float>& w_out, const std::vector<float>& w_fh,
-                                const std::vector<float>& w_fc) {
-  Params p = ToParams(prob);
-  std::vector<double>& v = p.*member;
-  std::vector<double> g(v.size());
-  const double eps = 1e-6;
-  for (size_t i = 0; i < v.size(); ++i) {
-    const double keep = v[i];
-    v[i] = keep + eps;
-    const double up = Loss(prob, p, w_out, w_fh, w_fc);
-    v[i] = keep - eps;
-    const double down = Loss(prob, p, w_out, w_fh, w_fc);
-    v[i] = keep;
-    g[i] = (up - down) / (2 * eps);
-  }
-  return g;
-}
-
+// Grads, RunBackward, Loss and NumericGrad live in test_util.h (the fuzz target checks the backward too).
 class BackwardTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(BackwardTest, MatchesFloat64FiniteDifferencesOnEveryIsaAndThreadCount) {

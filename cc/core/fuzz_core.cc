@@ -7,13 +7,16 @@
 // validation (CheckShape, FirstBadLength) must reject the invalid ones; for every accepted input the forward must
 // match the float64 reference (within 1e-4 relative), write every output (outputs are NaN-poisoned first), give
 // bitwise the same results with helper threads on time, late or never run, also while writing a training
-// reserve (float weights). The backward is not fuzzed here (the core tests check it on fixed cases). Any
-// violation aborts, which libFuzzer records as a crash.
+// reserve (float weights). With float weights the backward runs too, from that reserve and random output
+// gradients: every gradient (x_proj, recurrent kernel, projection kernel, GRU bias, initial h and c) must match
+// float64 central differences of the reference at sampled elements, and be bitwise the same whatever the helper
+// threads do. Any violation aborts, which libFuzzer records as a crash.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "cc/core/fused_rnn.h"
@@ -54,6 +57,72 @@ void Require(bool ok, const char* what, const RnnShape& s) {
                static_cast<long long>(s.batch), static_cast<long long>(s.num_units),
                static_cast<long long>(s.num_proj), s.time_major, s.cell_clip, s.proj_clip, s.int8_weights);
   std::abort();
+}
+
+// Sampled central differences of the float64 loss against one gradient from the core: max error over
+// max(|sampled reference|, |whole gradient|), so a gradient that is wrong everywhere, or zero, cannot pass.
+double SampledGradError(const Problem& p, std::vector<double> Params::*member, const std::vector<float>& got,
+                        const std::vector<float>& w_out, const std::vector<float>& w_fh,
+                        const std::vector<float>& w_fc, uint32_t seed) {
+  Params params = ToParams(p);
+  std::vector<double>& v = params.*member;
+  if (v.empty()) return 0;
+  double scale = 1e-6, err = 0;
+  for (float g : got) {
+    if (!std::isfinite(g)) return INFINITY;
+    scale = std::max(scale, static_cast<double>(std::fabs(g)));
+  }
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<size_t> pick(0, v.size() - 1);
+  for (int i = 0; i < 6; ++i) {
+    const size_t idx = pick(rng);
+    const double keep = v[idx], eps = 1e-6;
+    v[idx] = keep + eps;
+    const double up = Loss(p, params, w_out, w_fh, w_fc);
+    v[idx] = keep - eps;
+    const double down = Loss(p, params, w_out, w_fh, w_fc);
+    v[idx] = keep;
+    const double want = (up - down) / (2 * eps);
+    scale = std::max(scale, std::fabs(want));
+    err = std::max(err, std::fabs(got[idx] - want));
+  }
+  return err / scale;
+}
+
+bool SameGrads(const Grads& a, const Grads& b) {
+  return SameBits(a.dx, b.dx) && SameBits(a.drk, b.drk) && SameBits(a.drb, b.drb) && SameBits(a.dpk, b.dpk) &&
+         SameBits(a.dh0, b.dh0) && SameBits(a.dc0, b.dc0);
+}
+
+void CheckBackward(const Problem& p, uint32_t seed) {
+  const RnnShape& s = p.s;
+  const int64_t D = s.num_dirs(), R = s.recurrent_width();
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n01(0.f, 1.f);
+  auto random = [&](int64_t n) { std::vector<float> v(n); for (auto& e : v) e = n01(rng); return v; };
+  const std::vector<float> w_out = random(s.max_time * s.batch * D * R);
+  const std::vector<float> w_fh = random(D * s.batch * R), w_fc = random(D * s.batch * s.num_units);
+  for (const cpu::StepKernels* k : AvailableKernels()) {
+    const Grads g = RunBackward(p, *k, nullptr, w_out, w_fh, w_fc);
+    const double tol = 1e-4;
+    Require(SampledGradError(p, &Params::x, g.dx, w_out, w_fh, w_fc, seed + 1) < tol, "d_x_proj differs", s);
+    Require(SampledGradError(p, &Params::rk, g.drk, w_out, w_fh, w_fc, seed + 2) < tol, "d_recurrent_kernel differs", s);
+    Require(SampledGradError(p, &Params::h0, g.dh0, w_out, w_fh, w_fc, seed + 3) < tol, "d_initial_h differs", s);
+    if (s.cell == CellType::kLstm) {
+      Require(SampledGradError(p, &Params::c0, g.dc0, w_out, w_fh, w_fc, seed + 4) < tol, "d_initial_c differs", s);
+      if (s.num_proj > 0) {
+        Require(SampledGradError(p, &Params::pk, g.dpk, w_out, w_fh, w_fc, seed + 5) < tol,
+                "d_projection_kernel differs", s);
+      }
+    } else {
+      Require(SampledGradError(p, &Params::rb, g.drb, w_out, w_fh, w_fc, seed + 6) < tol, "d_recurrent_bias differs",
+              s);
+    }
+    ThreadRunner on_time(2), late(2, 300), never(2, 0, true);
+    for (ParallelRunner* runner : std::vector<ParallelRunner*>{&on_time, &late, &never}) {
+      Require(SameGrads(RunBackward(p, *k, runner, w_out, w_fh, w_fc), g), "threads changed a gradient", s);
+    }
+  }
 }
 
 }  // namespace
@@ -104,5 +173,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       Require(SameBits(threaded.fh, serial.fh), "threads changed the final h", p.s);
     }
   }
+  if (!int8) CheckBackward(p, in.U32());
   return 0;
 }
