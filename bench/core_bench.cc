@@ -109,7 +109,11 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) kCpuTime |= std::string(argv[i]) == "--cpu-time";
+  std::string only;  // --only SUBSTRING: just the cases whose name contains it
+  for (int i = 1; i < argc; ++i) {
+    kCpuTime |= std::string(argv[i]) == "--cpu-time";
+    if (std::string(argv[i]) == "--only" && i + 1 < argc) only = argv[++i];
+  }
   std::printf("core only (no TF), T=100, ISA %s, median ms\n", fused_rnn::CpuIsaName());
   std::printf("%-20s | %-21s | %-21s | %-21s\n", "", "forward float32", "forward int8", "backward");
   std::printf("%-20s | %10s %10s | %10s %10s | %10s %10s\n", "case", "1 thread", "2 threads", "1 thread",
@@ -122,7 +126,11 @@ int main(int argc, char** argv) {
                      C{"LSTM H=512 B=16", fused_rnn::CellType::kLstm, false, 512, 16},
                      C{"LSTM H=512 B=32", fused_rnn::CellType::kLstm, false, 512, 32},
                      C{"biLSTM H=100 B=1", fused_rnn::CellType::kLstm, true, 100, 1},
+                     C{"LSTM H=100 B=32", fused_rnn::CellType::kLstm, false, 100, 32},
+                     C{"biLSTM H=100 B=32", fused_rnn::CellType::kLstm, true, 100, 32},
+                     C{"GRU H=256 B=32", fused_rnn::CellType::kGru, false, 256, 32},
                      C{"GRU H=256 B=1", fused_rnn::CellType::kGru, false, 256, 1}}) {
+    if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
     std::printf("%-20s", c.name);
     for (Mode m : {Mode::kForward, Mode::kInt8Forward, Mode::kBackward}) {
       std::printf(" | %10.3f %10.3f", TimeMs(c.cell, c.bidi, c.H, c.B, 0, m), TimeMs(c.cell, c.bidi, c.H, c.B, 1, m));

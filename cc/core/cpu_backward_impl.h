@@ -150,40 +150,88 @@ inline void GruBwdBlock(const BwdCtx& c, int64_t step, int64_t b0, int64_t u) {
   }
 }
 
-// Stage 3: dh_carry[:, q-block] = d(h_prev @ U) @ U^T (+ dh * z for the GRU) for MR rows.
-template <int MR>
+// Stage 3: dh_carry[:, blocks q .. q+NQ) = d(h_prev @ U) @ U^T (+ dh * z for the GRU) for MR rows. NQ column
+// blocks at once (their U^T panels are consecutive, GH * 16 floats apart): one 16-column block gave each row only
+// kNV accumulators, too few FMA chains to cover the FMA latency (measured: half the forward's FMA rate).
+template <int MR, int NQ>
 inline void CarryBlock(const BwdCtx& c, int64_t step, int64_t b0, int64_t q) {
-  const int64_t R = c.R, GH = c.G * c.H, p0 = q * kBlock;
+  constexpr int NJ = NQ * kNV;
+  const int64_t R = c.R, GH = c.G * c.H, p0 = q * kBlock, panel_stride = GH * kBlock;
   const bool gru = c.dhu != nullptr;
   BwdRow rs[MR];
   const float* rows[MR];
-  V acc[MR][kNV];
+  V acc[MR][NJ];
+  int nv[NJ];
+#pragma GCC unroll 16
+  for (int j = 0; j < NJ; ++j) nv[j] = Valid(R, p0 + j * kW);  // vector j covers columns p0 + j*kW ..
+#pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
     const int64_t b = b0 + m;
     rs[m] = BwdRowAt(c, b, step);
     rows[m] = gru ? c.dhu + rs[m].n * GH : DxRow(c, b, rs[m].pos);
-    for (int v = 0; v < kNV; ++v) {
-      const int n = Valid(R, p0 + v * kW);
-      acc[m][v] = Isa::Zero();
-      if (gru && rs[m].active && n > 0) {
-        const float* z = c.reserve + rs[m].n * c.reserve_features;
-        acc[m][v] = Isa::Mul(Isa::LoadN(c.dh_tot + b * R + p0 + v * kW, n), Isa::LoadN(z + p0 + v * kW, n));
+    const float* z = c.reserve + rs[m].n * c.reserve_features;
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) {
+      acc[m][j] = Isa::Zero();
+      if (gru && rs[m].active && nv[j] > 0) {
+        acc[m][j] = Isa::Mul(Isa::LoadN(c.dh_tot + b * R + p0 + j * kW, nv[j]), Isa::LoadN(z + p0 + j * kW, nv[j]));
       }
     }
   }
-  PanelProduct<kNV, MR>(c.ut_packed + q * GH * kBlock, GH, rows, acc);
+  const float* __restrict panel = c.ut_packed + q * panel_stride;
+  if (MR == 1) {
+    // One row: even and odd k in separate accumulators, for twice the independent FMA chains.
+    V acc_odd[NJ];
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) acc_odd[j] = Isa::Zero();
+    const float* __restrict h0 = rows[0];
+    int64_t k = 0;
+    for (; k + 1 < GH; k += 2) {
+      const V he = Isa::Set1(h0[k]), ho = Isa::Set1(h0[k + 1]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) {
+        const float* p = panel + (j / kNV) * panel_stride + k * kBlock + (j % kNV) * kW;
+        acc[0][j] = Isa::Fma(he, Isa::Load(p), acc[0][j]);
+        acc_odd[j] = Isa::Fma(ho, Isa::Load(p + kBlock), acc_odd[j]);
+      }
+    }
+    if (k < GH) {
+      const V he = Isa::Set1(h0[k]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) {
+        acc[0][j] = Isa::Fma(he, Isa::Load(panel + (j / kNV) * panel_stride + k * kBlock + (j % kNV) * kW), acc[0][j]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) acc[0][j] = Isa::Add(acc[0][j], acc_odd[j]);
+  } else {
+    for (int64_t k = 0; k < GH; ++k) {
+      V w[NJ];
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) w[j] = Isa::Load(panel + (j / kNV) * panel_stride + k * kBlock + (j % kNV) * kW);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        const V hm = Isa::Set1(rows[m][k]);
+#pragma GCC unroll 16
+        for (int j = 0; j < NJ; ++j) acc[m][j] = Isa::Fma(hm, w[j], acc[m][j]);
+      }
+    }
+  }
+#pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
-    for (int v = 0; v < kNV; ++v) {
-      const int n = Valid(R, p0 + v * kW);
-      if (n > 0) Isa::StoreN(c.dh_carry + (b0 + m) * R + p0 + v * kW, acc[m][v], n);
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) {
+      if (nv[j] > 0) Isa::StoreN(c.dh_carry + (b0 + m) * R + p0 + j * kW, acc[m][j], nv[j]);
     }
   }
 }
 
+// Column blocks per carry product: 4 vectors of accumulators per row on every ISA.
+constexpr int kCarryBlocks = kNV >= 4 ? 1 : 4 / kNV;
+
 template <int MR> struct LstmBwdOp { static void Run(const BwdCtx& c, int64_t s, int64_t b, int64_t u) { LstmBwdBlock<MR>(c, s, b, u); } };
 template <int MR> struct GruBwdOp { static void Run(const BwdCtx& c, int64_t s, int64_t b, int64_t u) { GruBwdBlock<MR>(c, s, b, u); } };
-template <int MR> struct CarryOp { static void Run(const BwdCtx& c, int64_t s, int64_t b, int64_t q) { CarryBlock<MR>(c, s, b, q); } };
 
 template <template <int> class Block>
 inline void BwdRowGroups(const BwdCtx& c, int64_t step, int64_t block_begin, int64_t block_end) {
@@ -211,8 +259,24 @@ void BwdGates(const BwdCtx& c, int64_t step, int64_t u0, int64_t u1) {
   else BwdRowGroups<LstmBwdOp>(c, step, u0, u1);
 }
 
+template <int NQ>
+inline void CarryRowGroups(const BwdCtx& c, int64_t step, int64_t q) {
+  constexpr int kMR = Isa::kMaxRows;
+  int64_t b = 0;
+  for (; b + kMR <= c.B; b += kMR) {
+    bool any = false;
+    for (int m = 0; m < kMR; ++m) any |= step < c.lengths[b + m];
+    if (any) CarryBlock<kMR, NQ>(c, step, b, q);
+  }
+  for (; b < c.B; ++b) {
+    if (step < c.lengths[b]) CarryBlock<1, NQ>(c, step, b, q);
+  }
+}
+
 void BwdCarry(const BwdCtx& c, int64_t step, int64_t q0, int64_t q1) {
-  BwdRowGroups<CarryOp>(c, step, q0, q1);
+  int64_t q = q0;
+  for (; q + kCarryBlocks <= q1; q += kCarryBlocks) CarryRowGroups<kCarryBlocks>(c, step, q);
+  for (; q < q1; ++q) CarryRowGroups<1>(c, step, q);
   if (step > 0) BwdPrepColumns(c, step - 1, q0 * kBlock, std::min(q1 * kBlock, c.R));
 }
 
@@ -229,27 +293,35 @@ constexpr int64_t kWgChunk = 256;  // positions per packed chunk: 256 x 64 float
 template <int MR>
 inline void WeightGradTile(const WeightGradArgs& w, int64_t m0, int64_t k0, const float* __restrict packed,
                            int64_t n0, int64_t n1, bool accumulate) {
+  // Every loop over the tile is fully unrolled: with a loop left rolled GCC keeps acc[][] in memory and stores
+  // every accumulator to the stack on each iteration of n (measured: a third of the FMA rate).
   V acc[MR][kWgVecs];
   int nv[kWgVecs];
+#pragma GCC unroll 8
   for (int j = 0; j < kWgVecs; ++j) nv[j] = Valid(w.K, k0 + j * kW);
+#pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
     for (int j = 0; j < kWgVecs; ++j)
       acc[m][j] = accumulate && nv[j] > 0 ? Isa::LoadN(w.out + (m0 + m) * w.K + k0 + j * kW, nv[j]) : Isa::Zero();
   const float* a_rows[MR];
+#pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) a_rows[m] = w.a_t + (m0 + m) * w.N + n0;
   for (int64_t n = 0; n < n1 - n0; ++n) {
     const float* row = packed + n * kWgStripe;
     V bv[kWgVecs];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < kWgVecs; ++j) bv[j] = Isa::Load(row + j * kW);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
       const V a = Isa::Set1(a_rows[m][n]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int j = 0; j < kWgVecs; ++j) acc[m][j] = Isa::Fma(a, bv[j], acc[m][j]);
     }
   }
+#pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
     for (int j = 0; j < kWgVecs; ++j)
       if (nv[j] > 0) Isa::StoreN(w.out + (m0 + m) * w.K + k0 + j * kW, acc[m][j], nv[j]);
 }
