@@ -79,6 +79,18 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
 // Returns 1 if a device-side wait timed out (outputs invalid), 0 if not, -1 on a CUDA error.
 int CudaWatchdogFired(const void* workspace, size_t workspace_bytes);
 
+
+// ---- backward (training) ------------------------------------------------------------------------------------
+// Backpropagation through time for a forward that ran with a reserve (float32 weights; INT8 and 16-bit weights
+// are inference-only). Every pointer in RnnBackwardArgs is a DEVICE pointer; semantics are those of CpuBackward
+// (fused_rnn.h). d_final_h / d_final_c may be null (zero), as may initial_h / initial_c (zero initial state) and
+// sequence_lengths (all max_time). Enqueues a few kernels per timestep and a cudaMemcpyAsync/cudaMemsetAsync or
+// two on `stream` (capturable into a CUDA graph); deterministic (no atomics). Workspace: at least
+// CudaBackwardWorkspaceBytes(shape) bytes, 256-byte aligned (may be null when that is 0).
+size_t CudaBackwardWorkspaceBytes(const RnnShape& shape);
+const char* CudaBackward(const RnnShape& shape, const RnnBackwardArgs& device_args, void* workspace,
+                         size_t workspace_bytes, void* stream);
+
 }  // namespace fused_rnn
 
 #endif  // FUSED_RNN_CORE_FUSED_RNN_CUDA_H_

@@ -112,6 +112,37 @@ const char* frg_forward(const int64_t* shape, const float* clips, int weight_typ
                                 reinterpret_cast<void*>(stream), MakeLimits(limits), &tun);
 }
 
+int64_t frg_backward_workspace_bytes(const int64_t* shape, const float* clips) {
+  return static_cast<int64_t>(fused_rnn::CudaBackwardWorkspaceBytes(MakeShape(shape, clips)));
+}
+
+// ptrs (device addresses, 0 = null): recurrent_kernel, projection_kernel, sequence_lengths, initial_h, initial_c,
+// output, reserve, d_output, d_final_h, d_final_c, d_x_proj, d_recurrent_kernel, d_recurrent_bias,
+// d_projection_kernel, d_initial_h, d_initial_c.
+const char* frg_backward(const int64_t* shape, const float* clips, const uint64_t* ptrs, uint64_t workspace,
+                         int64_t workspace_bytes, uint64_t stream) {
+  fused_rnn::RnnBackwardArgs a;
+  auto f = [&](int i) { return reinterpret_cast<float*>(ptrs[i]); };
+  a.recurrent_kernel = f(0);
+  a.projection_kernel = f(1);
+  a.sequence_lengths = reinterpret_cast<const int32_t*>(ptrs[2]);
+  a.initial_h = f(3);
+  a.initial_c = f(4);
+  a.output = f(5);
+  a.reserve = f(6);
+  a.d_output = f(7);
+  a.d_final_h = f(8);
+  a.d_final_c = f(9);
+  a.d_x_proj = f(10);
+  a.d_recurrent_kernel = f(11);
+  a.d_recurrent_bias = f(12);
+  a.d_projection_kernel = f(13);
+  a.d_initial_h = f(14);
+  a.d_initial_c = f(15);
+  return fused_rnn::CudaBackward(MakeShape(shape, clips), a, reinterpret_cast<void*>(workspace),
+                                 static_cast<size_t>(workspace_bytes), reinterpret_cast<void*>(stream));
+}
+
 void frg_set_debug_clock(uint64_t device_ptr) { g_debug_clock = reinterpret_cast<int64_t*>(device_ptr); }
 
 int frg_watchdog(uint64_t workspace, int64_t workspace_bytes) {

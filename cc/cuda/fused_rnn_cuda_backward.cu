@@ -1,0 +1,537 @@
+// Backward pass (backpropagation through time) of the CUDA core, float32 weights. See CudaBackward in
+// cc/core/fused_rnn_cuda.h for the contract; the math is that of the CPU backward (cc/core/cpu_backward_impl.h):
+//
+//   per step, walking each sequence backwards from its last valid position:
+//     [prep, projection only]  dr = (d_output + dh_carry), zero where the projection clip was active
+//     gates   dm = dr @ P^T (or d_output + dh_carry); the cell's backward -> d_x_proj at this position, dc_carry
+//     carry   dh_carry = d(h_prev @ U) @ U^T  (+ dh * z for the GRU)
+//   then the weight gradients as products over every valid (row, position): dU = sum h_{t-1}^T da_t,
+//   dP = sum m^T dr, and the GRU's recurrent bias = column sums of d(h_prev @ U).
+//
+// Why not persistent (as the forward is): the backward's sequential part is the same shape of work as a forward
+// step, but this first GPU backward favours being obviously right: plain kernels on the caller's stream, 2 per
+// step (3 with a projection), no grid-wide waits and so nothing that could hang; a CUDA graph takes the launch
+// cost down. Deterministic: no atomics, every sum has one fixed order.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+
+#include "../core/fused_rnn_cuda.h"
+
+namespace fused_rnn {
+namespace {
+
+thread_local char g_bwd_message[512];
+
+const char* BwdCudaMessage(const char* what, cudaError_t e) {
+  std::snprintf(g_bwd_message, sizeof(g_bwd_message), "fused_rnn CUDA backward: %s failed: %s", what,
+                cudaGetErrorString(e));
+  cudaGetLastError();  // reported through the message; do not leave it for the caller's next check
+  return g_bwd_message;
+}
+
+size_t Align256(size_t v) { return (v + 255) / 256 * 256; }
+
+// The CUDA library stands alone (the device harness links it without the CPU core), so it has its own checks.
+const char* CheckBwdShape(const RnnShape& s) {
+  if (s.cell != CellType::kLstm && s.cell != CellType::kGru) return "fused_rnn CUDA backward: unknown cell type";
+  if (s.direction != Direction::kForward && s.direction != Direction::kReverse &&
+      s.direction != Direction::kBidirectional)
+    return "fused_rnn CUDA backward: unknown direction";
+  if (s.max_time < 0 || s.batch < 0 || s.num_units <= 0 || s.num_proj < 0)
+    return "fused_rnn CUDA backward: negative sizes or num_units <= 0";
+  if (s.cell == CellType::kGru && s.num_proj > 0) return "fused_rnn CUDA backward: projection is for LSTM only";
+  if (s.num_units > (1 << 20) || s.num_proj > (1 << 20) || s.batch * s.max_time > INT32_MAX)
+    return "fused_rnn CUDA backward: size out of the supported range";
+  if (s.int8_weights) return "fused_rnn CUDA backward: INT8 weights are inference-only";
+  return nullptr;
+}
+// Floats per (direction, row, position) of the training reserve (fused_rnn.h).
+int ReserveWidth(const RnnShape& s) {
+  return static_cast<int>(s.cell == CellType::kLstm ? 5 * s.num_units + s.num_proj : 4 * s.num_units);
+}
+
+struct BwdParams {
+  int T, B, H, P, R, G, D, GH, F;
+  bool time_major, lstm;
+  int reverse_mask;  // bit d: direction d walks its sequences backwards
+  float cell_clip, proj_clip;
+  const int32_t* lengths;  // [B] or null (all T)
+  const float* U;          // [D, R, GH]
+  const float* Pk;         // [D, H, P]
+  const float* h0;         // [D, B, R] or null (zeros)
+  const float* c0;         // [D, B, H] or null (zeros)
+  const float* output;     // [B, T, D*R] / [T, B, D*R]
+  const float* reserve;    // [D, B, T, F]
+  const float* d_output;   // like output
+  float* d_x;              // [B, T, D*GH] / [T, B, D*GH]
+  float* dh_carry;         // [D, B, R] (the caller's d_initial_h)
+  float* dc_carry;         // [D, B, H] (the caller's d_initial_c; LSTM)
+  float* dh_tot;           // [D, B, H] (GRU: d_output + carry of this step)
+  float* dr_all;           // [D, B, T, P] (projection: dr of every valid position, for dP)
+};
+
+__device__ __forceinline__ int LenOf(const BwdParams& p, int b) { return p.lengths ? p.lengths[b] : p.T; }
+__device__ __forceinline__ bool Rev(const BwdParams& p, int d) { return (p.reverse_mask >> d) & 1; }
+// Time position of step s of a sequence of length len (s < len).
+__device__ __forceinline__ int PosOf(const BwdParams& p, int d, int len, int s) {
+  return Rev(p, d) ? len - 1 - s : s;
+}
+__device__ __forceinline__ int64_t RowIndex(const BwdParams& p, int b, int t) {
+  return p.time_major ? static_cast<int64_t>(t) * p.B + b : static_cast<int64_t>(b) * p.T + t;
+}
+__device__ __forceinline__ const float* ResRow(const BwdParams& p, int d, int b, int t) {
+  return p.reserve + ((static_cast<int64_t>(d) * p.B + b) * p.T + t) * p.F;
+}
+__device__ __forceinline__ float* DxRow(const BwdParams& p, int d, int b, int t) {
+  return p.d_x + RowIndex(p, b, t) * (static_cast<int64_t>(p.D) * p.GH) + static_cast<int64_t>(d) * p.GH;
+}
+// h_{t-1} of the step at position t (R floats), or null meaning zeros (no initial state given).
+__device__ __forceinline__ const float* HPrev(const BwdParams& p, int d, int b, int len, int t) {
+  const bool first = Rev(p, d) ? t == len - 1 : t == 0;
+  if (first) return p.h0 ? p.h0 + (static_cast<int64_t>(d) * p.B + b) * p.R : nullptr;
+  const int tp = Rev(p, d) ? t + 1 : t - 1;
+  return p.output + RowIndex(p, b, tp) * (static_cast<int64_t>(p.D) * p.R) + static_cast<int64_t>(d) * p.R;
+}
+// Clip that keeps NaN (as np.clip and the CPU path do).
+__device__ __forceinline__ float ClipF(float v, float c) {
+  return c > 0.f ? (v > c ? c : (v < -c ? -c : v)) : v;
+}
+// clip_by_value passes the gradient where |v| <= clip (NaN compares false: passes too).
+__device__ __forceinline__ bool Clipped(float v, float c) { return c > 0.f && c < fabsf(v); }
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// ---- per-step kernels ---------------------------------------------------------------------------------------
+
+// Projection LSTM: dr = d_output + dh_carry, masked by the projection clip. One thread per (row, column).
+__global__ void BwdPrepProjKernel(BwdParams p, int s) {
+  const int d = blockIdx.y;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= static_cast<int64_t>(p.B) * p.P) return;
+  const int b = static_cast<int>(idx / p.P), r = static_cast<int>(idx % p.P);
+  const int len = LenOf(p, b);
+  if (s >= len) return;
+  const int t = PosOf(p, d, len, s);
+  float dh = p.d_output[RowIndex(p, b, t) * (static_cast<int64_t>(p.D) * p.R) + static_cast<int64_t>(d) * p.R + r] +
+             p.dh_carry[(static_cast<int64_t>(d) * p.B + b) * p.R + r];
+  if (Clipped(ResRow(p, d, b, t)[5 * p.H + r], p.proj_clip)) dh = 0.f;
+  p.dr_all[((static_cast<int64_t>(d) * p.B + b) * p.T + t) * p.P + r] = dh;
+}
+
+// LSTM cell backward at step s. Without a projection one thread per (row, unit); with one, a warp per (row, unit)
+// (dm = dr . P[j, :] is a dot over P).
+template <bool kProj>
+__global__ void BwdGatesLstmKernel(BwdParams p, int s) {
+  const int d = blockIdx.y;
+  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t item = kProj ? gid >> 5 : gid;
+  const int lane = threadIdx.x & 31;
+  if (item >= static_cast<int64_t>(p.B) * p.H) return;  // warp-uniform in the projection case
+  const int b = static_cast<int>(item / p.H), j = static_cast<int>(item % p.H);
+  const int len = LenOf(p, b);
+  if (s >= len) return;
+  const int t = PosOf(p, d, len, s);
+  const int H = p.H;
+  float dm;
+  if (kProj) {
+    const float* dr = p.dr_all + ((static_cast<int64_t>(d) * p.B + b) * p.T + t) * p.P;
+    const float* prow = p.Pk + (static_cast<int64_t>(d) * H + j) * p.P;
+    float acc = 0.f;
+    for (int r = lane; r < p.P; r += 32) acc = fmaf(dr[r], prow[r], acc);
+    acc = WarpSum(acc);
+    if (lane != 0) return;
+    dm = acc;
+  } else {
+    dm = p.d_output[RowIndex(p, b, t) * (static_cast<int64_t>(p.D) * p.R) + static_cast<int64_t>(d) * p.R + j] +
+         p.dh_carry[(static_cast<int64_t>(d) * p.B + b) * p.R + j];
+  }
+  const float* res = ResRow(p, d, b, t);
+  const float ig = res[j], fg = res[H + j], gg = res[2 * H + j], og = res[3 * H + j], c_pre = res[4 * H + j];
+  const int64_t ci = (static_cast<int64_t>(d) * p.B + b) * H + j;
+  float c_prev;
+  if (s == 0) {
+    c_prev = p.c0 ? p.c0[ci] : 0.f;  // the initial state is not clipped
+  } else {
+    c_prev = ClipF(ResRow(p, d, b, Rev(p, d) ? t + 1 : t - 1)[4 * H + j], p.cell_clip);
+  }
+  const float tc = tanhf(ClipF(c_pre, p.cell_clip));
+  float dc = fmaf(dm * og, 1.f - tc * tc, p.dc_carry[ci]);
+  if (Clipped(c_pre, p.cell_clip)) dc = 0.f;
+  float* dx = DxRow(p, d, b, t);
+  dx[j] = dc * gg * (ig * (1.f - ig));
+  dx[H + j] = dc * c_prev * (fg * (1.f - fg));
+  dx[2 * H + j] = dc * ig * (1.f - gg * gg);
+  dx[3 * H + j] = dm * tc * (og * (1.f - og));
+  p.dc_carry[ci] = dc * fg;
+}
+
+// GRU cell backward at step s, one thread per (row, unit).
+__global__ void BwdGatesGruKernel(BwdParams p, int s) {
+  const int d = blockIdx.y;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (item >= static_cast<int64_t>(p.B) * p.H) return;
+  const int b = static_cast<int>(item / p.H), j = static_cast<int>(item % p.H);
+  const int len = LenOf(p, b);
+  if (s >= len) return;
+  const int t = PosOf(p, d, len, s);
+  const int H = p.H;
+  const int64_t hi = (static_cast<int64_t>(d) * p.B + b) * H + j;
+  const float dh =
+      p.d_output[RowIndex(p, b, t) * (static_cast<int64_t>(p.D) * H) + static_cast<int64_t>(d) * H + j] +
+      p.dh_carry[hi];
+  p.dh_tot[hi] = dh;
+  const float* res = ResRow(p, d, b, t);
+  const float zg = res[j], rg = res[H + j], ng = res[2 * H + j], hu_n = res[3 * H + j];
+  const float* hp = HPrev(p, d, b, len, t);
+  const float h_prev = hp ? hp[j] : 0.f;
+  const float da_n = dh * (1.f - zg) * (1.f - ng * ng);
+  float* dx = DxRow(p, d, b, t);
+  dx[j] = dh * (h_prev - ng) * (zg * (1.f - zg));
+  dx[H + j] = da_n * hu_n * (rg * (1.f - rg));
+  dx[2 * H + j] = da_n;
+}
+
+// dh_carry[d, b, r] = sum_k a[b, k] U[d, r, k] (+ dh_tot * z for the GRU), with a = d_x_proj's row (LSTM) or
+// d(h_prev @ U) = [da_z, da_r, da_n * r] (GRU). A warp per recurrent column r, NB batch rows at once (U's row r
+// is read once per NB rows, coalesced along k).
+template <int NB>
+__global__ void BwdCarryKernel(BwdParams p, int s) {
+  const int d = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x * (blockDim.x >> 5) + warp;
+  if (r >= p.R) return;
+  const int b0 = blockIdx.y * NB;
+  const int H = p.H, GH = p.GH;
+  const float* a_row[NB];
+  const float* res_row[NB];
+  bool active[NB];
+  bool any = false;
+#pragma unroll
+  for (int i = 0; i < NB; ++i) {
+    const int b = b0 + i;
+    active[i] = false;
+    a_row[i] = nullptr;
+    res_row[i] = nullptr;
+    if (b < p.B) {
+      const int len = LenOf(p, b);
+      if (s < len) {
+        const int t = PosOf(p, d, len, s);
+        active[i] = true;
+        any = true;
+        a_row[i] = DxRow(p, d, b, t);
+        res_row[i] = ResRow(p, d, b, t);
+      }
+    }
+  }
+  if (!any) return;
+  const float* u = p.U + (static_cast<int64_t>(d) * p.R + r) * GH;
+  float acc[NB];
+#pragma unroll
+  for (int i = 0; i < NB; ++i) acc[i] = 0.f;
+  // LSTM (and the GRU's z, r columns): a is d_x_proj itself.
+  const int k_plain = p.lstm ? GH : 2 * H;
+#pragma unroll 4
+  for (int k = lane; k < k_plain; k += 32) {
+    const float w = __ldg(u + k);
+#pragma unroll
+    for (int i = 0; i < NB; ++i)
+      if (active[i]) acc[i] = fmaf(a_row[i][k], w, acc[i]);
+  }
+  if (!p.lstm) {
+    // GRU n columns: the reset gate multiplies h_prev @ U_n, so its gradient is da_n * r.
+#pragma unroll 4
+    for (int k = 2 * H + lane; k < GH; k += 32) {
+      const float w = __ldg(u + k);
+#pragma unroll
+      for (int i = 0; i < NB; ++i)
+        if (active[i]) acc[i] = fmaf(a_row[i][k] * res_row[i][k - H], w, acc[i]);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NB; ++i) {
+    if (!active[i]) continue;  // warp-uniform
+    float v = WarpSum(acc[i]);
+    if (lane == 0) {
+      const int64_t hi = (static_cast<int64_t>(d) * p.B + b0 + i) * p.R + r;
+      if (!p.lstm) v = fmaf(p.dh_tot[hi], res_row[i][r], v);  // dh * z flows straight to h_prev
+      p.dh_carry[hi] = v;
+    }
+  }
+}
+
+// d_x_proj is zero at every position past a length (no step ran there).
+__global__ void BwdZeroPastLengthKernel(BwdParams p) {
+  const int b = static_cast<int>(blockIdx.x / p.T), t = static_cast<int>(blockIdx.x % p.T);
+  if (t < LenOf(p, b)) return;
+  const int64_t width = static_cast<int64_t>(p.D) * p.GH;
+  float* row = p.d_x + RowIndex(p, b, t) * width;
+  for (int64_t k = threadIdx.x; k < width; k += blockDim.x) row[k] = 0.f;
+}
+
+// ---- weight gradients: C[d][m][k] = sum over valid positions n of A(n, m) * Bv(n, k) --------------------------
+
+enum AKind { kAHPrev = 0, kAProjM = 1 };
+enum BKind { kBDx = 0, kBGruDhu = 1, kBDr = 2 };
+
+constexpr int kTileM = 64, kTileK = 64, kTileN = 16;
+
+// A(n, m): h_{t-1}[m] (kAHPrev) or m = o * tanh(clip(c)) (kAProjM, the projection's input).
+template <int kA>
+__device__ __forceinline__ void LoadA4(const BwdParams& p, int d, int b, int t, int len, int m0, int M, float* v) {
+  if (kA == kAHPrev) {
+    const float* hp = HPrev(p, d, b, len, t);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = (hp && m0 + i < M) ? hp[m0 + i] : 0.f;
+  } else {
+    const float* res = ResRow(p, d, b, t);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int m = m0 + i;
+      v[i] = m < M ? res[3 * p.H + m] * tanhf(ClipF(res[4 * p.H + m], p.cell_clip)) : 0.f;
+    }
+  }
+}
+
+// Bv(n, k): d_x_proj (LSTM), the GRU's d(h_prev @ U), or dr (projection).
+template <int kB>
+__device__ __forceinline__ void LoadB4(const BwdParams& p, int d, int b, int t, int k0, int K, float* v) {
+  if (kB == kBDr) {
+    const float* dr = p.dr_all + ((static_cast<int64_t>(d) * p.B + b) * p.T + t) * p.P;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = k0 + i < K ? dr[k0 + i] : 0.f;
+  } else {
+    const float* dx = DxRow(p, d, b, t);
+    const float* res = ResRow(p, d, b, t);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int k = k0 + i;
+      float x = k < K ? dx[k] : 0.f;
+      if (kB == kBGruDhu && k < K && k >= 2 * p.H) x *= res[k - p.H];  // da_n * r
+      v[i] = x;
+    }
+  }
+}
+
+// 64 x 64 output tile per block, 256 threads with 4 x 4 outputs each (rows ty + 16 i, columns tx + 16 j: conflict-
+// free shared-memory reads), 16 positions per pass. Positions past a length load zeros.
+template <int kA, int kB>
+__global__ void __launch_bounds__(256) BwdWeightGradKernel(BwdParams p, float* out, int M, int K) {
+  const int d = blockIdx.z;
+  const int m_base = blockIdx.y * kTileM, k_base = blockIdx.x * kTileK;
+  __shared__ float a_s[kTileN][kTileM];
+  __shared__ float b_s[kTileN][kTileK];
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  // Loader: thread tid fills position row (tid >> 4) of the pass, 4 consecutive columns ((tid & 15) * 4).
+  const int ln = tid >> 4, lc = (tid & 15) * 4;
+  float acc[4][4] = {};
+  const int64_t total = static_cast<int64_t>(p.B) * p.T;
+  for (int64_t n0 = 0; n0 < total; n0 += kTileN) {
+    const int64_t n = n0 + ln;
+    float av[4] = {0.f, 0.f, 0.f, 0.f}, bv[4] = {0.f, 0.f, 0.f, 0.f};
+    if (n < total) {
+      const int b = static_cast<int>(n / p.T), t = static_cast<int>(n % p.T);
+      const int len = LenOf(p, b);
+      if (t < len) {
+        LoadA4<kA>(p, d, b, t, len, m_base + lc, M, av);
+        LoadB4<kB>(p, d, b, t, k_base + lc, K, bv);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      a_s[ln][lc + i] = av[i];
+      b_s[ln][lc + i] = bv[i];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int nn = 0; nn < kTileN; ++nn) {
+      float a_r[4], b_r[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        a_r[i] = a_s[nn][ty + 16 * i];
+        b_r[i] = b_s[nn][tx + 16 * i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a_r[i], b_r[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  float* o = out + static_cast<int64_t>(d) * M * K;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = m_base + ty + 16 * i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int k = k_base + tx + 16 * j;
+      if (k < K) o[static_cast<int64_t>(m) * K + k] = acc[i][j];
+    }
+  }
+}
+
+// GRU recurrent bias: d_rb[d][k] = sum over valid positions of d(h_prev @ U)[k]. A thread per (direction, k).
+__global__ void BwdGruBiasKernel(BwdParams p, float* d_rb) {
+  const int d = blockIdx.y;
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= p.GH) return;
+  float acc = 0.f;
+  for (int b = 0; b < p.B; ++b) {
+    const int len = LenOf(p, b);
+    for (int t = 0; t < len; ++t) {
+      float v = DxRow(p, d, b, t)[k];
+      if (k >= 2 * p.H) v *= ResRow(p, d, b, t)[k - p.H];
+      acc += v;
+    }
+  }
+  d_rb[static_cast<int64_t>(d) * p.GH + k] = acc;
+}
+
+struct BwdLayout {
+  size_t dh_tot = 0, dr_all = 0, total = 0;
+};
+BwdLayout LayoutFor(const RnnShape& s) {
+  const size_t D = s.num_dirs(), B = s.batch, T = s.max_time, H = s.num_units, P = s.num_proj;
+  BwdLayout l;
+  size_t off = 0;
+  l.dh_tot = off;
+  off += Align256(s.cell == CellType::kGru ? D * B * H * sizeof(float) : 0);
+  l.dr_all = off;
+  off += Align256(P > 0 ? D * B * T * P * sizeof(float) : 0);
+  l.total = off;
+  return l;
+}
+
+int64_t CeilDivL(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <int NB>
+cudaError_t LaunchCarry(const BwdParams& p, int s, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(CeilDivL(p.R, 8)), static_cast<unsigned>(CeilDivL(p.B, NB)), p.D);
+  BwdCarryKernel<NB><<<grid, 256, 0, stream>>>(p, s);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+size_t CudaBackwardWorkspaceBytes(const RnnShape& shape) {
+  if (CheckBwdShape(shape) != nullptr) return 0;
+  return LayoutFor(shape).total;
+}
+
+const char* CudaBackward(const RnnShape& s, const RnnBackwardArgs& a, void* workspace, size_t workspace_bytes,
+                         void* stream_ptr) {
+  if (const char* err = CheckBwdShape(s)) return err;
+  const bool lstm = s.cell == CellType::kLstm;
+  const int64_t T = s.max_time, B = s.batch, H = s.num_units, P = s.num_proj, R = s.recurrent_width();
+  const int64_t D = s.num_dirs(), G = s.num_gates(), GH = G * H;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  cudaError_t e;
+  auto zero = [&](float* ptr, int64_t n) -> cudaError_t {
+    return (ptr && n > 0) ? cudaMemsetAsync(ptr, 0, sizeof(float) * n, stream) : cudaSuccess;
+  };
+  // State gradients start as the gradients of the final states (zero when not given) and are carried in place.
+  auto start_carry = [&](float* dst, const float* src, int64_t n) -> cudaError_t {
+    if (!dst || n <= 0) return cudaSuccess;
+    if (!src) return cudaMemsetAsync(dst, 0, sizeof(float) * n, stream);
+    return cudaMemcpyAsync(dst, src, sizeof(float) * n, cudaMemcpyDeviceToDevice, stream);
+  };
+  // (An empty batch has empty state gradients: their pointers may then be null.)
+  if ((B > 0 && (!a.d_initial_h || (lstm && !a.d_initial_c))) || !a.d_recurrent_kernel ||
+      (P > 0 && !a.d_projection_kernel))
+    return "fused_rnn CUDA backward: a gradient output pointer is null";
+  if ((e = start_carry(a.d_initial_h, a.d_final_h, D * B * R)) != cudaSuccess) return BwdCudaMessage("copy d_final_h", e);
+  if (lstm && (e = start_carry(a.d_initial_c, a.d_final_c, D * B * H)) != cudaSuccess)
+    return BwdCudaMessage("copy d_final_c", e);
+  if (B == 0 || T == 0) {
+    // No step ran: zero weight gradients, the state gradients pass straight through (done above).
+    if ((e = zero(a.d_recurrent_kernel, D * R * GH)) != cudaSuccess ||
+        (!lstm && (e = zero(a.d_recurrent_bias, D * GH)) != cudaSuccess) ||
+        (P > 0 && (e = zero(a.d_projection_kernel, D * H * P)) != cudaSuccess))
+      return BwdCudaMessage("cudaMemsetAsync", e);
+    return nullptr;
+  }
+  if (!a.recurrent_kernel || (P > 0 && !a.projection_kernel) || !a.output || !a.reserve || !a.d_output ||
+      !a.d_x_proj)
+    return "fused_rnn CUDA backward: an input pointer is null";
+  const BwdLayout l = LayoutFor(s);
+  if (l.total > 0) {
+    if (!workspace || workspace_bytes < l.total) {
+      std::snprintf(g_bwd_message, sizeof(g_bwd_message),
+                    "fused_rnn CUDA backward: workspace too small (need %zu bytes)", l.total);
+      return g_bwd_message;
+    }
+    if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0)
+      return "fused_rnn CUDA backward: workspace must be 256-byte aligned";
+  }
+  char* ws = static_cast<char*>(workspace);
+  BwdParams p;
+  p.T = static_cast<int>(T); p.B = static_cast<int>(B); p.H = static_cast<int>(H); p.P = static_cast<int>(P);
+  p.R = static_cast<int>(R); p.G = static_cast<int>(G); p.D = static_cast<int>(D); p.GH = static_cast<int>(GH);
+  p.F = ReserveWidth(s);
+  p.time_major = s.time_major;
+  p.lstm = lstm;
+  p.reverse_mask = s.direction == Direction::kReverse ? 1 : (s.direction == Direction::kBidirectional ? 2 : 0);
+  p.cell_clip = lstm ? s.cell_clip : 0.f;
+  p.proj_clip = P > 0 ? s.proj_clip : 0.f;
+  p.lengths = a.sequence_lengths;
+  p.U = a.recurrent_kernel;
+  p.Pk = P > 0 ? a.projection_kernel : nullptr;
+  p.h0 = a.initial_h;
+  p.c0 = lstm ? a.initial_c : nullptr;
+  p.output = a.output;
+  p.reserve = a.reserve;
+  p.d_output = a.d_output;
+  p.d_x = a.d_x_proj;
+  p.dh_carry = a.d_initial_h;
+  p.dc_carry = lstm ? a.d_initial_c : nullptr;
+  p.dh_tot = lstm ? nullptr : reinterpret_cast<float*>(ws + l.dh_tot);
+  p.dr_all = P > 0 ? reinterpret_cast<float*>(ws + l.dr_all) : nullptr;
+
+  BwdZeroPastLengthKernel<<<static_cast<unsigned>(B * T), 256, 0, stream>>>(p);
+  if ((e = cudaGetLastError()) != cudaSuccess) return BwdCudaMessage("zero kernel launch", e);
+  const int nb = B >= 16 ? 16 : (B >= 8 ? 8 : (B >= 4 ? 4 : (B >= 2 ? 2 : 1)));
+  const unsigned gate_blocks = static_cast<unsigned>(CeilDivL(B * H * (P > 0 ? 32 : 1), 256));
+  for (int st = p.T - 1; st >= 0; --st) {
+    if (P > 0) {
+      BwdPrepProjKernel<<<dim3(static_cast<unsigned>(CeilDivL(B * P, 256)), p.D), 256, 0, stream>>>(p, st);
+      BwdGatesLstmKernel<true><<<dim3(gate_blocks, p.D), 256, 0, stream>>>(p, st);
+    } else if (lstm) {
+      BwdGatesLstmKernel<false><<<dim3(gate_blocks, p.D), 256, 0, stream>>>(p, st);
+    } else {
+      BwdGatesGruKernel<<<dim3(gate_blocks, p.D), 256, 0, stream>>>(p, st);
+    }
+    if ((e = cudaGetLastError()) != cudaSuccess) return BwdCudaMessage("gate kernel launch", e);
+    switch (nb) {
+      case 16: e = LaunchCarry<16>(p, st, stream); break;
+      case 8: e = LaunchCarry<8>(p, st, stream); break;
+      case 4: e = LaunchCarry<4>(p, st, stream); break;
+      case 2: e = LaunchCarry<2>(p, st, stream); break;
+      default: e = LaunchCarry<1>(p, st, stream); break;
+    }
+    if (e != cudaSuccess) return BwdCudaMessage("carry kernel launch", e);
+  }
+  // Weight gradients over every valid position.
+  const dim3 grid_u(static_cast<unsigned>(CeilDivL(GH, kTileK)), static_cast<unsigned>(CeilDivL(R, kTileM)), p.D);
+  if (lstm) {
+    BwdWeightGradKernel<kAHPrev, kBDx><<<grid_u, 256, 0, stream>>>(p, a.d_recurrent_kernel, p.R, p.GH);
+  } else {
+    BwdWeightGradKernel<kAHPrev, kBGruDhu><<<grid_u, 256, 0, stream>>>(p, a.d_recurrent_kernel, p.R, p.GH);
+    if (a.d_recurrent_bias) {
+      BwdGruBiasKernel<<<dim3(static_cast<unsigned>(CeilDivL(GH, 256)), p.D), 256, 0, stream>>>(p, a.d_recurrent_bias);
+    }
+  }
+  if (P > 0) {
+    const dim3 grid_p(static_cast<unsigned>(CeilDivL(P, kTileK)), static_cast<unsigned>(CeilDivL(H, kTileM)), p.D);
+    BwdWeightGradKernel<kAProjM, kBDr><<<grid_p, 256, 0, stream>>>(p, a.d_projection_kernel, p.H, p.P);
+  }
+  if ((e = cudaGetLastError()) != cudaSuccess) return BwdCudaMessage("weight-gradient kernel launch", e);
+  return nullptr;
+}
+
+}  // namespace fused_rnn
