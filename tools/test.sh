@@ -4,9 +4,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh || exit 1
+# The CUDA path is compiled (not run: no GPU here) so that it cannot rot; skipped when there is no nvcc.
+bash tools/check_cuda_build.sh
+cuda_status=$?
 # Tests that read ../shared (reference data) find it through this variable; they skip when it is absent.
 shared="$(cd .. && pwd)/shared"
 bazel test -c opt --noshow_progress --test_env=FUSED_RNN_SHARED="$shared" //... "$@"
 status=$?
 .venv/bin/python tools/summarize_tests.py .
+[ "$cuda_status" != 0 ] && echo "CUDA compile check FAILED (see above)" && status=1
 exit $status

@@ -100,10 +100,67 @@ class FusedGruGpuOp : public FusedRnnGpuOp {
   explicit FusedGruGpuOp(OpKernelConstruction* ctx) : FusedRnnGpuOp(ctx, CellType::kGru) {}
 };
 
+// The backward (BPTT) on the GPU: the same validation as the CPU gradient kernel, every buffer from TF's
+// allocator, the core's kernels on TF's stream.
+class FusedRnnGradGpuOp : public OpKernel {
+ public:
+  FusedRnnGradGpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
+    attrs_.Read(ctx, cell, /*has_is_training=*/false);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    RnnInputs in;
+    RnnShape s;
+    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
+    const int32_t* lengths_host = in.sequence_lengths->flat<int32_t>().data();
+    OP_REQUIRES_OK(ctx, CheckLengths(lengths_host, s.batch, s.max_time));
+    RnnGradTensors g;
+    OP_REQUIRES_OK(ctx, ValidateRnnGradInputs(ctx, s, &g));
+    OP_REQUIRES_OK(ctx, AllocateRnnGrads(ctx, s, in, &g));
+    const int64_t B = s.batch;
+
+    stream_executor::Stream* stream = ctx->op_device_context()->stream();
+    OP_REQUIRES(ctx, stream != nullptr, absl::InternalError("no GPU stream for the fused RNN gradient op"));
+    const size_t core_bytes = CudaBackwardWorkspaceBytes(s);
+    const size_t lengths_offset = (core_bytes + 255) & ~size_t{255};
+    Tensor workspace;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8,
+                                           TensorShape({static_cast<int64_t>(lengths_offset + 4 * B + 256)}),
+                                           &workspace));
+    char* ws = reinterpret_cast<char*>(workspace.flat<int8_t>().data());
+    void* raw_stream = stream->platform_specific_handle().stream;
+    int32_t* lengths_device = reinterpret_cast<int32_t*>(ws + lengths_offset);
+    if (B > 0) {
+      OP_REQUIRES(ctx, cudaMemcpyAsync(lengths_device, lengths_host, sizeof(int32_t) * B, cudaMemcpyHostToDevice,
+                                       static_cast<cudaStream_t>(raw_stream)) == cudaSuccess,
+                  absl::InternalError("copying sequence_lengths to the GPU failed"));
+    }
+    const RnnBackwardArgs args = MakeBackwardArgs(s, in, g, lengths_device);
+    const char* err = CudaBackward(s, args, core_bytes ? ws : nullptr, core_bytes, raw_stream);
+    OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA backward: ", err ? err : "")));
+  }
+
+ private:
+  RnnAttrs attrs_;
+};
+
+class FusedLstmGradGpuOp : public FusedRnnGradGpuOp {
+ public:
+  explicit FusedLstmGradGpuOp(OpKernelConstruction* ctx) : FusedRnnGradGpuOp(ctx, CellType::kLstm) {}
+};
+class FusedGruGradGpuOp : public FusedRnnGradGpuOp {
+ public:
+  explicit FusedGruGradGpuOp(OpKernelConstruction* ctx) : FusedRnnGradGpuOp(ctx, CellType::kGru) {}
+};
+
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
                         FusedLstmGpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
                         FusedGruGpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceGrad").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
+                        FusedLstmGradGpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceGrad").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
+                        FusedGruGradGpuOp);
 
 }  // namespace
 }  // namespace fused_rnn
