@@ -14,6 +14,7 @@
 // cost down. Deterministic: no atomics, every sum has one fixed order.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 
@@ -198,9 +199,22 @@ __global__ void BwdGatesGruKernel(BwdParams p, int s) {
 }
 
 // dh_carry[d, b, r] = sum_k a[b, k] U[d, r, k] (+ dh_tot * z for the GRU), with a = d_x_proj's row (LSTM) or
-// d(h_prev @ U) = [da_z, da_r, da_n * r] (GRU). A warp per recurrent column r, NB batch rows at once (U's row r
-// is read once per NB rows, coalesced along k).
-template <int NB>
+// d(h_prev @ U) = [da_z, da_r, da_n * r] (GRU). Two kernels:
+//  - small batches (B <= 8): a warp per recurrent column r, NB rows at once, U's row read once per NB rows
+//    (16-byte loads when the layout allows: the per-warp chain of L2 loads is what limits this kernel);
+//  - larger batches: a tiled product over (rows x columns) with the K = G*H sum split across blocks (one
+//    column block of a whole H=1024 layer is only 16 blocks otherwise), partial sums to the workspace, then a
+//    reduction in a fixed order (deterministic) that adds the GRU term and writes dh_carry.
+__device__ __forceinline__ float Dot4(float4 a, float4 b, float acc) {
+  return fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, acc))));
+}
+
+struct CarryRows {
+  const float* a;    // d_x_proj row of this step
+  const float* res;  // reserve row of this step
+};
+
+template <int NB, bool kVec>
 __global__ void BwdCarryKernel(BwdParams p, int s) {
   const int d = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -208,24 +222,21 @@ __global__ void BwdCarryKernel(BwdParams p, int s) {
   if (r >= p.R) return;
   const int b0 = blockIdx.y * NB;
   const int H = p.H, GH = p.GH;
-  const float* a_row[NB];
-  const float* res_row[NB];
+  CarryRows rows[NB];
   bool active[NB];
   bool any = false;
 #pragma unroll
   for (int i = 0; i < NB; ++i) {
     const int b = b0 + i;
     active[i] = false;
-    a_row[i] = nullptr;
-    res_row[i] = nullptr;
+    rows[i] = {nullptr, nullptr};
     if (b < p.B) {
       const int len = LenOf(p, b);
       if (s < len) {
         const int t = PosOf(p, d, len, s);
         active[i] = true;
         any = true;
-        a_row[i] = DxRow(p, d, b, t);
-        res_row[i] = ResRow(p, d, b, t);
+        rows[i] = {DxRow(p, d, b, t), ResRow(p, d, b, t)};
       }
     }
   }
@@ -236,21 +247,45 @@ __global__ void BwdCarryKernel(BwdParams p, int s) {
   for (int i = 0; i < NB; ++i) acc[i] = 0.f;
   // LSTM (and the GRU's z, r columns): a is d_x_proj itself.
   const int k_plain = p.lstm ? GH : 2 * H;
+  if (kVec) {
+    const float4* u4 = reinterpret_cast<const float4*>(u);
 #pragma unroll 4
-  for (int k = lane; k < k_plain; k += 32) {
-    const float w = __ldg(u + k);
+    for (int k4 = lane; k4 < k_plain / 4; k4 += 32) {
+      const float4 w = __ldg(u4 + k4);
 #pragma unroll
-    for (int i = 0; i < NB; ++i)
-      if (active[i]) acc[i] = fmaf(a_row[i][k], w, acc[i]);
-  }
-  if (!p.lstm) {
-    // GRU n columns: the reset gate multiplies h_prev @ U_n, so its gradient is da_n * r.
+      for (int i = 0; i < NB; ++i)
+        if (active[i]) acc[i] = Dot4(reinterpret_cast<const float4*>(rows[i].a)[k4], w, acc[i]);
+    }
+    if (!p.lstm) {
 #pragma unroll 4
-    for (int k = 2 * H + lane; k < GH; k += 32) {
+      for (int k4 = 2 * H / 4 + lane; k4 < GH / 4; k4 += 32) {
+        const float4 w = __ldg(u4 + k4);
+#pragma unroll
+        for (int i = 0; i < NB; ++i) {
+          if (!active[i]) continue;
+          const float4 x = reinterpret_cast<const float4*>(rows[i].a)[k4];
+          const float4 rg = reinterpret_cast<const float4*>(rows[i].res)[k4 - H / 4];
+          acc[i] = Dot4(make_float4(x.x * rg.x, x.y * rg.y, x.z * rg.z, x.w * rg.w), w, acc[i]);
+        }
+      }
+    }
+  } else {
+#pragma unroll 4
+    for (int k = lane; k < k_plain; k += 32) {
       const float w = __ldg(u + k);
 #pragma unroll
       for (int i = 0; i < NB; ++i)
-        if (active[i]) acc[i] = fmaf(a_row[i][k] * res_row[i][k - H], w, acc[i]);
+        if (active[i]) acc[i] = fmaf(rows[i].a[k], w, acc[i]);
+    }
+    if (!p.lstm) {
+      // GRU n columns: the reset gate multiplies h_prev @ U_n, so its gradient is da_n * r.
+#pragma unroll 4
+      for (int k = 2 * H + lane; k < GH; k += 32) {
+        const float w = __ldg(u + k);
+#pragma unroll
+        for (int i = 0; i < NB; ++i)
+          if (active[i]) acc[i] = fmaf(rows[i].a[k] * rows[i].res[k - H], w, acc[i]);
+      }
     }
   }
 #pragma unroll
@@ -259,11 +294,127 @@ __global__ void BwdCarryKernel(BwdParams p, int s) {
     float v = WarpSum(acc[i]);
     if (lane == 0) {
       const int64_t hi = (static_cast<int64_t>(d) * p.B + b0 + i) * p.R + r;
-      if (!p.lstm) v = fmaf(p.dh_tot[hi], res_row[i][r], v);  // dh * z flows straight to h_prev
+      if (!p.lstm) v = fmaf(p.dh_tot[hi], rows[i].res[r], v);  // dh * z flows straight to h_prev
       p.dh_carry[hi] = v;
     }
   }
 }
+
+constexpr int kCarryK = 16;
+
+// Split-K tiled carry: block (column tile, row tile, direction * split) computes a TILE x TILE tile of partial
+// sums over its K range; 256 threads with (TILE/16)^2 outputs each (rows ty + 16 i, columns tx + 16 j). The next
+// chunk's global loads are issued before this chunk's products (each block's K loop is latency-bound).
+template <int TILE>
+__global__ void __launch_bounds__(256) BwdCarryTiledKernel(BwdParams p, int s, float* partial, int k_per_split) {
+  constexpr int kOut = TILE / 16;              // outputs per thread along each side
+  constexpr int kPer = TILE * kCarryK / 256;   // loads per thread per chunk (of each operand)
+  constexpr int kThreadsPerRow = kCarryK / kPer;
+  const int d = blockIdx.z % p.D, split = blockIdx.z / p.D;
+  const int r_base = blockIdx.x * TILE, b_base = blockIdx.y * TILE;
+  const int k_begin = split * k_per_split, k_end = min(p.GH, k_begin + k_per_split);
+  __shared__ float a_s[kCarryK][TILE + 4];
+  __shared__ float u_s[kCarryK][TILE + 4];
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int lrow = tid / kThreadsPerRow, lk = (tid % kThreadsPerRow) * kPer;
+  const float* a_row = nullptr;
+  const float* res_row = nullptr;
+  {
+    const int b = b_base + lrow;
+    if (b < p.B) {
+      const int len = LenOf(p, b);
+      if (s < len) {
+        const int t = PosOf(p, d, len, s);
+        a_row = DxRow(p, d, b, t);
+        res_row = ResRow(p, d, b, t);
+      }
+    }
+  }
+  const int r_load = r_base + lrow;
+  const float* u_row = r_load < p.R ? p.U + (static_cast<int64_t>(d) * p.R + r_load) * p.GH : nullptr;
+  float av[kPer], uv[kPer];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int k = k0 + lk + i;
+      av[i] = 0.f;
+      uv[i] = 0.f;
+      if (k < k_end) {
+        if (a_row) {
+          av[i] = a_row[k];
+          if (!p.lstm && k >= 2 * p.H) av[i] *= res_row[k - p.H];
+        }
+        if (u_row) uv[i] = __ldg(u_row + k);
+      }
+    }
+  };
+  float acc[kOut][kOut] = {};
+  load(k_begin);
+  for (int k0 = k_begin; k0 < k_end; k0 += kCarryK) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      a_s[lk + i][lrow] = av[i];
+      u_s[lk + i][lrow] = uv[i];
+    }
+    __syncthreads();
+    if (k0 + kCarryK < k_end) load(k0 + kCarryK);
+#pragma unroll
+    for (int kk = 0; kk < kCarryK; ++kk) {
+      float ar[kOut], ur[kOut];
+#pragma unroll
+      for (int i = 0; i < kOut; ++i) {
+        ar[i] = a_s[kk][ty + 16 * i];
+        ur[i] = u_s[kk][tx + 16 * i];
+      }
+#pragma unroll
+      for (int i = 0; i < kOut; ++i)
+#pragma unroll
+        for (int j = 0; j < kOut; ++j) acc[i][j] = fmaf(ar[i], ur[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  float* out = partial + (static_cast<int64_t>(split) * p.D + d) * p.B * p.R;
+#pragma unroll
+  for (int i = 0; i < kOut; ++i) {
+    const int b = b_base + ty + 16 * i;
+    if (b >= p.B) continue;
+#pragma unroll
+    for (int j = 0; j < kOut; ++j) {
+      const int r = r_base + tx + 16 * j;
+      if (r < p.R) out[static_cast<int64_t>(b) * p.R + r] = acc[i][j];
+    }
+  }
+}
+
+// Sums the splits in order, adds the GRU's dh * z, writes dh_carry for the rows inside their sequence.
+__global__ void BwdCarryReduceKernel(BwdParams p, int s, const float* partial, int splits) {
+  const int d = blockIdx.y;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= static_cast<int64_t>(p.B) * p.R) return;
+  const int b = static_cast<int>(idx / p.R), r = static_cast<int>(idx % p.R);
+  const int len = LenOf(p, b);
+  if (s >= len) return;
+  float v = 0.f;
+  const int64_t stride = static_cast<int64_t>(p.D) * p.B * p.R;
+  const float* src = partial + static_cast<int64_t>(d) * p.B * p.R + idx;
+  for (int sp = 0; sp < splits; ++sp) v += src[sp * stride];
+  const int64_t hi = static_cast<int64_t>(d) * p.B * p.R + idx;
+  if (!p.lstm) v = fmaf(p.dh_tot[hi], ResRow(p, d, b, PosOf(p, d, len, s))[r], v);
+  p.dh_carry[hi] = v;
+}
+
+// Tile of the tiled carry: 32 for narrow layers (more blocks), else 64 (more reuse per shared-memory read).
+int CarryTile(int64_t R) { return R < 256 ? 32 : 64; }
+// Splits of the tiled carry's K so that the grid has about 256 blocks (2 per SM on a 132-SM part), each block
+// keeping at least 64 of K (4 chunks).
+int CarrySplits(int64_t B, int64_t R, int64_t D, int64_t GH) {
+  const int64_t tile = CarryTile(R);
+  const int64_t tiles = ((R + tile - 1) / tile) * ((B + tile - 1) / tile) * D;
+  const int64_t splits = (256 + tiles - 1) / tiles;
+  const int64_t max_splits = std::max<int64_t>(1, GH / 64);
+  return static_cast<int>(std::min(splits, max_splits));
+}
+constexpr int kSmallBatch = 8;
 
 // d_x_proj is zero at every position past a length (no step ran there).
 __global__ void BwdZeroPastLengthKernel(BwdParams p) {
@@ -279,7 +430,7 @@ __global__ void BwdZeroPastLengthKernel(BwdParams p) {
 enum AKind { kAHPrev = 0, kAProjM = 1 };
 enum BKind { kBDx = 0, kBGruDhu = 1, kBDr = 2 };
 
-constexpr int kTileM = 64, kTileK = 64, kTileN = 16;
+constexpr int kTileM = 128, kTileK = 128, kTileN = 8;
 
 // A(n, m): h_{t-1}[m] (kAHPrev) or m = o * tanh(clip(c)) (kAProjM, the projection's input).
 template <int kA>
@@ -318,22 +469,30 @@ __device__ __forceinline__ void LoadB4(const BwdParams& p, int d, int b, int t, 
   }
 }
 
-// 64 x 64 output tile per block, 256 threads with 4 x 4 outputs each (rows ty + 16 i, columns tx + 16 j: conflict-
-// free shared-memory reads), 16 positions per pass. Positions past a length load zeros.
+// 128 x 128 output tile per block, 256 threads with 8 x 8 outputs each (rows ty*4 + {0..3} and 64 + ty*4 + ..,
+// columns likewise with tx: 16-byte shared-memory reads), 8 positions per pass; the next pass's global loads
+// are issued before this pass's products (the gathers are latency-bound). Positions past a length load zeros.
+// With more than one split (small M x K, many positions) each split sums its own range of positions into
+// `out` + split * D * M * K, and BwdSumSplitsKernel adds the splits in order.
 template <int kA, int kB>
-__global__ void __launch_bounds__(256) BwdWeightGradKernel(BwdParams p, float* out, int M, int K) {
-  const int d = blockIdx.z;
+__global__ void __launch_bounds__(256) BwdWeightGradKernel(BwdParams p, float* out, int M, int K,
+                                                           int64_t n_per_split) {
+  const int d = blockIdx.z % p.D, split = blockIdx.z / p.D;
   const int m_base = blockIdx.y * kTileM, k_base = blockIdx.x * kTileK;
-  __shared__ float a_s[kTileN][kTileM];
-  __shared__ float b_s[kTileN][kTileK];
+  __shared__ __align__(16) float a_s[kTileN][kTileM];
+  __shared__ __align__(16) float b_s[kTileN][kTileK];
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-  // Loader: thread tid fills position row (tid >> 4) of the pass, 4 consecutive columns ((tid & 15) * 4).
-  const int ln = tid >> 4, lc = (tid & 15) * 4;
-  float acc[4][4] = {};
-  const int64_t total = static_cast<int64_t>(p.B) * p.T;
-  for (int64_t n0 = 0; n0 < total; n0 += kTileN) {
+  // Loader: thread tid fills position row (tid >> 5) of the pass, 4 consecutive columns ((tid & 31) * 4).
+  const int ln = tid >> 5, lc = (tid & 31) * 4;
+  float acc[8][8] = {};
+  const int64_t n_begin = split * n_per_split;
+  const int64_t all = static_cast<int64_t>(p.B) * p.T;
+  const int64_t total = all < n_begin + n_per_split ? all : n_begin + n_per_split;
+  float av[4], bv[4];
+  auto load = [&](int64_t n0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) av[i] = bv[i] = 0.f;
     const int64_t n = n0 + ln;
-    float av[4] = {0.f, 0.f, 0.f, 0.f}, bv[4] = {0.f, 0.f, 0.f, 0.f};
     if (n < total) {
       const int b = static_cast<int>(n / p.T), t = static_cast<int>(n % p.T);
       const int len = LenOf(p, b);
@@ -342,38 +501,55 @@ __global__ void __launch_bounds__(256) BwdWeightGradKernel(BwdParams p, float* o
         LoadB4<kB>(p, d, b, t, k_base + lc, K, bv);
       }
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      a_s[ln][lc + i] = av[i];
-      b_s[ln][lc + i] = bv[i];
-    }
+  };
+  load(n_begin);
+  for (int64_t n0 = n_begin; n0 < total; n0 += kTileN) {
+    *reinterpret_cast<float4*>(&a_s[ln][lc]) = make_float4(av[0], av[1], av[2], av[3]);
+    *reinterpret_cast<float4*>(&b_s[ln][lc]) = make_float4(bv[0], bv[1], bv[2], bv[3]);
     __syncthreads();
+    if (n0 + kTileN < total) load(n0 + kTileN);
 #pragma unroll
     for (int nn = 0; nn < kTileN; ++nn) {
-      float a_r[4], b_r[4];
+      const float4 a_lo = *reinterpret_cast<const float4*>(&a_s[nn][ty * 4]);
+      const float4 a_hi = *reinterpret_cast<const float4*>(&a_s[nn][64 + ty * 4]);
+      const float4 b_lo = *reinterpret_cast<const float4*>(&b_s[nn][tx * 4]);
+      const float4 b_hi = *reinterpret_cast<const float4*>(&b_s[nn][64 + tx * 4]);
+      const float ar[8] = {a_lo.x, a_lo.y, a_lo.z, a_lo.w, a_hi.x, a_hi.y, a_hi.z, a_hi.w};
+      const float br[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        a_r[i] = a_s[nn][ty + 16 * i];
-        b_r[i] = b_s[nn][tx + 16 * i];
-      }
+      for (int i = 0; i < 8; ++i)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a_r[i], b_r[j], acc[i][j]);
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(ar[i], br[j], acc[i][j]);
     }
     __syncthreads();
   }
-  float* o = out + static_cast<int64_t>(d) * M * K;
+  float* o = out + (static_cast<int64_t>(split) * p.D + d) * M * K;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int m = m_base + ty + 16 * i;
+  for (int i = 0; i < 8; ++i) {
+    const int m = m_base + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
     if (m >= M) continue;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int k = k_base + tx + 16 * j;
+    for (int j = 0; j < 8; ++j) {
+      const int k = k_base + (j < 4 ? tx * 4 + j : 64 + tx * 4 + j - 4);
       if (k < K) o[static_cast<int64_t>(m) * K + k] = acc[i][j];
     }
   }
+}
+
+// out[i] = sum over splits of partial[split][i], in split order (deterministic).
+__global__ void BwdSumSplitsKernel(const float* partial, float* out, int64_t n, int splits) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float v = 0.f;
+  for (int sp = 0; sp < splits; ++sp) v += partial[sp * n + i];
+  out[i] = v;
+}
+
+// Position splits of a weight-gradient product of M x K per direction: about 256 blocks, >= 256 positions each.
+int WeightGradSplits(int64_t M, int64_t K, int64_t D, int64_t positions) {
+  const int64_t tiles = ((M + kTileM - 1) / kTileM) * ((K + kTileK - 1) / kTileK) * D;
+  const int64_t splits = (256 + tiles - 1) / tiles;
+  return static_cast<int>(std::max<int64_t>(1, std::min(splits, positions / 256)));
 }
 
 // GRU recurrent bias: d_rb[d][k] = sum over valid positions of d(h_prev @ U)[k]. A thread per (direction, k).
@@ -394,16 +570,28 @@ __global__ void BwdGruBiasKernel(BwdParams p, float* d_rb) {
 }
 
 struct BwdLayout {
-  size_t dh_tot = 0, dr_all = 0, total = 0;
+  size_t dh_tot = 0, dr_all = 0, partial = 0, wg_partial = 0, total = 0;
+  int carry_splits = 0;  // 0: the small-batch carry kernel; else the tiled carry with this many K splits
+  int u_splits = 1, p_splits = 1;  // position splits of the dU and dP products
 };
 BwdLayout LayoutFor(const RnnShape& s) {
   const size_t D = s.num_dirs(), B = s.batch, T = s.max_time, H = s.num_units, P = s.num_proj;
+  const size_t R = s.recurrent_width(), GH = s.num_gates() * H;
   BwdLayout l;
+  l.carry_splits = B > static_cast<size_t>(kSmallBatch) ? CarrySplits(B, R, D, GH) : 0;
   size_t off = 0;
   l.dh_tot = off;
   off += Align256(s.cell == CellType::kGru ? D * B * H * sizeof(float) : 0);
   l.dr_all = off;
   off += Align256(P > 0 ? D * B * T * P * sizeof(float) : 0);
+  l.partial = off;
+  off += Align256(static_cast<size_t>(l.carry_splits) * D * B * R * sizeof(float));
+  l.u_splits = WeightGradSplits(R, GH, D, B * T);
+  l.p_splits = P > 0 ? WeightGradSplits(H, P, D, B * T) : 1;
+  const size_t wg_floats = std::max(l.u_splits > 1 ? l.u_splits * D * R * GH : 0,
+                                    l.p_splits > 1 ? l.p_splits * D * H * P : 0);
+  l.wg_partial = off;
+  off += Align256(wg_floats * sizeof(float));
   l.total = off;
   return l;
 }
@@ -411,9 +599,13 @@ BwdLayout LayoutFor(const RnnShape& s) {
 int64_t CeilDivL(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <int NB>
-cudaError_t LaunchCarry(const BwdParams& p, int s, cudaStream_t stream) {
+cudaError_t LaunchCarry(const BwdParams& p, int s, bool vec, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(CeilDivL(p.R, 8)), static_cast<unsigned>(CeilDivL(p.B, NB)), p.D);
-  BwdCarryKernel<NB><<<grid, 256, 0, stream>>>(p, s);
+  if (vec) {
+    BwdCarryKernel<NB, true><<<grid, 256, 0, stream>>>(p, s);
+  } else {
+    BwdCarryKernel<NB, false><<<grid, 256, 0, stream>>>(p, s);
+  }
   return cudaGetLastError();
 }
 
@@ -495,8 +687,18 @@ const char* CudaBackward(const RnnShape& s, const RnnBackwardArgs& a, void* work
 
   BwdZeroPastLengthKernel<<<static_cast<unsigned>(B * T), 256, 0, stream>>>(p);
   if ((e = cudaGetLastError()) != cudaSuccess) return BwdCudaMessage("zero kernel launch", e);
-  const int nb = B >= 16 ? 16 : (B >= 8 ? 8 : (B >= 4 ? 4 : (B >= 2 ? 2 : 1)));
+  // 16-byte loads in the small-batch carry: rows of d_x_proj, U and (GRU) the reserve must be 16-byte aligned.
+  auto aligned16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+  const bool vec = GH % 4 == 0 && (D * GH) % 4 == 0 && aligned16(a.d_x_proj) && aligned16(a.recurrent_kernel) &&
+                   (lstm || (H % 4 == 0 && p.F % 4 == 0 && aligned16(a.reserve)));
+  const int nb = B >= 8 ? 8 : (B >= 4 ? 4 : (B >= 2 ? 2 : 1));
   const unsigned gate_blocks = static_cast<unsigned>(CeilDivL(B * H * (P > 0 ? 32 : 1), 256));
+  float* partial = l.carry_splits > 0 ? reinterpret_cast<float*>(ws + l.partial) : nullptr;
+  const int k_per_split = l.carry_splits > 0 ? static_cast<int>(CeilDivL(CeilDivL(GH, l.carry_splits), kCarryK) * kCarryK) : 0;
+  const int tile = CarryTile(R);
+  const dim3 tiled_grid(static_cast<unsigned>(CeilDivL(R, tile)), static_cast<unsigned>(CeilDivL(B, tile)),
+                        static_cast<unsigned>(D * std::max(1, l.carry_splits)));
+  const unsigned reduce_blocks = static_cast<unsigned>(CeilDivL(B * R, 256));
   for (int st = p.T - 1; st >= 0; --st) {
     if (P > 0) {
       BwdPrepProjKernel<<<dim3(static_cast<unsigned>(CeilDivL(B * P, 256)), p.D), 256, 0, stream>>>(p, st);
@@ -507,30 +709,50 @@ const char* CudaBackward(const RnnShape& s, const RnnBackwardArgs& a, void* work
       BwdGatesGruKernel<<<dim3(gate_blocks, p.D), 256, 0, stream>>>(p, st);
     }
     if ((e = cudaGetLastError()) != cudaSuccess) return BwdCudaMessage("gate kernel launch", e);
-    switch (nb) {
-      case 16: e = LaunchCarry<16>(p, st, stream); break;
-      case 8: e = LaunchCarry<8>(p, st, stream); break;
-      case 4: e = LaunchCarry<4>(p, st, stream); break;
-      case 2: e = LaunchCarry<2>(p, st, stream); break;
-      default: e = LaunchCarry<1>(p, st, stream); break;
+    if (l.carry_splits > 0) {
+      if (tile == 32) {
+        BwdCarryTiledKernel<32><<<tiled_grid, 256, 0, stream>>>(p, st, partial, k_per_split);
+      } else {
+        BwdCarryTiledKernel<64><<<tiled_grid, 256, 0, stream>>>(p, st, partial, k_per_split);
+      }
+      BwdCarryReduceKernel<<<dim3(reduce_blocks, p.D), 256, 0, stream>>>(p, st, partial, l.carry_splits);
+      e = cudaGetLastError();
+    } else {
+      switch (nb) {
+        case 8: e = LaunchCarry<8>(p, st, vec, stream); break;
+        case 4: e = LaunchCarry<4>(p, st, vec, stream); break;
+        case 2: e = LaunchCarry<2>(p, st, vec, stream); break;
+        default: e = LaunchCarry<1>(p, st, vec, stream); break;
+      }
     }
     if (e != cudaSuccess) return BwdCudaMessage("carry kernel launch", e);
   }
   // Weight gradients over every valid position.
-  const dim3 grid_u(static_cast<unsigned>(CeilDivL(GH, kTileK)), static_cast<unsigned>(CeilDivL(R, kTileM)), p.D);
+  float* wg_partial = reinterpret_cast<float*>(ws + l.wg_partial);
+  const int64_t positions = B * T;
+  auto weight_grad = [&](auto kernel, float* out, int M, int K, int splits) -> cudaError_t {
+    const int64_t per = CeilDivL(CeilDivL(positions, splits), kTileN) * kTileN;
+    const dim3 grid(static_cast<unsigned>(CeilDivL(K, kTileK)), static_cast<unsigned>(CeilDivL(M, kTileM)),
+                    static_cast<unsigned>(D * splits));
+    kernel<<<grid, 256, 0, stream>>>(p, splits > 1 ? wg_partial : out, M, K, per);
+    if (splits > 1) {
+      const int64_t n = D * static_cast<int64_t>(M) * K;
+      BwdSumSplitsKernel<<<static_cast<unsigned>(CeilDivL(n, 256)), 256, 0, stream>>>(wg_partial, out, n, splits);
+    }
+    return cudaGetLastError();
+  };
   if (lstm) {
-    BwdWeightGradKernel<kAHPrev, kBDx><<<grid_u, 256, 0, stream>>>(p, a.d_recurrent_kernel, p.R, p.GH);
+    e = weight_grad(BwdWeightGradKernel<kAHPrev, kBDx>, a.d_recurrent_kernel, p.R, p.GH, l.u_splits);
   } else {
-    BwdWeightGradKernel<kAHPrev, kBGruDhu><<<grid_u, 256, 0, stream>>>(p, a.d_recurrent_kernel, p.R, p.GH);
-    if (a.d_recurrent_bias) {
+    e = weight_grad(BwdWeightGradKernel<kAHPrev, kBGruDhu>, a.d_recurrent_kernel, p.R, p.GH, l.u_splits);
+    if (e == cudaSuccess && a.d_recurrent_bias) {
       BwdGruBiasKernel<<<dim3(static_cast<unsigned>(CeilDivL(GH, 256)), p.D), 256, 0, stream>>>(p, a.d_recurrent_bias);
     }
   }
-  if (P > 0) {
-    const dim3 grid_p(static_cast<unsigned>(CeilDivL(P, kTileK)), static_cast<unsigned>(CeilDivL(H, kTileM)), p.D);
-    BwdWeightGradKernel<kAProjM, kBDr><<<grid_p, 256, 0, stream>>>(p, a.d_projection_kernel, p.H, p.P);
+  if (e == cudaSuccess && P > 0) {
+    e = weight_grad(BwdWeightGradKernel<kAProjM, kBDr>, a.d_projection_kernel, p.H, p.P, l.p_splits);
   }
-  if ((e = cudaGetLastError()) != cudaSuccess) return BwdCudaMessage("weight-gradient kernel launch", e);
+  if (e != cudaSuccess) return BwdCudaMessage("weight-gradient kernel launch", e);
   return nullptr;
 }
 

@@ -213,6 +213,15 @@ def correctness(lib):
         ("lstm+proj H=70 P=33 B=9", dict(cell="lstm", direction="forward", T=8, B=9, H=70, P=33, cell_clip=1.0,
                                          proj_clip=0.5)),
         ("gru H=96 B=17", dict(cell="gru", direction="reverse", T=8, B=17, H=96)),
+        # B > 8 with K = G*H >= 512: the tiled carry with its K split over several blocks.
+        ("lstm B=12 H=256 (split-K carry)", dict(cell="lstm", direction="forward", T=5, B=12, H=256)),
+        ("gru B=10 H=200 bi (split-K carry)", dict(cell="gru", direction="bidirectional", T=4, B=10, H=200)),
+        # >= 512 positions on small weights: the weight gradients split over positions, summed in order.
+        ("lstm+proj+clips B=40 T=16 bi (split weight gradients)",
+         dict(cell="lstm", direction="bidirectional", T=16, B=40, H=32, P=16, cell_clip=0.9, proj_clip=0.4)),
+        ("gru B=33 T=16 (split weight gradients)", dict(cell="gru", direction="forward", T=16, B=33, H=16)),
+        ("lstm+proj B=70 H=160 P=96 (two row tiles)", dict(cell="lstm", direction="reverse", T=3, B=70, H=160,
+                                                           P=96, cell_clip=1.0, proj_clip=0.6)),
     ]
     results = []
     for i, (name, kw) in enumerate(cases):
