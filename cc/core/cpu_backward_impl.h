@@ -276,7 +276,14 @@ inline void CarryRowGroups(const BwdCtx& c, int64_t step, int64_t q) {
 void BwdCarry(const BwdCtx& c, int64_t step, int64_t q0, int64_t q1) {
   int64_t q = q0;
   for (; q + kCarryBlocks <= q1; q += kCarryBlocks) CarryRowGroups<kCarryBlocks>(c, step, q);
-  for (; q < q1; ++q) CarryRowGroups<1>(c, step, q);
+  // The remainder in one call, not block by block: a single block has too few FMA chains (perf at biLSTM H=100
+  // B=32, where 3 of 7 blocks are left over: 1.85x the time per block of the 4-block product).
+  switch (q1 - q) {
+    case 3: CarryRowGroups<3>(c, step, q); break;
+    case 2: CarryRowGroups<2>(c, step, q); break;
+    case 1: CarryRowGroups<1>(c, step, q); break;
+    default: for (; q < q1; ++q) CarryRowGroups<1>(c, step, q);
+  }
   if (step > 0) BwdPrepColumns(c, step - 1, q0 * kBlock, std::min(q1 * kBlock, c.R));
 }
 
