@@ -9,8 +9,11 @@
 //
 // Weights: the recurrent kernel [D, R, G*H] and the projection kernel [D, H, P] are read either as float32
 // (args.recurrent_kernel / args.projection_kernel) or, for WeightType kFloat16 / kBFloat16, from the 16-bit copies
-// passed separately in the same layouts (the float32 pointers in args are then ignored and may be null). Math is
-// float32 with float32 accumulation in every case; x_proj, states, outputs and the reserve are float32.
+// passed separately in the same layouts (the float32 pointers in args are then ignored and may be null), or, for
+// kInt8 (with shape.int8_weights set), from args.recurrent_kernel_q8 / projection_kernel_q8 with their per-row
+// scales args.recurrent_scale [D, R] / projection_scale [D, H] (W[k][j] = q[k][j] / scale[k], the scheme of the CPU
+// path; the kernel multiplies h[k] by 1 / scale[k] rather than dequantizing each weight). Math is float32 with
+// float32 accumulation in every case; x_proj, states, outputs and the reserve are float32.
 #ifndef FUSED_RNN_CORE_FUSED_RNN_CUDA_H_
 #define FUSED_RNN_CORE_FUSED_RNN_CUDA_H_
 
@@ -21,7 +24,7 @@
 
 namespace fused_rnn {
 
-enum class WeightType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class WeightType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kInt8 = 3 };
 
 // What the planner needs to know about the device the call runs on. Fill it with QueryCudaDeviceLimits() (or by
 // hand from cudaGetDeviceProperties). The plan, and so the workspace size, depends only on these fields.

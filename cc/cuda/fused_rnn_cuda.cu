@@ -43,10 +43,12 @@ KernelFn GetKernel(CellType cell, int wk, int rc, int kc_idx) {
   if (cell == CellType::kLstm) {
     if (wk == kWeightF32) return GetKernelLstmF32(rc, kc_idx);
     if (wk == kWeightF16) return GetKernelLstmF16(rc, kc_idx);
+    if (wk == kWeightI8) return GetKernelLstmI8(rc, kc_idx);
     return GetKernelLstmBF16(rc, kc_idx);
   }
   if (wk == kWeightF32) return GetKernelGruF32(rc, kc_idx);
   if (wk == kWeightF16) return GetKernelGruF16(rc, kc_idx);
+  if (wk == kWeightI8) return GetKernelGruI8(rc, kc_idx);
   return GetKernelGruBF16(rc, kc_idx);
 }
 
@@ -121,7 +123,17 @@ const char* ClustersPossible(KernelFn fn, int threads, size_t smem, int cluster_
   return nullptr;
 }
 
-int WordsPerChunk(int wk, int g) { return wk == cuda_impl::kWeightF32 ? 4 * g : 2 * g; }
+int WordsPerChunk(int wk, int g) {
+  return wk == cuda_impl::kWeightF32 ? 4 * g : (wk == cuda_impl::kWeightI8 ? g : 2 * g);
+}
+// Bytes one thread's streamed chunk takes (the kernel stores 8-byte pairs, or 4-byte words for int8).
+size_t ChunkBytes(int wk, int g) { return size_t(WordsPerChunk(wk, g)) * 4; }
+// Extra instructions per chunk for unpacking the weights (and, int8, scaling the 4 h values of each row pass).
+double DecodeInstr(int wk, int g, int rc) {
+  if (wk == cuda_impl::kWeightF32) return 0;
+  if (wk == cuda_impl::kWeightI8) return 8.0 * g + 4.0 * rc + 1;
+  return 2.0 * g;
+}
 
 DotMap MakeMap(int cols, int k_rows, int ksl, int ksw) {
   DotMap m;
@@ -159,14 +171,16 @@ double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const 
   const int G = shape.num_gates();
   const double rows = geo.rb;
   const double passes = std::ceil(rows / rc);
-  const int nq_a = WordsPerChunk(wk, G) / 2, nq_b = WordsPerChunk(wk, 1) / 2;
+  // Load instructions per streamed chunk: 8-byte pairs, or 4-byte words for int8.
+  const int per_load = wk == cuda_impl::kWeightI8 ? 1 : 2;
+  const int nq_a = WordsPerChunk(wk, G) / per_load, nq_b = WordsPerChunk(wk, 1) / per_load;
   double per_step = 0;
   // phase A. Instruction issue: a warp issues about once per ~6 cycles when it has only its own dependent work
   // (measured: 6.4 cycles per instruction with 1.75 warps per scheduler), so the dot costs
   // instructions-per-warp x max(6, warps per scheduler). Plus streamed bytes through shared memory / L2.
   const double warps_a = a.threads_used / 32.0;
-  const double instr_a = (4.0 * G * rc + rc + (a.kc - a.kc_reg > 0 ? nq_a : 0) +
-                          (wk == cuda_impl::kWeightF32 ? 0 : 2.0 * G)) * a.kc * passes;
+  const double instr_a = (4.0 * G * rc + rc + (a.kc - a.kc_reg > 0 ? nq_a : 0) + DecodeInstr(wk, G, rc)) *
+                         a.kc * passes;
   // With 4 rows per pass a thread has 4 G independent accumulators: issue-bound rather than latency-bound.
   // (Measured: H=1024 B=64 counter plan matches 2 cycles per instruction; the shared-memory plans with 4 rows
   // per pass ran far slower than that, so they keep the latency-bound rate.)
@@ -174,16 +188,16 @@ double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const 
       geo.exchange == cuda_impl::kExchangeLocal || geo.exchange == cuda_impl::kExchangeCluster;
   const double per_instr = (rc == 1 || smem_plan) ? 6.0 : 2.0;
   per_step += instr_a * std::max(per_instr, warps_a / 4.0);
-  const double stream_a_bytes = double(a.kc - a.kc_reg) * nq_a * a.threads_used * 8;
+  const double stream_a_bytes = double(a.kc - a.kc_reg) * ChunkBytes(wk, G) * a.threads_used;
   per_step += stream_a_bytes * passes / (a_global ? 24.0 : 100.0);
   per_step += (a.threads_used / 32.0) * std::log2(double(a.ksl)) * G * passes * rc / 4.0 * 2;
   // Cell update: one thread per (row, unit) pair; a serial chain of ~100 instructions at ~5 cycles, plus the
   // cross-warp partial sums it adds up (ksw of them per gate).
   per_step += CeilDiv(geo.rb * geo.upb, threads) * (1000.0 + 60.0 * (a.ksw - 1));  // measured 0.9-1.3 k
   if (shape.num_proj > 0) {
-    const double instr_b = (4.0 * rc + rc + nq_b + (wk == cuda_impl::kWeightF32 ? 0 : 2.0)) * b.kc * passes;
+    const double instr_b = (4.0 * rc + rc + nq_b + DecodeInstr(wk, 1, rc)) * b.kc * passes;
     per_step += instr_b * std::max(per_instr, b.threads_used / 32.0 / 4.0);
-    const double stream_b_bytes = double(b.kc) * nq_b * b.threads_used * 8;
+    const double stream_b_bytes = double(b.kc) * ChunkBytes(wk, 1) * b.threads_used;
     per_step += stream_b_bytes * passes / (b_global ? 24.0 : 100.0);
     per_step += CeilDiv(geo.rb * std::max(geo.ppb, 1), threads) * 60.0;
   }
@@ -196,18 +210,25 @@ double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const 
     per_step += 1500.0 * syncs + CeilDiv(geo.rb * geo.upb, threads) * 40.0 * geo.nbu;
   } else {
     // Each exchange: wait for the slowest block (a store becoming visible + the poll/barrier round trip), then
-    // the fetch, latency-bound: rounds of 4 x 16-byte loads per thread, ~1300 cycles each.
+    // the fetch. Counter: after the barrier, plain floats by cp.async, latency-bound rounds of ~1300 cycles.
+    // Tagged: no barrier, but every thread polls its 8-byte words (value + step) in batches of 4 loads, and a
+    // word that is not ready yet costs another round trip: fitted to measured kernel times on an H200 (session
+    // 6: LSTM H=512 / H=1024 B=1 and the ELMo layer, tagged against counter), ~530 cycles per word per thread
+    // plus ~1.1 k. The old model (rounds of 8 words x 1300 cycles) picked tagged for the ELMo layer, which ran
+    // 22-27% slower than counter.
     const bool tagged = geo.exchange == cuda_impl::kExchangeTagged;
-    const double per_round = threads * (tagged ? 8.0 : 16.0);
     const double elems = rows * (CeilDiv(shape.recurrent_width(), 4) * 4 +
                                  (shape.num_proj > 0 ? CeilDiv(shape.num_units, 4) * 4 : 0));
-    const double rounds = std::ceil(elems / per_round);
-    per_step += rounds * 1300.0 + (tagged ? 600.0 : 2000.0) * syncs;
-    per_step += elems * (tagged ? 8.0 : 4.0) / 64.0;  // L2 -> SM bandwidth
+    if (tagged) {
+      per_step += 1064.0 + 600.0 * syncs + 534.0 * elems / threads;
+    } else {
+      per_step += std::ceil(elems / (threads * 16.0)) * 1300.0 + 2000.0 * syncs + elems * 4.0 / 64.0;
+    }
   }
   per_step += 150;
   // prologue: the block's weight slice read once (and the workspace part written once)
-  const double slice_bytes = (double(a.kc) * nq_a * a.threads_used + double(b.kc) * nq_b * b.threads_used) * 8;
+  const double slice_bytes = double(a.kc) * ChunkBytes(wk, G) * a.threads_used +
+                             double(b.kc) * ChunkBytes(wk, 1) * b.threads_used;
   const double prologue = slice_bytes / 40.0 + 3000;
   return (double(shape.max_time) * per_step + prologue) * waves;
 }
@@ -229,6 +250,7 @@ int WeightKind(WeightType t) {
   switch (t) {
     case WeightType::kFloat16: return cuda_impl::kWeightF16;
     case WeightType::kBFloat16: return cuda_impl::kWeightBF16;
+    case WeightType::kInt8: return cuda_impl::kWeightI8;
     default: return cuda_impl::kWeightF32;
   }
 }
@@ -284,9 +306,11 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
         if (facts.max_threads < threads) continue;
         DotMap aa = a;
         aa.kc_reg = kc_reg;
-        const int nq_a = WordsPerChunk(wk, G) / 2, nq_b = WordsPerChunk(wk, 1) / 2;
-        const size_t stream_a_bytes = size_t(aa.kc - aa.kc_reg) * nq_a * aa.threads_used * 8;
-        const size_t stream_b_bytes = P > 0 ? size_t(b.kc) * nq_b * b.threads_used * 8 : 0;
+        const size_t stream_a_bytes = size_t(aa.kc - aa.kc_reg) * ChunkBytes(wk, G) * aa.threads_used;
+        const size_t stream_b_bytes = P > 0 ? size_t(b.kc) * ChunkBytes(wk, 1) * b.threads_used : 0;
+        // int8: 1 / scale for every k-row of each product, in shared memory.
+        const bool i8 = wk == cuda_impl::kWeightI8;
+        const size_t scale_bytes = i8 ? Align(size_t(aa.kpad) * 4, 16) + (P > 0 ? Align(size_t(b.kpad) * 4, 16) : 0) : 0;
         // Fixed shared memory: the h, m tiles and z partial sums, cell state, own h, lengths, x_proj buffers.
         const size_t z_floats =
             std::max(size_t(aa.ksw) * geo.rb * G * aa.cols, P > 0 ? size_t(b.ksw) * geo.rb * b.cols : size_t(0));
@@ -305,7 +329,7 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
           size_t fixed_after_union = Align(c_bytes, 16) + Align(hown_bytes, 16) + Align(len_bytes, 16) +
                                      Align(x_bytes, 16) +
                                      (a_global ? 0 : Align(stream_a_bytes, 16)) +
-                                     (b_global ? 0 : Align(stream_b_bytes, 16));
+                                     (b_global ? 0 : Align(stream_b_bytes, 16)) + scale_bytes;
           // Rows of h (and m) in the shared tile.
           int stage_rows;
           size_t tile_bytes;
@@ -386,6 +410,10 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
           if (!a_global) off += Align(stream_a_bytes, 16);
           kp.off_stream_b = static_cast<int>(off);
           if (!b_global) off += Align(stream_b_bytes, 16);
+          kp.off_scale_a = static_cast<int>(off);
+          off += i8 ? Align(size_t(aa.kpad) * 4, 16) : 0;
+          kp.off_scale_b = static_cast<int>(off);
+          off += i8 && P > 0 ? Align(size_t(b.kpad) * 4, 16) : 0;
           if (off != smem) return "fused_rnn CUDA: internal error in the shared-memory layout";
           // workspace layout
           size_t ws = 0;
@@ -597,11 +625,17 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
   Plan pl;
   if (const char* err = GetPlan(shape, weight_type, limits, tuning, &pl)) return err;
   if (shape.batch == 0) return nullptr;
-  const bool is16 = weight_type != WeightType::kFloat32;
-  const void* w_rec = is16 ? recurrent_kernel_16bit : static_cast<const void*>(args.recurrent_kernel);
-  const void* w_proj = is16 ? projection_kernel_16bit : static_cast<const void*>(args.projection_kernel);
+  const bool i8 = weight_type == WeightType::kInt8;
+  if (i8 != shape.int8_weights) return "fused_rnn CUDA: WeightType::kInt8 goes with shape.int8_weights (and only with it)";
+  const bool is16 = weight_type == WeightType::kFloat16 || weight_type == WeightType::kBFloat16;
+  const void* w_rec = i8 ? static_cast<const void*>(args.recurrent_kernel_q8)
+                         : (is16 ? recurrent_kernel_16bit : static_cast<const void*>(args.recurrent_kernel));
+  const void* w_proj = i8 ? static_cast<const void*>(args.projection_kernel_q8)
+                          : (is16 ? projection_kernel_16bit : static_cast<const void*>(args.projection_kernel));
   if (!w_rec) return "fused_rnn CUDA: recurrent kernel pointer is null (16-bit weight types take the 16-bit copy)";
   if (shape.num_proj > 0 && !w_proj) return "fused_rnn CUDA: projection kernel pointer is null";
+  if (i8 && (!args.recurrent_scale || (shape.num_proj > 0 && !args.projection_scale)))
+    return "fused_rnn CUDA: int8 weights need recurrent_scale (and projection_scale with a projection)";
   if (shape.max_time > 0 && (!args.x_proj || !args.output)) return "fused_rnn CUDA: x_proj or output is null";
   if (pl.ws_bytes > 0) {
     if (!workspace || workspace_bytes < pl.ws_bytes)
@@ -614,6 +648,8 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
   kp.w_rec = w_rec;
   kp.rec_bias = shape.cell == CellType::kGru ? args.recurrent_bias : nullptr;
   kp.w_proj = w_proj;
+  kp.rec_scale = i8 ? args.recurrent_scale : nullptr;
+  kp.proj_scale = i8 && shape.num_proj > 0 ? args.projection_scale : nullptr;
   kp.lengths = args.sequence_lengths;
   kp.h0 = args.initial_h;
   kp.c0 = shape.cell == CellType::kLstm ? args.initial_c : nullptr;

@@ -33,9 +33,13 @@ namespace cuda_impl {
 template <int WK> struct RawOf { using T = uint32_t; };
 template <> struct RawOf<kWeightF16> { using T = uint16_t; };
 template <> struct RawOf<kWeightBF16> { using T = uint16_t; };
+template <> struct RawOf<kWeightI8> { using T = uint8_t; };
 
-// 32-bit words one thread holds per chunk (4 k-rows x G columns): float32 one word each, 16-bit two k-rows a word.
-template <int WK, int G> __host__ __device__ constexpr int WordsPerChunk() { return WK == kWeightF32 ? 4 * G : 2 * G; }
+// 32-bit words one thread holds per chunk (4 k-rows x G columns): float32 one word each, 16-bit two k-rows a word,
+// int8 all four k-rows of a column in one word.
+template <int WK, int G> __host__ __device__ constexpr int WordsPerChunk() {
+  return WK == kWeightF32 ? 4 * G : (WK == kWeightI8 ? G : 2 * G);
+}
 
 // Threads per block the compiler must plan registers for: the weight registers plus a budget for the rest, rounded
 // down to whole groups of 4 warps (ptxas sizes the register cap for a multiple of 128 threads).
@@ -98,6 +102,25 @@ __device__ __forceinline__ void DecodeChunk(const uint32_t (&words)[WordsPerChun
     for (int e = 0; e < 4; ++e)
 #pragma unroll
       for (int g = 0; g < G; ++g) w[e][g] = __uint_as_float(words[e * G + g]);
+  } else if constexpr (WK == kWeightI8) {
+    // Byte e of the word holds q ^ 0x80 (stored so at load time). prmt builds the float bits 0x4B0000xx, i.e.
+    // 2^23 + (q + 128), and one subtraction of 2^23 + 128 leaves q exactly: two instructions per weight, no I2F
+    // (quarter rate). volatile for the same reason as the 16-bit path: hoisting would unpack into 4x the registers.
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const uint32_t v = words[g];
+      asm volatile("{\n\t.reg .b32 t0, t1, t2, t3;\n\t"
+                   "prmt.b32 t0, %4, 0x4B000000, 0x7440;\n\t"
+                   "prmt.b32 t1, %4, 0x4B000000, 0x7441;\n\t"
+                   "prmt.b32 t2, %4, 0x4B000000, 0x7442;\n\t"
+                   "prmt.b32 t3, %4, 0x4B000000, 0x7443;\n\t"
+                   "sub.f32 %0, t0, 0f4B000080;\n\t"
+                   "sub.f32 %1, t1, 0f4B000080;\n\t"
+                   "sub.f32 %2, t2, 0f4B000080;\n\t"
+                   "sub.f32 %3, t3, 0f4B000080;\n\t}"
+                   : "=f"(w[0][g]), "=f"(w[1][g]), "=f"(w[2][g]), "=f"(w[3][g])
+                   : "r"(v));
+    }
   } else {
 #pragma unroll
     for (int ep = 0; ep < 2; ++ep)
@@ -167,6 +190,9 @@ __device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __
                : 0u;
         if constexpr (WK == kWeightF32) {
           words[e * G + g] = raw;
+        } else if constexpr (WK == kWeightI8) {
+          // q ^ 0x80 (see DecodeChunk); out of range reads 0 -> 0x80, which decodes to 0.
+          words[g] = (e == 0 ? 0u : words[g]) | ((raw ^ 0x80u) << (8 * e));
         } else if (e % 2 == 0) {
           words[(e / 2) * G + g] = raw;
         } else {
@@ -183,9 +209,15 @@ __device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __
     uint32_t words[NW];
     load_chunk(j, words);
     const int js = j - m.kc_reg;
+    if constexpr (WK == kWeightI8) {  // G words per chunk (odd for the GRU and the projection): 32-bit slots
+      uint32_t* stream32 = reinterpret_cast<uint32_t*>(stream);
 #pragma unroll
-    for (int q = 0; q < NQ; ++q)
-      stream[((long long)js * NQ + q) * m.threads_used + tid] = make_uint2(words[2 * q], words[2 * q + 1]);
+      for (int q = 0; q < NW; ++q) stream32[((long long)js * NW + q) * m.threads_used + tid] = words[q];
+    } else {
+#pragma unroll
+      for (int q = 0; q < NQ; ++q)
+        stream[((long long)js * NQ + q) * m.threads_used + tid] = make_uint2(words[2 * q], words[2 * q + 1]);
+    }
   }
 }
 
@@ -194,10 +226,18 @@ __device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __
 // separate accumulators so the dependent FMA chains are half as long.
 template <int G, int WK, int RC>
 __device__ __forceinline__ void FmaChunk(const float (&w)[4][G], const float4* h4, int kpad4, int r0, int hidx,
-                                         float (&acc)[RC][G]) {
+                                         float (&acc)[RC][G], const float4* inv_scale4) {
+  float4 sv;
+  if constexpr (WK == kWeightI8) sv = inv_scale4[hidx];  // int8: h[k] / scale[k] times q[k][j]
 #pragma unroll
   for (int r = 0; r < RC; ++r) {
-    const float4 hv = h4[(r0 + r) * kpad4 + hidx];
+    float4 hv = h4[(r0 + r) * kpad4 + hidx];
+    if constexpr (WK == kWeightI8) {
+      hv.x *= sv.x;
+      hv.y *= sv.y;
+      hv.z *= sv.z;
+      hv.w *= sv.w;
+    }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       acc[r][g] = fmaf(w[0][g], hv.x, acc[r][g]);
@@ -213,11 +253,17 @@ __device__ __forceinline__ void LoadStreamChunk(const uint2* stream, int js, int
   constexpr int NW = WordsPerChunk<WK, G>();
   constexpr int NQ = NW / 2;
   uint32_t words[NW];
+  if constexpr (WK == kWeightI8) {
+    const uint32_t* stream32 = reinterpret_cast<const uint32_t*>(stream);
 #pragma unroll
-  for (int q = 0; q < NQ; ++q) {
-    const uint2 v = stream[((long long)js * NQ + q) * stride + tid];
-    words[2 * q] = v.x;
-    words[2 * q + 1] = v.y;
+    for (int q = 0; q < NW; ++q) words[q] = stream32[((long long)js * NW + q) * stride + tid];
+  } else {
+#pragma unroll
+    for (int q = 0; q < NQ; ++q) {
+      const uint2 v = stream[((long long)js * NQ + q) * stride + tid];
+      words[2 * q] = v.x;
+      words[2 * q + 1] = v.y;
+    }
   }
   DecodeChunk<WK, G>(words, w);
 }
@@ -225,7 +271,8 @@ __device__ __forceinline__ void LoadStreamChunk(const uint2* stream, int js, int
 template <int G, int WK, int KC_REG, int RC, int KCR>
 __device__ __forceinline__ void DotRows(const uint32_t (&wreg)[KCR][WordsPerChunk<WK, G>()], const uint2* stream,
                                         const DotMap& m, const float* h_tile, int nrows, float* zpart, int z_row0,
-                                        int z_rows, const DotSlot& slot, int tid) {
+                                        int z_rows, const DotSlot& slot, int tid, const float* inv_scale) {
+  const float4* s4 = reinterpret_cast<const float4*>(inv_scale);
   constexpr int NA = RC == 1 ? 2 : 1;
   const int kpad4 = m.kpad >> 2;
   const float4* h4 = reinterpret_cast<const float4*>(h_tile);
@@ -246,7 +293,7 @@ __device__ __forceinline__ void DotRows(const uint32_t (&wreg)[KCR][WordsPerChun
       for (int j = 0; j < KC_REG; ++j) {
         float w[4][G];
         DecodeChunk<WK, G>(wreg[j], w);
-        FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * j, acc[j % NA]);
+        FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * j, acc[j % NA], s4);
       }
     } else {
 #pragma unroll
@@ -254,7 +301,7 @@ __device__ __forceinline__ void DotRows(const uint32_t (&wreg)[KCR][WordsPerChun
         if (j < kc_reg) {
           float w[4][G];
           DecodeChunk<WK, G>(wreg[j], w);
-          FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * j, acc[j % NA]);
+          FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * j, acc[j % NA], s4);
         }
       }
     }
@@ -265,13 +312,13 @@ __device__ __forceinline__ void DotRows(const uint32_t (&wreg)[KCR][WordsPerChun
       for (int a = 0; a < NA; ++a) {
         float w[4][G];
         LoadStreamChunk<WK, G>(stream, js + a, stride, tid, w);
-        FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * (kc_reg + js + a), acc[a]);
+        FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * (kc_reg + js + a), acc[a], s4);
       }
     }
     if (js < kc_stream) {
       float w[4][G];
       LoadStreamChunk<WK, G>(stream, js, stride, tid, w);
-      FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * (kc_reg + js), acc[0]);
+      FmaChunk<G, WK, RC>(w, h4, kpad4, r0, slot.kl + m.ks * (kc_reg + js), acc[0], s4);
     }
 #pragma unroll
     for (int a = 1; a < NA; ++a)
@@ -508,6 +555,8 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
   uint2* stream_a_glob = static_cast<uint2*>(p.ws_stream_a) + (long long)blockIdx.x * p.ws_stream_a_words;
   uint2* stream_b_glob = static_cast<uint2*>(p.ws_stream_b) + (long long)blockIdx.x * p.ws_stream_b_words;
   uint2* stream_a = p.a.stream_global ? stream_a_glob : stream_a_smem;
+  float* scale_a_s = reinterpret_cast<float*>(smem + p.off_scale_a);  // int8 only
+  float* scale_b_s = reinterpret_cast<float*>(smem + p.off_scale_b);
   uint2* stream_b = p.b.stream_global ? stream_b_glob : stream_b_smem;
 
 
@@ -538,21 +587,21 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
 #pragma unroll
   for (int j = 0; j < KCR; ++j)
 #pragma unroll
-    for (int q = 0; q < NW; ++q) wreg[j][q] = 0u;
+    for (int q = 0; q < NW; ++q) wreg[j][q] = WK == kWeightI8 ? 0x80808080u : 0u;  // int8: bytes q ^ 0x80
   LoadWeightChunks<WK, G, KCR>(static_cast<const Raw*>(p.w_rec) + (long long)d * R * G * H, (long long)G * H, H, u0,
                                ucount, p.a, R, wreg, stream_a, sa, tid);
   uint32_t wreg_b_unused[1][WordsPerChunk<WK, 1>()];
   auto dot_a = [&](const float* h_tile, int nr, int z_row0) {
     if (p.a.stream_global)
-      DotRows<G, WK, KC_REG, RC, KCR>(wreg, stream_a_glob, p.a, h_tile, nr, z_s, z_row0, p.rb, sa, tid);
+      DotRows<G, WK, KC_REG, RC, KCR>(wreg, stream_a_glob, p.a, h_tile, nr, z_s, z_row0, p.rb, sa, tid, scale_a_s);
     else
-      DotRows<G, WK, KC_REG, RC, KCR>(wreg, stream_a_smem, p.a, h_tile, nr, z_s, z_row0, p.rb, sa, tid);
+      DotRows<G, WK, KC_REG, RC, KCR>(wreg, stream_a_smem, p.a, h_tile, nr, z_s, z_row0, p.rb, sa, tid, scale_a_s);
   };
   auto dot_b = [&](const float* m_tile, int nr, int z_row0) {
     if (p.b.stream_global)
-      DotRows<1, WK, 0, RC, 1>(wreg_b_unused, stream_b_glob, p.b, m_tile, nr, z_s, z_row0, p.rb, sb, tid);
+      DotRows<1, WK, 0, RC, 1>(wreg_b_unused, stream_b_glob, p.b, m_tile, nr, z_s, z_row0, p.rb, sb, tid, scale_b_s);
     else
-      DotRows<1, WK, 0, RC, 1>(wreg_b_unused, stream_b_smem, p.b, m_tile, nr, z_s, z_row0, p.rb, sb, tid);
+      DotRows<1, WK, 0, RC, 1>(wreg_b_unused, stream_b_smem, p.b, m_tile, nr, z_s, z_row0, p.rb, sb, tid, scale_b_s);
   };
   if (kLstm && P > 0) {
     LoadWeightChunks<WK, 1, 1>(static_cast<const Raw*>(p.w_proj) + (long long)d * H * P, P, 0, pc0, pcount, p.b, H,
@@ -563,6 +612,19 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
   // Zero the h/m/z union (the k-padding of the h and m tiles must read as 0: padded weights are 0, and 0 * NaN
   // of uninitialised memory would poison the sums), then load the initial state.
   for (int i = tid; i < p.union_bytes / 4; i += nthreads) reinterpret_cast<float*>(smem)[i] = 0.f;
+  if constexpr (WK == kWeightI8) {
+    // 1 / scale per k-row (0 for a zero row, as the quantizer's scale 0 means, and for the k padding).
+    for (int k = tid; k < p.a.kpad; k += nthreads) {
+      const float sc = k < R ? __ldg(p.rec_scale + (long long)d * R + k) : 0.f;
+      scale_a_s[k] = sc != 0.f ? 1.f / sc : 0.f;
+    }
+    if (kLstm && P > 0) {
+      for (int k = tid; k < p.b.kpad; k += nthreads) {
+        const float sc = k < H ? __ldg(p.proj_scale + (long long)d * H + k) : 0.f;
+        scale_b_s[k] = sc != 0.f ? 1.f / sc : 0.f;
+      }
+    }
+  }
   __syncthreads();
   for (int i = tid; i < nrows * own_count; i += nthreads) {
     const int r = i / own_count, c = i - r * own_count;
@@ -877,10 +939,10 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
 #define FUSED_RNN_KERNEL_TABLE(NAME, CELL, WK)                                                      \
   KernelFn NAME(int rc, int kc_idx) {                                                              \
     constexpr int k0 = (WK == kWeightF32) ? 0 : 0;                                                 \
-    constexpr int k1 = (WK == kWeightF32) ? 2 : 4;                                                 \
-    constexpr int k2 = (WK == kWeightF32) ? 4 : 8;                                                 \
-    constexpr int k3 = (WK == kWeightF32) ? 6 : 12;                                                \
-    constexpr int k4 = (WK == kWeightF32) ? 8 : 16;                                                \
+    constexpr int k1 = (WK == kWeightF32) ? 2 : (WK == kWeightI8 ? 8 : 4);                         \
+    constexpr int k2 = (WK == kWeightF32) ? 4 : (WK == kWeightI8 ? 16 : 8);                        \
+    constexpr int k3 = (WK == kWeightF32) ? 6 : (WK == kWeightI8 ? 24 : 12);                       \
+    constexpr int k4 = (WK == kWeightF32) ? 8 : (WK == kWeightI8 ? 32 : 16);                       \
     static const KernelFn table[2][kNumKcReg] = {                                                  \
         {RnnPersistentKernel<CELL, WK, k0, 1>, RnnPersistentKernel<CELL, WK, k1, 1>,               \
          RnnPersistentKernel<CELL, WK, k2, 1>, RnnPersistentKernel<CELL, WK, k3, 1>,               \

@@ -8,7 +8,9 @@ namespace fused_rnn {
 namespace cuda_impl {
 
 enum : int { kExchangeLocal = 0, kExchangeTagged = 1, kExchangeCounter = 2, kExchangeCluster = 3 };
-enum : int { kWeightF32 = 0, kWeightF16 = 1, kWeightBF16 = 2 };
+// kWeightI8: int8 rows with one float scale per row (W[k][j] = q[k][j] / scale[k]); the kernel multiplies h[k] by
+// 1 / scale[k] instead of dequantizing every weight, as the CPU path does.
+enum : int { kWeightF32 = 0, kWeightF16 = 1, kWeightBF16 = 2, kWeightI8 = 3 };
 
 // How one block's threads share one product z[rows, cols] = h[rows, K] @ W[K, cols] (per gate):
 // warp w, lane l -> column group (w / ksw), k-slot kw = w % ksw; inside the warp, ksl consecutive lanes share a
@@ -38,6 +40,8 @@ struct KernelParams {
   const void* w_rec = nullptr;   // [D, R, G*H] in the weight type
   const float* rec_bias = nullptr;
   const void* w_proj = nullptr;  // [D, H, P]
+  const float* rec_scale = nullptr;   // kWeightI8: [D, R] row scales of w_rec
+  const float* proj_scale = nullptr;  // kWeightI8: [D, H] row scales of w_proj
   const int32_t* lengths = nullptr;
   const float* h0 = nullptr;
   const float* c0 = nullptr;
@@ -55,6 +59,7 @@ struct KernelParams {
   // shared-memory layout (bytes from the dynamic base)
   int off_h = 0, off_m = 0, off_z = 0, off_c = 0, off_hown = 0, off_len = 0, off_x = 0, off_stream_a = 0,
       off_stream_b = 0;
+  int off_scale_a = 0, off_scale_b = 0;  // kWeightI8: [a.kpad], [b.kpad] floats of 1 / scale (0 past K)
   int h_buf_floats = 0;  // local mode: floats between the two h buffers
   int ex_r = 0, ex_h = 0; // row strides of the h and m exchange buffers (R and H rounded up to 4: 16-byte rows)
   int union_bytes = 0;   // bytes of the h/m tiles + z partial sums (zeroed in the prologue)
@@ -83,7 +88,8 @@ constexpr int kNumKcReg = 5;
 inline int KcRegValue(int weight_kind, int idx) {
   static const int kF32[kNumKcReg] = {0, 2, 4, 6, 8};
   static const int k16[kNumKcReg] = {0, 4, 8, 12, 16};
-  return weight_kind == kWeightF32 ? kF32[idx] : k16[idx];
+  static const int k8[kNumKcReg] = {0, 8, 16, 24, 32};  // a chunk is G words: 4 int8 k-rows per word
+  return weight_kind == kWeightF32 ? kF32[idx] : (weight_kind == kWeightI8 ? k8[idx] : k16[idx]);
 }
 
 // Defined in the instantiation files: the kernel for (cell, weight kind, rows per pass RC in {1, 4}, kc index).
@@ -93,6 +99,8 @@ KernelFn GetKernelLstmBF16(int rc, int kc_idx);
 KernelFn GetKernelGruF32(int rc, int kc_idx);
 KernelFn GetKernelGruF16(int rc, int kc_idx);
 KernelFn GetKernelGruBF16(int rc, int kc_idx);
+KernelFn GetKernelLstmI8(int rc, int kc_idx);
+KernelFn GetKernelGruI8(int rc, int kc_idx);
 
 }  // namespace cuda_impl
 }  // namespace fused_rnn

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "cc/core/fused_rnn.h"
 #include "cc/core/fused_rnn_cuda.h"
@@ -40,6 +41,17 @@ absl::Status LimitsFor(int ordinal, CudaDeviceLimits* limits) {
   }
   *limits = it->second;
   return absl::OkStatus();
+}
+
+// Copies host bytes (a HostMemory input) to the device on `stream`, staged through pageable heap memory: a
+// cudaMemcpyAsync from pageable memory returns only once the source has been copied to the driver's staging buffer
+// (CUDA's documented API synchronisation behaviour), so the transfer never reads the input after TensorFlow has
+// released it. (TF may place host-memory inputs in pinned memory, which an asynchronous copy would read later.)
+bool HostToDevice(void* dst, const void* src, size_t bytes, void* stream) {
+  if (bytes == 0) return true;
+  std::vector<char> staged(static_cast<const char*>(src), static_cast<const char*>(src) + bytes);
+  return cudaMemcpyAsync(dst, staged.data(), bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)) ==
+         cudaSuccess;
 }
 
 class FusedRnnGpuOp : public OpKernel {
@@ -77,8 +89,7 @@ class FusedRnnGpuOp : public OpKernel {
     char* ws = reinterpret_cast<char*>(workspace.flat<int8_t>().data());
     void* raw_stream = stream->platform_specific_handle().stream;
     int32_t* lengths_device = reinterpret_cast<int32_t*>(ws + lengths_offset);
-    OP_REQUIRES(ctx, cudaMemcpyAsync(lengths_device, lengths_host, sizeof(int32_t) * B, cudaMemcpyHostToDevice,
-                                     static_cast<cudaStream_t>(raw_stream)) == cudaSuccess,
+    OP_REQUIRES(ctx, HostToDevice(lengths_device, lengths_host, sizeof(int32_t) * B, raw_stream),
                 absl::InternalError("copying sequence_lengths to the GPU failed"));
 
     const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths_device, attrs_.is_training);
@@ -98,6 +109,78 @@ class FusedLstmGpuOp : public FusedRnnGpuOp {
 class FusedGruGpuOp : public FusedRnnGpuOp {
  public:
   explicit FusedGruGpuOp(OpKernelConstruction* ctx) : FusedRnnGpuOp(ctx, CellType::kGru) {}
+};
+
+// INT8 recurrent weights on the GPU (inference only, like the CPU kernel): the scales are read on the host (they
+// are validated there, as on the CPU), then copied with the lengths into the workspace; the int8 kernels stay in
+// device memory.
+class FusedRnnInt8GpuOp : public OpKernel {
+ public:
+  FusedRnnInt8GpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
+    attrs_.Read(ctx, cell, /*has_is_training=*/false);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    RnnInputs in;
+    RnnShape s;
+    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
+    OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s));
+    const int32_t* lengths_host = in.sequence_lengths->flat<int32_t>().data();
+    OP_REQUIRES_OK(ctx, CheckLengths(lengths_host, s.batch, s.max_time));
+    const int64_t B = s.batch;
+    RnnOutputs out;
+    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, /*is_training=*/false, &out, /*has_reserve_output=*/false));
+    if (B == 0) return;
+
+    stream_executor::Stream* stream = ctx->op_device_context()->stream();
+    OP_REQUIRES(ctx, stream != nullptr, absl::InternalError("no GPU stream for the fused RNN op"));
+    CudaDeviceLimits limits;
+    OP_REQUIRES_OK(ctx, LimitsFor(stream->parent()->device_ordinal(), &limits));
+    const size_t core_bytes = CudaForwardWorkspaceBytes(s, WeightType::kInt8, limits);
+    char plan[256] = {0};
+    if (core_bytes == 0) {
+      const char* why = CudaDescribePlan(s, WeightType::kInt8, limits, nullptr, plan, sizeof(plan));
+      OP_REQUIRES(ctx, why == nullptr, Invalid("this shape cannot run on this GPU: ", why ? why : ""));
+    }
+    // Workspace: the core's bytes, then the lengths, the recurrent scales and the projection scales.
+    auto align = [](size_t v) { return (v + 255) & ~size_t{255}; };
+    const int64_t n_rs = in.recurrent_scale->NumElements();
+    const int64_t n_ps = in.projection_scale ? in.projection_scale->NumElements() : 0;
+    const size_t lengths_offset = align(core_bytes);
+    const size_t rs_offset = align(lengths_offset + 4 * B);
+    const size_t ps_offset = align(rs_offset + 4 * n_rs);
+    Tensor workspace;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8,
+                                           TensorShape({static_cast<int64_t>(ps_offset + 4 * n_ps + 4)}), &workspace));
+    char* ws = reinterpret_cast<char*>(workspace.flat<int8_t>().data());
+    void* raw_stream = stream->platform_specific_handle().stream;
+    auto to_device = [&](size_t offset, const void* host, size_t bytes) {
+      return HostToDevice(ws + offset, host, bytes, raw_stream);
+    };
+    OP_REQUIRES(ctx, to_device(lengths_offset, lengths_host, 4 * B) &&
+                         to_device(rs_offset, in.recurrent_scale->flat<float>().data(), 4 * n_rs) &&
+                         (n_ps == 0 || to_device(ps_offset, in.projection_scale->flat<float>().data(), 4 * n_ps)),
+                absl::InternalError("copying sequence_lengths and the scales to the GPU failed"));
+    RnnForwardArgs args =
+        MakeForwardArgs(s, in, out, reinterpret_cast<const int32_t*>(ws + lengths_offset), /*is_training=*/false);
+    args.recurrent_scale = reinterpret_cast<const float*>(ws + rs_offset);
+    args.projection_scale = s.num_proj > 0 ? reinterpret_cast<const float*>(ws + ps_offset) : nullptr;
+    const char* err = CudaForward(s, args, WeightType::kInt8, nullptr, nullptr, core_bytes ? ws : nullptr, core_bytes,
+                                  raw_stream, limits);
+    OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA launch: ", err ? err : "")));
+  }
+
+ private:
+  RnnAttrs attrs_;
+};
+
+class FusedLstmInt8GpuOp : public FusedRnnInt8GpuOp {
+ public:
+  explicit FusedLstmInt8GpuOp(OpKernelConstruction* ctx) : FusedRnnInt8GpuOp(ctx, CellType::kLstm) {}
+};
+class FusedGruInt8GpuOp : public FusedRnnInt8GpuOp {
+ public:
+  explicit FusedGruInt8GpuOp(OpKernelConstruction* ctx) : FusedRnnInt8GpuOp(ctx, CellType::kGru) {}
 };
 
 // The backward (BPTT) on the GPU: the same validation as the CPU gradient kernel, every buffer from TF's
@@ -131,8 +214,7 @@ class FusedRnnGradGpuOp : public OpKernel {
     void* raw_stream = stream->platform_specific_handle().stream;
     int32_t* lengths_device = reinterpret_cast<int32_t*>(ws + lengths_offset);
     if (B > 0) {
-      OP_REQUIRES(ctx, cudaMemcpyAsync(lengths_device, lengths_host, sizeof(int32_t) * B, cudaMemcpyHostToDevice,
-                                       static_cast<cudaStream_t>(raw_stream)) == cudaSuccess,
+      OP_REQUIRES(ctx, HostToDevice(lengths_device, lengths_host, sizeof(int32_t) * B, raw_stream),
                   absl::InternalError("copying sequence_lengths to the GPU failed"));
     }
     const RnnBackwardArgs args = MakeBackwardArgs(s, in, g, lengths_device);
@@ -157,6 +239,17 @@ REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence").Device(tensorflow::DEVICE_GPU)
                         FusedLstmGpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
                         FusedGruGpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceInt8")
+                            .Device(tensorflow::DEVICE_GPU)
+                            .HostMemory("sequence_lengths")
+                            .HostMemory("recurrent_scale")
+                            .HostMemory("projection_scale"),
+                        FusedLstmInt8GpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceInt8")
+                            .Device(tensorflow::DEVICE_GPU)
+                            .HostMemory("sequence_lengths")
+                            .HostMemory("recurrent_scale"),
+                        FusedGruInt8GpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceGrad").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
                         FusedLstmGradGpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceGrad").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),

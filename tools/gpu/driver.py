@@ -25,7 +25,8 @@ if __name__ == "__main__" and any(a in sys.argv for a in TORCH_FREE_MODES):
 import torch  # noqa: E402
 
 from harness_common import (CELL, DIRECTION, TOL_16_VS_F32_WEIGHTS, TOL_F32, WEIGHT,  # noqa: E402,F401
-                            make_inputs, max_rel, numpy_reference, reference, rel_err, reserve_reference)
+                            make_inputs, max_rel, numpy_reference, quantize_rows, reference, rel_err,
+                            reserve_reference)
 
 TORCH_16 = {"f16": torch.float16, "bf16": torch.bfloat16}
 
@@ -87,7 +88,7 @@ class FusedRnn:
                                          t["stream_location"], t["lanes_per_unit"])
         self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], lib.limits, self.tuning)
         self.ws = torch.empty(max(self.ws_bytes, 256), dtype=torch.uint8, device="cuda")
-        self.ptrs = (ctypes.c_uint64 * 13)()
+        self.ptrs = (ctypes.c_uint64 * 15)()
 
     def describe(self):
         buf = ctypes.create_string_buffer(1024)
@@ -95,9 +96,10 @@ class FusedRnn:
         return ("ERROR: " + err.decode()) if err else buf.value.decode()
 
     def bind(self, x_proj, w_rec=None, rec_bias=None, w_proj=None, lengths=None, h0=None, c0=None, out=None,
-             final_h=None, final_c=None, reserve=None, w_rec16=None, w_proj16=None):
+             final_h=None, final_c=None, reserve=None, w_rec16=None, w_proj16=None, rec_scale=None, proj_scale=None):
+        # int8 ("i8"): w_rec16 / w_proj16 carry the int8 kernels, rec_scale / proj_scale their row scales.
         self.keep = [x_proj, w_rec, rec_bias, w_proj, lengths, h0, c0, out, final_h, final_c, reserve, w_rec16,
-                     w_proj16]
+                     w_proj16, rec_scale, proj_scale]
         for i, t in enumerate(self.keep):
             self.ptrs[i] = ptr(t)
 
@@ -116,10 +118,23 @@ class FusedRnn:
 # Inputs and references
 
 def round_weights(w, wt):
+    """(the weights the kernel computes with, as float, and what to hand the kernel: a 16-bit tensor, or for int8
+    a pair (q int8 tensor, scale float32 tensor))."""
     if w is None or wt == "f32":
         return w, None
+    if wt == "i8":
+        q, scale, deq = quantize_rows(w)
+        return deq, (torch.from_numpy(q), torch.from_numpy(scale))
     t16 = torch.from_numpy(w).to(TORCH_16[wt])
     return t16.float().numpy(), t16
+
+
+def dev16(w):  # the kernel's copy of a 16-bit or int8 weight (see round_weights)
+    return None if w is None else (w[0] if isinstance(w, tuple) else w).cuda()
+
+
+def dev_scale(w):
+    return w[1].cuda() if isinstance(w, tuple) else None
 
 
 def to_dev(a, dtype=None):
@@ -135,10 +150,16 @@ def poisoned(shape):
 
 def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=0.0, ragged=True, time_major=False,
              wt="f32", tuning=None, with_init=True, check_reserve=False, rows=None, seed=0, gru_bias=True,
-             repeat=1, inject_nan=False):
-    """One correctness case; returns a result dict (passed, errors, plan)."""
+             repeat=1, inject_nan=False, zero_rows=False, corrupt_scale=False):
+    """One correctness case; returns a result dict (passed, errors, plan). zero_rows: a few all-zero weight rows
+    (int8: scale 0). corrupt_scale: a negative control for int8, the kernel gets scales off by 1% (must fail)."""
     rng = np.random.default_rng(seed)
     inp = make_inputs(rng, cell, direction, T, B, H, P, ragged, with_init, gru_bias)
+    if zero_rows:
+        inp["U"][:, 1, :] = 0
+        inp["U"][-1, -1, :] = 0
+        if P:
+            inp["Pk"][:, 2, :] = 0
     if inject_nan:  # NaN must flow through activations and clips exactly as in the float64 reference
         inp["x"][0, T // 2, 0] = np.nan
         inp["x"][B - 1, 1, -1] = np.inf
@@ -147,6 +168,8 @@ def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=
     R = P if P else H
     U_used, U16 = round_weights(inp["U"], wt)
     P_used, P16 = round_weights(inp["Pk"], wt)
+    if corrupt_scale and isinstance(U16, tuple):
+        U16 = (U16[0], U16[1] * 1.01)
     f = FusedRnn(lib, cell, direction, T, B, H, P, time_major, cell_clip, proj_clip, wt, tuning)
     plan = f.describe()
     x_dev = to_dev(inp["x"].transpose(1, 0, 2) if time_major else inp["x"])
@@ -158,7 +181,7 @@ def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=
     f.bind(x_dev, w_rec=to_dev(inp["U"]) if wt == "f32" else None, rec_bias=to_dev(inp["rb"]),
            w_proj=to_dev(inp["Pk"]) if wt == "f32" else None, lengths=to_dev(inp["lengths"]), h0=to_dev(inp["h0"]),
            c0=to_dev(inp["c0"]), out=out, final_h=fh, final_c=fc, reserve=res,
-           w_rec16=U16.cuda() if U16 is not None else None, w_proj16=P16.cuda() if P16 is not None else None)
+           w_rec16=dev16(U16), w_proj16=dev16(P16), rec_scale=dev_scale(U16), proj_scale=dev_scale(P16))
     errs = {}
     for rep in range(repeat):  # repeat: a moving error is a race
         for t in (out, fh, fc, res):
@@ -384,7 +407,12 @@ class FusedLayer:
         self.h0 = torch.zeros(D, B, R, device="cuda")
         self.c0 = torch.zeros(D, B, H, device="cuda") if cell == "lstm" else None
         self.f = FusedRnn(lib, cell, direction, T, B, H, P, False, cell_clip, proj_clip, wt, tuning)
-        if wt != "f32":
+        self.Uq = self.Pq = None  # int8: (q, scale, dequantized) per weight; the input GEMM stays float32
+        if wt == "i8":
+            self.Uq = [torch.from_numpy(a) for a in quantize_rows(self.U.cpu().numpy())]
+            self.Pq = [torch.from_numpy(a) for a in quantize_rows(self.Pk.cpu().numpy())] if P else None
+            self.U16 = self.P16 = None
+        elif wt != "f32":
             dt = TORCH_16[wt]
             self.U16, self.P16 = self.U.to(dt), (self.Pk.to(dt) if P else None)
             self.W16, self.bias16 = self.W.to(dt), self.bias.to(dt)
@@ -392,13 +420,18 @@ class FusedLayer:
             self.xproj16 = torch.empty(B * T, D * G * H, device="cuda", dtype=dt)
         else:
             self.U16 = self.P16 = None
-        self.f.bind(self.xproj, w_rec=self.U if wt == "f32" else None, rec_bias=self.rb,
-                    w_proj=self.Pk if wt == "f32" else None, h0=self.h0, c0=self.c0, out=self.out, final_h=self.fh,
-                    final_c=self.fc, w_rec16=self.U16, w_proj16=self.P16)
+        if wt == "i8":
+            self.f.bind(self.xproj, rec_bias=self.rb, h0=self.h0, c0=self.c0, out=self.out, final_h=self.fh,
+                        final_c=self.fc, w_rec16=self.Uq[0].cuda(), w_proj16=self.Pq[0].cuda() if P else None,
+                        rec_scale=self.Uq[1].cuda(), proj_scale=self.Pq[1].cuda() if P else None)
+        else:
+            self.f.bind(self.xproj, w_rec=self.U if wt == "f32" else None, rec_bias=self.rb,
+                        w_proj=self.Pk if wt == "f32" else None, h0=self.h0, c0=self.c0, out=self.out,
+                        final_h=self.fh, final_c=self.fc, w_rec16=self.U16, w_proj16=self.P16)
         self.I = I
 
     def gemm(self):
-        if self.wt == "f32":
+        if self.wt in ("f32", "i8"):
             torch.addmm(self.bias, self.x.view(-1, self.I), self.W, out=self.xproj.view(-1, self.xproj.shape[-1]))
         else:
             self.x16.copy_(self.x.view(-1, self.I))
@@ -418,6 +451,9 @@ class FusedLayer:
         Pk = None
         if self.P:
             Pk = (self.P16.float() if self.P16 is not None else self.Pk).cpu().numpy()
+        if self.Uq is not None:  # int8: the oracle runs on the dequantized weights
+            U = self.Uq[2].numpy()
+            Pk = self.Pq[2].numpy() if self.P else None
         xp = self.xproj.cpu().numpy()[rows]
         h0 = self.h0.cpu().numpy()[:, rows]
         c0 = self.c0.cpu().numpy()[:, rows] if self.c0 is not None else None

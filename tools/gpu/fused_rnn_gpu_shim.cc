@@ -89,7 +89,9 @@ const char* frg_describe(const int64_t* shape, const float* clips, int weight_ty
 }
 
 // ptrs (device addresses, 0 = null): x_proj, recurrent_kernel, recurrent_bias, projection_kernel, sequence_lengths,
-// initial_h, initial_c, output, final_h, final_c, reserve, recurrent_kernel_16bit, projection_kernel_16bit.
+// initial_h, initial_c, output, final_h, final_c, reserve, recurrent_kernel_16bit, projection_kernel_16bit; for
+// weight_type 3 (int8) slots 11 and 12 hold the int8 kernels and two more follow: recurrent_scale,
+// projection_scale.
 const char* frg_forward(const int64_t* shape, const float* clips, int weight_type, const uint64_t* ptrs,
                         uint64_t workspace, int64_t workspace_bytes, uint64_t stream, const int* limits,
                         const int* tuning) {
@@ -105,8 +107,16 @@ const char* frg_forward(const int64_t* shape, const float* clips, int weight_typ
   a.final_h = reinterpret_cast<float*>(ptrs[8]);
   a.final_c = reinterpret_cast<float*>(ptrs[9]);
   a.reserve = reinterpret_cast<float*>(ptrs[10]);
+  RnnShape s = MakeShape(shape, clips);
+  if (weight_type == static_cast<int>(fused_rnn::WeightType::kInt8)) {
+    s.int8_weights = true;
+    a.recurrent_kernel_q8 = reinterpret_cast<const int8_t*>(ptrs[11]);
+    a.projection_kernel_q8 = reinterpret_cast<const int8_t*>(ptrs[12]);
+    a.recurrent_scale = reinterpret_cast<const float*>(ptrs[13]);
+    a.projection_scale = reinterpret_cast<const float*>(ptrs[14]);
+  }
   const CudaTuning tun = MakeTuning(tuning);
-  return fused_rnn::CudaForward(MakeShape(shape, clips), a, static_cast<fused_rnn::WeightType>(weight_type),
+  return fused_rnn::CudaForward(s, a, static_cast<fused_rnn::WeightType>(weight_type),
                                 reinterpret_cast<const void*>(ptrs[11]), reinterpret_cast<const void*>(ptrs[12]),
                                 reinterpret_cast<void*>(workspace), static_cast<size_t>(workspace_bytes),
                                 reinterpret_cast<void*>(stream), MakeLimits(limits), &tun);

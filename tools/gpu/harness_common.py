@@ -13,9 +13,21 @@ import numpy_reference  # noqa: E402
 
 CELL = {"lstm": 0, "gru": 1}
 DIRECTION = {"forward": 0, "reverse": 1, "bidirectional": 2}
-WEIGHT = {"f32": 0, "f16": 1, "bf16": 2}
+WEIGHT = {"f32": 0, "f16": 1, "bf16": 2, "i8": 3}
 TOL_F32 = 1e-5
 TOL_16_VS_F32_WEIGHTS = 1e-2
+
+
+def quantize_rows(w):
+    """The package's INT8 scheme (tf_ops.quantize_rows), in NumPy: per row (last axis) scale = 127 / max|row| in
+    float32, q = round(row * scale) with ties to even; a zero row has scale 0 and q = 0. Returns (q int8, scale
+    float32 [rows], dequantized float64 = q / scale, the weights the kernel must agree with)."""
+    w = np.asarray(w, np.float32)
+    amax = np.max(np.abs(w), axis=-1)
+    scale = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.clip(np.rint(w * scale[..., None]), -127, 127).astype(np.int8)
+    deq = np.where(scale[..., None] > 0, q.astype(np.float64) / np.where(scale > 0, scale, 1)[..., None].astype(np.float64), 0.0)
+    return q, scale, deq
 
 
 def make_inputs(rng, cell, direction, T, B, H, P, ragged, with_init=True, gru_bias=True):
