@@ -44,6 +44,25 @@ def median_ms(fn, repeats, warmup=3):
     return 1e3 * float(np.median(times))
 
 
+def interleaved_ms(slow, fast, rounds, fast_per_round, warmup=3):
+    """Medians of `slow` and `fast`, timed alternately (one slow call, then fast_per_round fast calls, per round),
+    so that load changes on a shared machine hit both sides alike."""
+    time.sleep(0.3)
+    for _ in range(warmup):
+        slow()
+        fast()
+    slow_times, fast_times = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        slow()
+        slow_times.append(time.perf_counter() - start)
+        for _ in range(fast_per_round):
+            start = time.perf_counter()
+            fast()
+            fast_times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(slow_times)), 1e3 * float(np.median(fast_times))
+
+
 def make_step(layer, x, w_out, training):
     @tf.function
     def step():
@@ -74,9 +93,11 @@ def run_case(cell, units, batch, bidirectional, repeats, rng):
               for g, s in zip(got, want))
     assert err < 1e-4, f"fused and stock gradients disagree (relative {err})"
     fused_fwd = tf.function(lambda: fused(x))
+    stock_ms, fused_ms = interleaved_ms(lambda: [t.numpy() for t in stock_step()],
+                                        lambda: [t.numpy() for t in fused_step()], max(3, repeats // 4), 4)
     return {
-        "stock": median_ms(lambda: [t.numpy() for t in stock_step()], max(3, repeats // 4)),
-        "fused": median_ms(lambda: [t.numpy() for t in fused_step()], repeats),
+        "stock": stock_ms,
+        "fused": fused_ms,
         "fused_recompute": median_ms(lambda: [t.numpy() for t in fused_recompute()], repeats),
         "fused_forward": median_ms(lambda: fused_fwd().numpy(), repeats),
         "err": err,
@@ -88,6 +109,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--cases", default="", help="only the cases whose label contains this text")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     load = os.getloadavg()[0]
@@ -98,6 +120,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for batch in [int(b) for b in args.batches.split(",")]:
         for label, cell, units, bidirectional in CASES:
+            if args.cases and args.cases not in label:
+                continue
             r = run_case(cell, units, batch, bidirectional, args.repeats, rng)
             print(f"| {label} | {batch} | {r['stock']:.2f} | {r['fused']:.2f} | {r['stock'] / r['fused']:.1f}x | "
                   f"{r['fused_recompute']:.2f} | {r['fused_forward']:.2f} | {r['err']:.1e} |", flush=True)

@@ -75,10 +75,14 @@ struct BwdCtx {
   float* dh_carry = nullptr;         // [B][R]: d_final_h in, d_initial_h out
   float* dc_carry = nullptr;         // [B][H]: d_final_c in, d_initial_c out
   float* dh_tot = nullptr;           // [B][R]: dh of the current step (output + carry)
-  float* hprev_t = nullptr;          // [R][B*T]: h_{t-1} of each position, zero where invalid
+  float* hprev_t = nullptr;          // [R][B*T]: h_{t-1} of each position, zero where invalid (after phase 1)
   float* m_t = nullptr;              // [H][B*T]: m = o * tanh(c) (projection only)
   float* dr = nullptr;               // [B*T][P]: gradient of r = m @ P after the clip mask (projection only)
   float* dhu = nullptr;              // [B*T][G*H]: gradient of h_{t-1} @ U + b (GRU)
+  // When not null, dU [R][G*H] (and the GRU's recurrent-bias gradient [G*H]) are accumulated during the steps,
+  // a rank-B update per step while its gradient rows are in cache (small U only; see the driver).
+  float* d_u = nullptr;
+  float* d_rec_bias = nullptr;
 };
 
 // out[m][k] = sum_n a_t[m][n] * rows(n)[k] for k in [k_begin, k_end), every m < M. Row n = b * T + t is
@@ -105,6 +109,9 @@ struct StepKernels {
   void (*bwd_prep)(const BwdCtx&, int64_t step, int64_t col_begin, int64_t col_end);
   void (*weight_grad)(const WeightGradArgs&, int64_t k_begin, int64_t k_end);
   int64_t weight_grad_stripe;  // columns per weight_grad tile stripe (split work on multiples of it)
+  // out_t[c * ld + n] = rows[n][c] for n in [n0, n1), c in [c0, c1).
+  void (*transpose_rows)(const float* const* rows, int64_t n0, int64_t n1, int64_t c0, int64_t c1, float* out_t,
+                         int64_t ld);
 };
 
 // kAvx2Kernels and kAvx512Kernels exist only in x86-64 builds (FUSED_RNN_HAVE_X86_KERNELS).

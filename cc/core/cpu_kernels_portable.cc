@@ -7,6 +7,6 @@
 namespace fused_rnn {
 namespace cpu {
 const StepKernels kPortableKernels = {portable::Isa::kName, &portable::LstmGates, &portable::LstmProjection, &portable::GruGates,
-    &portable::BwdGates, &portable::BwdCarry, &portable::BwdPrep, &portable::WeightGrad, portable::kWgStripe};
+    &portable::BwdGates, &portable::BwdCarry, &portable::BwdPrep, &portable::WeightGrad, portable::kWgStripe, &portable::TransposeRows};
 }  // namespace cpu
 }  // namespace fused_rnn

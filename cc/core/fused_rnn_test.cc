@@ -197,7 +197,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{CellType::kLstm, Direction::kReverse, 4, 6, 5, 3, false, 0.4f, 0},
                       Case{CellType::kGru, Direction::kForward, 5, 3, 7, 0, false, 0, 0},
                       Case{CellType::kGru, Direction::kBidirectional, 4, 5, 18, 0, true, 0, 0},
-                      Case{CellType::kGru, Direction::kReverse, 3, 4, 33, 0, false, 0, 0}));
+                      Case{CellType::kGru, Direction::kReverse, 3, 4, 33, 0, false, 0, 0},
+                      // B >= 8 and a small U: dU accumulated during the steps (H=21: a full and a partial block).
+                      Case{CellType::kLstm, Direction::kBidirectional, 6, 9, 21, 0, false, 0.3f, 0},
+                      Case{CellType::kGru, Direction::kReverse, 5, 8, 19, 0, true, 0, 0}));
 
 // Sizes whose steps are split across threads (step flops above the split threshold), and sizes with many
 // positions: every thread count gives the same bits, and sampled gradient entries match float64 central
@@ -208,7 +211,9 @@ TEST(BackwardTest, SplitStepsMatchSampledFiniteDifferences) {
                         {CellType::kGru, Direction::kReverse, 4, 5, 140, 0, true, 0, 0},
                         // B*T > 256: the weight gradients accumulate over several packed chunks.
                         {CellType::kLstm, Direction::kBidirectional, 20, 15, 20, 12, false, 0.9f, 0.6f},
-                        {CellType::kGru, Direction::kForward, 30, 11, 18, 0, true, 0, 0}};
+                        {CellType::kGru, Direction::kForward, 30, 11, 18, 0, true, 0, 0},
+                        // dU during the steps, with steps split across threads (units 48..99 a partial block).
+                        {CellType::kLstm, Direction::kReverse, 12, 16, 100, 0, false, 0, 0}};
   uint32_t seed = 300;
   for (const Case& c : cases) {
     const Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
