@@ -22,6 +22,8 @@ Python API
         #    model.reset_states() zeroes the state. stateful=False: every call starts from zero state.
         # implementation="keras": the same network with the biLM on stock Keras layers (keras.layers.RNN of
         #    ProjectionLSTMCell, one RNN per layer and direction), for comparison and benchmarks.
+        # implementation="fused_int8": the fused biLM with INT8 recurrent and projection kernels (one scale per
+        #    row, tf_ops.quantize_rows; float32 arithmetic): the float weights are quantized when loaded.
         # Layers: model.char_encoder (ElmoCharacterEncoder: char ids [B, T, 50] -> [B, T, P]) and model.bilm
         #    (ElmoBiLM: (token embeddings [B, T, P], mask=[B, T]) -> list of n_layers [B, T, 2P]), callable alone.
 
@@ -51,7 +53,8 @@ One tokenised sentence per line (split on whitespace). Writes one dataset per se
 (--batch-size, default 32) and every sentence starts from zero LSTM state, so a sentence's vectors do not depend on
 the batching or on the other sentences. --stateful instead keeps the input order and carries each batch row's
 state into the next batch, as AllenNLP's `elmo` command does (same --batch-size gives the same carry). Progress
-goes to stderr. --input / --output name files instead of stdin / stdout. Exit status: 0 on success, 2 for a bad
+goes to stderr. --input / --output name files instead of stdin / stdout. --int8 runs the biLM with INT8 recurrent
+and projection weights (implementation="fused_int8"). Exit status: 0 on success, 2 for a bad
 input (missing or malformed file: the message names the file and what is wrong), 1 for anything else.
 """
 import argparse
@@ -546,7 +549,7 @@ class _PerDirectionInputFusedLSTM(tf_ops.FusedLSTM):
         return config
 
 
-_IMPLEMENTATIONS = ("fused", "keras")
+_IMPLEMENTATIONS = ("fused", "fused_int8", "keras")
 
 
 @keras.saving.register_keras_serializable(package="elmo")
@@ -559,6 +562,7 @@ class ElmoBiLM(keras.layers.Layer):
     recurrent state). Outputs are zero past each sequence's length.
 
     implementation="fused": one tf_ops.FusedLSTM call per layer (both directions, projection and clips in the op).
+    implementation="fused_int8": the same with int8_weights=True (INT8 recurrent and projection kernels).
     implementation="keras": stock keras.layers.RNN(ProjectionLSTMCell) per layer and direction.
     stateful=True: per-row (h, c) state variables [n_layers, 2, max_batch_size, .] carried from call to call
     (reset_states() zeroes them); a call with B rows reads and writes rows [0, B).
@@ -586,8 +590,10 @@ class ElmoBiLM(keras.layers.Layer):
         self.implementation = implementation
         self.supports_masking = True
         cell_args = dict(num_proj=self.num_proj, cell_clip=cell_clip, proj_clip=self.proj_clip)
-        if implementation == "fused":
-            common = dict(return_sequences=True, return_state=True, **cell_args)
+        if implementation != "keras":
+            # fused_int8: the recurrent and projection kernels held as int8 rows with one scale per row.
+            common = dict(return_sequences=True, return_state=True, int8_weights=implementation == "fused_int8",
+                          **cell_args)
             self.fused_lstms = [
                 tf_ops.FusedLSTM(self.units, bidirectional=True, name="lstm_0", **common) if layer == 0 else
                 _PerDirectionInputFusedLSTM(self.units, name=f"lstm_{layer}", **common)
@@ -606,7 +612,7 @@ class ElmoBiLM(keras.layers.Layer):
                              f"got {input_dim}")
         for layer in range(self.n_layers):
             layer_input_dim = input_dim if layer == 0 else self.width
-            if self.implementation == "fused":
+            if self.implementation != "keras":
                 self.fused_lstms[layer].build((batch, time_steps, layer_input_dim * (1 if layer == 0 else 2)))
             else:
                 for rnn in self.stock_rnns[layer]:
@@ -625,19 +631,18 @@ class ElmoBiLM(keras.layers.Layer):
             self.state_c.assign(tf.zeros(self.state_c.shape))
 
     def cell_weights(self, layer, direction):
-        """{kernel, recurrent_kernel, bias[, projection_kernel]: variable} of one layer and direction (0 fwd)."""
-        if self.implementation == "fused":
-            lstm = self.fused_lstms[layer]
-            prefix = ("forward_", "backward_")[direction]
-            names = ["kernel", "recurrent_kernel", "bias"] + (["projection_kernel"] if self.num_proj else [])
-            return {name: getattr(lstm, prefix + name) for name in names}
+        """{kernel, recurrent_kernel, bias[, projection_kernel]: variable} of one layer and direction (0 fwd).
+        With fused_int8 the kernels are pairs {recurrent_kernel_q8, recurrent_scale[, projection_kernel_q8,
+        projection_scale]} instead."""
+        if self.implementation != "keras":
+            return dict(self.fused_lstms[layer]._dir_weights[direction])
         cell = self.stock_rnns[layer][direction].cell
         return {name: getattr(cell, name) for name in ("kernel", "recurrent_kernel", "bias", "projection_kernel")
                 if hasattr(cell, name)}
 
     def _run_layer(self, layer, inputs_fw, inputs_bw, mask, initial_state):
         """Returns ([B, T, 2R] output, [h_fw, c_fw, h_bw, c_bw])."""
-        if self.implementation == "fused":
+        if self.implementation != "keras":
             inputs = inputs_fw if layer == 0 else tf.concat([inputs_fw, inputs_bw], axis=-1)
             output_bxtx2r, *states = self.fused_lstms[layer](inputs, initial_state=initial_state, mask=mask)
             return output_bxtx2r, states
@@ -824,6 +829,9 @@ def build_elmo(options, *, stateful=False, max_batch_size=128, implementation="f
     """An ElmoModel for an options dict (as in options.json), with freshly initialised (random) weights."""
     if implementation not in _IMPLEMENTATIONS:
         raise ValueError(f"build_elmo: implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "fused_int8" and trainable:
+        raise ValueError("build_elmo: implementation='fused_int8' holds int8 kernels, which do not train; "
+                         "fine-tune with implementation='fused' and quantize afterwards")
     model = ElmoModel(options, stateful=stateful, max_batch_size=max_batch_size, implementation=implementation,
                       name=name)
     model.trainable = bool(trainable)
@@ -876,10 +884,17 @@ def set_bilm_tf_weights(model, weights):
                 input_dim)
             variables = bilm.cell_weights(layer, direction)
             assign(variables["kernel"], kernel)
-            assign(variables["recurrent_kernel"], recurrent_kernel)
             assign(variables["bias"], bias)
+            kernels = {"recurrent": recurrent_kernel}
             if bilm.num_proj:
-                assign(variables["projection_kernel"], weights[root + "W_P_0"])
+                kernels["projection"] = weights[root + "W_P_0"]
+            for role, value in kernels.items():
+                if role + "_kernel_q8" in variables:  # fused_int8: quantized per row as tf_ops.quantize_rows does
+                    q, scale = tf_ops.quantize_rows(value)
+                    variables[role + "_kernel_q8"].assign(q)
+                    variables[role + "_scale"].assign(scale)
+                else:
+                    assign(variables[role + "_kernel"], value)
     model.reset_states()
 
 
@@ -911,6 +926,12 @@ def get_bilm_tf_weights(model):
         for layer in range(bilm.n_layers):
             root = f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell/"
             variables = bilm.cell_weights(layer, direction)
+            for role in ("recurrent", "projection"):
+                if role + "_kernel_q8" in variables:  # fused_int8: the dequantized kernels
+                    variables = dict(variables)
+                    variables[role + "_kernel"] = tf_ops.dequantize_rows(
+                        keras.ops.convert_to_numpy(variables[role + "_kernel_q8"]),
+                        keras.ops.convert_to_numpy(variables[role + "_scale"]))
             bias = value(variables["bias"]).copy()
             bias[bilm.units:2 * bilm.units] -= np.float32(1.0)
             weights[root + "W_0"] = tf_gate_order(np.concatenate([value(variables["kernel"]),
@@ -1033,7 +1054,8 @@ def _embed_command(args, stdin, stdout, stderr):
         with open(args.input, "rb") as f:
             lines = _read_sentences(f, repr(args.input))
     sentences = [line.split() for line in lines]
-    model = build_elmo(options, stateful=args.stateful, max_batch_size=args.batch_size)
+    model = build_elmo(options, stateful=args.stateful, max_batch_size=args.batch_size,
+                       implementation="fused_int8" if args.int8 else "fused")
     set_bilm_tf_weights(model, weights)
     embed = embed_function(model)
     max_chars = options["char_cnn"]["max_characters_per_token"]
@@ -1101,6 +1123,8 @@ def _parser():
                             "AllenNLP's elmo command does (default: every sentence starts from zero state)")
     embed.add_argument("--forget-sentences", action="store_true", help="do not write 'sentence_to_index'")
     embed.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    embed.add_argument("--int8", action="store_true",
+                       help="INT8 recurrent and projection weights (quantized per row when loaded; float32 math)")
     return parser
 
 

@@ -305,19 +305,44 @@ def assert_matches_reference(outputs, reference_rows, sentences, tol):
             assert not np.any(got[len(sentence):]), "non-zero output past the sentence"
 
 
-@pytest.mark.parametrize("implementation", ["fused", "keras"])
+def dequantized_copy(weight_file, path):
+    """A copy of a bilm-tf weight file whose LSTM recurrent rows (the rows of W_0 past the input) and projection
+    rows are quantized and dequantized per row: what the fused_int8 model computes with, exactly. (The bilm-tf
+    gate order permutes columns only, so a row's scale is the same in either layout.)"""
+    with h5py.File(weight_file, "r") as src, h5py.File(path, "w") as dst:
+        def copy(name, item):
+            if not isinstance(item, h5py.Dataset):
+                return
+            value = np.asarray(item)
+            if name.endswith("LSTMCell/W_0"):
+                units4 = value.shape[1]
+                width = src[name.replace("W_0", "W_P_0")].shape[1] if name.replace("W_0", "W_P_0") in src \
+                    else units4 // 4
+                value = value.copy()
+                value[-width:] = tf_ops.dequantize_rows(*tf_ops.quantize_rows(value[-width:]))
+            elif name.endswith("LSTMCell/W_P_0"):
+                value = tf_ops.dequantize_rows(*tf_ops.quantize_rows(value))
+            dst.create_dataset(name, data=value)
+        src.visititems(copy)
+    return path
+
+
+@pytest.mark.parametrize("implementation", ["fused", "keras", "fused_int8"])
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_random_model_matches_numpy(tmp_path, rng, config, implementation):
     cfg = CONFIGS[config]
     options_file, weight_file = write_random_model(str(tmp_path), rng, cfg)
-    reference = NumpyElmo(options_file, weight_file, max_batch=4)
+    # fused_int8 is checked against the float64 network on the dequantized weights (the kernels, not the scheme).
+    reference_weights = weight_file if implementation != "fused_int8" else \
+        dequantized_copy(weight_file, str(tmp_path / "dequantized.hdf5"))
+    reference = NumpyElmo(options_file, reference_weights, max_batch=4)
     stateless = elmo.load_elmo(options_file, weight_file, implementation=implementation)
     stateful = elmo.load_elmo(options_file, weight_file, stateful=True, max_batch_size=4,
                               implementation=implementation)
     embed = elmo.embed_function(stateful)
     # The stock-Keras path (the comparison network, not the code under test) sums in other orders: with these
     # deliberately large weights its float32 error reached 6.6e-5 relative on one element (CI run, 2026-11-21).
-    tol = 1e-5 if implementation == "fused" else 1e-4
+    tol = 1e-4 if implementation == "keras" else 1e-5
     # Stateless: any call starts from zero.
     sentences = random_sentences(rng, 4)
     ids = elmo.batch_to_ids(sentences, cfg["max_chars"])
@@ -396,6 +421,12 @@ def test_scalar_mix_matches_numpy(rng, layer_norm):
         mix(tensors[:2])
 
 
+def test_int8_elmo_does_not_train(tmp_path, rng):
+    options_file, _ = write_random_model(str(tmp_path), rng, CONFIGS["skip"])
+    with pytest.raises(ValueError, match="fused_int8.*do not train"):
+        elmo.build_elmo(elmo.read_options(options_file), implementation="fused_int8", trainable=True)
+
+
 def test_frozen_elmo_with_scalar_mix_in_a_keras_model(tmp_path, rng):
     import keras
     options_file, weight_file = write_random_model(str(tmp_path), rng, CONFIGS["plain"])
@@ -414,7 +445,8 @@ def test_frozen_elmo_with_scalar_mix_in_a_keras_model(tmp_path, rng):
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
-def test_cli_embeds_a_file(tmp_path, rng):
+@pytest.mark.parametrize("int8", [False, True])
+def test_cli_embeds_a_file(tmp_path, rng, int8):
     cfg = CONFIGS["skip"]
     options_file, weight_file = write_random_model(str(tmp_path / "model"), rng, cfg)
     sentences = [s or ["lonely"] for s in random_sentences(rng, 7)]  # blank lines are an error (tested below)
@@ -426,12 +458,15 @@ def test_cli_embeds_a_file(tmp_path, rng):
         fin.write("\n".join(lines) + "\n")
     with open(tmp_path / "in.txt", "rb") as fin, open(tmp_path / "out.hdf5", "wb") as fout:
         proc = subprocess.run([sys.executable, "-m", "models.elmo", "embed", "--options", options_file,
-                               "--weights", weight_file, "--batch-size", "3"], stdin=fin, stdout=fout,
+                               "--weights", weight_file, "--batch-size", "3"] + (["--int8"] if int8 else []),
+                              stdin=fin, stdout=fout,
                               stderr=subprocess.PIPE, cwd=ROOT, env=env, timeout=120)
     stderr = proc.stderr.decode()
     assert proc.returncode == 0, stderr
     assert "7/7 sentences" in stderr
-    reference = NumpyElmo(options_file, weight_file)
+    # --int8: the float64 network on the dequantized weights.
+    reference = NumpyElmo(options_file, dequantized_copy(weight_file, str(tmp_path / "deq.hdf5")) if int8
+                          else weight_file)
     with h5py.File(tmp_path / "out.hdf5", "r") as f:
         assert sorted(f.keys()) == sorted([str(i) for i in range(7)] + ["sentence_to_index"])
         index = json.loads(f["sentence_to_index"][0])
