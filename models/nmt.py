@@ -159,8 +159,8 @@ def translate_ids(translator, src_ids, batch_size=64, length_penalty=0.0, max_le
 
 
 def translate_lines(model, sp_src, sp_tgt, lines, beam_size=5, batch_size=64, length_penalty=0.0, n_best=1,
-                    decoder="fused", max_length=200, translator=None):
-    translator = translator or Translator(model, beam_size=beam_size, decoder=decoder)
+                    decoder="fused", max_length=200, translator=None, int8=False):
+    translator = translator or Translator(model, beam_size=beam_size, decoder=decoder, int8=int8)
     src_ids = sp_src.encode(lines, out_type=int)
     results = translate_ids(translator, src_ids, batch_size, length_penalty, max_length, n_best)
     return [[(sp_tgt.decode(ids), score) for ids, score in hyps] for hyps in results]
@@ -376,7 +376,7 @@ def translate_main(args):
     lines = [line.rstrip("\n") for line in sys.stdin]
     results = translate_lines(model, sp_src, sp_tgt, [line.strip() for line in lines], beam_size=args.beam_size,
                               batch_size=args.batch_size, length_penalty=args.length_penalty, n_best=args.n_best,
-                              decoder=args.decoder, max_length=args.max_length)
+                              decoder=args.decoder, max_length=args.max_length, int8=args.int8)
     out = sys.stdout
     for hyps in results:
         for text, score in hyps:
@@ -434,6 +434,8 @@ def build_parser():
                    help="fused: fused encoder (the fast path); fused_op: also each decoder step on the op; "
                         "stock: stock Keras layers and cells")
     r.add_argument("--with-scores", action="store_true")
+    r.add_argument("--int8", action="store_true",
+                   help="INT8 recurrent weights, one scale per row (encoder and decoder; not with --decoder stock)")
     return parser
 
 

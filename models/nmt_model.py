@@ -275,6 +275,21 @@ def stock_encoder_copy(model):
     return layers
 
 
+def int8_encoder_copy(model):
+    """int8_weights=True copies of the fused encoder layers (recurrent kernels quantized per row)."""
+    layers = []
+    width = model.config.emb_dim
+    for fused in model.encoder_layers:
+        config = fused.get_config()
+        config.update(int8_weights=True, name="int8_" + fused.name)
+        layer = type(fused).from_config(config)
+        layer.build((None, None, width))
+        layer.set_weights(tf_ops.quantized_weights(fused))
+        layers.append(layer)
+        width = model.config.hidden
+    return layers
+
+
 class Translator:
     """Beam-search decoding of an NMTModel in one tf.function: (src_ids [B, S], max_length, length_penalty) ->
     (ids [B, beam, L] int32, scores [B, beam]). PAD and BOS are never generated (their logits are -inf).
@@ -283,17 +298,32 @@ class Translator:
     layer step one tf_ops.lstm_sequence call (max_time=1). "stock": keras.layers.Bidirectional(LSTM) encoder and
     keras.layers.LSTMCell decoder steps, same weights (copied from the model when the Translator is made), stock
     TF ops only.
+
+    int8=True (decoder "fused" or "fused_op"): every recurrent kernel as INT8 rows with one scale per row
+    (tf_ops.quantize_rows, quantized when the Translator is made): the encoder runs int8_weights=True copies of
+    its FusedLSTM layers; "fused_op" decoder steps run the int8 op (tf_ops.lstm_sequence_int8); "fused" decoder
+    steps, plain TF cell math, multiply by the kernel dequantized from the same int8 rows (the same numbers).
     """
 
-    def __init__(self, model, beam_size=5, decoder="fused"):
+    def __init__(self, model, beam_size=5, decoder="fused", int8=False):
         if decoder not in DECODERS:
             raise ValueError(f"Translator: decoder must be one of {DECODERS}, got {decoder!r}")
+        if int8 and decoder == "stock":
+            raise ValueError("Translator: int8=True needs decoder='fused' or 'fused_op' (the stock path has no "
+                             "int8 kernels)")
         if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
             raise ValueError(f"Translator: beam_size must be a positive int, got {beam_size!r}")
         self.model = model
         self.beam_size = beam_size
         self.decoder = decoder
         self._stock_encoder = stock_encoder_copy(model) if decoder == "stock" else None
+        self.int8 = bool(int8)
+        if self.int8:
+            self._stock_encoder = int8_encoder_copy(model)  # encode() runs these instead of the float layers
+            self._decoder_q8 = [tf_ops.quantize_rows(keras.ops.convert_to_numpy(cell.recurrent_kernel))
+                                for cell in model.decoder_cells]
+            self._decoder_dequantized = [tf.constant(tf_ops.dequantize_rows(q, scale))
+                                         for q, scale in self._decoder_q8]
         # PAD and BOS are never outputs (training never targets them): -inf logits keep them out of every beam.
         banned_v = np.zeros([model.config.tgt_vocab_size], np.float32)
         banned_v[[model.config.pad_id, model.config.bos_id]] = -np.inf
@@ -313,7 +343,13 @@ class Translator:
             return h_nh, c_nh
         x_proj_ng = tf.matmul(x_nd, cell.kernel) + cell.bias
         if self.decoder == "fused":
-            return _lstm_cell_math(x_proj_ng, h_nh, c_nh, cell.recurrent_kernel)
+            kernel = self._decoder_dequantized[i] if self.int8 else cell.recurrent_kernel
+            return _lstm_cell_math(x_proj_ng, h_nh, c_nh, kernel)
+        if self.int8:
+            q, scale = self._decoder_q8[i]
+            _, h_1nh, c_1nh = tf_ops.lstm_sequence_int8(x_proj_ng[:, None, :], q[None], scale[None], None, h_nh[None],
+                                                        c_nh[None], direction="forward")
+            return h_1nh[0], c_1nh[0]
         _, h_1nh, c_1nh = tf_ops.lstm_sequence(x_proj_ng[:, None, :], tf.convert_to_tensor(cell.recurrent_kernel)[None],
                                                None, h_nh[None], c_nh[None], direction="forward")
         return h_1nh[0], c_1nh[0]

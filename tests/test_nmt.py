@@ -167,6 +167,34 @@ def test_fused_and_stock_decoders_agree_and_match_teacher_forcing(variant):
         np.testing.assert_allclose(scores.numpy()[i, 0], sum(want[t, y] for t, y in enumerate(seq)), atol=1e-4)
 
 
+def test_int8_translator_matches_the_model_on_dequantized_weights():
+    """int8=True (encoder on the int8 op; decoder steps on the int8 op or on dequantized cell math) against the
+    float translator of a copy of the model whose recurrent kernels were quantized and dequantized: the same
+    hypotheses, scores within 1e-4; and not the float model's scores (the int8 path is really taken)."""
+    import tf_ops
+    model = small_model(seed=6, hidden=32, emb_dim=32)
+    bias = model.output_bias.numpy()
+    bias[EOS] -= 2.0
+    model.output_bias.assign(bias)
+    rng = np.random.default_rng(7)
+    src = _pad([list(rng.integers(4, 23, n)) for n in (7, 3, 10, 5)])
+    want_float = Translator(model, beam_size=4, decoder="fused")(src, 15, 0.6)[1].numpy()
+    got = {decoder: Translator(model, beam_size=4, decoder=decoder, int8=True)(src, 15, 0.6)
+           for decoder in ("fused", "fused_op")}
+    dequantized = small_model(seed=6, hidden=32, emb_dim=32)
+    dequantized.set_weights(model.get_weights())
+    for v in dequantized.weights:
+        if "recurrent_kernel" in v.path:
+            v.assign(tf_ops.dequantize_rows(*tf_ops.quantize_rows(v.numpy())))
+    want_ids, want_scores = Translator(dequantized, beam_size=4, decoder="fused")(src, 15, 0.6)
+    for decoder, (ids, scores) in got.items():
+        np.testing.assert_array_equal(ids.numpy(), want_ids.numpy(), err_msg=decoder)
+        np.testing.assert_allclose(scores.numpy(), want_scores.numpy(), rtol=0, atol=1e-4, err_msg=decoder)
+    assert np.max(np.abs(got["fused"][1].numpy() - want_float)) > 1e-5, "int8 gave the float model's scores"
+    with pytest.raises(ValueError, match="int8"):
+        Translator(model, decoder="stock", int8=True)
+
+
 def test_config_and_translator_errors_name_the_argument():
     base = dict(src_vocab_size=10, tgt_vocab_size=10)
     for bad, needle in [(dict(hidden=13, emb_dim=13), "hidden"), (dict(attention="mlp"), "attention"),
