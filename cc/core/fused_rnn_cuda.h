@@ -48,7 +48,9 @@ struct CudaTuning {
   int mode = -1;             // -1 auto; 0 one block per (direction, row group), no grid sync; 1 multi-block with
                              // tagged exchange (flag in data); 2 multi-block with a counter barrier; 3 (sm_90) a
                              // thread-block cluster of 2..8 blocks per (direction, row group), exchange through
-                             // distributed shared memory + the cluster barrier
+                             // distributed shared memory + the cluster barrier; 4 (sm_80+, 16-bit weights, no
+                             // projection) tensor cores: mma.sync with U resident as fragments, h_{t-1} rounded to
+                             // the weight type for the product (float32 accumulation and cell math)
   int units_per_block = 0;   // modes 1-3: hidden units owned by one block (0 = auto)
   int rows_per_block = 0;    // modes 0 and 3: batch rows per block (0 = auto)
   int max_reg_chunks = -1;   // cap on weight chunks held in registers (-1 = auto; 0 = stream everything)

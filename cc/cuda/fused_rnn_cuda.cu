@@ -458,6 +458,124 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
   return nullptr;
 }
 
+KernelFn GetTcKernel(CellType cell, int wk, int nt_idx) {
+  using namespace cuda_impl;
+  if (cell == CellType::kLstm) return wk == kWeightBF16 ? GetKernelTcLstmBF16(nt_idx) : GetKernelTcLstmF16(nt_idx);
+  return wk == kWeightBF16 ? GetKernelTcGruBF16(nt_idx) : GetKernelTcGruF16(nt_idx);
+}
+
+// Mode 4, the tensor-core kernel (fused_rnn_cuda_tc.cuh): 16-bit weights, no projection, sm_80+, all blocks resident.
+// A block owns upb units (G * upb <= 8 NT gate columns) of one row group (rb rows, a multiple of 16), with one warp
+// per 8 k-tiles of U. Every block reads its rows of the whole h each step, so the L2 traffic per step is
+// D * nbu * B * H * 2 bytes: fewer, wider unit blocks (with several row groups to keep the SMs busy) move less.
+// Every (row groups, NT) that fits is costed; the cheapest is kept.
+const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun,
+                          Plan* best) {
+  using namespace cuda_impl;
+  if (wk != kWeightF16 && wk != kWeightBF16) return nullptr;
+  if (shape.num_proj > 0 || limits.cc_major < 8 || !limits.cooperative_launch) return nullptr;
+  const int G = shape.num_gates();
+  const int H = static_cast<int>(shape.num_units), D = shape.num_dirs();
+  const int B = static_cast<int>(std::max<int64_t>(shape.batch, 1));
+  const int MTG = static_cast<int>(CeilDiv(B, 16)), KT = static_cast<int>(CeilDiv(H, 16));
+  const int warps = static_cast<int>(CeilDiv(KT, kTcKtw));
+  const int threads = 32 * warps;
+  if (threads > 1024) return nullptr;
+  const bool forced = tun.mode == kModeTensorCore;
+  for (int groups = 1; groups <= 8; groups *= 2) {
+    const int rb = tun.rows_per_block > 0 ? static_cast<int>(CeilDiv(std::min(tun.rows_per_block, B), 16) * 16)
+                                          : static_cast<int>(CeilDiv(CeilDiv(B, groups), 16) * 16);
+    const int nbr = static_cast<int>(CeilDiv(B, rb));
+    if (tun.rows_per_block > 0 ? groups > 1 : nbr != groups) continue;
+    const int MTL = rb / 16;
+    for (int idx = 0; idx < kTcNumNt; ++idx) {
+      const int NT = TcNtValue(idx), MG = TcMgValue(NT);
+      const int upb = tun.units_per_block > 0 ? tun.units_per_block : std::min(H, NT * 8 / G);
+      if (upb < 1 || G * upb > NT * 8) continue;
+      if (tun.units_per_block > 0 && idx > 0 && G * upb <= TcNtValue(idx - 1) * 8) continue;  // smallest NT only
+      const int nbu = static_cast<int>(CeilDiv(H, upb));
+      const int grid = D * nbr * nbu;
+      if (grid > limits.sm_count * 4) continue;
+      KernelFn fn = GetTcKernel(shape.cell, wk, idx);
+      if (!fn) continue;
+      KernelFacts facts;
+      if (const char* err = Facts(fn, &facts)) return err;
+      if (facts.max_threads < threads) continue;
+      const size_t stage = size_t(warps) * kTcKtw * MG * 512;
+      const size_t z_bytes = size_t(MTL) * 16 * NT * 8 * 4;
+      const size_t pair_bytes = size_t(rb) * upb * 4;
+      const size_t len_bytes = size_t(rb + 1) * 4;
+      const size_t x_bytes = size_t(2) * rb * upb * G * 4;
+      size_t off = stage;
+      const size_t off_z = off;
+      off += Align(z_bytes, 16);
+      const size_t off_c = off;
+      off += Align(pair_bytes, 16);
+      const size_t off_hown = off;
+      off += Align(pair_bytes, 16);
+      const size_t off_len = off;
+      off += Align(len_bytes, 16);
+      const size_t off_x = off;
+      off += Align(x_bytes, 16);
+      const size_t smem = off;
+      if (smem > static_cast<size_t>(limits.max_shared_bytes_per_block_optin)) continue;
+      int bps = 0;
+      if (const char* err = BlocksPerSm(fn, threads, smem, limits, &bps)) return err;
+      if (bps < 1 || grid > bps * limits.sm_count) continue;
+      // Cycles per step, fitted to the H200 stamps of session 8 (bench/gpu/NOTES.md; LSTM H=1024 B=64, one row
+      // group: fetch + products 6.7 k, cell update 1.4 k, barrier 3.7 k). The h copy is bound by the aggregate L2
+      // bandwidth when every block reads the whole h (~2.8 KB per cycle for the chip, ~64 B per cycle per SM),
+      // the products by mma.sync issue (~8 cycles per m16n8k16 per scheduler); they overlap in part.
+      const int passes = static_cast<int>(CeilDiv(MTL, MG));
+      const int mg_eff = std::min(MTL, MG);
+      const double bytes_block = double(mg_eff) * KT * 512.0;
+      const double fetch = 1300.0 + std::max(bytes_block / 64.0, bytes_block * grid / 2800.0);
+      const double mma = double(kTcKtw) * mg_eff * NT * 8.0 * CeilDiv(warps, 4);
+      const double reduce = 300.0 + double(mg_eff) * 16 * NT * 8 / 4 * warps / threads * 30.0;
+      const double per_step = 2500.0 + passes * (std::max(fetch, mma) + 0.5 * std::min(fetch, mma) + reduce) +
+                              CeilDiv(int64_t(rb) * upb, threads) * 1000.0 + 150.0;
+      const double prologue = double(KT) * 16 * G * upb * 2 / 40.0 + 3000;
+      const double cost = double(shape.max_time) * per_step + prologue;
+      if (cost >= best->cost && !(forced && best->kp.exchange != kModeTensorCore)) continue;
+      Plan pl;
+      KernelParams& kp = pl.kp;
+      kp.exchange = kModeTensorCore;
+      kp.nbr = nbr;
+      kp.rb = rb;
+      kp.nbu = nbu;
+      kp.upb = upb;
+      kp.ppb = 0;
+      kp.tc_mt = MTG;
+      kp.tc_kt = KT;
+      kp.off_z = static_cast<int>(off_z);
+      kp.off_c = static_cast<int>(off_c);
+      kp.off_hown = static_cast<int>(off_hown);
+      kp.off_len = static_cast<int>(off_len);
+      kp.off_x = static_cast<int>(off_x);
+      size_t ws = 128;  // watchdog word
+      pl.off_counters = ws;
+      ws += size_t(D) * nbr * 128;
+      pl.off_xh = Align(ws, 256);
+      ws = pl.off_xh + size_t(2) * D * MTG * KT * 256 * 2;
+      ws = Align(ws, 256);
+      pl.ws_bytes = ws;
+      pl.ws_memset_bytes = ws;  // counters zero, h padding (rows >= B, k >= H) zero
+      pl.fn = fn;
+      pl.threads = threads;
+      pl.grid = grid;
+      pl.rc = 0;
+      pl.kc_idx = idx;
+      pl.kc_template = NT;
+      pl.blocks_per_sm = bps;
+      pl.smem = smem;
+      pl.cooperative = true;
+      pl.cost = cost;
+      *best = pl;
+    }
+  }
+  return nullptr;
+}
+
 const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
                      const CudaTuning* tuning, Plan* out) {
   if (const char* err = CheckShapeCuda(shape)) return err;
@@ -517,6 +635,13 @@ const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDe
       geo.exchange = ex;
       if (const char* err = TryGeometry(shape, wk, geo, limits, tun, &best)) return err;
     }
+  }
+  // Mode 4: tensor cores for a batch (16-bit weights). Compared on the same cost scale as the others; auto only
+  // from 8 rows (below that a step is latency-bound and the h rounding to 16 bits buys nothing).
+  if ((tun.mode < 0 && shape.batch >= 8) || tun.mode == cuda_impl::kModeTensorCore) {
+    if (const char* err = TryTensorCore(shape, wk, limits, tun, &best)) return err;
+    if (tun.mode == cuda_impl::kModeTensorCore && best.kp.exchange != cuda_impl::kModeTensorCore)
+      return "fused_rnn CUDA: the tensor-core mode needs 16-bit weights, no projection, sm_80+, and a grid that fits";
   }
   if (!best.fn) return "fused_rnn CUDA: no kernel configuration fits this shape on this device";
   KernelParams& kp = best.kp;
@@ -606,6 +731,14 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
   Plan pl;
   if (const char* err = GetPlan(shape, weight_type, limits, tuning, &pl)) return err;
   const KernelParams& k = pl.kp;
+  if (k.exchange == cuda_impl::kModeTensorCore) {
+    std::snprintf(buf, buf_len,
+                  "mode=tensorcore grid=%d (D=%d x rowgroups=%d x unitblocks=%d) threads=%d rows/block=%d "
+                  "units/block=%d NT=%d KTW=%d m-tiles=%d k-tiles=%d smem=%zu ws=%zu blocks/SM=%d est_us=%.1f",
+                  pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, pl.kc_template, cuda_impl::kTcKtw, k.tc_mt, k.tc_kt,
+                  pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.cost / 1980.0);
+    return nullptr;
+  }
   static const char* kModes[] = {"local", "tagged", "counter", "cluster"};
   std::snprintf(buf, buf_len,
                 "mode=%s grid=%d (D=%d x rowgroups=%d x unitblocks=%d) threads=%d rows/block=%d units/block=%d "
@@ -661,7 +794,10 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
   if (pl.ws_bytes > 0) {
     char* ws = static_cast<char*>(workspace);
     kp.watchdog = reinterpret_cast<int*>(ws);
-    if (kp.exchange != cuda_impl::kExchangeLocal) {
+    if (kp.exchange == cuda_impl::kModeTensorCore) {
+      kp.counters = reinterpret_cast<unsigned*>(ws + pl.off_counters);
+      kp.xh16 = ws + pl.off_xh;
+    } else if (kp.exchange != cuda_impl::kExchangeLocal) {
       kp.counters = reinterpret_cast<unsigned*>(ws + pl.off_counters);
       if (kp.exchange == cuda_impl::kExchangeTagged) {
         kp.xh_tag = reinterpret_cast<unsigned long long*>(ws + pl.off_xh);

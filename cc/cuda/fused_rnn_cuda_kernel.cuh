@@ -505,6 +505,68 @@ __device__ __forceinline__ void GroupBarrier(unsigned* counter, unsigned target,
   __syncthreads();
 }
 
+// One LSTM cell update (gates i, f, g, o from x_proj + the recurrent products z). Updates *c (clipped, NaN kept)
+// and returns the new h (m with a projection); rs, when not null, receives the training reserve record (i, f, g, o
+// and c before the clip, H floats apart). Shared by both persistent kernels.
+__device__ __forceinline__ float LstmCellUpdate(const float (&x)[4], const float (&z)[4], float* c, float clip,
+                                                float* rs, int H) {
+  const float ig = Sigmoid(x[0] + z[0]);
+  const float fg = Sigmoid(x[1] + z[1]);
+  const float gg = Tanh(x[2] + z[2]);
+  const float og = Sigmoid(x[3] + z[3]);
+  const float c_raw = fg * *c + ig * gg;
+  const float cc = ClipKeepNaN(c_raw, clip);
+  *c = cc;
+  if (rs) {
+    rs[0] = ig;
+    rs[H] = fg;
+    rs[2 * H] = gg;
+    rs[3 * H] = og;
+    rs[4 * H] = c_raw;
+  }
+  return og * Tanh(cc);
+}
+
+// One GRU cell update (gates z, r, n; the reset gate applied after the recurrent product, with the recurrent bias
+// row rb_d, null for none). Returns the new h; rs as above (z, r, n and the n-gate recurrent term).
+__device__ __forceinline__ float GruCellUpdate(const float (&x)[3], const float (&z)[3], const float* rb_d, float h_prev,
+                                               float* rs, int H) {
+  const float az = z[0] + (rb_d ? __ldg(rb_d) : 0.f);
+  const float ar = z[1] + (rb_d ? __ldg(rb_d + H) : 0.f);
+  const float an = z[2] + (rb_d ? __ldg(rb_d + 2 * H) : 0.f);
+  const float zg = Sigmoid(x[0] + az);
+  const float rg = Sigmoid(x[1] + ar);
+  const float ng = Tanh(x[2] + rg * an);
+  if (rs) {
+    rs[0] = zg;
+    rs[H] = rg;
+    rs[2 * H] = ng;
+    rs[3 * H] = an;
+  }
+  return zg * h_prev + (1.f - zg) * ng;
+}
+
+// Test-only: the globaltimer (ns) into *slot.
+__device__ __forceinline__ void StampGlobalTimer(long long* slot) {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  *slot = static_cast<long long>(t);
+}
+
+// The lengths of rows [row0, row0 + nrows) (clamped to [0, T]; all T when there are none) into len_s[0..nrows), and
+// their maximum into len_s[rb]. Ends with the block's threads in step (len_s[rb] is complete after a barrier).
+__device__ __forceinline__ void LoadLengths(const KernelParams& p, int* len_s, int row0, int nrows, int tid,
+                                            int nthreads) {
+  if (tid == 0) len_s[p.rb] = 0;
+  __syncthreads();
+  for (int r = tid; r < nrows; r += nthreads) {
+    int len = p.lengths ? p.lengths[row0 + r] : p.T;
+    len = min(max(len, 0), p.T);
+    len_s[r] = len;
+    atomicMax(&len_s[p.rb], len);
+  }
+}
+
 template <int CELL, int WK, int KC_REG, int RC>
 __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG, RC>(), 1)
     RnnPersistentKernel(const KernelParams p) {
@@ -564,22 +626,11 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
   auto stamp = [&](int slot) {
     if (stamping) p.debug_clock[slot] = clock64();
   };
-  if (stamping) {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    p.debug_clock[kDebugSlots - 2] = static_cast<long long>(t);
-  }
+  if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 2);
   stamp(0);
 
   // ---- prologue ------------------------------------------------------------------------------------------------
-  if (tid == 0) len_s[p.rb] = 0;
-  __syncthreads();
-  for (int r = tid; r < nrows; r += nthreads) {
-    int len = p.lengths ? p.lengths[row0 + r] : T;
-    len = min(max(len, 0), T);
-    len_s[r] = len;
-    atomicMax(&len_s[p.rb], len);
-  }
+  LoadLengths(p, len_s, row0, nrows, tid, nthreads);
 
   const DotSlot sa = MakeSlot(p.a, tid);
   const DotSlot sb = MakeSlot(p.b, tid);
@@ -784,43 +835,16 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
         for (int g = 0; g < G; ++g) x[g] = xs_step[pi * G + g];
         float* rs = c.res_ptr ? c.res_ptr + (long long)t * p.reserve_f : nullptr;
         if constexpr (kLstm) {
-          const float ig = Sigmoid(x[0] + zs[0]);
-          const float fg = Sigmoid(x[1] + zs[1]);
-          const float gg = Tanh(x[2] + zs[2]);
-          const float og = Sigmoid(x[3] + zs[3]);
-          const float c_raw = fg * c_s[c.soff] + ig * gg;
-          const float cc = ClipKeepNaN(c_raw, p.cell_clip);
-          c_s[c.soff] = cc;
-          hv = og * Tanh(cc);
-          if (rs) {
-            rs[0] = ig;
-            rs[H] = fg;
-            rs[2 * H] = gg;
-            rs[3 * H] = og;
-            rs[4 * H] = c_raw;
-          }
+          hv = LstmCellUpdate(x, zs, &c_s[c.soff], p.cell_clip, rs, H);
           if (P == 0) {
             hown_s[c.soff] = hv;
             c.out_ptr[t * o_tstride] = hv;
           }
         } else {
           const float* rb_d = p.rec_bias ? p.rec_bias + (long long)d * G * H + u0 + c.u : nullptr;
-          const float az = zs[0] + (rb_d ? __ldg(rb_d) : 0.f);
-          const float ar = zs[1] + (rb_d ? __ldg(rb_d + H) : 0.f);
-          const float an = zs[2] + (rb_d ? __ldg(rb_d + 2 * H) : 0.f);
-          const float zg = Sigmoid(x[0] + az);
-          const float rg_ = Sigmoid(x[1] + ar);
-          const float ng = Tanh(x[2] + rg_ * an);
-          const float hp = hown_s[c.soff];
-          hv = zg * hp + (1.f - zg) * ng;
+          hv = GruCellUpdate(x, zs, rb_d, hown_s[c.soff], rs, H);
           hown_s[c.soff] = hv;
           c.out_ptr[t * o_tstride] = hv;
-          if (rs) {
-            rs[0] = zg;
-            rs[H] = rg_;
-            rs[2 * H] = ng;
-            rs[3 * H] = an;
-          }
         }
       } else if (P == 0) {
         hv = hown_s[c.soff];  // finished row: the state stays
@@ -929,11 +953,7 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
       p.final_c[((long long)d * B + row0 + r) * H + u0 + u] = c_s[r * p.upb + u];
     }
   }
-  if (stamping) {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    p.debug_clock[kDebugSlots - 1] = static_cast<long long>(t);
-  }
+  if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 1);
 }
 
 #define FUSED_RNN_KERNEL_TABLE(NAME, CELL, WK)                                                      \

@@ -8,6 +8,9 @@ namespace fused_rnn {
 namespace cuda_impl {
 
 enum : int { kExchangeLocal = 0, kExchangeTagged = 1, kExchangeCounter = 2, kExchangeCluster = 3 };
+// Mode 4 is a different kernel (fused_rnn_cuda_tc.cuh): 16-bit weights as tensor-core (mma.sync) fragments, h
+// exchanged as 16-bit values through the workspace, counter barrier. Only the fields it names below apply to it.
+enum : int { kModeTensorCore = 4 };
 // kWeightI8: int8 rows with one float scale per row (W[k][j] = q[k][j] / scale[k]); the kernel multiplies h[k] by
 // 1 / scale[k] instead of dequantizing every weight, as the CPU path does.
 enum : int { kWeightF32 = 0, kWeightF16 = 1, kWeightBF16 = 2, kWeightI8 = 3 };
@@ -70,6 +73,8 @@ struct KernelParams {
   unsigned long long* xm_tag = nullptr;      // [2][D][B][ex_h]
   float* xh = nullptr;                       // [2][D][B][ex_r]
   float* xm = nullptr;                       // [2][D][B][ex_h]
+  void* xh16 = nullptr;                      // tensor-core mode: [2][D][tc_mt][tc_kt][256] 16-bit h, fragment order
+  int tc_mt = 0, tc_kt = 0;                  // tensor-core mode: 16-row batch tiles, 16-row k tiles of U
   void* ws_stream_a = nullptr;               // per block: ws_stream_a_words uint2 words
   void* ws_stream_b = nullptr;
   long long ws_stream_a_words = 0, ws_stream_b_words = 0;
@@ -101,6 +106,20 @@ KernelFn GetKernelGruF16(int rc, int kc_idx);
 KernelFn GetKernelGruBF16(int rc, int kc_idx);
 KernelFn GetKernelLstmI8(int rc, int kc_idx);
 KernelFn GetKernelGruI8(int rc, int kc_idx);
+// The (NT, KTW = 8, MG) variants compiled per (cell, weight type): NT in {2, 3, 4, 6, 8}; MG = 4 m-tiles per pass
+// up to NT = 4, 2 above (register budget).
+constexpr int kTcNumNt = 5;
+inline int TcNtValue(int idx) {
+  static const int kNt[kTcNumNt] = {2, 3, 4, 6, 8};
+  return kNt[idx];
+}
+constexpr int kTcKtw = 8;
+inline int TcMgValue(int nt) { return nt <= 4 ? 4 : 2; }
+// Tensor-core kernels (mode 4) for (cell, 16-bit weight kind), by n-tile index (fused_rnn_cuda_tc.cuh).
+KernelFn GetKernelTcLstmF16(int nt_idx);
+KernelFn GetKernelTcLstmBF16(int nt_idx);
+KernelFn GetKernelTcGruF16(int nt_idx);
+KernelFn GetKernelTcGruBF16(int nt_idx);
 
 }  // namespace cuda_impl
 }  // namespace fused_rnn

@@ -238,9 +238,12 @@ def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=
     finally:
         for p in bufs.values():
             lib.free(p)
-    ok = (e["out"] <= TOL_F32 and e["final_h"] <= TOL_F32 and e.get("final_c", 0) <= TOL_F32
+    # The tensor-core mode rounds h_{t-1} to 16 bits for the product, so against this oracle (float32 math on the
+    # 16-bit weights) it is ~1e-4 off by design; tools/gpu/tensorcore.py checks it exactly (teacher-forced, 1e-5).
+    tol = 2e-3 if (tuning or {}).get("mode") == 4 else TOL_F32
+    ok = (e["out"] <= tol and e["final_h"] <= tol and e.get("final_c", 0) <= tol
           and e["unwritten"] == 0 and e["nonzero_past_len"] == 0 and e["watchdog"] == 0
-          and e.get("reserve", 0) <= TOL_F32 and e.get("reserve_written_outside", 0) == 0
+          and e.get("reserve", 0) <= tol and e.get("reserve_written_outside", 0) == 0
           and e.get("out_vs_f32_weights", 0) <= TOL_16_VS_F32_WEIGHTS)
     return {"name": name, "passed": bool(ok), "errors": e, "plan": plan}
 
@@ -357,6 +360,19 @@ def sanitize_case_list(limits):
                                                                   H=1024, time_major=True, tuning={"mode": 1},
                                                                   check_reserve=False)),
     ]
+    # The tensor-core kernel (mode 4): row groups, a k-tail, two m-tile passes, NT = 6 and 8, both 16-bit types.
+    if limits[6] >= 8:
+        extra += [
+            ("[tensorcore] lstm bi f16 T6 B20 H40 row groups of 16 time-major",
+             dict(cell="lstm", direction="bidirectional", T=6, B=20, H=40, cell_clip=0.8, wt="f16", time_major=True,
+                  tuning={"mode": 4, "rows_per_block": 16})),
+            ("[tensorcore] gru fwd bf16 T5 B37 H72 NT=6 two passes",
+             dict(cell="gru", direction="forward", T=5, B=37, H=72, wt="bf16",
+                  tuning={"mode": 4, "units_per_block": 13})),
+            ("[tensorcore] lstm rev f16 T5 B18 H130 NT=8 k-tail",
+             dict(cell="lstm", direction="reverse", T=5, B=18, H=130, wt="f16",
+                  tuning={"mode": 4, "units_per_block": 16})),
+        ]
     for name, kw in extra:
         seed += 1
         if kw.get("tuning", {}).get("mode") == 3 and limits[6] < 9:

@@ -1,0 +1,397 @@
+// The tensor-core variant of the persistent kernel (device code; sm_80+, 16-bit weights, no projection).
+// Included only by the fused_rnn_cuda_tc_*.cu instantiation files.
+//
+// For a batch, the recurrent product z[B, G*H] = h_prev[B, H] @ U[H, G*H] is a real matrix product, and the
+// float32 CUDA-core dot of the general kernel runs at a fraction of the FMA peak (bench/gpu/NOTES.md: LSTM H=1024
+// B=64 at 2.9 ms, FMA floor 0.8 ms). Here each block owns `upb` hidden units (all gates) of one group of `rb` batch
+// rows, holds its slice of U as mma.sync m16n8k16 B fragments in registers for the whole sequence, and per step:
+//   1. copies h_prev (16-bit, written by every block the step before, in the exchange buffer) into shared memory
+//      with cp.async: each warp only its own k-range, so no block barrier is needed;
+//   2. multiplies: warp w covers k-tiles [w * KTW, w * KTW + KTW) of every m-tile (16 batch rows) and n-tile (8 gate
+//      columns), float32 accumulators in registers;
+//   3. adds the warps' partial sums in shared memory (the warps split K, so every output has one partial per warp);
+//   4. runs the cell update (float32, as the general kernel does) for its (row, unit) pairs, writes the outputs,
+//      and publishes the new h rounded to 16 bits into the exchange buffer;
+//   5. meets the other blocks of its direction at the counter barrier (cooperative launch: all blocks resident).
+// The exchange buffer keeps h in mma A-fragment order: each 16x16 (rows x k) tile is 512 contiguous bytes, lane l's
+// four registers 16 contiguous bytes of it, so step 1 is one coalesced 16-byte copy per lane per tile and the
+// fragment is one 16-byte shared load. Numerics: the weights are the caller's 16-bit values exactly; h_{t-1} enters
+// the product rounded to the weight type (float16: 2^-11 relative, bfloat16: 2^-8), products and sums are float32;
+// the cell state, the gates and the outputs stay float32.
+#ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
+#define FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "fused_rnn_cuda_kernel.cuh"
+
+namespace fused_rnn {
+namespace cuda_impl {
+
+// Registers the compiler must plan for: the B fragments, the accumulators, and ~88 for everything else; the block
+// size is capped so that one block fits the SM's register file (a multiple of 128 threads, at least 256: 8 warps
+// cover k up to 1024).
+template <int NT, int KTW, int MG> __host__ __device__ constexpr int TcMaxThreads() {
+  return (65536 / (2 * NT * KTW + 4 * MG * NT + 88)) / 128 * 128 > 1024
+             ? 1024
+             : ((65536 / (2 * NT * KTW + 4 * MG * NT + 88)) / 128 * 128 < 256
+                    ? 256
+                    : (65536 / (2 * NT * KTW + 4 * MG * NT + 88)) / 128 * 128);
+}
+
+// Offset (in 16-bit elements) of h[row][k] in one (parity, direction) slab of the exchange buffer: tiles of 16 rows x
+// 16 k in row-tile-major order, inside a tile the A-fragment order of mma.m16n8k16 (lane = 4 * (row % 8) + (k % 8) /
+// 2; register = (row % 16) / 8 + 2 * ((k % 16) / 8); low half = even k).
+__device__ __forceinline__ int TcFragOffset(int row, int k, int kt_total) {
+  const int mt = row >> 4, m = row & 15, kt = k >> 4, kk = k & 15;
+  const int lane = ((m & 7) << 2) + ((kk & 7) >> 1);
+  const int reg = (m >> 3) + ((kk >> 3) << 1);
+  return ((mt * kt_total + kt) << 8) + (lane << 3) + (reg << 1) + (kk & 1);
+}
+
+template <int WK> __device__ __forceinline__ uint16_t To16(float v) {
+  if constexpr (WK == kWeightBF16) return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  else return __half_as_ushort(__float2half_rn(v));
+}
+
+template <int WK>
+__device__ __forceinline__ void Mma16816(float (&c)[4], const uint4& a, const uint32_t (&b)[2]) {
+#if __CUDA_ARCH__ >= 800
+  if constexpr (WK == kWeightBF16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]));
+  }
+#endif
+}
+
+__device__ __forceinline__ void CpAsync16(void* smem_dst, const void* gmem_src) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem_src) : "memory");
+#endif
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void CpAsyncWaitGroup() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+// Waits until at most n (0..9) of this thread's newest commit groups are still in flight (n folds to a constant
+// in the unrolled loops that call it).
+__device__ __forceinline__ void CpAsyncWaitPending(int n) {
+  switch (n) {
+    case 0: CpAsyncWaitGroup<0>(); break;
+    case 1: CpAsyncWaitGroup<1>(); break;
+    case 2: CpAsyncWaitGroup<2>(); break;
+    case 3: CpAsyncWaitGroup<3>(); break;
+    case 4: CpAsyncWaitGroup<4>(); break;
+    case 5: CpAsyncWaitGroup<5>(); break;
+    case 6: CpAsyncWaitGroup<6>(); break;
+    case 7: CpAsyncWaitGroup<7>(); break;
+    case 8: CpAsyncWaitGroup<8>(); break;
+    default: CpAsyncWaitGroup<9>(); break;
+  }
+}
+
+// CELL 0 = LSTM (gates i, f, g, o), 1 = GRU (z, r, n); WK = kWeightF16 or kWeightBF16; NT n-tiles of 8 gate
+// columns per block (columns ordered gate-major: col = g * upb + unit); KTW k-tiles (16 rows of U) per warp; MG
+// m-tiles (16 batch rows) per pass over the batch.
+template <int CELL, int WK, int NT, int KTW, int MG>
+__global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreKernel(const KernelParams p) {
+#if __CUDA_ARCH__ >= 800
+  constexpr int G = CELL == 0 ? 4 : 3;
+  constexpr bool kLstm = CELL == 0;
+  constexpr int kTileHalves = 256;               // one 16x16 tile of 16-bit values
+  constexpr int kWarpBufBytes = KTW * MG * 512;  // one warp's staged h tiles (and, aliased, its partial sums)
+  constexpr int kNCols = NT * 8;
+  static_assert(MG * kNCols * 16 * 4 <= kWarpBufBytes, "partial sums must fit the warp's staging buffer");
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nthreads = blockDim.x;
+  // Block (direction d, row group rg, unit block ub): rows [row0, row0 + NR) (row0 a multiple of 16), units
+  // [u0, u0 + ucount). Row groups are independent recurrences with their own barrier counter.
+  const int blocks_per_dir = p.nbr * p.nbu;
+  const int d = blockIdx.x / blocks_per_dir;
+  const int rem = blockIdx.x - d * blocks_per_dir;
+  const int rg = rem / p.nbu, ub = rem - rg * p.nbu;
+  const int H = p.H, B = p.B, T = p.T, D = p.D;
+  const int row0 = rg * p.rb;
+  const int NR = min(p.rb, B - row0);
+  const int u0 = ub * p.upb;
+  const int ucount = min(p.upb, H - u0);
+  const int KT = p.tc_kt;
+  const int MT = (NR + 15) >> 4;  // this group's m-tiles
+  const int mtb = row0 >> 4;      // its first m-tile in the exchange slab
+  const int kt0 = warp * KTW;
+  const bool reverse = (p.reverse_mask >> d) & 1;
+  const long long xcols = (long long)D * G * H;
+  const long long ocols = (long long)D * H;
+  const long long x_tstride = p.time_major ? (long long)B * xcols : xcols;
+  const long long o_tstride = p.time_major ? (long long)B * ocols : ocols;
+  const long long slab = (long long)p.tc_mt * KT * kTileHalves;  // 16-bit elements per (parity, direction)
+  uint16_t* xh16 = static_cast<uint16_t*>(p.xh16);
+
+  unsigned char* wbuf = smem + warp * kWarpBufBytes;
+  float* z_s = reinterpret_cast<float*>(smem + p.off_z);       // [MT * 16][kNCols]
+  float* c_s = reinterpret_cast<float*>(smem + p.off_c);       // [rb][upb]
+  float* hown_s = reinterpret_cast<float*>(smem + p.off_hown); // [rb][upb] float32 h of this block's units
+  int* len_s = reinterpret_cast<int*>(smem + p.off_len);       // [rb] lengths, then (at rb) their max
+  float* xs_s = reinterpret_cast<float*>(smem + p.off_x);      // [2][rb * upb][G] x_proj by step parity
+
+  // Test-only phase stamps (block 0, thread 0), the general kernel's slots: per step s < kDebugSteps: start,
+  // products of the first pass done, partial sums added (z ready), cell update done, after the barrier.
+  const bool stamping = p.debug_clock != nullptr && blockIdx.x == 0 && tid == 0;
+  auto stamp = [&](int slot) {
+    if (stamping) p.debug_clock[slot] = clock64();
+  };
+  if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 2);
+  stamp(0);
+
+  // ---- prologue ------------------------------------------------------------------------------------------------
+  LoadLengths(p, len_s, row0, NR, tid, nthreads);
+
+  // This warp's slice of U as B fragments: lane (g = lane / 4, t = lane % 4) holds, for column n = nt * 8 + g,
+  // rows 2t, 2t+1 (word 0) and 2t+8, 2t+9 (word 1) of each k-tile; zero past R and past the block's columns.
+  uint32_t bw[KTW][NT][2];
+  {
+    const uint16_t* w = static_cast<const uint16_t*>(p.w_rec) + (long long)d * H * G * H;
+    const int g8 = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int n = nt * 8 + g8;
+      const int gate = n / p.upb, u = n - gate * p.upb;
+      const bool col_ok = gate < G && u < ucount;
+      const long long col = (long long)gate * H + u0 + u;
+#pragma unroll
+      for (int kk = 0; kk < KTW; ++kk) {
+        const int k = (kt0 + kk) * 16 + 2 * t4;
+        uint32_t v[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int kr = k + (e & 1) + (e >> 1) * 8;
+          v[e] = (col_ok && kr < H) ? static_cast<uint32_t>(__ldg(w + (long long)kr * G * H + col)) : 0u;
+        }
+        bw[kk][nt][0] = v[0] | (v[1] << 16);
+        bw[kk][nt][1] = v[2] | (v[3] << 16);
+      }
+    }
+  }
+
+  // Initial state: own units' h (float32, and 16-bit into the exchange slab of parity 1, read at step 0) and c.
+  for (int i = tid; i < NR * ucount; i += nthreads) {
+    const int r = i / ucount, u = i - r * ucount;
+    const long long b = row0 + r;
+    const float h = p.h0 ? p.h0[((long long)d * B + b) * H + u0 + u] : 0.f;
+    hown_s[r * p.upb + u] = h;
+    xh16[(1 * D + d) * slab + TcFragOffset(row0 + r, u0 + u, KT)] = To16<WK>(h);
+    if (kLstm) c_s[r * p.upb + u] = p.c0 ? p.c0[((long long)d * B + b) * H + u0 + u] : 0.f;
+  }
+  __syncthreads();
+  // Zeros past each sequence's length in this block's output columns.
+  for (int r = 0; r < NR; ++r) {
+    const int len = len_s[r];
+    const int n = (T - len) * ucount;
+    const long long b = row0 + r;
+    for (int i = tid; i < n; i += nthreads) {
+      const int t = len + i / ucount, c = i % ucount;
+      const long long row = p.time_major ? (long long)t * B + b : b * T + t;
+      p.out[row * ocols + (long long)d * H + u0 + c] = 0.f;
+    }
+  }
+  const int max_len = len_s[p.rb];
+  unsigned barrier_count = 0;
+  unsigned* group_counter = p.counters + (d * p.nbr + rg) * 32;
+  stamp(1);
+  GroupBarrier(group_counter, (++barrier_count) * p.nbu, p.watchdog);  // every block's h0 is published
+  stamp(2);
+
+  const int npairs = NR * ucount;
+  // x_proj of step s goes into shared memory (double-buffered by step parity) with cp.async, issued one step ahead
+  // after the cell update, so it is in flight across the barrier. (Session 8 also tried issuing it between the h
+  // copies and the products: the barrier wait shrank by the same ~1.4 k cycles the copy phase grew; no gain.)
+  // Always one commit group, empty when there is nothing to copy, so the wait counts below hold.
+  const int xs_buf = p.rb * p.upb * G;
+  auto prefetch_x = [&](int s) {
+    float* xs = xs_s + (s & 1) * xs_buf;
+#pragma unroll 1
+    for (int pi = tid; pi < npairs; pi += nthreads) {
+      const int r = pi / ucount, u = pi - r * ucount;
+      const int len = len_s[r];
+      if (s < len) {
+        const int t = reverse ? len - 1 - s : s;
+        const long long b = row0 + r;
+        const long long row = p.time_major ? (long long)t * B + b : b * T + t;
+        const float* xp = p.x_proj + row * xcols + (long long)d * G * H + u0 + u;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(xs + pi * G + g));
+          asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(xp + (long long)g * H) : "memory");
+        }
+      }
+    }
+    CpAsyncCommit();
+  };
+  (void)x_tstride;
+  (void)o_tstride;
+  prefetch_x(0);
+
+  // ---- the recurrence ------------------------------------------------------------------------------------------
+  for (int s = 0; s < max_len; ++s) {
+    const int sbase = s < kDebugSteps ? 3 + 5 * s : -1;
+    if (sbase >= 0) stamp(sbase);
+    const uint16_t* hsrc = xh16 + ((long long)((s + 1) & 1) * D + d) * slab;  // written at step s - 1
+#pragma unroll 1
+    for (int mt0 = 0; mt0 < MT; mt0 += MG) {
+      // 1. this warp's h tiles, one commit group per k-tile so the products start as the first ones land.
+#pragma unroll
+      for (int kk = 0; kk < KTW; ++kk) {
+        const int kt = kt0 + kk;
+#pragma unroll
+        for (int m = 0; m < MG; ++m) {
+          if (kt < KT && mt0 + m < MT)
+            CpAsync16(wbuf + ((kk * MG + m) * 32 + lane) * 16,
+                      hsrc + ((long long)(mtb + mt0 + m) * KT + kt) * kTileHalves + lane * 8);
+        }
+        CpAsyncCommit();
+      }
+      // 2. the products.
+      float acc[MG][NT][4];
+#pragma unroll
+      for (int m = 0; m < MG; ++m)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[m][nt][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < KTW; ++kk) {
+        CpAsyncWaitPending(KTW - 1 - kk);  // k-tile kk's copies (and the older x_proj group) have landed
+        __syncwarp();
+        if (kt0 + kk < KT) {
+#pragma unroll
+          for (int m = 0; m < MG; ++m) {
+            if (mt0 + m < MT) {
+              const uint4 a = *reinterpret_cast<const uint4*>(wbuf + ((kk * MG + m) * 32 + lane) * 16);
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt) Mma16816<WK>(acc[m][nt], a, bw[kk][nt]);
+            }
+          }
+        }
+      }
+      __syncwarp();
+      if (sbase >= 0 && mt0 == 0) stamp(sbase + 1);
+      // 3. partial sums: this warp's into its own staging buffer ([MG * 16 rows][kNCols]), then all warps' added.
+      {
+        float* part = reinterpret_cast<float*>(wbuf);
+        const int g8 = lane >> 2, t4 = lane & 3;
+#pragma unroll
+        for (int m = 0; m < MG; ++m)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const int col = nt * 8 + 2 * t4;
+            *reinterpret_cast<float2*>(part + (m * 16 + g8) * kNCols + col) = make_float2(acc[m][nt][0], acc[m][nt][1]);
+            *reinterpret_cast<float2*>(part + (m * 16 + g8 + 8) * kNCols + col) =
+                make_float2(acc[m][nt][2], acc[m][nt][3]);
+          }
+      }
+      __syncthreads();
+      {
+        const int nwarps = nthreads >> 5;
+        const int rows = min(MG, MT - mt0) * 16;
+        const int nwords = rows * kNCols / 4;
+#pragma unroll 1
+        for (int i = tid; i < nwords; i += nthreads) {
+          float4 sum = *reinterpret_cast<const float4*>(smem + i * 16);
+#pragma unroll 8
+          for (int w = 1; w < nwarps; ++w) {
+            const float4 v = *reinterpret_cast<const float4*>(smem + w * kWarpBufBytes + i * 16);
+            sum.x += v.x;
+            sum.y += v.y;
+            sum.z += v.z;
+            sum.w += v.w;
+          }
+          *reinterpret_cast<float4*>(z_s + mt0 * 16 * kNCols + i * 4) = sum;
+        }
+      }
+      __syncthreads();  // the staging buffers are reused by the next pass
+    }
+
+    if (sbase >= 0) stamp(sbase + 2);
+    // 4. cell update (float32) for this block's (row, unit) pairs. (Two pairs per thread interleaved, all loads
+    // before any store, measured no faster in session 8: the phase is not one thread's dependent chain.)
+    CpAsyncWaitGroup<0>();  // this thread's x_proj of step s
+    const float* xs_step = xs_s + (s & 1) * xs_buf;
+    uint16_t* hdst = xh16 + ((long long)(s & 1) * D + d) * slab;
+#pragma unroll 1
+    for (int pi = tid; pi < npairs; pi += nthreads) {
+      const int r = pi / ucount, u = pi - r * ucount;
+      const int len = len_s[r];
+      float hv = hown_s[r * p.upb + u];
+      if (s < len) {
+        const int t = reverse ? len - 1 - s : s;
+        const long long b = row0 + r;
+        const long long row = p.time_major ? (long long)t * B + b : b * T + t;
+        float zs[G], x[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          zs[g] = z_s[r * kNCols + g * p.upb + u];
+          x[g] = xs_step[pi * G + g];
+        }
+        float* rs = p.reserve ? p.reserve + (((long long)d * B + b) * T + t) * p.reserve_f + u0 + u : nullptr;
+        if constexpr (kLstm) {
+          hv = LstmCellUpdate(x, zs, &c_s[r * p.upb + u], p.cell_clip, rs, H);
+        } else {
+          hv = GruCellUpdate(x, zs, p.rec_bias ? p.rec_bias + (long long)d * G * H + u0 + u : nullptr, hv, rs, H);
+        }
+        hown_s[r * p.upb + u] = hv;
+        p.out[row * ocols + (long long)d * H + u0 + u] = hv;
+      }
+      hdst[TcFragOffset(row0 + r, u0 + u, KT)] = To16<WK>(hv);  // a finished row keeps publishing its last state
+    }
+    if (sbase >= 0) stamp(sbase + 3);
+    if (s + 1 < max_len) prefetch_x(s + 1);
+    // 5. every block's h of step s is in the exchange slab before anyone reads it.
+    GroupBarrier(group_counter, (++barrier_count) * p.nbu, p.watchdog);
+    if (sbase >= 0) stamp(sbase + 4);
+  }
+  stamp(3 + 5 * kDebugSteps);
+
+  // ---- final states ------------------------------------------------------------------------------------------
+  __syncthreads();
+  for (int i = tid; i < NR * ucount; i += nthreads) {
+    const int r = i / ucount, u = i - r * ucount;
+    const long long b = row0 + r;
+    if (p.final_h) p.final_h[((long long)d * B + b) * H + u0 + u] = hown_s[r * p.upb + u];
+    if (kLstm && p.final_c) p.final_c[((long long)d * B + b) * H + u0 + u] = c_s[r * p.upb + u];
+  }
+  if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 1);
+#endif  // __CUDA_ARCH__ >= 800
+}
+
+#define FUSED_RNN_TC_KERNEL_TABLE(NAME, CELL, WK)                                                     \
+  KernelFn NAME(int nt_idx) {                                                                        \
+    static const KernelFn table[kTcNumNt] = {                                                        \
+        RnnTensorCoreKernel<CELL, WK, 2, 8, 4>, RnnTensorCoreKernel<CELL, WK, 3, 8, 4>,              \
+        RnnTensorCoreKernel<CELL, WK, 4, 8, 4>, RnnTensorCoreKernel<CELL, WK, 6, 8, 2>,              \
+        RnnTensorCoreKernel<CELL, WK, 8, 8, 2>};                                                     \
+    if (nt_idx < 0 || nt_idx >= kTcNumNt) return nullptr;                                            \
+    return table[nt_idx];                                                                            \
+  }
+
+}  // namespace cuda_impl
+}  // namespace fused_rnn
+
+#endif  // FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_

@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Device harness for the tensor-core mode of the CUDA core (mode 4, cc/cuda/fused_rnn_cuda_tc.cuh): 16-bit
+weights as mma.sync fragments, h_{t-1} rounded to the weight type for the product, float32 accumulation.
+
+Correctness, against float64 NumPy oracles computed here:
+  * "emulated": the same recurrence in float64 on the kernel's 16-bit weights with h_{t-1} rounded to 16 bits
+    before each product, as the kernel does, and teacher-forced: each step starts from the kernel's own float32
+    h_{t-1} (its output one step earlier), so the rare value that rounds to the other 16-bit neighbour in float64
+    cannot make the two diverge. This checks the kernel (fragment layouts, tiles, passes, row groups, the
+    exchange, lengths, directions) to the float32 tolerance, 1e-5; the free-running error is reported too;
+  * the float32 weights, no rounding at all: the issue's 16-bit tolerance, 1e-2;
+  * a negative control (two k-rows of U swapped in the kernel's copy) must fail the 1e-4 check.
+Timing: the tensor-core kernel against the general kernel on the same 16-bit weights, the float32 kernel, and
+cuDNN (float32 and float16, torch.nn.LSTM/GRU) in the same process; CUDA events over CUDA-graph replays, median.
+
+    BUILD_ONLY=1 BUILD_DIR=/tmp/gb GPU_ARCH="-gencode arch=compute_90,code=sm_90" OUT=$OUT bash tools/gpu/run_all.sh
+    python3 tools/gpu/tensorcore.py --lib /tmp/gb/libfused_rnn_gpu.so --out $OUT
+"""
+import argparse
+import json
+import os
+import sys
+import traceback
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import driver  # noqa: E402
+from driver import (FusedLayer, FusedRnn, Lib, LOG_LINES, dev16, log, make_inputs, poisoned, rel_err,  # noqa: E402
+                    round_weights, time_cudnn, time_fused_layer, to_dev)
+
+TOL_EMULATED = 1e-5
+TOL_VS_F32 = 1e-2
+TC = {"mode": 4}
+
+
+def round16(a, wt):
+    a32 = np.asarray(a, np.float32)
+    if wt == "f16":
+        return a32.astype(np.float16).astype(np.float64)
+    bits = a32.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    out = rounded.view(np.float32).astype(np.float64)
+    return np.where(np.isfinite(a32), out, a32.astype(np.float64))
+
+
+def reference(cell, direction, inp, U, cell_clip, wt=None, teacher=None):
+    """Float64 recurrence, vectorised over the batch. wt: round h_{t-1} to that 16-bit type before each product
+    (None: no rounding). teacher: the kernel's output [B, T, D*H]; each step then starts from the kernel's own
+    h_{t-1} (teacher forcing), so a value the kernel rounded one way cannot send the reference down another path.
+    Returns out [B, T, D*H], final_h [D, B, H], final_c [D, B, H] or None."""
+    x = inp["x"].astype(np.float64)  # batch-major
+    B, T, _ = x.shape
+    D, H, GH = U.shape
+    lengths = inp["lengths"] if inp["lengths"] is not None else np.full(B, T, np.int32)
+    lengths = lengths.astype(np.int64)
+    dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    out = np.zeros((B, T, D * H))
+    fh = np.zeros((D, B, H))
+    fc = np.zeros((D, B, H)) if cell == "lstm" else None
+    rows = np.arange(B)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for d, reverse in enumerate(dirs):
+            u = U[d].astype(np.float64)
+            h = inp["h0"][d].astype(np.float64) if inp["h0"] is not None else np.zeros((B, H))
+            c = inp["c0"][d].astype(np.float64) if (cell == "lstm" and inp["c0"] is not None) else np.zeros((B, H))
+            rb = inp["rb"][d].astype(np.float64) if (cell == "gru" and inp["rb"] is not None) else 0.0
+            for s in range(T):
+                active = s < lengths
+                t = np.where(reverse, lengths - 1 - s, s).clip(0, T - 1)
+                xt = x[rows, t, d * GH:(d + 1) * GH]
+                if teacher is not None and s > 0:
+                    tp = np.where(reverse, t + 1, t - 1).clip(0, T - 1)
+                    h = np.where(active[:, None], teacher[rows, tp, d * H:(d + 1) * H].astype(np.float64), h)
+                hr = round16(h, wt) if wt else h
+                z = hr @ u
+                if cell == "lstm":
+                    i, f = sig(xt[:, :H] + z[:, :H]), sig(xt[:, H:2 * H] + z[:, H:2 * H])
+                    g, o = np.tanh(xt[:, 2 * H:3 * H] + z[:, 2 * H:3 * H]), sig(xt[:, 3 * H:] + z[:, 3 * H:])
+                    cn = f * c + i * g
+                    if cell_clip > 0:
+                        cn = np.where(np.isnan(cn), cn, np.clip(cn, -cell_clip, cell_clip))
+                    hn = o * np.tanh(cn)
+                    c = np.where(active[:, None], cn, c)
+                else:
+                    a = z + rb
+                    zg, rg = sig(xt[:, :H] + a[:, :H]), sig(xt[:, H:2 * H] + a[:, H:2 * H])
+                    n = np.tanh(xt[:, 2 * H:] + rg * a[:, 2 * H:])
+                    hn = zg * h + (1.0 - zg) * n
+                h = np.where(active[:, None], hn, h)
+                out[rows[active], t[active], d * H:(d + 1) * H] = hn[active]
+            fh[d] = h
+            if cell == "lstm":
+                fc[d] = c
+    return out, fh, fc
+
+
+def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragged=True, time_major=False,
+                with_init=True, gru_bias=True, cell_clip=0.0, seed=0, negative=False, inject_nan=False):
+    rng = np.random.default_rng(seed)
+    inp = make_inputs(rng, cell, direction, T, B, H, 0, ragged, with_init, gru_bias)
+    if inject_nan:
+        inp["x"][0, T // 2, 0] = np.nan
+        inp["x"][B - 1, 1, -1] = np.inf
+    D = 2 if direction == "bidirectional" else 1
+    U_used, U16 = round_weights(inp["U"], wt)
+    U_kernel = U16
+    if negative:  # two k-rows swapped in the kernel's copy: a layout bug of the kind the check is for
+        U_kernel = U16.clone()
+        U_kernel[:, [1, H - 2]] = U_kernel[:, [H - 2, 1]]
+    f = FusedRnn(lib, cell, direction, T, B, H, 0, time_major, cell_clip, 0.0, wt, tuning if tuning else TC)
+    plan = f.describe()
+    x_dev = to_dev(inp["x"].transpose(1, 0, 2) if time_major else inp["x"])
+    out = poisoned((T, B, D * H) if time_major else (B, T, D * H))
+    fh = poisoned((D, B, H))
+    fc = poisoned((D, B, H)) if cell == "lstm" else None
+    f.bind(x_dev, rec_bias=to_dev(inp["rb"]), lengths=to_dev(inp["lengths"]), h0=to_dev(inp["h0"]),
+           c0=to_dev(inp["c0"]), out=out, final_h=fh, final_c=fc, w_rec16=dev16(U_kernel))
+    free_o, _, _ = reference(cell, direction, inp, U_used, cell_clip, wt=wt)
+    plain_o, _, _ = reference(cell, direction, inp, U_used, cell_clip, wt=None)
+    f32_o, _, _ = reference(cell, direction, inp, inp["U"], cell_clip, wt=None)
+    results = []
+    for rep in range(2):  # a result that moves between runs is a race
+        for tns in (out, fh, fc):
+            if tns is not None:
+                tns.fill_(float("nan"))
+        f()
+        torch.cuda.synchronize()
+        o = out.cpu().numpy()
+        if time_major:
+            o = o.transpose(1, 0, 2)
+        results.append((o, fh.cpu().numpy(), fc.cpu().numpy() if fc is not None else None))
+    o, gh, gc = results[0]
+    emu_o, emu_h, emu_c = reference(cell, direction, inp, U_used, cell_clip, wt=wt, teacher=o)
+    e = {"watchdog": f.watchdog(), "moving": int(not (np.array_equal(o, results[1][0], equal_nan=True)))}
+    lengths = inp["lengths"] if inp["lengths"] is not None else np.full(B, T)
+    past = np.zeros(o.shape[:2], bool)
+    for b in range(B):
+        past[b, lengths[b]:] = True
+    e["nonzero_past_len"] = int(np.count_nonzero(o[past]))
+    if inject_nan:
+        e["nan_mismatch"] = int(np.sum(np.isnan(o) != np.isnan(emu_o)) + np.sum(np.isnan(gh) != np.isnan(emu_h)))
+        keep = ~np.isnan(emu_o)
+        keep_h = ~np.isnan(emu_h)
+        e["emulated"] = rel_err(o[keep], emu_o[keep])
+        e["emulated_final_h"] = rel_err(gh[keep_h], emu_h[keep_h])
+        e["unwritten"] = int(np.sum(~np.isfinite(o[keep])))
+    else:
+        e["unwritten"] = int(np.sum(~np.isfinite(o)))
+        e["emulated"] = rel_err(o, emu_o)
+        e["emulated_final_h"] = rel_err(gh, emu_h)
+        if gc is not None:
+            e["emulated_final_c"] = rel_err(gc, emu_c)
+        e["free_running_emulated"] = rel_err(o, free_o)
+        e["vs_fp32_math_16bit_weights"] = rel_err(o, plain_o)
+        e["vs_f32_weights"] = rel_err(o, f32_o)
+    ok = (e["emulated"] <= TOL_EMULATED and e["emulated_final_h"] <= TOL_EMULATED
+          and e.get("emulated_final_c", 0) <= TOL_EMULATED and e.get("vs_f32_weights", 0) <= TOL_VS_F32
+          and e["unwritten"] == 0 and e["nonzero_past_len"] == 0 and e["watchdog"] == 0 and not e["moving"]
+          and e.get("nan_mismatch", 0) == 0)
+    return {"name": name, "passed": bool(ok), "errors": e, "plan": plan, "negative_control": negative}
+
+
+def correctness(lib):
+    cases = [
+        ("lstm fwd f16 B5 H40 ragged", dict(cell="lstm", direction="forward", T=13, B=5, H=40)),
+        ("lstm bi f16 B37 H100 time-major clip", dict(cell="lstm", direction="bidirectional", T=12, B=37, H=100,
+                                                      time_major=True, cell_clip=0.7)),
+        ("gru rev bf16 B20 H72", dict(cell="gru", direction="reverse", T=11, B=20, H=72, wt="bf16")),
+        ("lstm fwd f16 B70 (2 passes) H64 NT=3", dict(cell="lstm", direction="forward", T=9, B=70, H=64,
+                                                      tuning={"mode": 4, "units_per_block": 6})),
+        ("lstm bi bf16 B17 H130 (k-tail) NT=8", dict(cell="lstm", direction="bidirectional", T=10, B=17, H=130,
+                                                     wt="bf16", tuning={"mode": 4, "units_per_block": 16})),
+        ("gru fwd f16 B40 H200 NT=6 (2 passes)", dict(cell="gru", direction="forward", T=8, B=40, H=200,
+                                                      tuning={"mode": 4, "units_per_block": 13})),
+        ("lstm fwd f16 B16 H256 no init no lengths", dict(cell="lstm", direction="forward", T=10, B=16, H=256,
+                                                          ragged=False, with_init=False)),
+        ("gru bi bf16 B9 H48 no bias", dict(cell="gru", direction="bidirectional", T=9, B=9, H=48, wt="bf16",
+                                             gru_bias=False)),
+        ("lstm fwd f16 B64 H1024 T30 (timed shape)", dict(cell="lstm", direction="forward", T=30, B=64, H=1024)),
+        ("gru fwd bf16 B64 H1024 T20", dict(cell="gru", direction="forward", T=20, B=64, H=1024, wt="bf16")),
+        ("lstm fwd f16 B1 H512", dict(cell="lstm", direction="forward", T=20, B=1, H=512)),
+        ("lstm fwd f16 B70 3 row groups of 32", dict(cell="lstm", direction="forward", T=12, B=70, H=96,
+                                                    tuning={"mode": 4, "rows_per_block": 32})),
+        ("gru bi bf16 B40 row groups of 16 time-major", dict(cell="gru", direction="bidirectional", T=10, B=40,
+                                                             H=80, wt="bf16", time_major=True,
+                                                             tuning={"mode": 4, "rows_per_block": 16})),
+        ("NaN/Inf input lstm bi f16", dict(cell="lstm", direction="bidirectional", T=9, B=18, H=40, cell_clip=0.9,
+                                           inject_nan=True)),
+        ("NaN/Inf input gru fwd bf16", dict(cell="gru", direction="forward", T=9, B=18, H=40, wt="bf16",
+                                            inject_nan=True)),
+    ]
+    results = []
+    for i, (name, kw) in enumerate(cases):
+        try:
+            r = run_tc_case(lib, name, seed=300 + i, **kw)
+        except Exception as ex:  # noqa: BLE001
+            r = {"name": name, "passed": False, "errors": {"exception": str(ex)}, "plan": ""}
+            log(traceback.format_exc())
+        results.append(r)
+        log(f"{'PASS' if r['passed'] else 'FAIL'} {name}: " +
+            " ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in r["errors"].items()) +
+            f" | {r['plan']}")
+    neg = run_tc_case(lib, "negative control: two k-rows of U swapped", "lstm", "forward", T=10, B=16, H=64,
+                      seed=999, negative=True)
+    neg["passed_as_control"] = not neg["passed"]
+    log(f"{'CAUGHT' if not neg['passed'] else 'MISSED'} negative control: emulated={neg['errors']['emulated']:.2e}")
+    results.append(neg)
+    return results
+
+
+TIMED = [
+    # label, cell, direction, B, H
+    ("LSTM H=1024", "lstm", "forward", [1, 8, 16, 32, 64, 128], 1024),
+    ("LSTM H=512", "lstm", "forward", [1, 16, 64, 128], 512),
+    ("GRU H=1024", "gru", "forward", [64], 1024),
+    ("biLSTM H=512", "lstm", "bidirectional", [64], 512),
+    ("biLSTM H=100", "lstm", "bidirectional", [64], 100),
+]
+
+
+def timing(lib):
+    rows = []
+    for label, cell, direction, batches, H in TIMED:
+        bi = direction == "bidirectional"
+        for B in batches:
+            row = {"case": f"{label} B={B}", "B": B}
+            for key, wt, tun in (("tc_f16", "f16", TC), ("tc_bf16", "bf16", TC), ("simt_f16", "f16", {"mode": 2}),
+                                 ("auto_f16", "f16", None), ("auto_f32", "f32", None)):
+                if key == "tc_bf16" and not (H == 1024 and B == 64):
+                    continue
+                if key == "simt_f16" and bi and H <= 100:
+                    tun = {"mode": 0}
+                try:
+                    lay = FusedLayer(lib, cell, direction, 100, B, H, H, wt=wt, tuning=tun, seed=B)
+                    r = time_fused_layer([lay], plain=False)
+                    row[key] = {"kernel": r["kernel_graph"]["median"], "full": r["full_graph"]["median"],
+                                "plan": lay.f.describe()}
+                    del lay
+                except Exception as ex:  # noqa: BLE001
+                    row[key] = {"error": str(ex)}
+            for key, dt in (("cudnn_f32", torch.float32), ("cudnn_f16", torch.float16)):
+                c = time_cudnn(cell, H, H, bi, B, 100, dtype=dt, plain=False)
+                row[key] = c["graph"]["median"]
+            rows.append(row)
+            fmt = lambda k: (f"{row[k]['kernel']:.4f}/{row[k]['full']:.4f}" if isinstance(row.get(k), dict)  # noqa
+                             and "kernel" in row[k] else str(row.get(k, {}).get("error", "-"))[:40])
+            log(f"{row['case']:<22} tc_f16 {fmt('tc_f16')} simt_f16 {fmt('simt_f16')} auto_f16 {fmt('auto_f16')} "
+                f"auto_f32 {fmt('auto_f32')} tc_bf16 {fmt('tc_bf16')} | cuDNN f32 {row['cudnn_f32']:.4f} "
+                f"f16 {row['cudnn_f16']:.4f} | auto_f16 plan: {row['auto_f16'].get('plan', '')[:60]}")
+            torch.cuda.empty_cache()
+    return rows
+
+
+def plot(rows, path):
+    """Latency against batch size (the GRNN figure) for the LSTM cases timed at several batch sizes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [lab for lab, _, _, bs, _ in TIMED if len(bs) > 1]
+    fig, axes = plt.subplots(1, len(labels), figsize=(6 * len(labels), 4.2))
+    for ax, lab in zip(axes, labels):
+        rs = [r for r in rows if r["case"].startswith(lab + " B=")]
+        bs = [r["B"] for r in rs]
+        for key, style, name in (("tc_f16", "o-", "fused, f16 weights, tensor cores"),
+                                 ("auto_f32", "s-", "fused, f32 weights"),
+                                 ("cudnn_f16", "^--", "cuDNN f16"), ("cudnn_f32", "v--", "cuDNN f32")):
+            ys = [r[key]["full"] if isinstance(r[key], dict) else r[key] for r in rs]
+            ax.plot(bs, ys, style, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch B (T=100)")
+        ax.set_ylabel("median ms, CUDA graph replay")
+        ax.set_title(f"{lab}: whole layer (input GEMM + recurrence)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(torch.cuda.get_device_name())
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skip-timing", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    lib = Lib(args.lib)
+    dev = {"name": torch.cuda.get_device_name(), "limits": list(lib.limits), "torch": torch.__version__,
+           "cudnn": torch.backends.cudnn.version()}
+    log("device:", dev)
+    summary = {"device": dev}
+    summary["correctness"] = correctness(lib)
+    ok = all(r["passed"] for r in summary["correctness"] if not r.get("negative_control")) and all(
+        r.get("passed_as_control", True) for r in summary["correctness"])
+    log(f"== tensor-core correctness: {'ALL PASS' if ok else 'FAILURES'} "
+        f"({sum(r['passed'] for r in summary['correctness'] if not r.get('negative_control'))}/"
+        f"{sum(1 for r in summary['correctness'] if not r.get('negative_control'))}, negative control "
+        f"{'caught' if all(r.get('passed_as_control', True) for r in summary['correctness']) else 'MISSED'})")
+    driver.PROFILE_CASES["tc1024_b64"] = ("LSTM H=1024 B=64 f16 tensor cores", dict(
+        cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024, wt="f16"), TC)
+    driver.PROFILE_CASES["simt1024_b64"] = ("LSTM H=1024 B=64 f16 general kernel (counter)", dict(
+        cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024, wt="f16"), {"mode": 2})
+    summary["profiles"] = []
+    for key in ("tc1024_b64", "simt1024_b64"):
+        try:
+            summary["profiles"].append(driver.phase_profile(lib, key))
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+    if not args.skip_timing:
+        try:
+            summary["timing"] = timing(lib)
+            plot(summary["timing"], os.path.join(args.out, "tensorcore_latency_vs_batch.png"))
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+    with open(os.path.join(args.out, "tensorcore.json"), "w") as fj:
+        json.dump(summary, fj, indent=1, default=str)
+    with open(os.path.join(args.out, "tensorcore_log.txt"), "w") as fl:
+        fl.write("\n".join(LOG_LINES) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
