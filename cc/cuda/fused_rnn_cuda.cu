@@ -104,6 +104,15 @@ const char* BlocksPerSm(KernelFn fn, int threads, size_t smem, const CudaDeviceL
 
 // How many clusters of `cluster_size` blocks can be resident at once (0: the cluster cannot be launched).
 const char* ClustersPossible(KernelFn fn, int threads, size_t smem, int cluster_size, int* clusters) {
+  // The query honours the kernel's current dynamic shared-memory cap, which every launch lowers to its own plan's
+  // size: raise it to this candidate's first, or a plan made after a smaller launch of the same kernel is refused
+  // (found in session 9: forced cluster plans failed only after another plan of the same kernel had run).
+  if (cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem)) != cudaSuccess) {
+    cudaGetLastError();
+    *clusters = 0;
+    return nullptr;
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(cluster_size);
   cfg.blockDim = dim3(threads);

@@ -372,6 +372,10 @@ def sanitize_case_list(limits):
             ("[tensorcore] lstm rev f16 T5 B18 H130 NT=8 k-tail",
              dict(cell="lstm", direction="reverse", T=5, B=18, H=130, wt="f16",
                   tuning={"mode": 4, "units_per_block": 16})),
+            # The staged weight prologue (units per block a multiple of 8) with a partial last k-tile.
+            ("[tensorcore] lstm fwd f16 T5 B20 H104 staged prologue",
+             dict(cell="lstm", direction="forward", T=5, B=20, H=104, wt="f16",
+                  tuning={"mode": 4, "units_per_block": 8})),
         ]
     for name, kw in extra:
         seed += 1

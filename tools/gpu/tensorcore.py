@@ -187,6 +187,8 @@ def correctness(lib):
         ("gru bi bf16 B40 row groups of 16 time-major", dict(cell="gru", direction="bidirectional", T=10, B=40,
                                                              H=80, wt="bf16", time_major=True,
                                                              tuning={"mode": 4, "rows_per_block": 16})),
+        ("lstm fwd f16 B20 H104 staged prologue, partial k-tile", dict(cell="lstm", direction="forward", T=9, B=20,
+                                                                       H=104, tuning={"mode": 4, "units_per_block": 8})),
         ("NaN/Inf input lstm bi f16", dict(cell="lstm", direction="bidirectional", T=9, B=18, H=40, cell_clip=0.9,
                                            inject_nan=True)),
         ("NaN/Inf input gru fwd bf16", dict(cell="gru", direction="forward", T=9, B=18, H=40, wt="bf16",
@@ -304,10 +306,12 @@ def main():
         f"{'caught' if all(r.get('passed_as_control', True) for r in summary['correctness']) else 'MISSED'})")
     driver.PROFILE_CASES["tc1024_b64"] = ("LSTM H=1024 B=64 f16 tensor cores", dict(
         cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024, wt="f16"), TC)
+    driver.PROFILE_CASES["tc1024_b16"] = ("LSTM H=1024 B=16 f16 tensor cores", dict(
+        cell="lstm", direction="forward", T=100, B=16, I=1024, H=1024, wt="f16"), TC)
     driver.PROFILE_CASES["simt1024_b64"] = ("LSTM H=1024 B=64 f16 general kernel (counter)", dict(
         cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024, wt="f16"), {"mode": 2})
     summary["profiles"] = []
-    for key in ("tc1024_b64", "simt1024_b64"):
+    for key in ("tc1024_b64", "tc1024_b16", "simt1024_b64"):
         try:
             summary["profiles"].append(driver.phase_profile(lib, key))
         except Exception:  # noqa: BLE001
