@@ -326,11 +326,42 @@ __device__ __forceinline__ void DotRows(const uint32_t (&wreg)[KCR][WordsPerChun
       for (int r = 0; r < RC; ++r)
 #pragma unroll
         for (int g = 0; g < G; ++g) acc[0][r][g] += acc[a][r][g];
-    for (int off = m.ksl >> 1; off > 0; off >>= 1) {
+    if constexpr (RC == 1 && G >= 3) {
+      if (m.ksl >= 4) {
+        // One row, the 3-4 gates of a column summed over its ksl lanes by reduce-scatter: the first level halves
+        // the values each lane carries (each half of the group keeps two gates and receives the partner's copy
+        // of them), the second halves them again, the rest is a plain butterfly on one value. 2 + 1 + log2(ksl) - 2
+        // shuffles instead of G * log2(ksl) on this serial path (20 -> 6 at ksl = 32); lane k = q * ksl / 4 of
+        // the group ends with gate q.
+        const float full_acc[4] = {acc[0][0][0], acc[0][0][1], acc[0][0][2], G > 3 ? acc[0][0][G - 1] : 0.f};
+        const int half = m.ksl >> 1, quarter = m.ksl >> 2;
+        const bool hi = (slot.lanek & half) != 0, hi2 = (slot.lanek & quarter) != 0;
+        float keep0 = hi ? full_acc[2] : full_acc[0], keep1 = hi ? full_acc[3] : full_acc[1];
+        const float send0 = hi ? full_acc[0] : full_acc[2], send1 = hi ? full_acc[1] : full_acc[3];
+        keep0 += __shfl_xor_sync(0xffffffffu, send0, half);
+        keep1 += __shfl_xor_sync(0xffffffffu, send1, half);
+        float v = hi2 ? keep1 : keep0;
+        v += __shfl_xor_sync(0xffffffffu, hi2 ? keep0 : keep1, quarter);
 #pragma unroll
-      for (int r = 0; r < RC; ++r)
+        for (int off = 4; off > 0; off >>= 1) {
+          if (off < quarter) v += __shfl_xor_sync(0xffffffffu, v, off);
+        }
+        const int g = (hi ? 2 : 0) + (hi2 ? 1 : 0);
+        if ((slot.lanek & (quarter - 1)) == 0 && g < G && slot.col < m.cols && r0 < nrows)
+          zpart[((slot.kw * z_rows + z_row0 + r0) * G + g) * m.cols + slot.col] = v;
+        continue;
+      }
+    }
+    // The butterfly over the ksl lanes of a column (a power of two, at most 32), unrolled: a runtime-bounded loop
+    // cost a divergence check and loop control per level on this serial path.
 #pragma unroll
-        for (int g = 0; g < G; ++g) acc[0][r][g] += __shfl_xor_sync(0xffffffffu, acc[0][r][g], off);
+    for (int off = 16; off > 0; off >>= 1) {
+      if (off < m.ksl) {
+#pragma unroll
+        for (int r = 0; r < RC; ++r)
+#pragma unroll
+          for (int g = 0; g < G; ++g) acc[0][r][g] += __shfl_xor_sync(0xffffffffu, acc[0][r][g], off);
+      }
     }
     if (slot.lanek == 0 && slot.col < m.cols) {
 #pragma unroll
@@ -427,15 +458,26 @@ __device__ __forceinline__ void FetchRows(float* dst, int dst_stride, const floa
     }
 #endif
   } else {
-    const int per_row = src_stride / 2;  // 16-byte pairs per row
-    const int total = nrows * per_row;
+    // Tagged words. The (row, column) of each load is worked out once, before the first load, with one unsigned
+    // division and none for a single row (B = 1): the poll loop and the stores below only read them back. Per-poll
+    // signed divisions were most of this phase's instructions (ncu, session 10: 362 instructions per warp and
+    // step for one 4 KB row at H = 1024, against about 60 now).
+    const unsigned per_row = static_cast<unsigned>(src_stride) / 2u;  // 16-byte pairs per row
+    const unsigned total = static_cast<unsigned>(nrows) * per_row;
 #pragma unroll 1
-    for (int i0 = tid; i0 < total; i0 += kBatch * nthreads) {
-      unsigned long long v[kBatch][2];
+    for (unsigned i0 = tid; i0 < total; i0 += kBatch * nthreads) {
+      unsigned long long v[kBatch][2] = {};
+      float* out[kBatch];
+      bool live[kBatch], two[kBatch];
 #pragma unroll
       for (int q = 0; q < kBatch; ++q) {
-        const int i = i0 + q * nthreads;
-        if (i < total) LoadRelaxed128(tagged_rows + 2 * i, v[q][0], v[q][1]);
+        const unsigned i = i0 + q * nthreads;
+        live[q] = i < total;
+        const unsigned r = nrows == 1 ? 0u : i / per_row;
+        const int k = 2 * static_cast<int>(i - r * per_row);
+        two[q] = k + 1 < width;  // the row's last pair may hold one value (padding is never published)
+        out[q] = dst + r * dst_stride + k;
+        if (live[q]) LoadRelaxed128(tagged_rows + 2 * static_cast<long long>(i), v[q][0], v[q][1]);
       }
       // Poll the whole batch together: re-issue every load that is not ready before checking any of them
       // again, so each wait costs one round trip for the batch (re-polling one word at a time costs one round
@@ -445,27 +487,20 @@ __device__ __forceinline__ void FetchRows(float* dst, int dst_stride, const floa
         bool waiting = false;
 #pragma unroll
         for (int q = 0; q < kBatch; ++q) {
-          const int i = i0 + q * nthreads;
-          if (i < total) {
-            const int k = 2 * (i % per_row);
-            const bool ready = static_cast<unsigned>(v[q][0] >> 32) == tag &&
-                               (k + 1 >= width || static_cast<unsigned>(v[q][1] >> 32) == tag);
-            if (!ready) {
-              waiting = true;
-              LoadRelaxed128(tagged_rows + 2 * i, v[q][0], v[q][1]);
-            }
+          const bool ready = static_cast<unsigned>(v[q][0] >> 32) == tag &&
+                             (!two[q] || static_cast<unsigned>(v[q][1] >> 32) == tag);
+          if (live[q] && !ready) {
+            waiting = true;
+            LoadRelaxed128(tagged_rows + 2 * static_cast<long long>(i0 + q * nthreads), v[q][0], v[q][1]);
           }
         }
         if (!waiting || WatchdogTick(polls, watchdog)) break;
       }
 #pragma unroll
       for (int q = 0; q < kBatch; ++q) {
-        const int i = i0 + q * nthreads;
-        if (i < total) {
-          const int r = i / per_row, k = 2 * (i - r * per_row);
-          float* o = dst + r * dst_stride + k;
-          o[0] = __uint_as_float(static_cast<unsigned>(v[q][0]));
-          if (k + 1 < width) o[1] = __uint_as_float(static_cast<unsigned>(v[q][1]));  // padding is never published
+        if (live[q]) {
+          out[q][0] = __uint_as_float(static_cast<unsigned>(v[q][0]));
+          if (two[q]) out[q][1] = __uint_as_float(static_cast<unsigned>(v[q][1]));
         }
       }
     }

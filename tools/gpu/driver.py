@@ -321,6 +321,20 @@ def correctness_suite(lib, quick=False):
             results.append(run_case(lib, f"NaN/Inf input {cell}{'+proj+clip' if P else ''} bidirectional {mode}",
                                     cell, "bidirectional", T=9, B=3, H=24, P=P, cell_clip=cc, proj_clip=pc,
                                     tuning=tun, seed=seed, inject_nan=True))
+    # One row per pass with every lane count the gate sums use (a reduce-scatter over the lanes of a column from 4
+    # lanes up, the plain butterfly below that), both cells, local and tagged exchange, k long enough to give each
+    # lane several chunks; the projection's single-gate sum on the same lane counts.
+    for lanes in (1, 2, 4, 8, 16, 32):
+        for cell, P in (("lstm", 0), ("gru", 0), ("lstm", 16)):
+            if P and lanes > 8:  # the planner gives a lane at least 2 rows of k (R = P = 16 here)
+                continue
+            for mode, tun in (("local", {"mode": 0}), ("tagged", {"mode": 1, "units_per_block": 8})):
+                if mode == "local" and lanes > 8:  # 72 units x lanes threads in one block
+                    continue
+                seed += 1
+                extra.append((f"{cell}{'+proj' if P else ''} bi {mode} RC=1 lanes={lanes} H72",
+                              dict(cell=cell, direction="bidirectional", T=6, B=3, H=72, P=P,
+                                   tuning=dict(tun, rows_per_block=1, lanes_per_unit=lanes))))
     for name, kw in extra:
         seed += 1
         if name.startswith("gru bi all-zero"):

@@ -1,0 +1,76 @@
+"""A/B timing of two builds of the CUDA core in one process (on the GPU machine): the same layers, the same inputs,
+kernel alone replayed in a CUDA graph, the two builds alternated round by round so that clock and thermal drift hit
+both alike. Also checks that the two builds' outputs agree. Prints a markdown table and writes JSON.
+
+    python3 tools/gpu/ab_time.py --lib-a /tmp/old/libfused_rnn_gpu.so --lib-b /tmp/new/libfused_rnn_gpu.so \
+        --out $OUT [--cases h1024,h512] [--rounds 7]
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from driver import FusedLayer, Lib, graph_of, log, time_ms  # noqa: E402
+
+# key: (label, FusedLayer keyword arguments)
+CASES = {
+    "bi100": ("biLSTM H=100 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100)),
+    "h512": ("LSTM H=512 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512)),
+    "h1024": ("LSTM H=1024 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024)),
+    "gru512": ("GRU H=512 B=1", dict(cell="gru", direction="forward", T=100, B=1, I=512, H=512)),
+    "h1024b64": ("LSTM H=1024 B=64 f32", dict(cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024)),
+    "bi100b64": ("biLSTM H=100 B=64", dict(cell="lstm", direction="bidirectional", T=100, B=64, I=100, H=100)),
+    "elmo16": ("ELMo layer f16 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
+                                          wt="f16", cell_clip=3.0, proj_clip=3.0)),
+    "elmo32": ("ELMo layer f32 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
+                                          cell_clip=3.0, proj_clip=3.0)),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib-a", required=True)
+    ap.add_argument("--lib-b", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=60)
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    libs = {"a": Lib(args.lib_a), "b": Lib(args.lib_b)}
+    rows = []
+    for key in args.cases.split(","):
+        label, kw = CASES[key]
+        layers = {k: FusedLayer(lib, seed=3, **kw) for k, lib in libs.items()}
+        for l in layers.values():
+            l.full()
+        torch.cuda.synchronize()
+        out_a, out_b = layers["a"].out.clone(), layers["b"].out.clone()
+        diff = float((out_a - out_b).abs().max())
+        graphs = {k: graph_of(l.f) for k, l in layers.items()}
+        med = {"a": [], "b": []}
+        for _ in range(args.rounds):
+            for k in ("a", "b"):
+                med[k].append(time_ms(graphs[k].replay, args.reps)["median"])
+        a, b = float(np.median(med["a"])), float(np.median(med["b"]))
+        row = {"case": label, "a_ms": a, "b_ms": b, "b_over_a": b / a, "max_abs_diff": diff,
+               "plan_a": layers["a"].f.describe(), "plan_b": layers["b"].f.describe(),
+               "rounds_a": med["a"], "rounds_b": med["b"]}
+        log(f"{label}: A {a:.4f} ms  B {b:.4f} ms  B/A {b / a:.3f}  max|A-B| {diff:.2e}  plan {row['plan_b']}")
+        rows.append(row)
+        del graphs, layers
+        torch.cuda.empty_cache()
+    print("| case | A ms | B ms | B/A | max abs diff |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['case']} | {r['a_ms']:.4f} | {r['b_ms']:.4f} | {r['b_over_a']:.3f} | {r['max_abs_diff']:.1e} |")
+    with open(os.path.join(args.out, "ab_time.json"), "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
