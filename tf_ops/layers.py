@@ -5,6 +5,7 @@
     bi = tf_ops.FusedLSTM(256, bidirectional=True)        # both directions in one op call; weights in the
                                                           # order of keras.layers.Bidirectional(LSTM(256))
     elmo_lstm = tf_ops.FusedLSTM(4096, num_proj=512, cell_clip=3, proj_clip=3, bidirectional=True)
+    fast = tf_ops.quantize_model(model, "bfloat16")        # 16-bit recurrent weights for inference (or "int8")
 
 Masks (right-padded, e.g. from Embedding(mask_zero=True)) become sequence lengths. Outputs at masked steps follow
 Keras: the last valid output is carried forward (zeros with zero_output_for_mask=True, as inside Bidirectional).
@@ -17,6 +18,7 @@ import tensorflow as tf
 from tf_ops import ops
 
 _SUPPORTED_MERGE = ("concat", "sum", "ave", "mul", None)
+_WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _stack(variables):
@@ -50,7 +52,8 @@ class _FusedRNN(keras.layers.Layer):
                  kernel_constraint=None, recurrent_constraint=None, bias_constraint=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, unroll=False, zero_output_for_mask=False,
-                 bidirectional=False, merge_mode="concat", use_cudnn="auto", int8_weights=False, **kwargs):
+                 bidirectional=False, merge_mode="concat", use_cudnn="auto", int8_weights=False,
+                 recurrent_weight_dtype="float32", **kwargs):
         super().__init__(**kwargs)
         name = type(self).__name__
         _check(int(units) > 0, f"{name}: units must be a positive integer, got {units}")
@@ -93,6 +96,13 @@ class _FusedRNN(keras.layers.Layer):
         # INT8 recurrent (and projection) weights with per-row scales (tf_ops.quantize): inference only; they are
         # non-trainable, and tf_ops.quantize_model fills them from a trained float layer.
         self.int8_weights = bool(int8_weights)
+        # float16 / bfloat16 recurrent (and projection) kernels: half the weight bytes per step, float32 math on the
+        # exact 16-bit values; inference only (non-trainable; tf_ops.quantize_model(model, "bfloat16") converts).
+        _check(recurrent_weight_dtype in _WEIGHT_DTYPES,
+               f"{name}: recurrent_weight_dtype must be one of {_WEIGHT_DTYPES}, got {recurrent_weight_dtype!r}")
+        _check(not (self.int8_weights and recurrent_weight_dtype != "float32"),
+               f"{name}: int8_weights and recurrent_weight_dtype={recurrent_weight_dtype!r} exclude each other")
+        self.recurrent_weight_dtype = recurrent_weight_dtype
         self.supports_masking = True
 
     @property
@@ -142,7 +152,17 @@ class _FusedRNN(keras.layers.Layer):
         return name
 
     def _add_recurrent(self, weights, role, prefix, shape, initializer, regularizer, constraint):
-        """A recurrent or projection kernel: float, or (int8_weights) int8 rows plus one scale per row."""
+        """A recurrent or projection kernel: float, 16-bit (non-trainable), or (int8_weights) int8 rows plus one
+        scale per row."""
+        if self.recurrent_weight_dtype != "float32":
+            def init16(shape, dtype=None):  # initializers (orthogonal: a QR) run in float32, then round
+                return tf.cast(initializer(shape, dtype="float32"), dtype)
+
+            variable = self.add_weight(name=prefix + role, shape=shape, initializer=init16,
+                                       dtype=self.recurrent_weight_dtype, trainable=False)
+            setattr(self, prefix + role, variable)
+            weights[role] = prefix + role
+            return
         if not self.int8_weights:
             weights[role] = self._add(prefix + role, shape, initializer, regularizer, constraint)
             return
@@ -195,6 +215,11 @@ class _FusedRNN(keras.layers.Layer):
 
     def _state_widths(self):
         raise NotImplementedError
+
+    def _op_training(self, training):
+        # 16-bit weights are inference-only: no reserve to keep (a frozen 16-bit layer in a model that trains
+        # other layers runs as at inference).
+        return bool(training) and self.recurrent_weight_dtype == "float32"
 
     def call(self, sequences, initial_state=None, mask=None, training=None):
         if isinstance(mask, (list, tuple)):
@@ -273,6 +298,7 @@ class _FusedRNN(keras.layers.Layer):
             "return_state": self.return_state, "go_backwards": self.go_backwards, "unroll": self.unroll,
             "zero_output_for_mask": self.zero_output_for_mask, "bidirectional": self.bidirectional,
             "merge_mode": self.merge_mode, "int8_weights": self.int8_weights,
+            "recurrent_weight_dtype": self.recurrent_weight_dtype,
         })
         return config
 
@@ -345,7 +371,7 @@ class FusedLSTM(_FusedRNN):
         proj = _stack([w["projection_kernel"] for w in self._dir_weights]) if self.num_proj else None
         out, h, c = ops.lstm_sequence(x_proj, rec, lengths, initial_states[0], initial_states[1],
                                       projection_kernel=proj, direction=direction, cell_clip=self.cell_clip or 0.0,
-                                      proj_clip=self.proj_clip or 0.0, training=training)
+                                      proj_clip=self.proj_clip or 0.0, training=self._op_training(training))
         return out, (h, c)
 
     def get_config(self):
@@ -405,7 +431,7 @@ class FusedGRU(_FusedRNN):
             return out, (h,)
         rec = _stack([w["recurrent_kernel"] for w in self._dir_weights])
         out, h = ops.gru_sequence(x_proj, rec, rec_bias, lengths, initial_states[0], direction=direction,
-                                  training=training)
+                                  training=self._op_training(training))
         return out, (h,)
 
     def get_config(self):

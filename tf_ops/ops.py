@@ -41,6 +41,27 @@ def _float32(value, name):
     return t
 
 
+_WEIGHT_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+
+
+def _weights(value, name, dtype=None):
+    """A recurrent or projection kernel: float32, or 16-bit (float16/bfloat16: the 16-bit ops, inference only).
+    With `dtype`, it must be that dtype (the projection kernel follows the recurrent kernel)."""
+    t = _to_tensor(value, tf.float32)
+    if dtype is not None and t.dtype != dtype:
+        raise _invalid(f"{name} must have the recurrent kernel's dtype {dtype.name}, got {t.dtype.name}")
+    if t.dtype not in _WEIGHT_DTYPES:
+        raise _invalid(f"{name} must be float32, float16 or bfloat16, got {t.dtype.name}")
+    return t
+
+
+def _check_16bit_inference(recurrent_kernel, training):
+    if recurrent_kernel.dtype != tf.float32 and training:
+        raise _invalid(f"{recurrent_kernel.dtype.name} recurrent weights are for inference (there is no gradient "
+                       "through them); train with float32 weights and convert (tf_ops.FusedLSTM/FusedGRU "
+                       "recurrent_weight_dtype=...)")
+
+
 def _lengths(value, name="sequence_lengths"):
     t = _to_tensor(value, tf.int32)
     if t.dtype == tf.int64:
@@ -52,7 +73,8 @@ def _lengths(value, name="sequence_lengths"):
 
 # The ops this package's library registers: a graph that holds any of them needs the library loaded.
 OP_NAMES = ("FusedLSTMSequence", "FusedGRUSequence", "FusedLSTMSequenceGrad", "FusedGRUSequenceGrad",
-            "FusedLSTMSequenceInt8", "FusedGRUSequenceInt8", "FusedRnnCpuIsa")
+            "FusedLSTMSequenceInt8", "FusedGRUSequenceInt8", "FusedLSTMSequence16", "FusedGRUSequence16",
+            "FusedRnnCpuIsa")
 _IMPLEMENTATIONS = ("auto", "op", "reference")
 _scope = threading.local()  # per thread: tracing happens in the caller's thread
 
@@ -88,7 +110,7 @@ def _common(x_proj, recurrent_kernel, sequence_lengths, direction, time_major, g
     if direction not in _DIRECTIONS:
         raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
     x_proj = _float32(x_proj, "x_proj")
-    recurrent_kernel = _float32(recurrent_kernel, "recurrent_kernel")
+    recurrent_kernel = _weights(recurrent_kernel, "recurrent_kernel")
     if x_proj.shape.rank is not None and x_proj.shape.rank != 3:
         raise _invalid(f"x_proj must be rank 3, got shape {x_proj.shape}")
     if recurrent_kernel.shape.rank is not None and recurrent_kernel.shape.rank != 3:
@@ -125,26 +147,36 @@ def lstm_sequence(x_proj, recurrent_kernel, sequence_lengths=None, initial_h=Non
     cell_clip / proj_clip of 0 (or None) disable the clips.
     training=True makes the op keep what its fused gradient needs (as cuDNN's reserve space); without it a
     gradient still works, at the cost of one more forward pass.
+    float16 or bfloat16 kernels (both of the same dtype) run the 16-bit weight op: half the weight bytes per step,
+    float32 arithmetic on the exact 16-bit values; inference only.
     """
     with tf.name_scope(name or "lstm_sequence"):
         x_proj, recurrent_kernel, lengths, batch = _common(x_proj, recurrent_kernel, sequence_lengths, direction,
                                                            time_major, 4)
+        _check_16bit_inference(recurrent_kernel, training)
         units = _units(recurrent_kernel, 4)
         dirs = _num_dirs(direction)
         num_proj = 0
         if projection_kernel is not None:
-            projection_kernel = _float32(projection_kernel, "projection_kernel")
+            projection_kernel = _weights(projection_kernel, "projection_kernel", recurrent_kernel.dtype)
             num_proj = projection_kernel.shape[-1]
             if num_proj is None:
                 raise _invalid("projection_kernel's last dimension must be known")
         width = num_proj or units
         if num_proj == 0:
-            projection_kernel = tf.zeros([dirs, units, 0])
+            projection_kernel = tf.zeros([dirs, units, 0], recurrent_kernel.dtype)
         initial_h = tf.zeros([dirs, batch, width]) if initial_h is None else _float32(initial_h, "initial_h")
         initial_c = tf.zeros([dirs, batch, units]) if initial_c is None else _float32(initial_c, "initial_c")
         cell_clip = float(cell_clip or 0.0)
         proj_clip = float(proj_clip or 0.0)
-        if _use_op(implementation):
+        if recurrent_kernel.dtype != tf.float32:
+            if _use_op(implementation):
+                return _loader.load().fused_lstm_sequence16(
+                    x_proj, recurrent_kernel, projection_kernel, lengths, initial_h, initial_c, direction=direction,
+                    time_major=time_major, num_proj=num_proj, cell_clip=cell_clip, proj_clip=proj_clip)
+            recurrent_kernel = tf.cast(recurrent_kernel, tf.float32)  # exact: float32 holds every 16-bit value
+            projection_kernel = tf.cast(projection_kernel, tf.float32)
+        elif _use_op(implementation):
             out, h, c, _ = _loader.load().fused_lstm_sequence(
                 x_proj, recurrent_kernel, projection_kernel, lengths, initial_h, initial_c, direction=direction,
                 time_major=time_major, num_proj=num_proj, cell_clip=cell_clip, proj_clip=proj_clip,
@@ -159,17 +191,23 @@ def gru_sequence(x_proj, recurrent_kernel, recurrent_bias=None, sequence_lengths
                  direction="forward", time_major=False, implementation="auto", training=False, name=None):
     """Runs a GRU (Keras reset_after=True, gate order z, r, n) over whole sequences. Returns (output, final_h).
 
-    training: as for lstm_sequence.
+    training, float16/bfloat16 recurrent_kernel: as for lstm_sequence (recurrent_bias stays float32).
     """
     with tf.name_scope(name or "gru_sequence"):
         x_proj, recurrent_kernel, lengths, batch = _common(x_proj, recurrent_kernel, sequence_lengths, direction,
                                                            time_major, 3)
+        _check_16bit_inference(recurrent_kernel, training)
         units = _units(recurrent_kernel, 3)
         dirs = _num_dirs(direction)
         recurrent_bias = (tf.zeros([dirs, 3 * units]) if recurrent_bias is None
                           else _float32(recurrent_bias, "recurrent_bias"))
         initial_h = tf.zeros([dirs, batch, units]) if initial_h is None else _float32(initial_h, "initial_h")
-        if _use_op(implementation):
+        if recurrent_kernel.dtype != tf.float32:
+            if _use_op(implementation):
+                return _loader.load().fused_gru_sequence16(x_proj, recurrent_kernel, recurrent_bias, lengths,
+                                                           initial_h, direction=direction, time_major=time_major)
+            recurrent_kernel = tf.cast(recurrent_kernel, tf.float32)
+        elif _use_op(implementation):
             out, h, _ = _loader.load().fused_gru_sequence(
                 x_proj, recurrent_kernel, recurrent_bias, lengths, initial_h, direction=direction,
                 time_major=time_major, is_training=bool(training))
@@ -293,3 +331,11 @@ def _gru_grad(op, *grads):
         output, _, reserve = lib.fused_gru_sequence(*op.inputs, is_training=True, **attrs)
     d_x, d_rk, d_rb, d_h0 = lib.fused_gru_sequence_grad(*op.inputs, output, reserve, d_output, d_final_h, **attrs)
     return [d_x, d_rk, d_rb, None, d_h0]
+
+
+@tf.RegisterGradient("FusedLSTMSequence16")
+@tf.RegisterGradient("FusedGRUSequence16")
+def _no_16bit_grad(op, *grads):
+    # A clear error instead of TF's "no gradient defined": the 16-bit ops are inference only.
+    raise _invalid(f"{op.type} has no gradient: 16-bit recurrent weights are for inference; train "
+                   "with float32 weights")

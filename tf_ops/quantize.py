@@ -1,7 +1,9 @@
-"""INT8 recurrent weights: the per-row scheme, and conversion of trained float layers and models.
+"""Narrow recurrent weights (INT8 per-row, float16, bfloat16): the INT8 scheme, and conversion of trained float
+layers and models.
 
     q, scale = tf_ops.quantize_rows(w)           # w [..., rows, cols] float -> int8 q, float32 scale [..., rows]
     int8_model = tf_ops.quantize_model(model)    # every FusedLSTM/FusedGRU holds int8 recurrent weights
+    bf16_model = tf_ops.quantize_model(model, "bfloat16")   # or "float16": the kernels rounded to nearest even
 
 Scheme: scale = 127 / max|row|, q = round(row * scale) (ties to even, as numpy and TF round), so the largest
 |value| of every row maps to +-127; a zero row gets scale 0 and q = 0. Dequantized: row = q / scale. Only the
@@ -32,34 +34,53 @@ def dequantize_rows(q, scale):
     return q * inv[..., None]
 
 
-def quantized_weights(layer):
-    """The weights of `layer` (a built float FusedLSTM/FusedGRU) in the order of its int8_weights=True twin."""
+_NARROW = ("int8", "float16", "bfloat16")
+
+
+def _check_narrow(weights):
+    if weights not in _NARROW:
+        raise ValueError(f"weights must be one of {_NARROW}, got {weights!r}")
+
+
+def quantized_weights(layer, weights="int8"):
+    """The weights of `layer` (a built float FusedLSTM/FusedGRU) in the order of its twin with narrow recurrent
+    weights (int8_weights=True, or recurrent_weight_dtype=weights for "float16"/"bfloat16")."""
     from tf_ops import layers  # noqa: avoid an import cycle at module load
 
+    _check_narrow(weights)
     if not isinstance(layer, layers._FusedRNN):
         raise ValueError(f"quantized_weights takes a FusedLSTM or FusedGRU, got {type(layer).__name__}")
-    if layer.int8_weights:
+    if (weights == "int8" and layer.int8_weights) or layer.recurrent_weight_dtype == weights:
         return layer.get_weights()
+    if layer.int8_weights or layer.recurrent_weight_dtype != "float32":
+        raise ValueError(f"quantized_weights: {layer.name} already holds narrow recurrent weights")
     # Keras orders a layer's weights trainable first, then non-trainable (the int8 kernels and their scales).
     trainable, frozen = [], []
     for names in layer._weight_names:
         for role, name in names.items():
             value = keras.ops.convert_to_numpy(getattr(layer, name))
             if role in ("recurrent_kernel", "projection_kernel"):
-                frozen.extend(quantize_rows(value))
+                # 16-bit: the float32 values; assigning them to the 16-bit variable rounds to nearest even.
+                frozen.extend(quantize_rows(value) if weights == "int8" else [value])
             else:
                 trainable.append(value)
     return trainable + frozen
 
 
-def quantize_model(model):
-    """A copy of `model` whose FusedLSTM/FusedGRU layers hold int8 recurrent (and projection) weights."""
+def quantize_model(model, weights="int8"):
+    """A copy of `model` whose FusedLSTM/FusedGRU layers hold narrow recurrent (and projection) weights: "int8"
+    (per-row scales), "float16" or "bfloat16". Inference only; the input kernels and biases stay float32."""
     from tf_ops import layers
+
+    _check_narrow(weights)
 
     def clone(layer):
         if isinstance(layer, layers._FusedRNN):
             config = layer.get_config()
-            config["int8_weights"] = True
+            if weights == "int8":
+                config["int8_weights"] = True
+            else:
+                config["recurrent_weight_dtype"] = weights
             return type(layer).from_config(config)
         if isinstance(layer, keras.layers.Bidirectional) and isinstance(layer.forward_layer, layers._FusedRNN):
             raise ValueError("quantize_model: use FusedLSTM/FusedGRU(bidirectional=True) instead of wrapping them "
@@ -69,7 +90,7 @@ def quantize_model(model):
     copy = keras.models.clone_model(model, clone_function=clone)
     for src, dst in zip(model.layers, copy.layers):
         if isinstance(src, layers._FusedRNN):
-            dst.set_weights(quantized_weights(src))
+            dst.set_weights(quantized_weights(src, weights))
         else:
             dst.set_weights(src.get_weights())
     return copy

@@ -25,7 +25,7 @@ objs=()
 for src in cc/core/fused_rnn.cc cc/core/fused_rnn_cpu.cc cc/core/fused_rnn_cpu_backward.cc cc/core/cpu_kernels_portable.cc; do
   "$CXX" "${flags[@]/-fsanitize=fuzzer,/-fsanitize=fuzzer-no-link,}" -c "$src" -o "$OUT/$(basename "$src").o" & objs+=("$OUT/$(basename "$src").o")
 done
-"$CXX" "${flags[@]/-fsanitize=fuzzer,/-fsanitize=fuzzer-no-link,}" -mavx2 -mfma -c cc/core/cpu_kernels_avx2.cc -o "$OUT/avx2.o" & objs+=("$OUT/avx2.o")
+"$CXX" "${flags[@]/-fsanitize=fuzzer,/-fsanitize=fuzzer-no-link,}" -mavx2 -mfma -mf16c -c cc/core/cpu_kernels_avx2.cc -o "$OUT/avx2.o" & objs+=("$OUT/avx2.o")
 "$CXX" "${flags[@]/-fsanitize=fuzzer,/-fsanitize=fuzzer-no-link,}" -mavx512f -mavx512dq -mavx512vl -mavx2 -mfma -c cc/core/cpu_kernels_avx512.cc -o "$OUT/avx512.o" & objs+=("$OUT/avx512.o")
 wait
 "$CXX" "${flags[@]}" cc/core/fuzz_core.cc "${objs[@]}" -o "$OUT/fuzz_core"

@@ -45,6 +45,10 @@ struct ChainCtx {
   const int8_t* pq_packed = nullptr;
   const float* w_inv_scale = nullptr;
   const float* p_inv_scale = nullptr;
+  // 16-bit weights instead (same panel layout, float16 or bfloat16 bits).
+  const uint16_t* w16_packed = nullptr;
+  const uint16_t* p16_packed = nullptr;
+  bool w16_bf16 = false;
   float* h_buf[2] = {nullptr, nullptr};  // [B][R] each; step s reads h_buf[s % 2], writes h_buf[(s + 1) % 2]
   float* c_state = nullptr;              // [B][H], LSTM
   float* m_buf = nullptr;                // [B][H], projection LSTM: o * tanh(c) before the projection

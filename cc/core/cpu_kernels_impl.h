@@ -166,6 +166,70 @@ inline void PanelProductQ8(const int8_t* __restrict panel, const float* __restri
   }
 }
 
+// The same product over a 16-bit panel (float16 or bfloat16 bits, converted exactly on load): half the bytes of
+// the float panel, the same float32 arithmetic.
+template <bool kBF16>
+inline V Load16(const uint16_t* p) {
+  if constexpr (kBF16) return Isa::LoadBF16(p);
+  else return Isa::LoadF16(p);
+}
+
+template <int NJ, int MR, bool kBF16>
+inline void PanelProduct16(const uint16_t* __restrict panel, int64_t K, const float* const* h_rows,
+                           V (&acc)[MR][NJ]) {
+  constexpr int kRowElems = NJ * kW;
+  if (MR == 1) {
+    V acc_odd[NJ];
+    for (int j = 0; j < NJ; ++j) acc_odd[j] = Isa::Zero();
+    const float* __restrict h0 = h_rows[0];
+    int64_t k = 0;
+    for (; k + 1 < K; k += 2) {
+      const V he = Isa::Set1(h0[k]);
+      const V ho = Isa::Set1(h0[k + 1]);
+      const uint16_t* pe = panel + k * kRowElems;
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) {
+        acc[0][j] = Isa::Fma(he, Load16<kBF16>(pe + j * kW), acc[0][j]);
+        acc_odd[j] = Isa::Fma(ho, Load16<kBF16>(pe + kRowElems + j * kW), acc_odd[j]);
+      }
+    }
+    if (k < K) {
+      const V he = Isa::Set1(h0[k]);
+      const uint16_t* pe = panel + k * kRowElems;
+      for (int j = 0; j < NJ; ++j) acc[0][j] = Isa::Fma(he, Load16<kBF16>(pe + j * kW), acc[0][j]);
+    }
+    for (int j = 0; j < NJ; ++j) acc[0][j] = Isa::Add(acc[0][j], acc_odd[j]);
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      const uint16_t* pk = panel + k * kRowElems;
+      V w[NJ];
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) w[j] = Load16<kBF16>(pk + j * kW);
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) {
+        const V hm = Isa::Set1(h_rows[m][k]);
+#pragma GCC unroll 16
+        for (int j = 0; j < NJ; ++j) acc[m][j] = Isa::Fma(hm, w[j], acc[m][j]);
+      }
+    }
+  }
+}
+
+// acc += h_rows @ (panel u of U, or of P), whichever weight format the chain holds.
+template <int NJ, int MR>
+inline void PanelProductAny(const ChainCtx& c, bool projection, int64_t panel, int64_t K, const float* const* rows,
+                            V (&acc)[MR][NJ]) {
+  const int64_t elems = panel * K * NJ * kW;
+  if (const int8_t* q = projection ? c.pq_packed : c.wq_packed) {
+    PanelProductQ8<NJ, MR>(q + elems, projection ? c.p_inv_scale : c.w_inv_scale, K, rows, acc);
+  } else if (const uint16_t* w16 = projection ? c.p16_packed : c.w16_packed) {
+    if (c.w16_bf16) PanelProduct16<NJ, MR, true>(w16 + elems, K, rows, acc);
+    else PanelProduct16<NJ, MR, false>(w16 + elems, K, rows, acc);
+  } else {
+    PanelProduct<NJ, MR>((projection ? c.p_packed : c.w_packed) + elems, K, rows, acc);
+  }
+}
+
 // Row bookkeeping for one step: the time position a row reads and writes, and whether it is still running.
 struct RowStep {
   bool active;
@@ -206,8 +270,7 @@ inline void LstmBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
       }
     }
   }
-  if (c.wq_packed) PanelProductQ8<NJ, MR>(c.wq_packed + u * R * 4 * kBlock, c.w_inv_scale, R, h_rows, acc);
-  else PanelProduct<NJ, MR>(c.w_packed + u * R * 4 * kBlock, R, h_rows, acc);
+  PanelProductAny<NJ, MR>(c, /*projection=*/false, u, R, h_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;
@@ -257,8 +320,7 @@ inline void ProjectionBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t
     m_rows[m] = c.m_buf + (b0 + m) * H;
     for (int v = 0; v < kNV; ++v) acc[m][v] = Isa::Zero();
   }
-  if (c.pq_packed) PanelProductQ8<kNV, MR>(c.pq_packed + q * H * kBlock, c.p_inv_scale, H, m_rows, acc);
-  else PanelProduct<kNV, MR>(c.p_packed + q * H * kBlock, H, m_rows, acc);
+  PanelProductAny<kNV, MR>(c, /*projection=*/true, q, H, m_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;
@@ -301,8 +363,7 @@ inline void GruBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
       }
     }
   }
-  if (c.wq_packed) PanelProductQ8<NJ, MR>(c.wq_packed + u * H * 3 * kBlock, c.w_inv_scale, H, h_rows, acc);
-  else PanelProduct<NJ, MR>(c.w_packed + u * H * 3 * kBlock, H, h_rows, acc);
+  PanelProductAny<NJ, MR>(c, /*projection=*/false, u, H, h_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;

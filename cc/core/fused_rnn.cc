@@ -11,6 +11,7 @@ const char* CheckShape(const RnnShape& s) {
   if (s.cell == CellType::kGru && s.num_proj != 0) return "a GRU has no projection";
   if (s.cell == CellType::kGru && (s.cell_clip > 0.f || s.proj_clip > 0.f)) return "a GRU has no clips";
   if (s.num_proj == 0 && s.proj_clip > 0.f) return "proj_clip needs a projection";
+  if (s.int8_weights && s.weight16 != Weight16::kNone) return "int8_weights and weight16 exclude each other";
   if (!(s.cell_clip >= 0.f) || !(s.proj_clip >= 0.f)) return "clips must be >= 0 (0: no clip)";
   return nullptr;
 }

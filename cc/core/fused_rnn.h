@@ -35,6 +35,8 @@ namespace fused_rnn {
 
 enum class CellType : int { kLstm = 0, kGru = 1 };
 enum class Direction : int { kForward = 0, kReverse = 1, kBidirectional = 2 };
+// 16-bit recurrent (and projection) weights, as raw bit patterns: IEEE binary16 or bfloat16.
+enum class Weight16 : int { kNone = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 struct RnnShape {
   CellType cell = CellType::kLstm;
@@ -49,6 +51,10 @@ struct RnnShape {
   // INT8 recurrent (and projection) weights with one float scale per row: W[k][j] = q[k][j] / scale[k]. The
   // arithmetic stays float32 (weights are converted on the fly); forward only.
   bool int8_weights = false;
+  // 16-bit recurrent (and projection) weights (float16 or bfloat16 bits, same layouts): half the bytes a step
+  // streams. The arithmetic stays float32 (each weight converted exactly on load); forward only. Not together with
+  // int8_weights.
+  Weight16 weight16 = Weight16::kNone;
 
   int num_dirs() const { return direction == Direction::kBidirectional ? 2 : 1; }
   int num_gates() const { return cell == CellType::kLstm ? 4 : 3; }
@@ -73,6 +79,9 @@ struct RnnForwardArgs {
   const float* recurrent_scale = nullptr;
   const int8_t* projection_kernel_q8 = nullptr;
   const float* projection_scale = nullptr;
+  // With shape.weight16, these replace recurrent_kernel / projection_kernel (same layouts, 16-bit patterns).
+  const uint16_t* recurrent_kernel_16 = nullptr;
+  const uint16_t* projection_kernel_16 = nullptr;
 };
 
 // Returns nullptr when the shape is one the core runs, else a message naming what is wrong.

@@ -46,7 +46,9 @@ const StepKernels& cpu::PickKernels() {
 #if defined(FUSED_RNN_HAVE_X86_KERNELS)
     __builtin_cpu_init();
     const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-    const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    // F16C (the float16 weight loads) came with every AVX2 CPU, but is a separate flag: check it too.
+    const bool has2 =
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (want == "portable") return &cpu::kPortableKernels;
     if (has512 && want != "avx2") return &cpu::kAvx512Kernels;
     if (has2) return &cpu::kAvx2Kernels;
@@ -76,8 +78,8 @@ ScratchLayout Layout(const RnnShape& s) {
   const int64_t H = s.num_units, P = s.num_proj, R = s.recurrent_width(), B = s.batch, G = s.num_gates();
   ScratchLayout l;
   int64_t off = 0;
-  // Packed weights: floats, or int8 (a quarter of the floats) plus one inverse scale per row.
-  const int64_t per_weight = s.int8_weights ? 4 : 1;
+  // Packed weights: floats, 16-bit (half the floats), or int8 (a quarter) plus one inverse scale per row.
+  const int64_t per_weight = s.int8_weights ? 4 : (s.weight16 != Weight16::kNone ? 2 : 1);
   l.w_packed = off; off += Align16(CeilDiv(CeilDiv(H, kBlock) * R * G * kBlock, per_weight));
   l.p_packed = off; off += Align16(P > 0 ? CeilDiv(CeilDiv(P, kBlock) * H * kBlock, per_weight) : 0);
   l.w_inv_scale = off; off += Align16(s.int8_weights ? R : 0);
@@ -124,6 +126,8 @@ struct Job {
   const int8_t* proj_kernel_q8[2] = {nullptr, nullptr};
   const float* rec_scale[2] = {nullptr, nullptr};   // [R]
   const float* proj_scale[2] = {nullptr, nullptr};  // [H]
+  const uint16_t* rec_kernel_16[2] = {nullptr, nullptr};   // the same, 16-bit (with weight16)
+  const uint16_t* proj_kernel_16[2] = {nullptr, nullptr};
   const StepKernels* kernels = nullptr;
   // Set by RunStaged (the backward): runs every stage instead of the forward's packing and step kernels.
   std::function<void(int, int64_t, int64_t)> custom;
@@ -144,41 +148,49 @@ inline void CopyBlockT(W* __restrict dst, const W* __restrict src, int64_t n) {
   for (int l = 0; l < kBlock; ++l) dst[l] = l < n ? src[l] : W(0);
 }
 
-// INT8 weights: the same panels, int8, and 1/scale per row (0 for a zero row, whose scale is 0).
-void PackSliceQ8(const Job& job, int chain, int64_t slice) {
-  const ChainCtx& c = job.ctx[chain];
-  const Chain& ch = job.chains[chain];
+// The same panels in a narrow weight type W (int8 or 16-bit patterns), zero-padded past H / P.
+template <typename W>
+void PackNarrowPanels(const ChainCtx& c, const Chain& ch, int64_t slice, const W* rec, const W* proj, W* wp, W* pp) {
   const int64_t H = c.H, R = c.R, G = c.G, S = ch.num_slices;
-  if (slice == 0) {
-    float* inv = const_cast<float*>(c.w_inv_scale);
-    for (int64_t k = 0; k < R; ++k) inv[k] = job.rec_scale[chain][k] != 0.f ? 1.f / job.rec_scale[chain][k] : 0.f;
-    if (c.P > 0) {
-      float* pinv = const_cast<float*>(c.p_inv_scale);
-      for (int64_t k = 0; k < H; ++k) pinv[k] = job.proj_scale[chain][k] != 0.f ? 1.f / job.proj_scale[chain][k] : 0.f;
-    }
-  }
-  int8_t* wp = const_cast<int8_t*>(c.wq_packed);
   for (int64_t u = slice * c.num_unit_blocks / S; u < (slice + 1) * c.num_unit_blocks / S; ++u) {
-    int8_t* panel = wp + u * R * G * kBlock;
+    W* panel = wp + u * R * G * kBlock;
     const int64_t j0 = u * kBlock, n = std::min<int64_t>(kBlock, H - j0);
     for (int64_t k = 0; k < R; ++k) {
-      for (int64_t g = 0; g < G; ++g) {
-        CopyBlockT(panel + (k * G + g) * kBlock, job.rec_kernel_q8[chain] + k * G * H + g * H + j0, n);
-      }
+      for (int64_t g = 0; g < G; ++g) CopyBlockT(panel + (k * G + g) * kBlock, rec + k * G * H + g * H + j0, n);
     }
   }
   if (c.P > 0) {
-    int8_t* pp = const_cast<int8_t*>(c.pq_packed);
     for (int64_t q = slice * c.num_proj_blocks / S; q < (slice + 1) * c.num_proj_blocks / S; ++q) {
       const int64_t p0 = q * kBlock, n = std::min<int64_t>(kBlock, c.P - p0);
-      for (int64_t k = 0; k < H; ++k) CopyBlockT(pp + (q * H + k) * kBlock, job.proj_kernel_q8[chain] + k * c.P + p0, n);
+      for (int64_t k = 0; k < H; ++k) CopyBlockT(pp + (q * H + k) * kBlock, proj + k * c.P + p0, n);
     }
   }
+}
+
+// INT8 weights: the same panels, int8, and 1/scale per row (0 for a zero row, whose scale is 0).
+void PackSliceQ8(const Job& job, int chain, int64_t slice) {
+  const ChainCtx& c = job.ctx[chain];
+  if (slice == 0) {
+    float* inv = const_cast<float*>(c.w_inv_scale);
+    for (int64_t k = 0; k < c.R; ++k) inv[k] = job.rec_scale[chain][k] != 0.f ? 1.f / job.rec_scale[chain][k] : 0.f;
+    if (c.P > 0) {
+      float* pinv = const_cast<float*>(c.p_inv_scale);
+      for (int64_t k = 0; k < c.H; ++k) pinv[k] = job.proj_scale[chain][k] != 0.f ? 1.f / job.proj_scale[chain][k] : 0.f;
+    }
+  }
+  PackNarrowPanels<int8_t>(c, job.chains[chain], slice, job.rec_kernel_q8[chain], job.proj_kernel_q8[chain],
+                           const_cast<int8_t*>(c.wq_packed), const_cast<int8_t*>(c.pq_packed));
 }
 
 void PackSlice(const Job& job, int chain, int64_t slice) {
   if (job.shape->int8_weights) {
     PackSliceQ8(job, chain, slice);
+    return;
+  }
+  if (job.shape->weight16 != Weight16::kNone) {
+    const ChainCtx& c = job.ctx[chain];
+    PackNarrowPanels<uint16_t>(c, job.chains[chain], slice, job.rec_kernel_16[chain], job.proj_kernel_16[chain],
+                               const_cast<uint16_t*>(c.w16_packed), const_cast<uint16_t*>(c.p16_packed));
     return;
   }
   const ChainCtx& c = job.ctx[chain];
@@ -406,6 +418,10 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
       c.pq_packed = P > 0 ? reinterpret_cast<const int8_t*>(base + l.p_packed) : nullptr;
       c.w_inv_scale = base + l.w_inv_scale;
       c.p_inv_scale = P > 0 ? base + l.p_inv_scale : nullptr;
+    } else if (s.weight16 != Weight16::kNone) {
+      c.w16_packed = reinterpret_cast<const uint16_t*>(base + l.w_packed);
+      c.p16_packed = P > 0 ? reinterpret_cast<const uint16_t*>(base + l.p_packed) : nullptr;
+      c.w16_bf16 = s.weight16 == Weight16::kBFloat16;
     } else {
       c.w_packed = base + l.w_packed;
       c.p_packed = P > 0 ? base + l.p_packed : nullptr;
@@ -425,6 +441,9 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
       job->rec_scale[d] = a.recurrent_scale + d * R;
       job->proj_kernel_q8[d] = P > 0 ? a.projection_kernel_q8 + d * H * P : nullptr;
       job->proj_scale[d] = P > 0 ? a.projection_scale + d * H : nullptr;
+    } else if (s.weight16 != Weight16::kNone) {
+      job->rec_kernel_16[d] = a.recurrent_kernel_16 + d * R * G * H;
+      job->proj_kernel_16[d] = P > 0 ? a.projection_kernel_16 + d * H * P : nullptr;
     } else {
       job->rec_kernel[d] = a.recurrent_kernel + d * R * G * H;
       job->proj_kernel[d] = P > 0 ? a.projection_kernel + d * H * P : nullptr;

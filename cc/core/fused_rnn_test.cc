@@ -33,9 +33,17 @@ TEST_P(CoreTest, MatchesFloat64ReferenceOnEveryIsaAndThreadCount) {
   const Case c = GetParam();
   static uint32_t seed = 1;
   Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
-  // Every other case runs INT8 weights, against the reference with the same dequantized weights.
-  if (seed % 2 == 0) MakeInt8(&p);
-  SCOPED_TRACE(p.s.int8_weights ? "int8 weights" : "float weights");
+  // Cases cycle through float32, INT8, float16 and bfloat16 weights; the narrow ones run against the reference
+  // with the same (dequantized / exactly converted) weights.
+  switch (seed % 4) {
+    case 1: MakeInt8(&p); break;
+    case 2: Make16(&p, Weight16::kFloat16); break;
+    case 3: Make16(&p, Weight16::kBFloat16); break;
+    default: break;
+  }
+  SCOPED_TRACE(p.s.int8_weights ? "int8 weights"
+               : p.s.weight16 == Weight16::kFloat16 ? "float16 weights"
+               : p.s.weight16 == Weight16::kBFloat16 ? "bfloat16 weights" : "float weights");
   std::vector<double> out, fh, fc;
   Reference(p, &out, &fh, &fc);
   for (const cpu::StepKernels* k : AvailableKernels()) {
@@ -93,6 +101,34 @@ TEST(CoreTest, Int8ZeroRowsAndEveryCellAgainstDequantizedReference) {
   }
 }
 
+TEST(CoreTest, SixteenBitWeightsEveryCellAndSpecialValues) {
+  const Case cases[] = {{CellType::kLstm, Direction::kBidirectional, 6, 5, 40, 24, false, 0.5f, 0.3f},
+                        {CellType::kLstm, Direction::kForward, 5, 3, 33, 0, true, 0, 0},
+                        {CellType::kGru, Direction::kReverse, 5, 4, 20, 0, false, 0, 0}};
+  uint32_t seed = 70;
+  for (Weight16 kind : {Weight16::kFloat16, Weight16::kBFloat16}) {
+    for (const Case& c : cases) {
+      Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
+      // Tiny weights (float16 subnormals: 2^-24 .. 2^-14), exact zeros and negative zeros convert exactly too.
+      for (size_t i = 0; i < p.rk.size(); i += 7) p.rk[i] = (i % 3 == 0 ? 3e-7f : -2e-6f) * static_cast<float>(i % 5);
+      for (size_t i = 3; i < p.rk.size(); i += 11) p.rk[i] = -0.f;
+      Make16(&p, kind);
+      SCOPED_TRACE(kind == Weight16::kFloat16 ? "float16" : "bfloat16");
+      std::vector<double> out, fh, fc;
+      Reference(p, &out, &fh, &fc);
+      for (const cpu::StepKernels* k : AvailableKernels()) {
+        SCOPED_TRACE(k->name);
+        const Result r = RunCore(p, *k, nullptr);
+        EXPECT_LT(RelErr(r.out, out, out.size()), 1e-5);
+        EXPECT_LT(RelErr(r.fh, fh, fh.size()), 1e-5);
+        if (c.cell == CellType::kLstm) {
+          EXPECT_LT(RelErr(r.fc, fc, fc.size()), 1e-5);
+        }
+      }
+    }
+  }
+}
+
 TEST(CoreTest, ZeroLengthsReturnInitialStateAndZeroOutput) {
   Problem p = MakeProblem(CellType::kLstm, Direction::kBidirectional, 4, 3, 8, 0, false, 0, 0, 7);
   for (auto& l : p.lengths) l = 0;
@@ -129,6 +165,15 @@ TEST(CoreTest, NaNPropagatesThroughGatesAndClips) {
     for (int j = 0; j < 8; ++j) EXPECT_TRUE(std::isnan(r.fh[j])) << j;
     for (size_t j = 8; j < r.fh.size(); ++j) EXPECT_FALSE(std::isnan(r.fh[j])) << j;
   }
+}
+
+TEST(CoreTest, CheckShapeRejectsInt8AndSixteenBitTogether) {
+  RnnShape s;
+  s.num_units = 4;
+  s.int8_weights = true;
+  EXPECT_EQ(CheckShape(s), nullptr);
+  s.weight16 = Weight16::kBFloat16;
+  EXPECT_NE(CheckShape(s), nullptr);
 }
 
 TEST(CoreTest, CheckShapeRejectsBadShapes) {

@@ -26,6 +26,13 @@ struct Isa {
   static inline V LoadI8(const int8_t* p) {  // 8 int8 -> 8 floats (exact)
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
+  static inline V LoadBF16(const uint16_t* p) {  // 8 bfloat16 -> 8 floats (exact)
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  }
+  static inline V LoadF16(const uint16_t* p) {  // 8 IEEE halves -> 8 floats (exact; F16C, checked at dispatch)
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   static inline void StoreN(float* p, V v, int n) {
     if (n >= 8) _mm256_storeu_ps(p, v);
     else _mm256_maskstore_ps(p, TailMask(n), v);

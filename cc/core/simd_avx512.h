@@ -23,6 +23,13 @@ struct Isa {
   static inline V LoadI8(const int8_t* p) {  // 16 int8 -> 16 floats (exact)
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
+  static inline V LoadBF16(const uint16_t* p) {  // 16 bfloat16 -> 16 floats (exact: the high half of a float)
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  }
+  static inline V LoadF16(const uint16_t* p) {  // 16 IEEE halves -> 16 floats (exact, vcvtph2ps)
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static inline void StoreN(float* p, V v, int n) {
     if (n >= 16) _mm512_storeu_ps(p, v);
     else _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);

@@ -26,6 +26,17 @@ struct Isa {
   }
   static inline void Store(float* p, const V& v) { std::memcpy(p, v.f, sizeof(v.f)); }
   static inline V LoadI8(const int8_t* p) { FRNN_PORTABLE_MAP(static_cast<float>(p[l])); }
+  static inline float Bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+  static inline float HalfToFloat(uint16_t h) {  // exact, subnormals, infinities and NaN included
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0x1f) return Bits(sign | 0x7f800000u | (man << 13));
+    if (exp != 0) return Bits(sign | ((exp + 112u) << 23) | (man << 13));
+    const float mag = static_cast<float>(man) * 5.9604644775390625e-8f;  // man * 2^-24
+    return sign ? -mag : mag;
+  }
+  static inline V LoadBF16(const uint16_t* p) { FRNN_PORTABLE_MAP(Bits(static_cast<uint32_t>(p[l]) << 16)); }
+  static inline V LoadF16(const uint16_t* p) { FRNN_PORTABLE_MAP(HalfToFloat(p[l])); }
   static inline void StoreN(float* p, const V& v, int n) { std::memcpy(p, v.f, sizeof(float) * (n < 16 ? n : 16)); }
   static inline V Add(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] + b.f[l]); }
   static inline V Sub(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] - b.f[l]); }

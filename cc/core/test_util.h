@@ -27,6 +27,8 @@ struct Problem {
   // INT8 weights (s.int8_weights): rk / pk then hold the dequantized weights the reference uses.
   std::vector<int8_t> rk_q8, pk_q8;
   std::vector<float> rk_scale, pk_scale;
+  // 16-bit weights (s.weight16): the bit patterns; rk / pk then hold their exact float values.
+  std::vector<uint16_t> rk16, pk16;
 };
 
 // scale = 127 / max|row|, q = round-half-even(w * scale); w is replaced by q / scale.
@@ -52,6 +54,33 @@ void MakeInt8(Problem* p) {
   p->s.int8_weights = true;
   QuantizeRows(&p->rk, D * R, G * H, &p->rk_q8, &p->rk_scale);
   if (s.num_proj > 0) QuantizeRows(&p->pk, D * H, s.num_proj, &p->pk_q8, &p->pk_scale);
+}
+
+// Round-to-nearest-even float -> 16-bit bits, by the compiler's _Float16 and by bit arithmetic for bfloat16
+// (finite inputs), and the exact value back: the reference's own conversion, apart from the kernels' loaders.
+inline uint16_t ToBits16(float v, Weight16 kind, float* exact) {
+  uint16_t bits;
+  if (kind == Weight16::kFloat16) {
+    const _Float16 h = static_cast<_Float16>(v);
+    std::memcpy(&bits, &h, 2);
+    *exact = static_cast<float>(h);
+  } else {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    bits = static_cast<uint16_t>(u >> 16);
+    const uint32_t back = static_cast<uint32_t>(bits) << 16;
+    std::memcpy(exact, &back, 4);
+  }
+  return bits;
+}
+
+void Make16(Problem* p, Weight16 kind) {
+  p->s.weight16 = kind;
+  p->rk16.resize(p->rk.size());
+  for (size_t i = 0; i < p->rk.size(); ++i) p->rk16[i] = ToBits16(p->rk[i], kind, &p->rk[i]);
+  p->pk16.resize(p->pk.size());
+  for (size_t i = 0; i < p->pk.size(); ++i) p->pk16[i] = ToBits16(p->pk[i], kind, &p->pk[i]);
 }
 
 inline Problem MakeProblem(CellType cell, Direction dir, int64_t T, int64_t B, int64_t H, int64_t P, bool time_major,
@@ -185,9 +214,14 @@ inline Result RunCore(const Problem& p, const cpu::StepKernels& kernels, Paralle
     a.projection_kernel_q8 = p.pk_q8.empty() ? nullptr : p.pk_q8.data();
     a.projection_scale = p.pk_scale.empty() ? nullptr : p.pk_scale.data();
   }
-  a.recurrent_kernel = s.int8_weights ? nullptr : p.rk.data();
+  const bool narrow = s.int8_weights || s.weight16 != Weight16::kNone;
+  if (s.weight16 != Weight16::kNone) {
+    a.recurrent_kernel_16 = p.rk16.data();
+    a.projection_kernel_16 = p.pk16.empty() ? nullptr : p.pk16.data();
+  }
+  a.recurrent_kernel = narrow ? nullptr : p.rk.data();
   a.recurrent_bias = p.rb.empty() ? nullptr : p.rb.data();
-  a.projection_kernel = p.pk.empty() || s.int8_weights ? nullptr : p.pk.data();
+  a.projection_kernel = p.pk.empty() || narrow ? nullptr : p.pk.data();
   a.sequence_lengths = p.lengths.data();
   a.initial_h = p.h0.data();
   a.initial_c = p.c0.empty() ? nullptr : p.c0.data();

@@ -70,9 +70,14 @@ class FusedGruCpuOp : public FusedRnnCpuOp {
   explicit FusedGruCpuOp(OpKernelConstruction* ctx) : FusedRnnCpuOp(ctx, CellType::kGru) {}
 };
 
-class FusedRnnInt8CpuOp : public OpKernel {
+// Narrow recurrent weights, inference only: INT8 with per-row scales, or float16/bfloat16. The same validation as
+// the float op, then the weights' own check, then the core's narrow panels.
+enum class Narrow { kInt8, k16Bit };
+
+template <Narrow kNarrow>
+class FusedRnnNarrowCpuOp : public OpKernel {
  public:
-  FusedRnnInt8CpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
+  FusedRnnNarrowCpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
     attrs_.Read(ctx, cell, /*has_is_training=*/false);
   }
 
@@ -80,7 +85,11 @@ class FusedRnnInt8CpuOp : public OpKernel {
     RnnInputs in;
     RnnShape s;
     OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
-    OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s));
+    if (kNarrow == Narrow::kInt8) {
+      OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s));
+    } else {
+      OP_REQUIRES_OK(ctx, Validate16BitWeights(in, &s));
+    }
     const int32_t* lengths = in.sequence_lengths->flat<int32_t>().data();
     OP_REQUIRES_OK(ctx, CheckLengths(lengths, s.batch, s.max_time));
     RnnOutputs out;
@@ -97,14 +106,15 @@ class FusedRnnInt8CpuOp : public OpKernel {
   RnnAttrs attrs_;
 };
 
-class FusedLstmInt8CpuOp : public FusedRnnInt8CpuOp {
+template <Narrow kNarrow, CellType kCell>
+class FusedNarrowCpuOp : public FusedRnnNarrowCpuOp<kNarrow> {
  public:
-  explicit FusedLstmInt8CpuOp(OpKernelConstruction* ctx) : FusedRnnInt8CpuOp(ctx, CellType::kLstm) {}
+  explicit FusedNarrowCpuOp(OpKernelConstruction* ctx) : FusedRnnNarrowCpuOp<kNarrow>(ctx, kCell) {}
 };
-class FusedGruInt8CpuOp : public FusedRnnInt8CpuOp {
- public:
-  explicit FusedGruInt8CpuOp(OpKernelConstruction* ctx) : FusedRnnInt8CpuOp(ctx, CellType::kGru) {}
-};
+using FusedLstmInt8CpuOp = FusedNarrowCpuOp<Narrow::kInt8, CellType::kLstm>;
+using FusedGruInt8CpuOp = FusedNarrowCpuOp<Narrow::kInt8, CellType::kGru>;
+using FusedLstm16CpuOp = FusedNarrowCpuOp<Narrow::k16Bit, CellType::kLstm>;
+using FusedGru16CpuOp = FusedNarrowCpuOp<Narrow::k16Bit, CellType::kGru>;
 
 class FusedRnnGradCpuOp : public OpKernel {
  public:
@@ -157,6 +167,8 @@ REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence").Device(tensorflow::DEVICE_CPU)
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence").Device(tensorflow::DEVICE_CPU), FusedGruCpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceInt8").Device(tensorflow::DEVICE_CPU), FusedLstmInt8CpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceInt8").Device(tensorflow::DEVICE_CPU), FusedGruInt8CpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence16").Device(tensorflow::DEVICE_CPU), FusedLstm16CpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence16").Device(tensorflow::DEVICE_CPU), FusedGru16CpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceGrad").Device(tensorflow::DEVICE_CPU), FusedLstmGradCpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceGrad").Device(tensorflow::DEVICE_CPU), FusedGruGradCpuOp);
 

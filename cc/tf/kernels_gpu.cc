@@ -54,31 +54,41 @@ bool HostToDevice(void* dst, const void* src, size_t bytes, void* stream) {
          cudaSuccess;
 }
 
-class FusedRnnGpuOp : public OpKernel {
+// Float32 weights (inference or training), or (k16Bit) float16/bfloat16 weights (inference only): the core reads
+// the 16-bit tensors' bit patterns in place.
+template <bool k16Bit>
+class FusedRnnGpuOpT : public OpKernel {
  public:
-  FusedRnnGpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) { attrs_.Read(ctx, cell); }
+  FusedRnnGpuOpT(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
+    attrs_.Read(ctx, cell, /*has_is_training=*/!k16Bit);
+  }
 
   void Compute(OpKernelContext* ctx) override {
     RnnInputs in;
     RnnShape s;
     OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
+    WeightType weight_type = WeightType::kFloat32;
+    if (k16Bit) {
+      OP_REQUIRES_OK(ctx, Validate16BitWeights(in, &s));
+      weight_type = s.weight16 == Weight16::kFloat16 ? WeightType::kFloat16 : WeightType::kBFloat16;
+    }
     // sequence_lengths is in host memory (see the registration): checked here, copied into the workspace below.
     const int32_t* lengths_host = in.sequence_lengths->flat<int32_t>().data();
     OP_REQUIRES_OK(ctx, CheckLengths(lengths_host, s.batch, s.max_time));
     const int64_t B = s.batch;
 
     RnnOutputs out;
-    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, attrs_.is_training, &out));
+    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, attrs_.is_training, &out, /*has_reserve_output=*/!k16Bit));
     if (B == 0) return;
 
     stream_executor::Stream* stream = ctx->op_device_context()->stream();
     OP_REQUIRES(ctx, stream != nullptr, absl::InternalError("no GPU stream for the fused RNN op"));
     CudaDeviceLimits limits;
     OP_REQUIRES_OK(ctx, LimitsFor(stream->parent()->device_ordinal(), &limits));
-    const size_t core_bytes = CudaForwardWorkspaceBytes(s, WeightType::kFloat32, limits);
+    const size_t core_bytes = CudaForwardWorkspaceBytes(s, weight_type, limits);
     char plan[256] = {0};
     if (core_bytes == 0) {
-      const char* why = CudaDescribePlan(s, WeightType::kFloat32, limits, nullptr, plan, sizeof(plan));
+      const char* why = CudaDescribePlan(s, weight_type, limits, nullptr, plan, sizeof(plan));
       OP_REQUIRES(ctx, why == nullptr, Invalid("this shape cannot run on this GPU: ", why ? why : ""));
     }
     // Workspace: the core's bytes, then the lengths (256-byte aligned).
@@ -93,8 +103,8 @@ class FusedRnnGpuOp : public OpKernel {
                 absl::InternalError("copying sequence_lengths to the GPU failed"));
 
     const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths_device, attrs_.is_training);
-    const char* err = CudaForward(s, args, WeightType::kFloat32, nullptr, nullptr, core_bytes ? ws : nullptr,
-                                  core_bytes, raw_stream, limits);
+    const char* err = CudaForward(s, args, weight_type, args.recurrent_kernel_16, args.projection_kernel_16,
+                                  core_bytes ? ws : nullptr, core_bytes, raw_stream, limits);
     OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA launch: ", err ? err : "")));
   }
 
@@ -102,14 +112,15 @@ class FusedRnnGpuOp : public OpKernel {
   RnnAttrs attrs_;
 };
 
-class FusedLstmGpuOp : public FusedRnnGpuOp {
+template <bool k16Bit, CellType kCell>
+class FusedGpuOp : public FusedRnnGpuOpT<k16Bit> {
  public:
-  explicit FusedLstmGpuOp(OpKernelConstruction* ctx) : FusedRnnGpuOp(ctx, CellType::kLstm) {}
+  explicit FusedGpuOp(OpKernelConstruction* ctx) : FusedRnnGpuOpT<k16Bit>(ctx, kCell) {}
 };
-class FusedGruGpuOp : public FusedRnnGpuOp {
- public:
-  explicit FusedGruGpuOp(OpKernelConstruction* ctx) : FusedRnnGpuOp(ctx, CellType::kGru) {}
-};
+using FusedLstmGpuOp = FusedGpuOp<false, CellType::kLstm>;
+using FusedGruGpuOp = FusedGpuOp<false, CellType::kGru>;
+using FusedLstm16GpuOp = FusedGpuOp<true, CellType::kLstm>;
+using FusedGru16GpuOp = FusedGpuOp<true, CellType::kGru>;
 
 // INT8 recurrent weights on the GPU (inference only, like the CPU kernel): the scales are read on the host (they
 // are validated there, as on the CPU), then copied with the lengths into the workspace; the int8 kernels stay in
@@ -250,6 +261,10 @@ REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceInt8")
                             .HostMemory("sequence_lengths")
                             .HostMemory("recurrent_scale"),
                         FusedGruInt8GpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence16").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
+                        FusedLstm16GpuOp);
+REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence16").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
+                        FusedGru16GpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceGrad").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
                         FusedLstmGradGpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceGrad").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),

@@ -282,6 +282,28 @@ Status GruInt8Shape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+// 16-bit weight ops: the float forward's inputs, the kernels 16-bit; no reserve output (inference only).
+Status Lstm16Shape(InferenceContext* c) {
+  RnnDims d;
+  TF_RETURN_IF_ERROR(LstmInputDims(c, &d));
+  DimensionHandle out_width;
+  TF_RETURN_IF_ERROR(c->Multiply(d.width, d.dirs, &out_width));
+  c->set_output(0, d.time_major ? c->MakeShape({d.time, d.batch, out_width}) : c->MakeShape({d.batch, d.time, out_width}));
+  c->set_output(1, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.width}));
+  c->set_output(2, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.units}));
+  return absl::OkStatus();
+}
+
+Status Gru16Shape(InferenceContext* c) {
+  RnnDims d;
+  TF_RETURN_IF_ERROR(GruInputDims(c, &d));
+  DimensionHandle out_width;
+  TF_RETURN_IF_ERROR(c->Multiply(d.width, d.dirs, &out_width));
+  c->set_output(0, d.time_major ? c->MakeShape({d.time, d.batch, out_width}) : c->MakeShape({d.batch, d.time, out_width}));
+  c->set_output(1, c->MakeShape({c->MakeDim(d.dirs), d.batch, d.units}));
+  return absl::OkStatus();
+}
+
 Status GruGradShape(InferenceContext* c) {
   RnnDims d;
   TF_RETURN_IF_ERROR(GruInputDims(c, &d));
@@ -479,6 +501,52 @@ FusedGRUSequence with INT8 recurrent weights and one float scale per row (see Fu
 Inference only.
 
 recurrent_kernel: [D, H, 3H] int8. recurrent_scale: [D, H].
+The other inputs, outputs and attributes: as FusedGRUSequence.
+)doc");
+
+REGISTER_OP("FusedLSTMSequence16")
+    .Input("x_proj: float")
+    .Input("recurrent_kernel: Tweight")
+    .Input("projection_kernel: Tweight")
+    .Input("sequence_lengths: int32")
+    .Input("initial_h: float")
+    .Input("initial_c: float")
+    .Output("output: float")
+    .Output("final_h: float")
+    .Output("final_c: float")
+    .Attr("Tweight: {half, bfloat16}")
+    .Attr("direction: {'forward', 'reverse', 'bidirectional'} = 'forward'")
+    .Attr("time_major: bool = false")
+    .Attr("num_proj: int >= 0 = 0")
+    .Attr("cell_clip: float = 0.0")
+    .Attr("proj_clip: float = 0.0")
+    .SetShapeFn(Lstm16Shape)
+    .Doc(R"doc(
+FusedLSTMSequence with 16-bit (float16 or bfloat16) recurrent and projection weights: half the weight bytes per
+step. Each weight is converted exactly to float32 as it is read; the arithmetic and accumulation are float32, so
+the result is that of the float op run with the 16-bit values. Inference only (no gradient).
+
+x_proj, sequence_lengths, initial_h, initial_c, outputs and the other attributes: as FusedLSTMSequence.
+recurrent_kernel: [D, R, 4H] of Tweight.
+projection_kernel: [D, H, num_proj] of Tweight; [D, H, 0] when num_proj == 0.
+)doc");
+
+REGISTER_OP("FusedGRUSequence16")
+    .Input("x_proj: float")
+    .Input("recurrent_kernel: Tweight")
+    .Input("recurrent_bias: float")
+    .Input("sequence_lengths: int32")
+    .Input("initial_h: float")
+    .Output("output: float")
+    .Output("final_h: float")
+    .Attr("Tweight: {half, bfloat16}")
+    .Attr("direction: {'forward', 'reverse', 'bidirectional'} = 'forward'")
+    .Attr("time_major: bool = false")
+    .SetShapeFn(Gru16Shape)
+    .Doc(R"doc(
+FusedGRUSequence with 16-bit (float16 or bfloat16) recurrent weights (see FusedLSTMSequence16). Inference only.
+
+recurrent_kernel: [D, H, 3H] of Tweight. recurrent_bias stays float32.
 The other inputs, outputs and attributes: as FusedGRUSequence.
 )doc");
 

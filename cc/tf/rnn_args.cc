@@ -117,6 +117,19 @@ Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnSh
   return absl::OkStatus();
 }
 
+Status Validate16BitWeights(const RnnInputs& in, RnnShape* s) {
+  const tensorflow::DataType dt = in.recurrent_kernel->dtype();
+  if (dt != tensorflow::DT_HALF && dt != tensorflow::DT_BFLOAT16) {
+    return Invalid("recurrent_kernel must be float16 or bfloat16, got ", tensorflow::DataTypeString(dt));
+  }
+  if (in.projection_kernel && in.projection_kernel->dtype() != dt) {
+    return Invalid("projection_kernel must have recurrent_kernel's dtype ", tensorflow::DataTypeString(dt), ", got ",
+                   tensorflow::DataTypeString(in.projection_kernel->dtype()));
+  }
+  s->weight16 = dt == tensorflow::DT_HALF ? Weight16::kFloat16 : Weight16::kBFloat16;
+  return absl::OkStatus();
+}
+
 Status CheckLengths(const int32_t* lengths, int64_t batch, int64_t max_time) {
   const int64_t b = FirstBadLength(lengths, batch, max_time);
   if (b >= 0) {
@@ -150,6 +163,11 @@ RnnForwardArgs MakeForwardArgs(const RnnShape& s, const RnnInputs& in, const Rnn
     args.recurrent_scale = in.recurrent_scale->flat<float>().data();
     args.projection_kernel_q8 = s.num_proj > 0 ? in.projection_kernel->flat<int8_t>().data() : nullptr;
     args.projection_scale = s.num_proj > 0 ? in.projection_scale->flat<float>().data() : nullptr;
+  } else if (s.weight16 != Weight16::kNone) {
+    // Half and bfloat16 tensors hold their 16-bit patterns; the core reads them as such.
+    args.recurrent_kernel_16 = reinterpret_cast<const uint16_t*>(in.recurrent_kernel->tensor_data().data());
+    args.projection_kernel_16 =
+        s.num_proj > 0 ? reinterpret_cast<const uint16_t*>(in.projection_kernel->tensor_data().data()) : nullptr;
   } else {
     args.recurrent_kernel = in.recurrent_kernel->flat<float>().data();
     args.projection_kernel = s.num_proj > 0 ? in.projection_kernel->flat<float>().data() : nullptr;

@@ -42,6 +42,10 @@ struct RnnInputs {
 // INT8 ops: reads and checks the scales, sets shape->int8_weights. Call after ValidateRnnInputs.
 absl::Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnShape* shape);
 
+// 16-bit weight ops: sets shape->weight16 from the kernels' dtype (half or bfloat16; the projection kernel of the
+// LSTM must match). Call after ValidateRnnInputs.
+absl::Status Validate16BitWeights(const RnnInputs& in, RnnShape* shape);
+
 // Reads the inputs of the op in `ctx`, checks every shape, fills `shape`. Lengths are checked on the host by
 // CheckLengths (the GPU kernel copies them first).
 absl::Status ValidateRnnInputs(tensorflow::OpKernelContext* ctx, const RnnAttrs& attrs, RnnInputs* in,

@@ -38,7 +38,10 @@ Inferred Infer(const std::string& op, const std::map<std::string, tensorflow::At
   if (!r.status.ok()) return r;
   tensorflow::NodeDefBuilder builder("node", op);
   for (int i = 0; i < reg->op_def.input_arg_size(); ++i) {
-    builder.Input("in", i, reg->op_def.input_arg(i).type());
+    const auto& arg = reg->op_def.input_arg(i);
+    // A type-attribute input (the 16-bit ops' Tweight) takes the type the attrs give.
+    const auto typed = arg.type_attr().empty() ? attrs.end() : attrs.find(arg.type_attr());
+    builder.Input("in", i, typed != attrs.end() ? typed->second.type() : arg.type());
   }
   for (const auto& [name, value] : attrs) builder.Attr(name, value);
   tensorflow::NodeDef def;
@@ -154,6 +157,41 @@ TEST(GruShapeFn, KnownUnknownAndBad) {
   EXPECT_NE(std::string(r.status.message()).find("recurrent_bias"), std::string::npos) << r.status;
   r = Infer("FusedGRUSequence", {}, {{2, 4, 18}, {1, 6, 18}, {1, 18}, {2}, {1, 2, 5}});
   EXPECT_NE(std::string(r.status.message()).find("initial_h"), std::string::npos) << r.status;
+}
+
+tensorflow::AttrValue Type(tensorflow::DataType t) {
+  tensorflow::AttrValue v;
+  v.set_type(t);
+  return v;
+}
+
+// 16-bit weight ops: the float ops' shapes without a reserve output; the same checks.
+TEST(Lstm16ShapeFn, KnownProjectionUnknownAndBad) {
+  auto r = Infer("FusedLSTMSequence16",
+                 {{"Tweight", Type(tensorflow::DT_BFLOAT16)}, {"direction", Str("bidirectional")}, {"num_proj", Int(3)}},
+                 {{3, 7, 40}, {2, 3, 20}, {2, 5, 3}, {3}, {2, 3, 3}, {2, 3, 5}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[3,7,6]", "[2,3,3]", "[2,3,5]"}));
+  r = Infer("FusedLSTMSequence16", {{"Tweight", Type(tensorflow::DT_HALF)}, {"time_major", Bool(true)}},
+            {{-1, -1, 20}, {1, 5, 20}, {-2}, {4}, {-2}, {-2}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[?,4,5]", "[1,4,5]", "[1,4,5]"}));
+  r = Infer("FusedLSTMSequence16", {{"Tweight", Type(tensorflow::DT_HALF)}},
+            {{3, 7, 20}, {1, 4, 20}, {1, 5, 0}, {3}, {1, 3, 5}, {1, 3, 5}});
+  EXPECT_NE(std::string(r.status.message()).find("recurrent_kernel"), std::string::npos) << r.status;
+  r = Infer("FusedLSTMSequence16", {{"Tweight", Type(tensorflow::DT_HALF)}},
+            {{3, 7, 20}, {1, 5, 20}, {1, 5, 0}, {3}, {1, 3, 5}, {1, 3, 4}});
+  EXPECT_NE(std::string(r.status.message()).find("initial_c"), std::string::npos) << r.status;
+}
+
+TEST(Gru16ShapeFn, KnownAndBad) {
+  auto r = Infer("FusedGRUSequence16", {{"Tweight", Type(tensorflow::DT_HALF)}},
+                 {{2, 4, 18}, {1, 6, 18}, {1, 18}, {2}, {1, 2, 6}});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.outputs, (Outs{"[2,4,6]", "[1,2,6]"}));
+  r = Infer("FusedGRUSequence16", {{"Tweight", Type(tensorflow::DT_BFLOAT16)}},
+            {{2, 4, 18}, {1, 6, 18}, {1, 17}, {2}, {1, 2, 6}});
+  EXPECT_NE(std::string(r.status.message()).find("recurrent_bias"), std::string::npos) << r.status;
 }
 
 // Gradient ops: the gradients take the shapes of the forward's float inputs; the extra inputs are checked.

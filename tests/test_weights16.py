@@ -1,0 +1,213 @@
+"""16-bit (float16 / bfloat16) recurrent weights: the ops against float64 on the same 16-bit values, the pure-TF
+fallback, the Keras conversion against the stock Keras layers, save/load/export, and the errors."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_ops
+from conftest import rel_err
+from numpy_reference import rnn_forward
+from test_ops import check_padding_is_zero, make_inputs
+
+pytestmark = pytest.mark.skipif(not tf_ops.op_library_available(), reason="op library not built")
+
+DTYPES = [tf.float16, tf.bfloat16]
+
+
+def _exact(w16):
+    """The float64 values a 16-bit tensor holds (TF's own conversion, independent of the kernels' loaders)."""
+    return tf.cast(w16, tf.float64).numpy()
+
+
+def _round16(w, dtype):
+    return tf.cast(tf.constant(w, tf.float32), dtype)
+
+
+# ---- the ops: against float64 with the same 16-bit values (checks the kernel, not the rounding) ----------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("proj,cell_clip,proj_clip", [(0, 0.0, 0.0), (9, 0.5, 0.3)])
+def test_lstm16_matches_float64_on_the_16bit_values(rng, dtype, direction, time_major, proj, cell_clip, proj_clip):
+    batch, max_time, units = int(rng.integers(1, 7)), int(rng.integers(1, 12)), int(rng.integers(1, 40))
+    a = make_inputs(rng, "lstm", direction, batch, max_time, units, proj, time_major)
+    rk16 = _round16(a["rk"], dtype)
+    pk16 = _round16(a["pk"], dtype) if proj else None
+    out, h, c = tf_ops.lstm_sequence(a["x"], rk16, a["lengths"], a["h0"], a["c0"], projection_kernel=pk16,
+                                     direction=direction, time_major=time_major, cell_clip=cell_clip,
+                                     proj_clip=proj_clip, implementation="op")
+    assert out.dtype == tf.float32
+    want = rnn_forward("lstm", a["x"], _exact(rk16), a["lengths"], a["h0"], a["c0"],
+                       projection_kernel=_exact(pk16) if proj else None, cell_clip=cell_clip, proj_clip=proj_clip,
+                       direction=direction, time_major=time_major)
+    assert rel_err(out, want[0]) < 1e-5
+    assert rel_err(h, want[1]) < 1e-5
+    assert rel_err(c, want[2]) < 1e-5
+    check_padding_is_zero(out, a["lengths"], time_major)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_gru16_matches_float64_on_the_16bit_values(rng, dtype, direction):
+    a = make_inputs(rng, "gru", direction, 5, 9, 33)
+    rk16 = _round16(a["rk"], dtype)
+    out, h = tf_ops.gru_sequence(a["x"], rk16, a["rb"], a["lengths"], a["h0"], direction=direction,
+                                 implementation="op")
+    want = rnn_forward("gru", a["x"], _exact(rk16), a["lengths"], a["h0"], recurrent_bias=a["rb"],
+                       direction=direction)
+    assert rel_err(out, want[0]) < 1e-5
+    assert rel_err(h, want[1]) < 1e-5
+    check_padding_is_zero(out, a["lengths"], False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+def test_large_16bit_split_across_threads_matches_reference_path(rng, dtype):
+    """H=300: a step is split across threads; the pure-TF fallback (the portable path) is the oracle."""
+    a = make_inputs(rng, "lstm", "forward", 3, 6, 300, full=True)
+    rk16 = _round16(a["rk"], dtype)
+    got = tf_ops.lstm_sequence(a["x"], rk16, a["lengths"], a["h0"], a["c0"], implementation="op")
+    want = tf_ops.lstm_sequence(a["x"], rk16, a["lengths"], a["h0"], a["c0"], implementation="reference")
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+
+
+def test_16bit_weights_scheme_error(rng):
+    """What rounding the kernels to 16 bits costs against float32 weights, LSTM H=256 over 100 steps (reported;
+    bounded loosely: bfloat16 keeps 8 significant bits, float16 11)."""
+    a = make_inputs(rng, "lstm", "forward", 2, 100, 256, full=True)
+    want = tf_ops.lstm_sequence(a["x"], a["rk"].astype(np.float32), a["lengths"], a["h0"], a["c0"])[0]
+    for dtype, bound in ((tf.float16, 2e-3), (tf.bfloat16, 2e-2)):
+        got = tf_ops.lstm_sequence(a["x"], _round16(a["rk"], dtype), a["lengths"], a["h0"], a["c0"])[0]
+        err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        print(f"{dtype.name}: relative L2 error {err:.2e} against float32 weights")
+        assert 0.0 < err < bound
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------
+def test_16bit_ops_reject_bad_inputs_by_name(rng):
+    a = make_inputs(rng, "lstm", "forward", 2, 3, 4, proj=3)
+    rk16, pk16 = _round16(a["rk"], tf.bfloat16), _round16(a["pk"], tf.bfloat16)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="projection_kernel must have the recurrent"):
+        tf_ops.lstm_sequence(a["x"], rk16, a["lengths"], a["h0"], a["c0"], projection_kernel=a["pk"],
+                             implementation="op")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="recurrent_kernel must be float32, float16 or bf"):
+        tf_ops.lstm_sequence(a["x"], tf.cast(a["rk"], tf.float64), a["lengths"], a["h0"], a["c0"],
+                             implementation="op")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="inference"):
+        tf_ops.lstm_sequence(a["x"], rk16, a["lengths"], a["h0"], a["c0"], projection_kernel=pk16, training=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sequence_lengths"):
+        tf_ops.lstm_sequence(a["x"], rk16, np.array([9, 1], np.int32), a["h0"], a["c0"], projection_kernel=pk16,
+                             implementation="op")
+    # The raw op (no wrapper checks): the kernel names the argument too.
+    lib = tf_ops._loader.load()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="recurrent_kernel"):
+        lib.fused_lstm_sequence16(a["x"], rk16[:, :2], pk16, a["lengths"], a["h0"], a["c0"], num_proj=3)
+    # Mixed 16-bit dtypes: TF's type check on the shared Tweight attribute refuses them (input #2 is the projection).
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError), match="input #2"):
+        lib.fused_lstm_sequence16(a["x"], rk16, _round16(a["pk"], tf.float16), a["lengths"], a["h0"], a["c0"],
+                                  num_proj=3)
+
+
+def test_gradient_through_16bit_op_is_a_clear_error(rng):
+    a = make_inputs(rng, "gru", "forward", 2, 4, 5)
+    x = tf.constant(a["x"])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out, _ = tf_ops.gru_sequence(x, _round16(a["rk"], tf.float16), a["rb"], a["lengths"], a["h0"],
+                                     implementation="op")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no gradient"):
+        tape.gradient(out, x)
+
+
+def test_shape_inference_of_16bit_ops():
+    lib = tf_ops._loader.load()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 7, 2 * 4 * 10]), tf.TensorSpec([2, 6, 40], tf.bfloat16),
+                                  tf.TensorSpec([2, 10, 6], tf.bfloat16), tf.TensorSpec([None], tf.int32)])
+    def lstm(x, rk, pk, lengths):
+        batch = tf.shape(x)[0]
+        out, h, c = lib.fused_lstm_sequence16(x, rk, pk, lengths, tf.zeros([2, batch, 6]), tf.zeros([2, batch, 10]),
+                                              direction="bidirectional", num_proj=6)
+        assert out.shape.as_list() == [None, 7, 12] and h.shape.as_list() == [2, None, 6]
+        assert c.shape.as_list() == [2, None, 10]
+        return out
+
+    lstm.get_concrete_function()
+
+    @tf.function(input_signature=[tf.TensorSpec([4, None, 3 * 8]), tf.TensorSpec([1, 8, 24], tf.float16)])
+    def gru(x, rk):
+        out, h = lib.fused_gru_sequence16(x, rk, tf.zeros([1, 24]), tf.fill([4], tf.shape(x)[1]), tf.zeros([1, 4, 8]))
+        assert out.shape.as_list() == [4, None, 8] and h.shape.as_list() == [1, 4, 8]
+        return out
+
+    gru.get_concrete_function()
+    with pytest.raises(ValueError, match="recurrent_kernel"):
+        tf.function(lambda x, rk: lib.fused_gru_sequence16(x, rk, tf.zeros([1, 24]), tf.fill([4], 3),
+                                                           tf.zeros([1, 4, 8]))).get_concrete_function(
+            tf.TensorSpec([4, 3, 24]), tf.TensorSpec([1, 7, 24], tf.float16))
+
+
+# ---- Keras: conversion against the stock layers, save/load, SavedModel ---------------------------------------
+@pytest.mark.parametrize("weights", ["float16", "bfloat16"])
+def test_converted_layers_match_stock_keras_on_the_16bit_values(rng, weights):
+    """quantize_model(model, "bfloat16") against stock Keras LSTM/GRU layers given the same weights rounded to 16
+    bits (so this checks the layers, not the rounding)."""
+    inputs = keras.Input((None, 6))
+    h = keras.layers.Masking(0.0)(inputs)
+    h = tf_ops.FusedLSTM(16, return_sequences=True)(h)
+    h = tf_ops.FusedGRU(12, return_sequences=True)(h)
+    model = keras.Model(inputs, h)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.4 for w in model.get_weights()])
+    x = rng.standard_normal((3, 7, 6)).astype(np.float32)
+    x[1, 5:] = 0.0
+    converted = tf_ops.quantize_model(model, weights)
+    fused = [layer for layer in converted.layers if isinstance(layer, (tf_ops.FusedLSTM, tf_ops.FusedGRU))]
+    assert all(layer.recurrent_weight_dtype == weights for layer in fused)
+    narrow = [v for layer in fused for v in layer.weights if v.dtype == weights]
+    assert len(narrow) == 2 and all(not v.trainable for v in narrow)
+
+    stock_in = keras.Input((None, 6))
+    s = keras.layers.Masking(0.0)(stock_in)
+    s = keras.layers.LSTM(16, return_sequences=True)(s)
+    s = keras.layers.GRU(12, return_sequences=True)(s)
+    stock = keras.Model(stock_in, s)
+    stock_weights = []
+    for layer in model.layers:
+        if isinstance(layer, (tf_ops.FusedLSTM, tf_ops.FusedGRU)):
+            kernel, rec, bias = layer.get_weights()
+            rec = tf.cast(tf.cast(rec, weights), tf.float32).numpy()
+            stock_weights += [kernel, rec, bias]
+    stock.set_weights(stock_weights)
+    got = converted(x).numpy()
+    want = stock(x).numpy()
+    assert rel_err(got, want) < 1e-5
+
+
+def test_16bit_model_saves_loads_and_exports(rng, tmp_path):
+    inputs = keras.Input((None, 6))
+    h = tf_ops.FusedLSTM(16, num_proj=8, cell_clip=3.0, proj_clip=3.0, bidirectional=True,
+                         return_sequences=True)(inputs)
+    model = keras.Model(inputs, tf_ops.FusedGRU(12)(h))
+    x = rng.standard_normal((3, 7, 6)).astype(np.float32)
+    converted = tf_ops.quantize_model(model, "bfloat16")
+    want = converted(x).numpy()
+    path = os.path.join(tmp_path, "bf16.keras")
+    converted.save(path)
+    np.testing.assert_array_equal(keras.models.load_model(path)(x).numpy(), want)
+    export_dir = os.path.join(tmp_path, "saved")
+    converted.export(export_dir, verbose=False)
+    loaded = tf.saved_model.load(export_dir)
+    np.testing.assert_allclose(loaded.serve(tf.constant(x)).numpy(), want, rtol=1e-6, atol=1e-6)
+    assert tf.bfloat16 in {v.dtype for v in loaded.variables}
+
+
+def test_layer_options_are_checked():
+    with pytest.raises(ValueError, match="recurrent_weight_dtype"):
+        tf_ops.FusedLSTM(4, recurrent_weight_dtype="int4")
+    with pytest.raises(ValueError, match="exclude"):
+        tf_ops.FusedGRU(4, int8_weights=True, recurrent_weight_dtype="float16")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        tf_ops.quantize_model(keras.Sequential([keras.Input((3, 2)), tf_ops.FusedGRU(2)]), "fp8")
