@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include <cstring>
 #include <time.h>
 
 #include "cc/core/fused_rnn.h"
@@ -44,7 +45,7 @@ class SpinPool : public fused_rnn::ParallelRunner {
   std::vector<std::thread> threads_;
 };
 
-enum class Mode { kForward, kInt8Forward, kBackward };
+enum class Mode { kForward, kInt8Forward, kBackward, kF16Forward, kBf16Forward };
 
 double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int helpers, Mode mode) {
   fused_rnn::RnnShape s;
@@ -63,6 +64,18 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
   std::vector<int8_t> rk_q8(rk.size());
   for (size_t i = 0; i < rk.size(); ++i) rk_q8[i] = static_cast<int8_t>(static_cast<int>(rk[i] * 1000) % 127);
   std::vector<float> rk_scale(D * H, 100.f);
+  // 16-bit weights: the float weights rounded (float16 by the compiler's _Float16, bfloat16 truncated).
+  std::vector<uint16_t> rk16(rk.size());
+  for (size_t i = 0; i < rk.size(); ++i) {
+    if (mode == Mode::kF16Forward) {
+      const _Float16 h = static_cast<_Float16>(rk[i]);
+      std::memcpy(&rk16[i], &h, 2);
+    } else {
+      uint32_t u;
+      std::memcpy(&u, &rk[i], 4);
+      rk16[i] = static_cast<uint16_t>(u >> 16);
+    }
+  }
   fused_rnn::RnnForwardArgs a;
   a.x_proj = x.data();
   a.recurrent_kernel = rk.data();
@@ -76,6 +89,11 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
     a.recurrent_kernel = nullptr;
     a.recurrent_kernel_q8 = rk_q8.data();
     a.recurrent_scale = rk_scale.data();
+  }
+  if (mode == Mode::kF16Forward || mode == Mode::kBf16Forward) {
+    s.weight16 = mode == Mode::kF16Forward ? fused_rnn::Weight16::kFloat16 : fused_rnn::Weight16::kBFloat16;
+    a.recurrent_kernel = nullptr;
+    a.recurrent_kernel_16 = rk16.data();
   }
   std::vector<float> scratch(std::max(fused_rnn::CpuForwardScratchFloats(s), fused_rnn::CpuBackwardScratchFloats(s)) + 16);
   float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
@@ -122,14 +140,17 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
 
 int main(int argc, char** argv) {
   std::string only;  // --only SUBSTRING: just the cases whose name contains it
+  bool weights16 = false;  // --weights16: columns float32 / float16 / bfloat16 forward instead
   for (int i = 1; i < argc; ++i) {
+    weights16 |= std::string(argv[i]) == "--weights16";
     kCpuTime |= std::string(argv[i]) == "--cpu-time";
     kCold |= std::string(argv[i]) == "--cold";
     if (std::string(argv[i]) == "--only" && i + 1 < argc) only = argv[++i];
   }
   std::printf("core only (no TF), T=100, ISA %s, median ms%s\n", fused_rnn::CpuIsaName(),
               kCold ? ", caches evicted before every call" : "");
-  std::printf("%-20s | %-21s | %-21s | %-21s\n", "", "forward float32", "forward int8", "backward");
+  std::printf("%-20s | %-21s | %-21s | %-21s\n", "", "forward float32", weights16 ? "forward float16" : "forward int8",
+              weights16 ? "forward bfloat16" : "backward");
   std::printf("%-20s | %10s %10s | %10s %10s | %10s %10s\n", "case", "1 thread", "2 threads", "1 thread",
               "2 threads", "1 thread", "2 threads");
   struct C { const char* name; fused_rnn::CellType cell; bool bidi; int64_t H, B; };
@@ -146,7 +167,9 @@ int main(int argc, char** argv) {
                      C{"GRU H=256 B=1", fused_rnn::CellType::kGru, false, 256, 1}}) {
     if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
     std::printf("%-20s", c.name);
-    for (Mode m : {Mode::kForward, Mode::kInt8Forward, Mode::kBackward}) {
+    const std::vector<Mode> modes = weights16 ? std::vector<Mode>{Mode::kForward, Mode::kF16Forward, Mode::kBf16Forward}
+                                              : std::vector<Mode>{Mode::kForward, Mode::kInt8Forward, Mode::kBackward};
+    for (Mode m : modes) {
       std::printf(" | %10.3f %10.3f", TimeMs(c.cell, c.bidi, c.H, c.B, 0, m), TimeMs(c.cell, c.bidi, c.H, c.B, 1, m));
     }
     std::printf("\n");

@@ -1,6 +1,7 @@
 """CPU benchmark: the fused layer against the stock Keras layer with the same weights, in one process, and
 against ONNX Runtime's LSTM (Microsoft's DeepCPU) and PyTorch's nn.LSTM when those are installed (neither is a
-dependency of the package). T=100, float32, input width = H, median of warm runs, milliseconds.
+dependency of the package). T=100, float32, input width = H, median of warm runs, milliseconds. The last
+columns: the same fused layer with bfloat16 recurrent weights (float32 math on the rounded weights; inference).
 
     .venv/bin/python bench/cpu_bench.py [--repeats 50] [--threads 2] [--markdown]
 """
@@ -66,8 +67,21 @@ def time_keras(cell, units, batch, bidirectional, repeats, rng):
     run_fused = tf.function(lambda: fused(x))
     err = float(np.max(np.abs(run_stock().numpy() - run_fused().numpy())))
     assert err < 1e-4, f"fused and stock disagree by {err}"
-    return (median_ms(lambda: run_stock().numpy(), max(5, repeats // 5)),
-            median_ms(lambda: run_fused().numpy(), repeats))
+    # The same layer with bfloat16 recurrent weights (inference; float32 math on the rounded weights).
+    fused16 = type(fused)(units, return_sequences=True, bidirectional=bidirectional, recurrent_weight_dtype="bfloat16")
+    fused16.build(x.shape)
+    fused16.set_weights(tf_ops.quantized_weights(fused, "bfloat16"))
+    run_fused16 = tf.function(lambda: fused16(x))
+    want = run_fused().numpy()
+    err16 = float(np.linalg.norm(run_fused16().numpy() - want) / np.linalg.norm(want))
+    assert err16 < 1e-2, f"bfloat16 weights are off by {err16} (relative L2)"
+    stock_ms = median_ms(lambda: run_stock().numpy(), max(5, repeats // 5))
+    # fused and fused bf16 alternate, so load changes on this machine hit both alike.
+    fused_times, fused16_times = [], []
+    for _ in range(5):
+        fused_times.append(median_ms(lambda: run_fused().numpy(), max(3, repeats // 5)))
+        fused16_times.append(median_ms(lambda: run_fused16().numpy(), max(3, repeats // 5)))
+    return stock_ms, float(np.median(fused_times)), float(np.median(fused16_times))
 
 
 def time_onnxruntime(units, batch, bidirectional, threads, repeats, rng):
@@ -135,18 +149,20 @@ def main():
     print(f"# CPU benchmark: {cpu}, {os.cpu_count()} cores, {args.threads} threads; TF {tf.__version__}; "
           f"ISA path {tf_ops.cpu_isa()}; T={T}, float32, median ms of {args.repeats} warm runs")
     rows = []
-    header = ("case", "stock Keras", "ONNX Runtime", "PyTorch", "fused", "vs Keras", "vs ORT")
+    header = ("case", "stock Keras", "ONNX Runtime", "PyTorch", "fused", "vs Keras", "vs ORT", "fused, bf16 weights",
+              "bf16 vs ORT")
     print("| " + " | ".join(header) + " |")
     print("|---|" + "---:|" * (len(header) - 1))
     for label, cell, units, batch, bidirectional in CASES:
         if args.cases and not any(s.strip() and s.strip() in label for s in args.cases.split(",")):
             continue
-        stock, fused = time_keras(cell, units, batch, bidirectional, args.repeats, rng)
+        stock, fused, fused16 = time_keras(cell, units, batch, bidirectional, args.repeats, rng)
         ort_ms = time_onnxruntime(units, batch, bidirectional, args.threads, args.repeats, rng) if cell == "lstm" \
             else None
         torch_ms = time_torch(cell, units, batch, bidirectional, args.threads, args.repeats, rng)
         row = (label, fmt(stock), fmt(ort_ms), fmt(torch_ms), fmt(fused), f"{stock / fused:.1f}x",
-               "-" if ort_ms is None else f"{ort_ms / fused:.2f}x")
+               "-" if ort_ms is None else f"{ort_ms / fused:.2f}x", fmt(fused16),
+               "-" if ort_ms is None else f"{ort_ms / fused16:.2f}x")
         rows.append(row)
         print("| " + " | ".join(row) + " |", flush=True)
 

@@ -24,6 +24,8 @@ Python API
         #    ProjectionLSTMCell, one RNN per layer and direction), for comparison and benchmarks.
         # implementation="fused_int8": the fused biLM with INT8 recurrent and projection kernels (one scale per
         #    row, tf_ops.quantize_rows; float32 arithmetic): the float weights are quantized when loaded.
+        # implementation="fused_bf16": the fused biLM with bfloat16 recurrent and projection kernels (float32
+        #    arithmetic on the rounded weights: half the bytes a step streams).
         # Layers: model.char_encoder (ElmoCharacterEncoder: char ids [B, T, 50] -> [B, T, P]) and model.bilm
         #    (ElmoBiLM: (token embeddings [B, T, P], mask=[B, T]) -> list of n_layers [B, T, 2P]), callable alone.
 
@@ -54,7 +56,7 @@ One tokenised sentence per line (split on whitespace). Writes one dataset per se
 the batching or on the other sentences. --stateful instead keeps the input order and carries each batch row's
 state into the next batch, as AllenNLP's `elmo` command does (same --batch-size gives the same carry). Progress
 goes to stderr. --input / --output name files instead of stdin / stdout. --int8 runs the biLM with INT8 recurrent
-and projection weights (implementation="fused_int8"). Exit status: 0 on success, 2 for a bad
+and projection weights (implementation="fused_int8"), --bf16 with bfloat16 ones ("fused_bf16"). Exit status: 0 on success, 2 for a bad
 input (missing or malformed file: the message names the file and what is wrong), 1 for anything else.
 """
 import argparse
@@ -549,7 +551,7 @@ class _PerDirectionInputFusedLSTM(tf_ops.FusedLSTM):
         return config
 
 
-_IMPLEMENTATIONS = ("fused", "fused_int8", "keras")
+_IMPLEMENTATIONS = ("fused", "fused_int8", "fused_bf16", "keras")
 
 
 @keras.saving.register_keras_serializable(package="elmo")
@@ -563,6 +565,7 @@ class ElmoBiLM(keras.layers.Layer):
 
     implementation="fused": one tf_ops.FusedLSTM call per layer (both directions, projection and clips in the op).
     implementation="fused_int8": the same with int8_weights=True (INT8 recurrent and projection kernels).
+    implementation="fused_bf16": the same with bfloat16 recurrent and projection kernels (float32 math).
     implementation="keras": stock keras.layers.RNN(ProjectionLSTMCell) per layer and direction.
     stateful=True: per-row (h, c) state variables [n_layers, 2, max_batch_size, .] carried from call to call
     (reset_states() zeroes them); a call with B rows reads and writes rows [0, B).
@@ -592,7 +595,9 @@ class ElmoBiLM(keras.layers.Layer):
         cell_args = dict(num_proj=self.num_proj, cell_clip=cell_clip, proj_clip=self.proj_clip)
         if implementation != "keras":
             # fused_int8: the recurrent and projection kernels held as int8 rows with one scale per row.
+            # fused_bf16: held as bfloat16 (rounded to nearest even when loaded).
             common = dict(return_sequences=True, return_state=True, int8_weights=implementation == "fused_int8",
+                          recurrent_weight_dtype="bfloat16" if implementation == "fused_bf16" else "float32",
                           **cell_args)
             self.fused_lstms = [
                 tf_ops.FusedLSTM(self.units, bidirectional=True, name="lstm_0", **common) if layer == 0 else
@@ -829,9 +834,9 @@ def build_elmo(options, *, stateful=False, max_batch_size=128, implementation="f
     """An ElmoModel for an options dict (as in options.json), with freshly initialised (random) weights."""
     if implementation not in _IMPLEMENTATIONS:
         raise ValueError(f"build_elmo: implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
-    if implementation == "fused_int8" and trainable:
-        raise ValueError("build_elmo: implementation='fused_int8' holds int8 kernels, which do not train; "
-                         "fine-tune with implementation='fused' and quantize afterwards")
+    if implementation in ("fused_int8", "fused_bf16") and trainable:
+        raise ValueError(f"build_elmo: implementation={implementation!r} holds narrow recurrent kernels, which do "
+                         "not train; fine-tune with implementation='fused' and convert afterwards")
     model = ElmoModel(options, stateful=stateful, max_batch_size=max_batch_size, implementation=implementation,
                       name=name)
     model.trainable = bool(trainable)
@@ -1055,7 +1060,7 @@ def _embed_command(args, stdin, stdout, stderr):
             lines = _read_sentences(f, repr(args.input))
     sentences = [line.split() for line in lines]
     model = build_elmo(options, stateful=args.stateful, max_batch_size=args.batch_size,
-                       implementation="fused_int8" if args.int8 else "fused")
+                       implementation="fused_int8" if args.int8 else ("fused_bf16" if args.bf16 else "fused"))
     set_bilm_tf_weights(model, weights)
     embed = embed_function(model)
     max_chars = options["char_cnn"]["max_characters_per_token"]
@@ -1123,8 +1128,11 @@ def _parser():
                             "AllenNLP's elmo command does (default: every sentence starts from zero state)")
     embed.add_argument("--forget-sentences", action="store_true", help="do not write 'sentence_to_index'")
     embed.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    embed.add_argument("--int8", action="store_true",
-                       help="INT8 recurrent and projection weights (quantized per row when loaded; float32 math)")
+    narrow = embed.add_mutually_exclusive_group()
+    narrow.add_argument("--int8", action="store_true",
+                        help="INT8 recurrent and projection weights (quantized per row when loaded; float32 math)")
+    narrow.add_argument("--bf16", action="store_true",
+                        help="bfloat16 recurrent and projection weights (rounded when loaded; float32 math)")
     return parser
 
 

@@ -211,3 +211,43 @@ def test_layer_options_are_checked():
         tf_ops.FusedGRU(4, int8_weights=True, recurrent_weight_dtype="float16")
     with pytest.raises(ValueError, match="weights must be one of"):
         tf_ops.quantize_model(keras.Sequential([keras.Input((3, 2)), tf_ops.FusedGRU(2)]), "fp8")
+
+
+# ---- ELMo on the real fixtures (../shared) with bfloat16 biLM weights -----------------------------------------
+@pytest.mark.parametrize("fixture,sentences_file", [("model-a-bilm-tf", "lm_embeddings_sentences.json"),
+                                                    ("model-b-allennlp", "sentences.json")])
+def test_elmo_fixtures_with_bfloat16_weights(fixture, sentences_file):
+    """load_elmo(implementation="fused_bf16"): every biLM layer within 1e-5 of the float32 model run on the same
+    weights rounded to bfloat16 (the kernels on real weights), and the rounding's cost against float32 reported."""
+    import json
+
+    from conftest import SHARED
+    from models import elmo
+
+    folder = os.path.join(SHARED, "data", "elmo", fixture)
+    if not os.path.isdir(folder):
+        pytest.skip("../shared/data/elmo is not here")
+    with open(os.path.join(folder, sentences_file)) as f:
+        sentences = [s.split() if isinstance(s, str) else s for s in json.load(f)]
+    options, weights = os.path.join(folder, "options.json"), os.path.join(folder, "lm_weights.hdf5")
+    ids = elmo.batch_to_ids(sentences)
+    model = elmo.load_elmo(options, weights)
+    want = model(ids)
+    for layer in [layer for layer in model._flatten_layers() if isinstance(layer, tf_ops.FusedLSTM)]:
+        for names in layer._weight_names:
+            for role, name in names.items():
+                if role in ("recurrent_kernel", "projection_kernel"):
+                    variable = getattr(layer, name)
+                    variable.assign(tf.cast(tf.cast(variable, tf.bfloat16), tf.float32))
+    rounded = model(ids)
+    bf16_model = elmo.load_elmo(options, weights, implementation="fused_bf16")
+    lstms = [layer for layer in bf16_model._flatten_layers() if isinstance(layer, tf_ops.FusedLSTM)]
+    assert lstms and all(layer.recurrent_weight_dtype == "bfloat16" for layer in lstms)
+    got = bf16_model(ids)
+    for key in ("layer_1", "layer_2"):
+        ref, out = np.asarray(rounded[key]), np.asarray(got[key])
+        kernel_err = float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
+        assert kernel_err < 1e-5, f"{key}: bf16 model vs float model on rounded weights: {kernel_err:.2e}"
+        err = np.linalg.norm(out - np.asarray(want[key])) / np.linalg.norm(np.asarray(want[key]))
+        print(f"{fixture} {key}: bfloat16 relative L2 error {err:.2e} (kernel {kernel_err:.1e})")
+        assert 0 < err < 0.02
