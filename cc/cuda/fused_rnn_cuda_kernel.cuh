@@ -580,6 +580,38 @@ __device__ __forceinline__ float GruCellUpdate(const float (&x)[3], const float 
   }
   return zg * h_prev + (1.f - zg) * ng;
 }
+// The same with the recurrent bias of the unit's three gates already in registers (0 for none): the same arithmetic
+// (z + 0.f where GruCellUpdate adds 0.f for a null rb_d), without a per-step pointer and load on the serial path.
+__device__ __forceinline__ float GruCellUpdateRb(const float (&x)[3], const float (&z)[3], const float (&rb)[3],
+                                                 float h_prev, float* rs, int H) {
+  const float az = z[0] + rb[0];
+  const float ar = z[1] + rb[1];
+  const float an = z[2] + rb[2];
+  const float zg = Sigmoid(x[0] + az);
+  const float rg = Sigmoid(x[1] + ar);
+  const float ng = Tanh(x[2] + rg * an);
+  if (rs) {
+    rs[0] = zg;
+    rs[H] = rg;
+    rs[2 * H] = ng;
+    rs[3 * H] = an;
+  }
+  return zg * h_prev + (1.f - zg) * ng;
+}
+
+// Makes the compiler keep *obj in (local) memory: its address escapes, so the accesses stay loads and stores.
+template <typename Obj>
+__device__ __forceinline__ void PinToMemory(Obj* obj) {
+  asm volatile("" ::"l"(obj) : "memory");
+}
+
+// Waits for this thread's outstanding cp.async copies (the x_proj prefetch); the barrier after it publishes them to
+// the block.
+__device__ __forceinline__ void WaitXProj() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
 
 // Test-only: the globaltimer (ns) into *slot.
 __device__ __forceinline__ void StampGlobalTimer(long long* slot) {
@@ -762,57 +794,157 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
   int cur = 0;
 
   // What a thread needs to update one (row, unit) pair, computed once before the recurrence for the thread's
-  // first pair (and on the fly for any further ones): the per-step code on this serial path is then a handful of
-  // instructions (each costs ~5 cycles of latency here; indexing math was half of the cell update).
+  // first pair (and on the fly, for the current step, for any further ones): the per-step code on this serial path
+  // (one warp, few threads, ~4-5 cycles of latency per instruction) then does no 64-bit index products, reloads
+  // nothing from the constant bank for the exchange choice, and steps its output pointer by one row per step.
   const long long x_tstride = p.time_major ? (long long)B * xcols : xcols;
   const long long o_tstride = p.time_major ? (long long)B * ocols : ocols;
+  const int ex_w = P == 0 ? p.ex_r : p.ex_h;
+  const bool pub_tagged = mode == kExchangeTagged;
+  // Bytes from a pair's publish address on even steps to the one on odd steps: the other h buffer (local, cluster;
+  // m has one buffer) or the other parity of the exchange buffer (tagged: 8-byte words, counter: floats).
+  const long long pub_par = smem_h ? (P == 0 ? -4ll * p.h_buf_floats : 0ll)
+                                   : (long long)D * B * ex_w * (pub_tagged ? 8 : 4);
   struct PairCtx {
-    int r, u, len, zoff, soff;
-    const float* x_src;  // x_proj at t = 0, gate 0, this unit
-    float* out_ptr;      // output at t = 0, this unit (P == 0)
-    float* res_ptr;      // reserve at t = 0, this unit, or null
-    long long ex_off;    // exchange index of (d, row, column) without the parity
+    int len, zoff, soff;        // row length; shared-memory float offsets of the z partial sums and of c / own h
+    float* out_t;               // output at this step's t (P == 0)
+    float* res_ptr;             // reserve at t = 0, this unit, or null
+    char* pub;                  // where h (m) of an even step goes: shared tile, cluster tile, exchange word
+    float rb[3];                // GRU: the unit's recurrent bias per gate (0 for none)
   };
-  auto make_ctx = [&](int pi) {
+  // k: the block's index constants (see Kc); for a pair other than the thread's first, k comes from
+  // OpaqueIndex() so that the compiler does not hoist this rarely taken path's 64-bit products out of the step
+  // loop into registers held across it (they pushed the dot's streamed-weight loads into two batches).
+  struct Kc {
+    int d, D, B, T, R;
+    float* out;
+    float* reserve;
+    const float* x_proj;
+    char* pub_base;  // the exchange buffer written (multi-block exchange)
+  };
+  const Kc kc_plain = {d, D, B, T, R, p.out, p.reserve, p.x_proj,
+                       pub_tagged ? reinterpret_cast<char*>(P == 0 ? p.xh_tag : p.xm_tag)
+                                  : reinterpret_cast<char*>(P == 0 ? p.xh : p.xm)};
+  auto opaque_kc = [&]() {
+    Kc k = kc_plain;
+    asm volatile("" : "+r"(k.d), "+r"(k.D), "+r"(k.B), "+r"(k.T), "+r"(k.R), "+l"(k.out), "+l"(k.reserve),
+                 "+l"(k.x_proj), "+l"(k.pub_base));
+    return k;
+  };
+  auto make_ctx = [&](int pi, int s, bool valid, const Kc& k) {
+    const int d = k.d, D = k.D, B = k.B, T = k.T, R = k.R;
+    const long long ocols = (long long)D * R;
+    const long long o_tstride = p.time_major ? (long long)B * ocols : ocols;
     PairCtx c;
-    c.r = pi / ucount;
-    c.u = pi - c.r * ucount;
-    const int b = row0 + c.r;
-    c.len = len_s[c.r];
-    c.zoff = c.r * G * p.a.cols + c.u;
-    c.soff = c.r * p.upb + c.u;
+    const int r = pi / ucount;
+    const int u = pi - r * ucount;
+    const int b = row0 + r;
+    const int col = u0 + u;
+    c.len = len_s[r];
+    c.zoff = r * G * p.a.cols + u;
+    c.soff = r * p.upb + u;
     const long long row_t0 = p.time_major ? (long long)b : (long long)b * T;
-    c.x_src = p.x_proj + row_t0 * xcols + (long long)d * G * H + u0 + c.u;
-    c.out_ptr = p.out + row_t0 * ocols + (long long)d * R + u0 + c.u;
-    c.res_ptr = p.reserve ? p.reserve + ((long long)d * B + b) * T * p.reserve_f + u0 + c.u : nullptr;
-    c.ex_off = ((long long)d * B + b) * (P == 0 ? p.ex_r : p.ex_h) + u0 + c.u;
+    const int t = reverse ? c.len - 1 - s : s;  // may be out of range once the row is done: then never used
+    c.out_t = k.out + row_t0 * ocols + (long long)d * R + col + t * o_tstride;
+    c.res_ptr = k.reserve ? k.reserve + ((long long)d * B + b) * T * p.reserve_f + col : nullptr;
+    if (smem_h) {
+      c.pub = reinterpret_cast<char*>(P == 0 ? h_s + p.h_buf_floats + r * p.a.kpad + col : m_s + r * p.b.kpad + col);
+    } else {
+      const long long ex_off = ((long long)d * B + b) * ex_w + col;
+      c.pub = k.pub_base + ex_off * (pub_tagged ? 8 : 4);
+    }
+#pragma unroll
+    for (int g = 0; g < 3; ++g) c.rb[g] = 0.f;
+    if constexpr (!kLstm) {
+      if (valid && p.rec_bias) {
+        const float* rb_d = p.rec_bias + (long long)d * G * H + col;
+#pragma unroll
+        for (int g = 0; g < 3; ++g) c.rb[g] = __ldg(rb_d + (long long)g * H);
+      }
+    }
     return c;
   };
-  const PairCtx ctx0 = make_ctx(tid < npairs ? tid : 0);
+  const PairCtx ctx0 = make_ctx(tid < npairs ? tid : 0, 0, tid < npairs, kc_plain);
+  const bool has_reserve = p.reserve != nullptr;  // a predicate bit, not the 64-bit pointer held across the loop
+  // The 64-bit state of the thread's first pair (and of its x_proj prefetch, below) lives in local memory, read
+  // with a few vector loads at the top of the cell update, whose latency the z loads cover: held in registers
+  // across the step loop it pushed the dot's loads of streamed weights into two batches (ELMo f32: +10% time),
+  // and left to the compiler the step sizes were recomputed from the constant bank in every step.
+  struct alignas(16) SerialMem {
+    float* out_t;                   // first pair: output at this step's t
+    char* pub;                      // first pair: where h (m) of an even step goes
+    long long o_tstep;              // output step per timestep (t moves by one, down when reversed)
+    long long pub_par;              // bytes from an even step's publish address to an odd step's
+    const float* x_t;               // prefetch pair: x_proj at the next prefetched step's t
+    long long x_tstep;
+    float* res_ptr;                 // first pair: reserve at t = 0, or null
+    int pf_len;                     // prefetch pair: its row's length
+    int pf_pi;                      // prefetch pair (valid when pf_has)
+  };
+  SerialMem sm;
+  sm.out_t = ctx0.out_t;
+  sm.pub = ctx0.pub;
+  sm.o_tstep = reverse ? -o_tstride : o_tstride;
+  sm.pub_par = pub_par;
+  sm.res_ptr = ctx0.res_ptr;
+  sm.x_tstep = reverse ? -x_tstride : x_tstride;
 
   // x_proj of step s goes into shared memory one step ahead (cp.async on sm_80+: the copy is in flight during a
   // whole step and holds no registers; a register prefetch was sunk by the compiler to its use, back onto the
-  // critical path). Double-buffered by step parity; each thread copies and later reads only its own pairs.
+  // critical path). Double-buffered by step parity. The copies are issued by the warp after the cell-update
+  // threads when the pairs fit there (pair pi by thread pi + 32), so warp 0 goes straight from publishing h to the
+  // next step; the issuing threads wait for their copies before the barrier that ends the next step's phase A,
+  // and the cell update reads them after it.
   const int xs_buf = p.rb * p.upb * G;
-  auto prefetch_x = [&](int s) {
-    float* xs = xs_s + (s & 1) * xs_buf;
-#pragma unroll 1
-    for (int pi = tid; pi < npairs; pi += nthreads) {
-      const PairCtx c = pi == tid ? ctx0 : make_ctx(pi);
-      if (s < c.len) {
-        const int t = reverse ? c.len - 1 - s : s;
-        const float* xp = c.x_src + t * x_tstride;
+  const int pf_shift = (nthreads >= 64 && npairs <= nthreads - 32) ? 32 : 0;
+  const int pf_pi = tid - pf_shift;
+  const bool pf_has = pf_pi >= 0 && pf_pi < npairs;
+  struct PfCtx {
+    int len;
+    const float* x_t;  // x_proj at the prefetched step's t, gate 0
+  };
+  auto make_pf = [&](int pi, int s, const Kc& k) {
+    const int d = k.d, D = k.D, B = k.B, T = k.T;
+    const long long xcols = (long long)D * G * H;
+    const long long x_tstride = p.time_major ? (long long)B * xcols : xcols;
+    PfCtx c;
+    const int r = pi / ucount;
+    const int u = pi - r * ucount;
+    const int b = row0 + r;
+    c.len = len_s[r];
+    const long long row_t0 = p.time_major ? (long long)b : (long long)b * T;
+    const int t = reverse ? c.len - 1 - s : s;
+    c.x_t = k.x_proj + row_t0 * xcols + (long long)d * G * H + u0 + u + t * x_tstride;
+    return c;
+  };
+  sm.x_t = make_pf(pf_has ? pf_pi : 0, 0, kc_plain).x_t;
+  sm.pf_len = pf_has ? len_s[pf_pi / ucount] : 0;
+  sm.pf_pi = pf_pi;
+  PinToMemory(&sm);
+  auto issue_x = [&](const PfCtx& c, int pi, int s) {
+    if (s < c.len) {
+      float* xs = xs_s + (s & 1) * xs_buf + pi * G;
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
+      for (int g = 0; g < G; ++g) {
 #if __CUDA_ARCH__ >= 800
-          const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(xs + pi * G + g));
-          asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(xp + (long long)g * H) : "memory");
+        const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(xs + g));
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(c.x_t + (long long)g * H) : "memory");
 #else
-          xs[pi * G + g] = __ldg(xp + (long long)g * H);
+        xs[g] = __ldg(c.x_t + (long long)g * H);
 #endif
-        }
       }
     }
+  };
+  auto prefetch_x = [&](int s) {
+    if (pf_has) {
+      PfCtx c;
+      c.len = sm.pf_len;
+      c.x_t = sm.x_t;
+      issue_x(c, sm.pf_pi, s);
+      sm.x_t = c.x_t + sm.x_tstep;
+    }
+#pragma unroll 1
+    for (int pi = pf_pi + nthreads; pi < npairs; pi += nthreads) issue_x(make_pf(pi, s, opaque_kc()), pi, s);  // several pairs each
   };
   prefetch_x(0);
 
@@ -824,6 +956,7 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
     // ---- phase A: z = h_prev @ U_slice
     if (smem_h) {
       if (sbase >= 0) stamp(sbase + 1);
+      WaitXProj();  // this thread's x_proj copies for this step: complete before the barrier below
       if (sa.in_map)
         dot_a(h_s + cur * p.h_buf_floats, nrows, 0);
       __syncthreads();
@@ -839,78 +972,82 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
                   nthreads, p.watchdog);
         __syncthreads();
         if (sbase >= 0 && rs0 == 0) stamp(sbase + 1);
+        WaitXProj();  // as above (FetchRows' plain source already waited for every copy)
         if (sa.in_map) dot_a(h_s, nr, rs0);
         __syncthreads();
       }
     }
     if (sbase >= 0) stamp(sbase + 2);
 
-    // ---- cell update for this block's units
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_all;" ::: "memory");
-#endif
+    // ---- cell update for this block's units (x_proj copies were waited for before phase A's last barrier)
     const float* xs_step = xs_s + (s & 1) * xs_buf;
-    const long long ex_par = (long long)(s & 1) * D * B * (P == 0 ? p.ex_r : p.ex_h);
-    auto cell_update = [&](int pi, const PairCtx& c) {
+    auto cell_update = [&](const PairCtx& c, int pi) {  // pi: the pair (its x_proj is at pi * G of the buffer)
+      // z of the pair summed over the ksw warp slots: the first slot loaded, the second added without loop control
+      // (ksw is 1 or 2 in most plans), any further ones in a rolled loop. zs starts at the first slot's value
+      // instead of 0.f + it: the same sums except the sign of a zero, which no activation below distinguishes.
+      // The publish address for this step's parity, worked out before the math so its operands load meanwhile.
+      char* const pub = c.pub + ((s & 1) ? sm.pub_par : 0ll);
+      const int zcols = p.a.cols;
+      const float* zp = z_s + c.zoff;
       float zs[G];
 #pragma unroll
-      for (int g = 0; g < G; ++g) zs[g] = 0.f;
-      const float* zp = z_s + c.zoff;
-      const int kw_stride = p.rb * G * p.a.cols;
-#pragma unroll 1
-      for (int kw = 0; kw < p.a.ksw; ++kw, zp += kw_stride) {
+      for (int g = 0; g < G; ++g) zs[g] = zp[g * zcols];
+      const int ksw = p.a.ksw;
+      if (ksw > 1) {
+        const int kw_stride = p.rb * G * zcols;
+        zp += kw_stride;
 #pragma unroll
-        for (int g = 0; g < G; ++g) zs[g] += zp[g * p.a.cols];
+        for (int g = 0; g < G; ++g) zs[g] += zp[g * zcols];
+#pragma unroll 1
+        for (int kw = 2; kw < ksw; ++kw) {
+          zp += kw_stride;
+#pragma unroll
+          for (int g = 0; g < G; ++g) zs[g] += zp[g * zcols];
+        }
       }
       float hv = 0.f;  // new h (no projection) or m (projection)
       if (s < c.len) {
-        const int t = reverse ? c.len - 1 - s : s;
         float x[G];
 #pragma unroll
         for (int g = 0; g < G; ++g) x[g] = xs_step[pi * G + g];
-        float* rs = c.res_ptr ? c.res_ptr + (long long)t * p.reserve_f : nullptr;
+        float* rs = nullptr;  // training reserve
+        if (has_reserve) rs = c.res_ptr + (long long)(reverse ? c.len - 1 - s : s) * p.reserve_f;
         if constexpr (kLstm) {
           hv = LstmCellUpdate(x, zs, &c_s[c.soff], p.cell_clip, rs, H);
           if (P == 0) {
             hown_s[c.soff] = hv;
-            c.out_ptr[t * o_tstride] = hv;
+            *c.out_t = hv;
           }
         } else {
-          const float* rb_d = p.rec_bias ? p.rec_bias + (long long)d * G * H + u0 + c.u : nullptr;
-          hv = GruCellUpdate(x, zs, rb_d, hown_s[c.soff], rs, H);
+          hv = GruCellUpdateRb(x, zs, c.rb, hown_s[c.soff], rs, H);
           hown_s[c.soff] = hv;
-          c.out_ptr[t * o_tstride] = hv;
+          *c.out_t = hv;
         }
       } else if (P == 0) {
         hv = hown_s[c.soff];  // finished row: the state stays
       }
       // Publish h (or m) to whoever reads it next.
-      const int col = u0 + c.u;
-      if (local) {
-        if (P == 0) h_s[(cur ^ 1) * p.h_buf_floats + c.r * p.a.kpad + col] = hv;
-        else m_s[c.r * p.b.kpad + col] = hv;
-      } else if (cluster) {
-        StoreToClusterRanks(P == 0 ? h_s + (cur ^ 1) * p.h_buf_floats + c.r * p.a.kpad + col
-                                   : m_s + c.r * p.b.kpad + col,
-                            p.nbu, hv);
-      } else if (mode == kExchangeTagged) {
-        StoreRelaxed64((P == 0 ? p.xh_tag : p.xm_tag) + ex_par + c.ex_off,
+      if (pub_tagged) {
+        StoreRelaxed64(reinterpret_cast<unsigned long long*>(pub),
                        (static_cast<unsigned long long>(s + 1) << 32) | __float_as_uint(hv));
+      } else if (cluster) {
+        StoreToClusterRanks(reinterpret_cast<float*>(pub), p.nbu, hv);
       } else {
-        (P == 0 ? p.xh : p.xm)[ex_par + c.ex_off] = hv;
+        *reinterpret_cast<float*>(pub) = hv;  // local: the next h buffer or m tile; counter: the exchange buffer
       }
     };
     // The per-step serial part (one pass of one warp in most plans) runs out of the instruction cache if it is
     // long: keep its loops rolled (#pragma unroll 1) so the code it executes stays small.
-#pragma unroll 1
-    for (int pi = tid; pi < npairs; pi += nthreads) {
-      if (pi == tid) {
-        cell_update(pi, ctx0);
-      } else {
-        const PairCtx c = make_ctx(pi);  // only when a thread has several pairs
-        cell_update(pi, c);
-      }
+    if (tid < npairs) {
+      PairCtx c = ctx0;  // the ints and GRU biases from registers, the pointers from memory
+      c.out_t = sm.out_t;
+      c.pub = sm.pub;
+      c.res_ptr = sm.res_ptr;
+      cell_update(c, tid);
+      sm.out_t = c.out_t + sm.o_tstep;
     }
+#pragma unroll 1
+    for (int pi = tid + nthreads; pi < npairs; pi += nthreads) cell_update(make_ctx(pi, s, true, opaque_kc()), pi);  // several pairs
     if (sbase >= 0) stamp(sbase + 3);
     if (s + 1 < max_len) prefetch_x(s + 1);
 
