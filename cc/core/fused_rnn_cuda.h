@@ -56,6 +56,9 @@ struct CudaTuning {
   int max_reg_chunks = -1;   // cap on weight chunks held in registers (-1 = auto; 0 = stream everything)
   int stream_location = -1;  // -1 auto; 0 streamed weights in shared memory; 1 in the workspace (L2/HBM)
   int lanes_per_unit = 0;    // k-split lanes per unit in a warp, power of 2 <= 32 (0 = auto)
+  int stage_weights = -1;    // modes 0-3: -1 auto (the prologue copies the weights through shared memory when an
+                             // area fits), 0 each thread loads its own weights from global memory, n > 0 (tests)
+                             // as auto with the area capped at n chunks, so that the copy takes several passes
   int64_t* debug_clock = nullptr;  // test-only: device buffer of 166 int64 phase timestamps (see the .cu)
 };
 

@@ -137,6 +137,10 @@ int WordsPerChunk(int wk, int g) {
 }
 // Bytes one thread's streamed chunk takes (the kernel stores 8-byte pairs, or 4-byte words for int8).
 size_t ChunkBytes(int wk, int g) { return size_t(WordsPerChunk(wk, g)) * 4; }
+// Bytes of one raw weight element.
+int ElemBytes(int wk) {
+  return wk == cuda_impl::kWeightF32 ? 4 : (wk == cuda_impl::kWeightI8 ? 1 : 2);
+}
 // Extra instructions per chunk for unpacking the weights (and, int8, scaling the 4 h values of each row pass).
 double DecodeInstr(int wk, int g, int rc) {
   if (wk == cuda_impl::kWeightF32) return 0;
@@ -225,11 +229,19 @@ double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const 
     // 6: LSTM H=512 / H=1024 B=1 and the ELMo layer, tagged against counter), ~530 cycles per word per thread
     // plus ~1.1 k. The old model (rounds of 8 words x 1300 cycles) picked tagged for the ELMo layer, which ran
     // 22-27% slower than counter.
+    //
+    // Refitted in session 12 (H200, tools/gpu/plan_sweep.py) after the fetch lost its divisions (session 10):
+    // tagged against counter on the same layout, LSTM H=1024 and GRU H=512 at B=1 (2-4 words per thread, one
+    // exchange per step) and the int8 ELMo layer (9 words per thread, two exchanges), gives ~1300 cycles + ~300
+    // per exchange + ~67 per word per thread; the counter model below is unchanged. The old slope (534 per word)
+    // made the planner pick counter plans that ran 1.2-1.46x slower. Past 20 words per thread (batches: not
+    // measured in this fit) the old slope is kept.
     const bool tagged = geo.exchange == cuda_impl::kExchangeTagged;
     const double elems = rows * (CeilDiv(shape.recurrent_width(), 4) * 4 +
                                  (shape.num_proj > 0 ? CeilDiv(shape.num_units, 4) * 4 : 0));
     if (tagged) {
-      per_step += 1064.0 + 600.0 * syncs + 534.0 * elems / threads;
+      const double words = elems / threads;
+      per_step += 1300.0 + 306.0 * syncs + 67.0 * std::min(words, 20.0) + 534.0 * std::max(words - 20.0, 0.0);
     } else {
       per_step += std::ceil(elems / (threads * 16.0)) * 1300.0 + 2000.0 * syncs + elems * 4.0 / 64.0;
     }
@@ -424,6 +436,38 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
           kp.off_scale_b = static_cast<int>(off);
           off += i8 && P > 0 ? Align(size_t(b.kpad) * 4, 16) : 0;
           if (off != smem) return "fused_rnn CUDA: internal error in the shared-memory layout";
+          // The prologue's staging area for the weight copy (LoadWeightChunks), used when the block's whole slice
+          // fits in one pass and is large: measured on an H200 (session 12), staging took the weight load of LSTM
+          // H=1024 B=1 (128 KiB per block) from 29.7 k to 22.4 k cycles, but made H=512 (32 KiB: 3.0 k -> 7.6 k)
+          // and the ELMo layer (several passes through a 19 KiB area: 105 k -> 132 k) slower. [0, off_len) (the
+          // h/m/z union, cell state and own h) is dead until the weights are in, so it is free; otherwise an area
+          // is appended at the end if that costs no occupancy (not for cluster plans).
+          size_t stage_extra = 0;
+          if (tun.stage_weights != 0) {
+            const int elem = ElemBytes(wk);
+            const size_t chunk_a = size_t(cuda_impl::StageRowBytes(elem, G, aa.cols)) * 4 * aa.ks;
+            const size_t chunk_b = P > 0 ? size_t(cuda_impl::StageRowBytes(elem, 1, b.cols)) * 4 * b.ks : 0;
+            const size_t stage_one = std::max(chunk_a, chunk_b);
+            const size_t stage_all = std::max(chunk_a * aa.kc, chunk_b * b.kc);
+            // A positive stage_weights forces staging with the area capped at that many chunks of the larger map
+            // per pass (tests use it to run several passes).
+            const bool forced = tun.stage_weights > 0;
+            const size_t need = forced ? std::min(stage_all, size_t(tun.stage_weights) * stage_one) : stage_all;
+            const bool worth = forced || stage_all >= (size_t(64) << 10);
+            const size_t free_bytes = size_t(kp.off_len);
+            if (worth && need <= free_bytes) {
+              kp.off_stage = 0;
+              kp.stage_bytes = static_cast<int>(need);
+            } else if (worth && !is_cluster && smem + Align(need, 16) <= size_t(smem_limit)) {
+              int bps_extra = 0;
+              if (const char* err = BlocksPerSm(fn, threads, smem + Align(need, 16), limits, &bps_extra)) return err;
+              if (bps_extra == bps) {
+                stage_extra = Align(need, 16);
+                kp.off_stage = static_cast<int>(smem);
+                kp.stage_bytes = static_cast<int>(need);
+              }
+            }
+          }
           // workspace layout
           size_t ws = 0;
           const bool need_sync = !local;
@@ -454,7 +498,7 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
           pl.kc_idx = idx;
           pl.kc_template = kc_template;
           pl.blocks_per_sm = bps;
-          pl.smem = smem;
+          pl.smem = smem + stage_extra;
           pl.cooperative = !local;
           pl.cluster = is_cluster ? geo.nbu : 0;
           pl.waves = waves;
@@ -693,7 +737,7 @@ const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDev
                   shape.time_major ? 1 : 0, clip_bits[0], clip_bits[1], static_cast<int>(weight_type), device,
                   limits.sm_count, limits.max_shared_bytes_per_block_optin, limits.cooperative_launch,
                   limits.cc_major, limits.cc_minor, tun.mode, tun.units_per_block, tun.rows_per_block,
-                  tun.max_reg_chunks, tun.stream_location, tun.lanes_per_unit, 0, 0}};
+                  tun.max_reg_chunks, tun.stream_location, tun.lanes_per_unit, tun.stage_weights, 0}};
   {
     std::lock_guard<std::mutex> lock(g_plan_mutex);
     auto it = g_plans.find(key);
@@ -752,11 +796,11 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
   std::snprintf(buf, buf_len,
                 "mode=%s grid=%d (D=%d x rowgroups=%d x unitblocks=%d) threads=%d rows/block=%d units/block=%d "
                 "proj/block=%d RC=%d A[ksl=%d ksw=%d kc=%d reg=%d(tmpl %d) stream=%s] B[ksl=%d ksw=%d kc=%d "
-                "stream=%s] stage_rows=%d smem=%zu ws=%zu blocks/SM=%d waves=%d est_us=%.1f",
+                "stream=%s] stage_rows=%d weight_stage=%d@%d smem=%zu ws=%zu blocks/SM=%d waves=%d est_us=%.1f",
                 kModes[k.exchange], pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, k.ppb, pl.rc, k.a.ksl,
                 k.a.ksw, k.a.kc, k.a.kc_reg, pl.kc_template, k.a.kc == k.a.kc_reg ? "-" : (k.a.stream_global ? "global" : "smem"),
                 k.b.ksl, k.b.ksw, k.b.kc, k.P == 0 ? "-" : (k.b.stream_global ? "global" : "smem"), k.stage_rows,
-                pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.waves, pl.cost / 1980.0);
+                k.stage_bytes, k.off_stage, pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.waves, pl.cost / 1980.0);
   return nullptr;
 }
 

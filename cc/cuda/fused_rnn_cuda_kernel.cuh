@@ -164,50 +164,53 @@ __device__ __forceinline__ DotSlot MakeSlot(const DotMap& m, int tid) {
   return s;
 }
 
+// This thread's words of chunk j; fetch(k, g) returns the raw element of row k < K, gate g, the thread's column
+// (rows >= K and columns the thread does not own, col_ok false, read as zero).
+template <int WK, int G, class Fetch>
+__device__ __forceinline__ void GatherChunk(const Fetch& fetch, int j, const DotMap& m, const DotSlot& slot,
+                                            bool col_ok, int K, uint32_t (&words)[WordsPerChunk<WK, G>()]) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int k = 4 * (slot.kl + m.ks * j) + e;
+    const bool ok = col_ok && k < K;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const uint32_t raw = ok ? static_cast<uint32_t>(fetch(k, g)) : 0u;
+      if constexpr (WK == kWeightF32) {
+        words[e * G + g] = raw;
+      } else if constexpr (WK == kWeightI8) {
+        // q ^ 0x80 (see DecodeChunk); out of range reads 0 -> 0x80, which decodes to 0.
+        words[g] = (e == 0 ? 0u : words[g]) | ((raw ^ 0x80u) << (8 * e));
+      } else if (e % 2 == 0) {
+        words[(e / 2) * G + g] = raw;
+      } else {
+        words[(e / 2) * G + g] |= raw << 16;
+      }
+    }
+  }
+}
+
 // Prologue: loads this thread's part of the block's slice of a [K, *] weight matrix (columns
-// g * gate_stride + col0 + col) straight from global memory: chunks < kc_reg into registers, the rest into the
-// thread's own slots of the stream area (only this thread reads them back, so no barrier is needed). All loads of
-// the register chunks are independent and issue back to back; the stream chunks go 2 at a time. Rows >= K and
-// columns >= ncols_valid read as zero.
+// g * gate_stride + col0 + col): chunks < kc_reg into registers, the rest into the thread's own slots of the stream
+// area (only this thread reads them back). Rows >= K and columns >= ncols_valid read as zero. Every thread of the
+// block must call it (it has barriers when staging).
+//
+// With a staging area (stage_bytes > 0) the block first copies passes of whole chunks of the slice into shared
+// memory, consecutive threads copying consecutive words, and each thread then picks its elements from there.
+// Without one, each thread reads its own elements from global memory: lanes of a warp read different k-rows, so
+// every 4-byte load is its own 32-byte sector (H=1024, B=1: 35 k cycles per block, where the staged copy needs a
+// sector per 8 elements).
 template <int WK, int G, int KCR>
 __device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __restrict__ src, long long row_stride,
                                                  int gate_stride, int col0, int ncols_valid, const DotMap& m, int K,
                                                  uint32_t (&wreg)[KCR][WordsPerChunk<WK, G>()], uint2* stream,
-                                                 const DotSlot& slot, int tid) {
+                                                 const DotSlot& slot, int tid, int nthreads, unsigned char* stage,
+                                                 int stage_bytes) {
+  using Raw = typename RawOf<WK>::T;
   constexpr int NW = WordsPerChunk<WK, G>();
   constexpr int NQ = NW / 2;
-  if (!slot.in_map) return;
-  const bool col_ok = slot.col < ncols_valid;
-  auto load_chunk = [&](int j, uint32_t(&words)[NW]) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int k = 4 * (slot.kl + m.ks * j) + e;
-      const bool ok = col_ok && k < K;
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const uint32_t raw =
-            ok ? static_cast<uint32_t>(__ldg(src + (long long)k * row_stride + (long long)g * gate_stride + col0 + slot.col))
-               : 0u;
-        if constexpr (WK == kWeightF32) {
-          words[e * G + g] = raw;
-        } else if constexpr (WK == kWeightI8) {
-          // q ^ 0x80 (see DecodeChunk); out of range reads 0 -> 0x80, which decodes to 0.
-          words[g] = (e == 0 ? 0u : words[g]) | ((raw ^ 0x80u) << (8 * e));
-        } else if (e % 2 == 0) {
-          words[(e / 2) * G + g] = raw;
-        } else {
-          words[(e / 2) * G + g] |= raw << 16;
-        }
-      }
-    }
-  };
-#pragma unroll
-  for (int j = 0; j < KCR; ++j)
-    if (j < m.kc_reg) load_chunk(j, wreg[j]);
-#pragma unroll 2
-  for (int j = m.kc_reg; j < m.kc; ++j) {
-    uint32_t words[NW];
-    load_chunk(j, words);
+  const bool col_ok = slot.in_map && slot.col < ncols_valid;
+  auto store_stream = [&](int j, const uint32_t(&words)[NW]) {
     const int js = j - m.kc_reg;
     if constexpr (WK == kWeightI8) {  // G words per chunk (odd for the GRU and the projection): 32-bit slots
       uint32_t* stream32 = reinterpret_cast<uint32_t*>(stream);
@@ -218,7 +221,105 @@ __device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __
       for (int q = 0; q < NQ; ++q)
         stream[((long long)js * NQ + q) * m.threads_used + tid] = make_uint2(words[2 * q], words[2 * q + 1]);
     }
+  };
+
+  const int cols = m.cols;
+  const int row_bytes = StageRowBytes(static_cast<int>(sizeof(Raw)), G, cols);
+  const int rows_per_chunk = 4 * m.ks;
+  const int chunks_per_pass = stage_bytes > 0 ? stage_bytes / (row_bytes * rows_per_chunk) : 0;
+  if (chunks_per_pass == 0) {
+    if (!slot.in_map) return;
+    auto fetch = [&](int k, int g) -> Raw {
+      return __ldg(src + (long long)k * row_stride + (long long)g * gate_stride + col0 + slot.col);
+    };
+#pragma unroll
+    for (int j = 0; j < KCR; ++j)
+      if (j < m.kc_reg) GatherChunk<WK, G>(fetch, j, m, slot, col_ok, K, wreg[j]);
+#pragma unroll 2
+    for (int j = m.kc_reg; j < m.kc; ++j) {
+      uint32_t words[NW];
+      GatherChunk<WK, G>(fetch, j, m, slot, col_ok, K, words);
+      store_stream(j, words);
+    }
+    return;
   }
+
+  // Each (k-row, gate) segment of the slice is copied as whole aligned 32-bit words with cp.async: as many copies
+  // in flight as the hardware takes, no registers held (a register round trip with a few loads in flight per
+  // thread was latency-bound: H=1024 B=1 24 k cycles). A segment's first element sits `lead` elements into its
+  // first word.
+  constexpr int kElem = static_cast<int>(sizeof(Raw));
+  constexpr int kPerWord = 4 / kElem;
+  const int seg_words = StageSegWords(kElem, cols);
+  const int row_words = G * seg_words;
+  const uintptr_t src_addr = reinterpret_cast<uintptr_t>(src);
+  // Byte address of the first element of row k, gate g (then floored to its word).
+  auto seg_addr = [&](int k, int g) -> uintptr_t {
+    return src_addr + static_cast<uintptr_t>(((long long)k * row_stride + (long long)g * gate_stride + col0) * kElem);
+  };
+  // Walk of the copy: word i = (k, g, w) of [rows][G][seg_words], i = tid, tid + nthreads, ... tracked by carries
+  // (no divisions in the loop).
+  const int dk = nthreads / row_words, dr = nthreads - dk * row_words, dg = dr / seg_words,
+            dw = dr - dg * seg_words;
+  for (int j0 = 0; j0 < m.kc; j0 += chunks_per_pass) {
+    const int nj = min(chunks_per_pass, m.kc - j0);
+    const int k0 = j0 * rows_per_chunk;
+    const int nk = min(nj * rows_per_chunk, K - k0);  // rows past K are never read back
+    const int quarter = m.ks * nj;
+    __syncthreads();  // the previous pass has been read (and, on the first, len_s is complete)
+    int k = tid / row_words;
+    int g = (tid - k * row_words) / seg_words;
+    int w = tid - k * row_words - g * seg_words;
+    const unsigned stage_base = static_cast<unsigned>(__cvta_generic_to_shared(stage));
+#pragma unroll 4
+    for (; k < nk;) {
+      const uintptr_t a = seg_addr(k0 + k, g);
+      const int lead = kPerWord > 1 ? static_cast<int>(a & 3) / kElem : 0;
+      // Words holding elements [0, ncols_valid) of the segment; the rest of the window is never read back.
+      const int nwords = ncols_valid > 0 ? (lead + ncols_valid + kPerWord - 1) / kPerWord : 0;
+      if (w < nwords) {
+        const uintptr_t word = (a & ~uintptr_t(3)) + 4 * w;
+        const unsigned dst = stage_base + StageSlot(k, quarter) * row_bytes + (g * seg_words + w) * 4;
+#if __CUDA_ARCH__ >= 800
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(word) : "memory");
+#else
+        const uint32_t v = __ldg(reinterpret_cast<const uint32_t*>(word));
+        asm volatile("st.shared.u32 [%0], %1;" ::"r"(dst), "r"(v) : "memory");
+#endif
+      }
+      w += dw;
+      g += dg;
+      k += dk;
+      if (w >= seg_words) {
+        w -= seg_words;
+        ++g;
+      }
+      if (g >= G) {
+        g -= G;
+        ++k;
+      }
+    }
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+    __syncthreads();
+    if (slot.in_map) {
+      auto fetch = [&](int kk, int gg) -> Raw {
+        const int lead = kPerWord > 1 ? static_cast<int>(seg_addr(kk, gg) & 3) / kElem : 0;
+        return *reinterpret_cast<const Raw*>(stage + StageSlot(kk - k0, quarter) * row_bytes + gg * seg_words * 4 +
+                                             (lead + slot.col) * kElem);
+      };
+#pragma unroll
+      for (int j = 0; j < KCR; ++j)
+        if (j >= j0 && j < j0 + nj && j < m.kc_reg) GatherChunk<WK, G>(fetch, j, m, slot, col_ok, K, wreg[j]);
+      for (int j = max(j0, m.kc_reg); j < j0 + nj; ++j) {
+        uint32_t words[NW];
+        GatherChunk<WK, G>(fetch, j, m, slot, col_ok, K, words);
+        store_stream(j, words);
+      }
+    }
+  }
+  __syncthreads();  // the staging area may overlap what the prologue writes next
 }
 
 // z partial sums for rows [0, nrows) of the h tile (row stride m.kpad floats, rows padded to a multiple of RC):
@@ -707,7 +808,7 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
 #pragma unroll
     for (int q = 0; q < NW; ++q) wreg[j][q] = WK == kWeightI8 ? 0x80808080u : 0u;  // int8: bytes q ^ 0x80
   LoadWeightChunks<WK, G, KCR>(static_cast<const Raw*>(p.w_rec) + (long long)d * R * G * H, (long long)G * H, H, u0,
-                               ucount, p.a, R, wreg, stream_a, sa, tid);
+                               ucount, p.a, R, wreg, stream_a, sa, tid, nthreads, smem + p.off_stage, p.stage_bytes);
   uint32_t wreg_b_unused[1][WordsPerChunk<WK, 1>()];
   auto dot_a = [&](const float* h_tile, int nr, int z_row0) {
     if (p.a.stream_global)
@@ -723,7 +824,7 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
   };
   if (kLstm && P > 0) {
     LoadWeightChunks<WK, 1, 1>(static_cast<const Raw*>(p.w_proj) + (long long)d * H * P, P, 0, pc0, pcount, p.b, H,
-                               wreg_b_unused, stream_b, sb, tid);
+                               wreg_b_unused, stream_b, sb, tid, nthreads, smem + p.off_stage, p.stage_bytes);
   }
 
   stamp(1);

@@ -66,6 +66,9 @@ struct KernelParams {
   int h_buf_floats = 0;  // local mode: floats between the two h buffers
   int ex_r = 0, ex_h = 0; // row strides of the h and m exchange buffers (R and H rounded up to 4: 16-byte rows)
   int union_bytes = 0;   // bytes of the h/m tiles + z partial sums (zeroed in the prologue)
+  // Prologue only: a shared-memory area the block loads its weight slices through, coalesced (0 bytes: each thread
+  // loads its own elements straight from global memory). Rows laid out as StageSlot / StageRowBytes say.
+  int off_stage = 0, stage_bytes = 0;
   // workspace (device)
   int* watchdog = nullptr;
   unsigned* counters = nullptr;              // [D * nbr] barrier counters, 128 bytes apart
@@ -87,6 +90,29 @@ constexpr int kDebugSteps = 32;
 constexpr int kDebugSlots = 3 + 5 * kDebugSteps + 3;
 
 using KernelFn = void (*)(KernelParams);
+
+#if defined(__CUDACC__)
+#define FUSED_RNN_HD __host__ __device__
+#else
+#define FUSED_RNN_HD
+#endif
+// The prologue's staging area holds, per k-row, G segments of StageSegWords 32-bit words, each an aligned window of
+// the row's cols raw elements of elem_bytes (a 16-bit or int8 segment may start inside a word: the window begins at
+// the word holding its first element, so it takes up to 3 more bytes). Copies are whole aligned words (cp.async).
+FUSED_RNN_HD inline int StageSegWords(int elem_bytes, int cols) {
+  const int per_word = 4 / elem_bytes;
+  return (cols + 2 * (per_word - 1)) / per_word;
+}
+// Bytes per k-row: g segments, rounded up to an odd number of words so that the lanes of a warp, which read
+// consecutive rows (StageSlot), hit different banks.
+FUSED_RNN_HD inline int StageRowBytes(int elem_bytes, int g, int cols) {
+  int words = g * StageSegWords(elem_bytes, cols);
+  if (words % 2 == 0) ++words;
+  return 4 * words;
+}
+// Slot of k-row kr (relative to the pass's first row) in a staging pass of `quarter` = ks * chunks rows per residue
+// class: a thread's rows 4 * kl + e sit at e * quarter + kl, so consecutive k-lanes read consecutive slots.
+FUSED_RNN_HD inline int StageSlot(int kr, int quarter) { return (kr & 3) * quarter + (kr >> 2); }
 
 // Register-chunk variants compiled per weight type (index 0..kNumKcReg-1).
 constexpr int kNumKcReg = 5;

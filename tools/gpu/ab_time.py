@@ -26,6 +26,8 @@ CASES = {
     "bi100b64": ("biLSTM H=100 B=64", dict(cell="lstm", direction="bidirectional", T=100, B=64, I=100, H=100)),
     "elmo16": ("ELMo layer f16 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                           wt="f16", cell_clip=3.0, proj_clip=3.0)),
+    "elmo8": ("ELMo layer int8 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
+                                          wt="i8", cell_clip=3.0, proj_clip=3.0)),
     "elmo32": ("ELMo layer f32 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                           cell_clip=3.0, proj_clip=3.0)),
 }

@@ -82,10 +82,10 @@ class FusedRnn:
         self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
         self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
         t = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
-                 lanes_per_unit=0)
+                 lanes_per_unit=0, stage_weights=-1)
         t.update(tuning or {})
-        self.tuning = (ctypes.c_int * 6)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
-                                         t["stream_location"], t["lanes_per_unit"])
+        self.tuning = (ctypes.c_int * 7)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
+                                         t["stream_location"], t["lanes_per_unit"], t["stage_weights"])
         self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], lib.limits, self.tuning)
         self.ws = torch.empty(max(self.ws_bytes, 256), dtype=torch.uint8, device="cuda")
         self.ptrs = (ctypes.c_uint64 * 15)()
@@ -309,6 +309,25 @@ def correctness_suite(lib, quick=False):
         ("gru rev cluster auto-size H100", dict(cell="gru", direction="reverse", T=9, B=2, H=100, tuning={"mode": 3})),
         ("gru bi all-zero lengths counter", dict(cell="gru", direction="bidirectional", T=5, B=2, H=16,
                                                  tuning={"mode": 2})),
+        # The prologue's weight copy through shared memory: one chunk per pass (several passes, registers and
+        # streamed chunks, both maps of a projection LSTM), and the unstaged per-thread loads it replaced.
+        ("lstm+proj bi tagged staged 1 chunk/pass H160 P72", dict(cell="lstm", direction="bidirectional", T=7, B=3,
+                                                                 H=160, P=72, cell_clip=1.0, proj_clip=0.5,
+                                                                 tuning={"mode": 1, "units_per_block": 40,
+                                                                         "max_reg_chunks": 1, "stage_weights": 1})),
+        ("gru fwd counter staged 2 chunks/pass f16 H130", dict(cell="gru", direction="forward", T=8, B=5, H=130,
+                                                              wt="f16", tuning={"mode": 2, "units_per_block": 33,
+                                                                                "stage_weights": 2})),
+        ("lstm+proj bi local staged 1 chunk/pass bf16 RC=4 B9", dict(cell="lstm", direction="bidirectional", T=6,
+                                                                    B=9, H=48, P=20, cell_clip=0.8, wt="bf16",
+                                                                    tuning={"mode": 0, "rows_per_block": 9,
+                                                                            "stage_weights": 1})),
+        ("lstm+proj bi tagged unstaged H160 P72", dict(cell="lstm", direction="bidirectional", T=7, B=3, H=160, P=72,
+                                                      cell_clip=1.0, proj_clip=0.5,
+                                                      tuning={"mode": 1, "units_per_block": 40,
+                                                              "stage_weights": 0})),
+        ("gru bi cluster unstaged H100", dict(cell="gru", direction="bidirectional", T=9, B=2, H=100,
+                                              tuning={"mode": 3, "stage_weights": 0})),
     ]
     # NaN / Inf inputs: NaN must come out where the float64 reference has it (clips and activations keep it).
     nan_modes = [("local", {"mode": 0}), ("tagged", {"mode": 1, "units_per_block": 9}),
@@ -340,7 +359,13 @@ def correctness_suite(lib, quick=False):
         if name.startswith("gru bi all-zero"):
             # handled below with explicit zero lengths
             continue
-        results.append(run_case(lib, name, seed=seed, check_reserve=True, **kw))
+        r = run_case(lib, name, seed=seed, check_reserve=True, **kw)
+        # The staging cases must have run the path they name (the plan string says weight_stage=bytes@offset).
+        unstaged_plan = "weight_stage=0@" in r["plan"]
+        if ("unstaged" in name and not unstaged_plan) or (" staged " in name and unstaged_plan):
+            r["passed"] = False
+            r["errors"]["plan"] = "the plan did not take the weight-staging path the case names"
+        results.append(r)
     return results
 
 
@@ -668,6 +693,16 @@ PROFILE_CASES = {
                   None),
     "elmo16": ("ELMo layer f16", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                       wt="f16", cell_clip=3.0, proj_clip=3.0), None),
+    # The same plans with the prologue's per-thread weight loads instead of the staged copy.
+    "h1024_tagged_unstaged": ("LSTM H=1024 B=1 tagged, unstaged weights",
+                              dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024),
+                              {"mode": 1, "stage_weights": 0}),
+    "h512_tagged_unstaged": ("LSTM H=512 B=1 tagged, unstaged weights",
+                             dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512),
+                             {"mode": 1, "stage_weights": 0}),
+    "elmo16_unstaged": ("ELMo layer f16, unstaged weights",
+                        dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512, wt="f16",
+                             cell_clip=3.0, proj_clip=3.0), {"stage_weights": 0}),
 }
 
 

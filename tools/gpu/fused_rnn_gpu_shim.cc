@@ -28,7 +28,8 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
   return s;
 }
 
-// tuning (nullable): mode, units_per_block, rows_per_block, max_reg_chunks, stream_location, lanes_per_unit.
+// tuning (nullable): mode, units_per_block, rows_per_block, max_reg_chunks, stream_location, lanes_per_unit,
+// stage_weights.
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
 
 CudaTuning MakeTuning(const int* t) {
@@ -41,6 +42,7 @@ CudaTuning MakeTuning(const int* t) {
     tun.max_reg_chunks = t[3];
     tun.stream_location = t[4];
     tun.lanes_per_unit = t[5];
+    tun.stage_weights = t[6];
   }
   return tun;
 }

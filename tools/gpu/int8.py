@@ -49,6 +49,13 @@ def correctness(lib, quick):
                                                    tuning={"mode": 0, "rows_per_block": 9})),
         ("lstm auto plan H=200 B=2", dict(cell="lstm", direction="forward", T=12, B=2, H=200)),
         ("gru auto plan H=130 B=6 no init", dict(cell="gru", direction="forward", T=10, B=6, H=130, with_init=False)),
+        # The prologue's weight copy: one chunk per staging pass (several passes), and no staging at all.
+        ("lstm+proj tagged staged 1 chunk/pass H96 P40", dict(cell="lstm", direction="bidirectional", T=8, B=3, H=96,
+                                                             P=40, cell_clip=1.0, proj_clip=0.7,
+                                                             tuning={"mode": 1, "units_per_block": 24,
+                                                                     "stage_weights": 1})),
+        ("gru bi local unstaged H=37", dict(cell="gru", direction="bidirectional", T=8, B=4, H=37,
+                                            tuning={"mode": 0, "stage_weights": 0})),
     ]
     results = []
     for i, (name, kw) in enumerate(cases):

@@ -141,10 +141,10 @@ class Call:
         self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
         self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
         t = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
-                 lanes_per_unit=0)
+                 lanes_per_unit=0, stage_weights=-1)
         t.update(tuning or {})
-        self.tuning = (ctypes.c_int * 6)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
-                                         t["stream_location"], t["lanes_per_unit"])
+        self.tuning = (ctypes.c_int * 7)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
+                                         t["stream_location"], t["lanes_per_unit"], t["stage_weights"])
         self.limits = limits if limits is not None else lib.limits
         self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], self.limits, self.tuning)
 
@@ -307,6 +307,21 @@ def sanitize_case_list(limits):
         ("gru cluster all-streamed-global T5 B2 H64", dict(cell="gru", direction="bidirectional", T=5, B=2, H=64,
                                                            tuning={"mode": 3, "max_reg_chunks": 0,
                                                                    "stream_location": 1})),
+        # The prologue's weight copy through shared memory in several passes (one chunk each), with a projection
+        # (both maps) and streamed chunks; and the unstaged per-thread loads.
+        ("lstm+proj bi tagged staged 1 chunk/pass T5 B3 H160 P72", dict(cell="lstm", direction="bidirectional", T=5,
+                                                                       B=3, H=160, P=72, cell_clip=1.0,
+                                                                       proj_clip=0.5,
+                                                                       tuning={"mode": 1, "units_per_block": 40,
+                                                                               "max_reg_chunks": 1,
+                                                                               "stage_weights": 1})),
+        ("gru bi local staged 1 chunk/pass (RC=4) T5 B6 H64", dict(cell="gru", direction="bidirectional", T=5, B=6,
+                                                                   H=64, tuning={"mode": 0, "rows_per_block": 6,
+                                                                                 "stage_weights": 1})),
+        ("lstm bi cluster staged T5 B2 H100", dict(cell="lstm", direction="bidirectional", T=5, B=2, H=100,
+                                                   tuning={"mode": 3, "stage_weights": 1})),
+        ("lstm fwd tagged unstaged T5 B2 H128", dict(cell="lstm", direction="forward", T=5, B=2, H=128,
+                                                     tuning={"mode": 1, "stage_weights": 0})),
         # k split over lanes and warps (ksw > 1: partial sums added across warps in shared memory).
         ("lstm fwd tagged lanes=4 T5 B2 H200", dict(cell="lstm", direction="forward", T=5, B=2, H=200,
                                                     tuning={"mode": 1, "units_per_block": 40,
