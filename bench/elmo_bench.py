@@ -1,5 +1,5 @@
-"""ELMo benchmark: the full-size "original" ELMo with random weights, the biLM on the fused op (float32 weights, and
-INT8 recurrent/projection weights: implementation="fused_int8") against the same network with its biLM on stock
+"""ELMo benchmark: the full-size "original" ELMo with random weights, the biLM on the fused op (float32 weights;
+bfloat16 recurrent/projection weights, implementation="fused_bf16"; INT8 ones, "fused_int8") against the same network with its biLM on stock
 Keras layers (keras.layers.RNN of a projection LSTM cell), same weights, in one
 process. Sentences of 100 tokens (102 steps with <S> and </S>), B=1 and B=32, each model inside one tf.function,
 median milliseconds per batch of warm runs. Also the biLM alone (token embeddings in, the LSTM layers out) and the
@@ -177,7 +177,7 @@ def main():
     start = time.perf_counter()
     weights = random_bilm_tf_weights(ORIGINAL_OPTIONS, rng)
     models = {}
-    for implementation in ("keras", "fused", "fused_int8"):
+    for implementation in ("keras", "fused", "fused_bf16", "fused_int8"):
         model = elmo.build_elmo(ORIGINAL_OPTIONS, implementation=implementation, name=f"elmo_{implementation}")
         elmo.set_bilm_tf_weights(model, weights)
         models[implementation] = model
@@ -187,7 +187,7 @@ def main():
           file=sys.stderr, flush=True)
 
     cases = []
-    int8_errors = {}
+    int8_errors, bf16_errors = {}, {}
     for batch in [int(b) for b in args.batches.split(",")]:
         char_ids = tf.constant(elmo.batch_to_ids(random_sentences(rng, batch, TOKENS)))
         token_embeddings = models["fused"].char_encoder(char_ids)
@@ -205,16 +205,21 @@ def main():
         for label in ("ELMo (char CNN + biLM)", "biLM alone"):
             fused_out, stock_out = funcs["fused"][label]().numpy(), funcs["keras"][label]().numpy()
             int8_out = funcs["fused_int8"][label]().numpy()
+            bf16_out = funcs["fused_bf16"][label]().numpy()
             assert fused_out.shape[0] == batch, fused_out.shape
             diff = float(np.max(np.abs(fused_out - stock_out)))
             int8_err = float(np.linalg.norm(int8_out - stock_out) / np.linalg.norm(stock_out))
-            print(f"B={batch}, {label}: max |fused - stock| of the top layer = {diff:.2e}; int8 relative L2 error "
-                  f"{int8_err:.1e}", file=sys.stderr, flush=True)
+            bf16_err = float(np.linalg.norm(bf16_out - stock_out) / np.linalg.norm(stock_out))
+            print(f"B={batch}, {label}: max |fused - stock| of the top layer = {diff:.2e}; relative L2 error: "
+                  f"bf16 {bf16_err:.1e}, int8 {int8_err:.1e}", file=sys.stderr, flush=True)
             assert diff < 1e-3, f"fused and stock disagree by {diff}"
             # A sanity bound only: the scheme's error on these random weights is about 1% at the top layer (0.1-0.3%
             # on the two trained upstream fixtures, tests/test_int8.py).
             assert int8_err < 5e-2, f"int8 and stock disagree by {int8_err} (relative L2)"
+            # bfloat16 keeps 8 bits of mantissa: ~0.1% on the trained fixtures (tests/test_weights16.py).
+            assert bf16_err < 5e-2, f"bf16 and stock disagree by {bf16_err} (relative L2)"
             int8_errors[(batch, label)] = int8_err
+            bf16_errors[(batch, label)] = bf16_err
         assert funcs["char CNN"]().shape[0] == batch
         cases.append((batch, funcs))
 
@@ -229,17 +234,19 @@ def main():
         repeats = args.repeats if batch == 1 else args.repeats_b32
         for label in ("ELMo (char CNN + biLM)", "biLM alone"):
             fused, stock, int8 = funcs["fused"][label], funcs["keras"][label], funcs["fused_int8"][label]
-            (fused_ms, stock_ms, int8_ms), others, slowdown, load = interleaved_median_ms(
-                [lambda: fused().numpy(), lambda: stock().numpy(), lambda: int8().numpy()], repeats, warmup=1,
-                probe=probe)
-            rows.append((f"{label}, B={batch}", stock_ms, fused_ms, int8_ms, others, slowdown, load))
-            print(f"{rows[-1][0]}: stock {stock_ms:.1f} ms, fused {fused_ms:.1f} ms, fused int8 {int8_ms:.1f} ms "
+            bf16 = funcs["fused_bf16"][label]
+            (fused_ms, stock_ms, bf16_ms, int8_ms), others, slowdown, load = interleaved_median_ms(
+                [lambda: fused().numpy(), lambda: stock().numpy(), lambda: bf16().numpy(), lambda: int8().numpy()],
+                repeats, warmup=1, probe=probe)
+            rows.append((f"{label}, B={batch}", stock_ms, fused_ms, bf16_ms, int8_ms, others, slowdown, load))
+            print(f"{rows[-1][0]}: stock {stock_ms:.1f} ms, fused {fused_ms:.1f} ms, fused bf16 {bf16_ms:.1f} ms, "
+                  f"fused int8 {int8_ms:.1f} ms "
                   f"(others took {100 * others:.0f}% of the CPUs, probe {slowdown:.2f}x, load {load:.2f})",
                   file=sys.stderr, flush=True)
         (cnn_ms,), others, slowdown, load = interleaved_median_ms([lambda: funcs["char CNN"]().numpy()], repeats,
                                                                   warmup=1, probe=probe)
-        rows.append((f"char CNN alone (same layers in all), B={batch}", cnn_ms, cnn_ms, cnn_ms, others, slowdown,
-                     load))
+        rows.append((f"char CNN alone (same layers in all), B={batch}", cnn_ms, cnn_ms, cnn_ms, cnn_ms, others,
+                     slowdown, load))
 
     print(f"\nELMo original (2x4096/512, 2048 char filters, 2 highway), random weights, {TOKENS} tokens per "
           f"sentence ({TOKENS + 2} steps), float32; {platform.machine()}, {os.cpu_count()} CPUs, TF "
@@ -251,17 +258,22 @@ def main():
           + f"; 'others' = share of the CPUs other processes took during the row; 'probe' = time of a fixed "
             f"job around the row over its idle time ({probe.baseline_ms:.1f} ms); 'load' = the 1-minute load "
             "average at the row's end (it counts this benchmark).\n")
-    print("INT8 relative L2 error of the top layer against stock float32: " + ", ".join(
-        f"{label} B={batch} {err:.1e}" for (batch, label), err in int8_errors.items()) + "\n")
-    print("| case | stock Keras (ms) | fused (ms) | speedup | fused int8 (ms) | int8 speedup | others | probe | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label, stock_ms, fused_ms, int8_ms, others, slowdown, load in rows:
+    for name, errors in (("bfloat16", bf16_errors), ("INT8", int8_errors)):
+        print(f"{name} relative L2 error of the top layer against stock float32: " + ", ".join(
+            f"{label} B={batch} {err:.1e}" for (batch, label), err in errors.items()))
+    print()
+    print("| case | stock Keras (ms) | fused (ms) | speedup | fused bf16 (ms) | bf16 speedup | fused int8 (ms) "
+          "| int8 speedup | others | probe | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, stock_ms, fused_ms, bf16_ms, int8_ms, others, slowdown, load in rows:
         cnn = label.startswith("char CNN")
-        speedup = "-" if cnn else f"{stock_ms / fused_ms:.1f}x"
-        int8_speedup = "-" if cnn else f"{stock_ms / int8_ms:.1f}x"
-        stock_text, int8_text = ("-", "-") if cnn else (f"{stock_ms:.1f}", f"{int8_ms:.1f}")
-        print(f"| {label} | {stock_text} | {fused_ms:.1f} | {speedup} | {int8_text} | {int8_speedup} "
-              f"| {100 * others:.0f}% | {slowdown:.2f}x | {load:.2f} |")
+        cols = [f"{fused_ms:.1f}"]
+        if cnn:
+            cols = ["-", cols[0], "-", "-", "-", "-", "-"]
+        else:
+            cols = [f"{stock_ms:.1f}", cols[0], f"{stock_ms / fused_ms:.1f}x", f"{bf16_ms:.1f}",
+                    f"{stock_ms / bf16_ms:.1f}x", f"{int8_ms:.1f}", f"{stock_ms / int8_ms:.1f}x"]
+        print(f"| {label} | " + " | ".join(cols) + f" | {100 * others:.0f}% | {slowdown:.2f}x | {load:.2f} |")
 
 if __name__ == "__main__":
     main()
