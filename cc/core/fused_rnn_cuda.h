@@ -50,12 +50,16 @@ struct CudaTuning {
                              // thread-block cluster of 2..8 blocks per (direction, row group), exchange through
                              // distributed shared memory + the cluster barrier; 4 (sm_80+, 16-bit weights, no
                              // projection) tensor cores: mma.sync with U resident as fragments, h_{t-1} rounded to
-                             // the weight type for the product (float32 accumulation and cell math)
+                             // the weight type for the product (float32 accumulation and cell math); 5 the
+                             // small-hidden-size kernel: one block per (direction, batch row) with the whole
+                             // recurrent kernel on chip (no projection; 4 or 8 lanes per unit; H up to ~100 float32, ~140
+                             // 16-bit), one __syncthreads per step, blocks independent
   int units_per_block = 0;   // modes 1-3: hidden units owned by one block (0 = auto)
   int rows_per_block = 0;    // modes 0 and 3: batch rows per block (0 = auto)
-  int max_reg_chunks = -1;   // cap on weight chunks held in registers (-1 = auto; 0 = stream everything)
+  int max_reg_chunks = -1;   // cap on weight chunks held in registers (-1 = auto; 0 = stream everything; mode 5
+                             // keeps at most 2 chunks out of registers)
   int stream_location = -1;  // -1 auto; 0 streamed weights in shared memory; 1 in the workspace (L2/HBM)
-  int lanes_per_unit = 0;    // k-split lanes per unit in a warp, power of 2 <= 32 (0 = auto)
+  int lanes_per_unit = 0;    // k-split lanes per unit in a warp, power of 2 <= 32 (0 = auto; mode 5: 4 or 8)
   int stage_weights = -1;    // modes 0-3: -1 auto (the prologue copies the weights through shared memory when an
                              // area fits), 0 each thread loads its own weights from global memory, n > 0 (tests)
                              // as auto with the area capped at n chunks, so that the copy takes several passes

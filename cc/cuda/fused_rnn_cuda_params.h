@@ -11,6 +11,12 @@ enum : int { kExchangeLocal = 0, kExchangeTagged = 1, kExchangeCounter = 2, kExc
 // Mode 4 is a different kernel (fused_rnn_cuda_tc.cuh): 16-bit weights as tensor-core (mma.sync) fragments, h
 // exchanged as 16-bit values through the workspace, counter barrier. Only the fields it names below apply to it.
 enum : int { kModeTensorCore = 4 };
+// Mode 5 is the small-hidden-size kernel (fused_rnn_cuda_small.cuh): one block per (direction, batch row), the
+// whole recurrent kernel in registers (NI chunks per lane, map a with one warp slot), one __syncthreads per step.
+// Fields it uses: shape, tensors, a, off_h (the [2][a.kpad] h tile), off_stage / stage_bytes.
+enum : int { kModeSmall = 5 };
+constexpr int kSmallMaxNi = 8;
+constexpr int kSmallMaxTail = 2;  // chunks past the NR register ones, in shared memory
 // kWeightI8: int8 rows with one float scale per row (W[k][j] = q[k][j] / scale[k]); the kernel multiplies h[k] by
 // 1 / scale[k] instead of dequantizing every weight, as the CPU path does.
 enum : int { kWeightF32 = 0, kWeightF16 = 1, kWeightBF16 = 2, kWeightI8 = 3 };
@@ -146,6 +152,10 @@ KernelFn GetKernelTcLstmF16(int nt_idx);
 KernelFn GetKernelTcLstmBF16(int nt_idx);
 KernelFn GetKernelTcGruF16(int nt_idx);
 KernelFn GetKernelTcGruBF16(int nt_idx);
+// Small-hidden-size kernels (mode 5) for (cell, weight kind) by register chunks per lane (1..kSmallMaxNi) and
+// lanes per unit (4 or 8).
+KernelFn GetKernelSmallLstm(int wk, int nr, int ksl);
+KernelFn GetKernelSmallGru(int wk, int nr, int ksl);
 
 }  // namespace cuda_impl
 }  // namespace fused_rnn

@@ -354,6 +354,56 @@ def correctness_suite(lib, quick=False):
                 extra.append((f"{cell}{'+proj' if P else ''} bi {mode} RC=1 lanes={lanes} H72",
                               dict(cell=cell, direction="bidirectional", T=6, B=3, H=72, P=P,
                                    tuning=dict(tun, rows_per_block=1, lanes_per_unit=lanes))))
+    # Mode 5, the small-hidden-size kernel: every cell x direction, each weight kind, every lane count, the
+    # register/shared-memory tail split, the staged and unstaged prologue, tiny and larger H, a grid that takes
+    # several waves, NaN input. Each case must have run mode 5 (checked below).
+    small = {"mode": 5}
+    for cell, cc in (("lstm", 0.0), ("lstm", 0.45), ("gru", 0.0)):
+        for direction in ("forward", "reverse", "bidirectional"):
+            seed += 1
+            extra.append((f"small {cell}{'+clip' if cc else ''} {direction} T11 B5 H24"
+                          f"{' time-major' if seed % 2 == 0 else ''}",
+                          dict(cell=cell, direction=direction, T=11, B=5, H=24, cell_clip=cc,
+                               time_major=seed % 2 == 0, tuning=small)))
+    for wt in ("f16", "bf16", "i8"):
+        for cell in ("lstm", "gru"):
+            extra.append((f"small {cell} bidirectional {wt} T9 B4 H40",
+                          dict(cell=cell, direction="bidirectional", T=9, B=4, H=40, wt=wt, cell_clip=0.9,
+                               tuning=small)))
+    for lanes in (4, 8):
+        for cell in ("lstm", "gru"):
+            extra.append((f"small {cell} bi lanes={lanes} H72", dict(cell=cell, direction="bidirectional", T=6, B=3,
+                                                                  H=72, tuning=dict(small, lanes_per_unit=lanes))))
+    extra += [
+        ("small lstm bi auto-lanes H100 (the timed shape)", dict(cell="lstm", direction="bidirectional", T=12, B=2,
+                                                                H=100, tuning=small)),
+        ("small lstm bi lanes=4 tail 2 chunks H100", dict(cell="lstm", direction="bidirectional", T=8, B=2, H=100,
+                                                          tuning=dict(small, lanes_per_unit=4, max_reg_chunks=5))),
+        ("small gru fwd lanes=4 tail 1 chunk H100 f16", dict(cell="gru", direction="forward", T=8, B=2, H=100,
+                                                             wt="f16", tuning=dict(small, lanes_per_unit=4,
+                                                                                   max_reg_chunks=6))),
+        ("small lstm rev staged 1 chunk/pass H100", dict(cell="lstm", direction="reverse", T=7, B=2, H=100,
+                                                         tuning=dict(small, stage_weights=1))),
+        ("small gru bi unstaged H100", dict(cell="gru", direction="bidirectional", T=7, B=2, H=100,
+                                            tuning=dict(small, stage_weights=0))),
+        ("small lstm bi H1", dict(cell="lstm", direction="bidirectional", T=5, B=3, H=1, tuning=small)),
+        ("small gru bi lanes=8 H12 (lanes without rows)", dict(cell="gru", direction="bidirectional", T=5, B=3, H=12,
+                                                               tuning=dict(small, lanes_per_unit=8))),
+        ("small gru fwd H3 no-bias no-init", dict(cell="gru", direction="forward", T=6, B=2, H=3, with_init=False,
+                                                  gru_bias=False, tuning=small)),
+        ("small lstm bi bf16 H128", dict(cell="lstm", direction="bidirectional", T=6, B=2, H=128, wt="bf16",
+                                         tuning=small)),
+        ("small gru bi i8 zero rows H64", dict(cell="gru", direction="bidirectional", T=6, B=3, H=64, wt="i8",
+                                               zero_rows=True, tuning=small)),
+        ("small lstm fwd waves B1500 H16", dict(cell="lstm", direction="forward", T=3, B=1500, H=16, tuning=small,
+                                                rows=[0, 1, 777, 1499])),
+        ("small lstm fwd no-init no-lengths H48", dict(cell="lstm", direction="forward", T=9, B=3, H=48,
+                                                       ragged=False, with_init=False, tuning=small)),
+    ]
+    for cell, cc in (("lstm", 0.5), ("gru", 0.0)):
+        seed += 1
+        results.append(run_case(lib, f"NaN/Inf input small {cell} bidirectional", cell, "bidirectional", T=9, B=3,
+                                H=24, cell_clip=cc, tuning=small, seed=seed, inject_nan=True))
     for name, kw in extra:
         seed += 1
         if name.startswith("gru bi all-zero"):
@@ -365,6 +415,9 @@ def correctness_suite(lib, quick=False):
         if ("unstaged" in name and not unstaged_plan) or (" staged " in name and unstaged_plan):
             r["passed"] = False
             r["errors"]["plan"] = "the plan did not take the weight-staging path the case names"
+        if name.startswith("small ") and not r["plan"].startswith("mode=small"):
+            r["passed"] = False
+            r["errors"]["plan"] = "the case did not run the small-hidden-size kernel (mode 5)"
         results.append(r)
     return results
 
@@ -642,6 +695,12 @@ def timing_suite(lib, results, variants):
         ("LSTM H=1024 B=64 tagged", dict(cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024), {"mode": 1}),
         ("LSTM H=1024 B=64 counter", dict(cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024), {"mode": 2}),
         ("biLSTM H=100 B=1 local", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100), {"mode": 0}),
+        ("biLSTM H=100 B=1 small", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+         {"mode": 5}),
+        ("biLSTM H=100 B=64 small", dict(cell="lstm", direction="bidirectional", T=100, B=64, I=100, H=100),
+         {"mode": 5}),
+        ("biLSTM H=100 B=64 local", dict(cell="lstm", direction="bidirectional", T=100, B=64, I=100, H=100),
+         {"mode": 0}),
         ("biLSTM H=100 B=1 tagged", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
          {"mode": 1}),
         ("biLSTM H=100 B=1 cluster 2", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
@@ -681,6 +740,11 @@ PROFILE_CASES = {
                  None),
     "local100_local": ("biLSTM H=100 B=1 local", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100,
                                                       H=100), {"mode": 0}),
+    "small100": ("biLSTM H=100 B=1 small", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+                 {"mode": 5}),
+    "small100_unstaged": ("biLSTM H=100 B=1 small, unstaged weights",
+                          dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+                          {"mode": 5, "stage_weights": 0}),
     "local100_cluster": ("biLSTM H=100 B=1 cluster", dict(cell="lstm", direction="bidirectional", T=100, B=1,
                                                           I=100, H=100), {"mode": 3}),
     "h512_tagged": ("LSTM H=512 B=1 tagged", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512),

@@ -19,7 +19,9 @@ from driver import FusedLayer, Lib, graph_of, log, time_ms  # noqa: E402
 
 # Forced alternatives per case key (the automatic plan is always timed first).
 VARIANTS = {
-    "bi100": [{"mode": 0}, {"mode": 3}, {"mode": 3, "lanes_per_unit": 16}, {"mode": 3, "lanes_per_unit": 4}],
+    "bi100": [{"mode": 0}, {"mode": 3}, {"mode": 5, "lanes_per_unit": 4}, {"mode": 5, "lanes_per_unit": 4,
+                                                                          "max_reg_chunks": 5},
+              {"mode": 5, "lanes_per_unit": 8}, {"mode": 5, "stage_weights": 0}],
     "h512": [{"mode": 1, "lanes_per_unit": 32}, {"mode": 1, "lanes_per_unit": 16}, {"mode": 1, "lanes_per_unit": 8},
              {"mode": 1, "lanes_per_unit": 4}, {"mode": 2}],
     "h1024": [{"stage_weights": 0}, {"mode": 1, "lanes_per_unit": 32, "max_reg_chunks": 8}, {"mode": 1, "lanes_per_unit": 32,
@@ -27,8 +29,11 @@ VARIANTS = {
               {"mode": 1, "lanes_per_unit": 16}, {"mode": 1, "lanes_per_unit": 8}, {"mode": 2}],
     "gru512": [{"mode": 1, "lanes_per_unit": 32}, {"mode": 1, "lanes_per_unit": 16}, {"mode": 1, "lanes_per_unit": 8},
                {"mode": 2}, {"stage_weights": 0}],
-    "bi100b64": [{"mode": 0, "lanes_per_unit": 2}, {"mode": 0, "lanes_per_unit": 4}, {"mode": 0, "lanes_per_unit": 1}],
+    "bi100b64": [{"mode": 5}, {"mode": 0},  {"mode": 0, "lanes_per_unit": 2}, {"mode": 0, "lanes_per_unit": 4}, {"mode": 0, "lanes_per_unit": 1}],
     "h1024b64": [{"mode": 1}, {"stage_weights": 0}],
+    "lstm64": [{"mode": 0}, {"mode": 3}, {"mode": 1}, {"mode": 5}, {"mode": 5, "lanes_per_unit": 8}],
+    "gru100b16": [{"mode": 0}, {"mode": 3}, {"mode": 5}],
+    "bi128bf16": [{"mode": 0}, {"mode": 3}, {"mode": 1}, {"mode": 5}, {"mode": 5, "lanes_per_unit": 8}],
     "elmo16": [{"mode": 1}, {"mode": 1, "lanes_per_unit": 4}, {"mode": 2, "lanes_per_unit": 4},
                {"mode": 2, "lanes_per_unit": 2}],
     "elmo8": [{"mode": 1}, {"mode": 1, "lanes_per_unit": 4}, {"mode": 2, "lanes_per_unit": 8},

@@ -366,6 +366,23 @@ def sanitize_case_list(limits):
         extra.append((f"{cell}{'+proj+clip' if P else ''} bi {mode} {wt} T6 B4 H40",
                       dict(cell=cell, direction="bidirectional", T=6, B=4, H=40, P=P, cell_clip=cc, proj_clip=pc,
                            wt=wt, tuning=tun)))
+    # Mode 5, the small-hidden-size kernel: both cells, every direction, a shared-memory tail, the staged prologue
+    # (two passes), 16-bit weights, lane counts 4 and 8, ragged rows with a length of 0 and 1.
+    extra += [
+        ("[small] lstm+clip bi T7 B5 H24", dict(cell="lstm", direction="bidirectional", T=7, B=5, H=24,
+                                                 cell_clip=0.5, tuning={"mode": 5})),
+        ("[small] gru rev time-major T7 B3 H40", dict(cell="gru", direction="reverse", T=7, B=3, H=40,
+                                                      time_major=True, tuning={"mode": 5, "lanes_per_unit": 8})),
+        ("[small] lstm fwd tail 2 staged 1 chunk/pass T5 B2 H100", dict(cell="lstm", direction="forward", T=5, B=2,
+                                                                         H=100, tuning={"mode": 5,
+                                                                                        "lanes_per_unit": 4,
+                                                                                        "max_reg_chunks": 5,
+                                                                                        "stage_weights": 1})),
+        ("[small] gru bi f16 T6 B4 H40", dict(cell="gru", direction="bidirectional", T=6, B=4, H=40, wt="f16",
+                                              tuning={"mode": 5})),
+        ("[small] lstm bi bf16 T6 B3 H64", dict(cell="lstm", direction="bidirectional", T=6, B=3, H=64, wt="bf16",
+                                              tuning={"mode": 5})),
+    ]
     # Staged h tiles: rows per block larger than the shared tile holds (stage_rows < rows/block), so the fetch and
     # the dot run in several passes. Needs a tile of more than ~200 KB: B=64, H=1024 (T=3 keeps it short).
     extra += [

@@ -1,0 +1,293 @@
+// Mode 5, the small-hidden-size kernel (device code; included only by the fused_rnn_cuda_small_*.cu files).
+//
+// One block per (direction, batch row) holds the whole recurrent kernel of its direction in registers and runs
+// every step of its row with ONE __syncthreads per step and nothing else: no grid or cluster barrier, no global
+// exchange, no shared-memory weight stream, no z round trip through shared memory. Blocks never wait for each
+// other, so any grid size runs (in waves when it does not fit) and there is nothing that could deadlock.
+//
+// Layout: KSL lanes per hidden unit j (4 or 8); lane kl of the unit owns the k-rows
+// 4 * (kl + ksl * i) + e (i < kc, e < 4) of all G gate columns of unit j, as kc chunks (the DotMap and
+// LoadWeightChunks layout of the persistent kernel with one warp slot): the first NR in registers, at most a
+// couple more (the tail) in the thread's own shared-memory slots. Per step each thread:
+//   1. reads its float4 of h_{t-1} from the shared tile (the ksl lanes of a unit read consecutive float4, the
+//      32 / ksl units of a warp the same ones: conflict-free broadcasts);
+//   2. accumulates its G partial gate sums (two accumulator sets: half-length dependent chains); lane g of the unit
+//      starts gate g's sum at x_proj (LSTM; GRU gates z and r, and the n gate's recurrent bias), so no separate add;
+//   3. reduce-scatters the G sums over the unit's KSL lanes (lane q * KSL / 4 ends with gate q's total), applies
+//      its gate's activation, and gathers the four activations back with shuffles;
+//   4. runs the rest of the cell update redundantly in every lane of the unit (no divergence, c and h stay in
+//      registers); lane 0 stores h to the output and into the other h buffer, then the block meets at the barrier.
+// Why this shape: at H ~100 the general local plan spends ~3 k cycles per step (bench/gpu/NOTES.md, session 13),
+// mostly in phases that exist only to share work across warps (z partial sums in shared memory, a one-warp cell
+// update, a barrier between them); here the dependent chain per step is LDS -> ~kc * 4 * G FMAs -> 2-3 shuffle
+// levels -> one activation -> one gather -> the cell.
+#ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_SMALL_CUH_
+#define FUSED_RNN_CUDA_FUSED_RNN_CUDA_SMALL_CUH_
+
+#include "fused_rnn_cuda_kernel.cuh"
+
+namespace fused_rnn {
+namespace cuda_impl {
+
+// Block size the compiler plans registers for: NR weight chunks plus ~32 registers for the rest. ptxas sizes the
+// cap for whole groups of 4 warps (each SM sub-partition has its own quarter of the register file), so the bound
+// is a multiple of 128 threads.
+template <int G, int WK, int NR> __host__ __device__ constexpr int SmallMaxThreads() {
+  return (65536 / (NR * WordsPerChunk<WK, G>() + 32)) / 128 * 128 > 1024
+             ? 1024
+             : ((65536 / (NR * WordsPerChunk<WK, G>() + 32)) / 128 * 128 < 128
+                    ? 128
+                    : (65536 / (NR * WordsPerChunk<WK, G>() + 32)) / 128 * 128);
+}
+
+// A load issued where it is written: the x_proj of the next step, so its latency hides behind a whole step (a
+// plain load was sunk by the compiler to its use, back onto the serial path).
+__device__ __forceinline__ float LoadGlobalNcHere(const float* ptr) {
+  float v;
+  asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(ptr));
+  return v;
+}
+
+template <int G>
+__device__ __forceinline__ void SmallFma(const float (&w)[4][G], const float4& hv, float (&acc)[G]) {
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    acc[g] = fmaf(w[0][g], hv.x, acc[g]);
+    acc[g] = fmaf(w[1][g], hv.y, acc[g]);
+    acc[g] = fmaf(w[2][g], hv.z, acc[g]);
+    acc[g] = fmaf(w[3][g], hv.w, acc[g]);
+  }
+}
+
+template <int CELL, int WK, int NR, int KSL>
+__global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>(), 1)
+    RnnSmallKernel(const KernelParams p) {
+  constexpr int G = CELL == 0 ? 4 : 3;
+  constexpr bool kLstm = CELL == 0;
+  constexpr int NW = WordsPerChunk<WK, G>();
+  using Raw = typename RawOf<WK>::T;
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int H = p.H, B = p.B, T = p.T, D = p.D;
+  const int d = blockIdx.x / B, b = blockIdx.x - d * B;
+  const bool reverse = (p.reverse_mask >> d) & 1;
+  constexpr int ksl = KSL;  // the planner's p.a.ksl
+  const int kpad = p.a.kpad;
+  const DotSlot slot = MakeSlot(p.a, tid);
+  const int j = slot.col;  // the hidden unit (>= H: a padding lane of the last warp, zero weights, no stores)
+  const bool unit_ok = j < H;
+  const int lanek = slot.lanek;
+  const int lane = tid & 31;
+  float* h_s = reinterpret_cast<float*>(smem + p.off_h);  // [2][kpad], double-buffered by step parity
+
+  const bool stamping = p.debug_clock != nullptr && blockIdx.x == 0 && tid == 0;
+  auto stamp = [&](int slot_index) {
+    if (stamping) p.debug_clock[slot_index] = clock64();
+  };
+  if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 2);
+  stamp(0);
+
+  int len = p.lengths ? p.lengths[b] : T;
+  len = min(max(len, 0), T);
+
+  // ---- prologue: weights into registers (through the staging area when the planner gave one), then state.
+  uint32_t wreg[NR][NW];
+#pragma unroll
+  for (int i = 0; i < NR; ++i)
+#pragma unroll
+    for (int q = 0; q < NW; ++q) wreg[i][q] = WK == kWeightI8 ? 0x80808080u : 0u;  // int8: bytes q ^ 0x80
+  uint2* tail_s = reinterpret_cast<uint2*>(smem + p.off_stream_a);  // chunks >= NR, this thread's own slots
+  LoadWeightChunks<WK, G, NR>(static_cast<const Raw*>(p.w_rec) + (long long)d * H * G * H, (long long)G * H, H, 0, H,
+                              p.a, H, wreg, tail_s, slot, tid, nthreads, smem + p.off_stage, p.stage_bytes);
+  // Tail chunks that hold real k-rows for this lane (at H = 100 with 4 lanes the 7th chunk is row group 24 alone:
+  // only lane 0 of each unit reads it, the other lanes skip it).
+  int tail_chunks = 0;
+  for (int jt = NR; jt < p.a.kc; ++jt)
+    if (4 * (slot.kl + ksl * jt) < H) tail_chunks = jt - NR + 1;
+  stamp(1);
+
+  // int8: the h tile holds h[k] / scale[k], so the dot of the integer weights is the dequantized product. The
+  // lane that publishes unit j's h scales it by 1 / scale[j] (0 for a zero row, as the quantizer's scale 0 means).
+  float inv_scale = 1.f;
+  if constexpr (WK == kWeightI8) {
+    const float sc = unit_ok ? __ldg(p.rec_scale + (long long)d * H + j) : 0.f;
+    inv_scale = sc != 0.f ? 1.f / sc : 0.f;
+  }
+  for (int i = tid; i < 2 * kpad; i += nthreads) h_s[i] = 0.f;  // k padding reads 0 (the staging area overlapped)
+  __syncthreads();
+  const long long state_idx = ((long long)d * B + b) * H + j;
+  float h_prev = unit_ok && p.h0 ? p.h0[state_idx] : 0.f;
+  float c = kLstm && unit_ok && p.c0 ? p.c0[state_idx] : 0.f;
+  if (unit_ok && lanek == 0) h_s[j] = WK == kWeightI8 ? h_prev * inv_scale : h_prev;
+  // Lane g's starting value of gate g's sum, besides x_proj: the GRU n gate's recurrent bias (it sits inside the
+  // reset product r * (U_n h + b_n)); the z and r biases add to x like any other constant.
+  float acc_bias = 0.f;
+  float rb_zr = 0.f;
+  if constexpr (!kLstm) {
+    if (p.rec_bias && unit_ok && lanek < G) {
+      const float rb = __ldg(p.rec_bias + (long long)d * G * H + (long long)lanek * H + j);
+      if (lanek == 2)
+        acc_bias = rb;
+      else
+        rb_zr = rb;
+    }
+  }
+
+  // Zeros past the row's length in this direction's output columns.
+  const long long xcols = (long long)D * G * H, ocols = (long long)D * H;
+  auto row_index = [&](int t) -> long long { return p.time_major ? (long long)t * B + b : (long long)b * T + t; };
+  for (long long i = tid; i < (long long)(T - len) * H; i += nthreads) {
+    const int t = len + static_cast<int>(i / H), u = static_cast<int>(i % H);
+    p.out[row_index(t) * ocols + (long long)d * H + u] = 0.f;
+  }
+
+  // x_proj: lane g < G of each unit reads gate g, one step ahead. Addresses are recomputed from t every step
+  // (a few integer instructions off the serial path) rather than carried as 64-bit pointers and strides: with the
+  // weights in registers every live register counts.
+  const bool x_lane = unit_ok && lanek < G;
+  const bool writer = unit_ok && lanek == 0;
+  const bool has_reserve = p.reserve != nullptr && writer;
+  const int x_col = d * G * H + (x_lane ? lanek * H + j : 0);  // < 2^31: D * G * H is checked by the planner
+  const int o_col = d * H + (unit_ok ? j : 0);
+  auto x_at = [&](int t) { return p.x_proj + row_index(t) * xcols + x_col; };
+  auto t_of = [&](int s) { return reverse ? len - 1 - s : s; };
+  float x_cur = x_lane && len > 0 ? __ldg(x_at(t_of(0))) + rb_zr : 0.f;
+  __syncthreads();  // h0 in the tile
+  stamp(2);
+
+  // ---- the recurrence ------------------------------------------------------------------------------------------
+  int cur = 0;
+  const unsigned full = 0xffffffffu;
+  const int group_base = lane & ~(KSL - 1);
+#pragma unroll 1
+  for (int s = 0; s < len; ++s) {
+    const int sbase = s < kDebugSteps ? 3 + 5 * s : -1;
+    if (sbase >= 0) {
+      stamp(sbase);
+      stamp(sbase + 1);
+    }
+    const int t = t_of(s);
+    float x_next = 0.f;
+    if (x_lane && s + 1 < len) x_next = LoadGlobalNcHere(x_at(reverse ? t - 1 : t + 1));
+
+    const float4* h4 = reinterpret_cast<const float4*>(h_s + cur * kpad) + slot.kl;
+    float acc0[G], acc1[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      // LSTM: every gate starts at x; GRU: z and r at x + their bias, n at its recurrent bias (x_n stays apart).
+      const float start = (kLstm || g < 2) ? x_cur : acc_bias;
+      acc0[g] = lanek == g ? start : 0.f;
+      acc1[g] = 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < NR; ++i) {
+      const float4 hv = h4[ksl * i];
+      float w[4][G];
+      DecodeChunk<WK, G>(wreg[i], w);
+      SmallFma<G>(w, hv, (i & 1) ? acc1 : acc0);
+    }
+#pragma unroll
+    for (int jt = 0; jt < kSmallMaxTail; ++jt) {  // unrolled and predicated: no loop control per step
+      if (jt < tail_chunks) {
+        const float4 hv = h4[ksl * (NR + jt)];
+        float w[4][G];
+        LoadStreamChunk<WK, G>(tail_s, jt, nthreads, tid, w);
+        SmallFma<G>(w, hv, (jt & 1) ? acc0 : acc1);
+      }
+    }
+    float z[4];
+#pragma unroll
+    for (int g = 0; g < 4; ++g) z[g] = g < G ? acc0[g] + acc1[g] : 0.f;
+    float x_n = 0.f;
+    if constexpr (!kLstm) x_n = __shfl_sync(full, x_cur, group_base + 2);
+    // Reduce-scatter of the 4 gate sums over the unit's KSL lanes: lane q * KSL / 4 (and its KSL / 4 - 1 right
+    // neighbours) ends with gate q's total, 3 + log2(KSL / 4) shuffles instead of 4 log2(KSL); then each lane
+    // applies its own gate's activation, so a warp issues one activation (2 MUFU) instead of four.
+    constexpr int kHalf = KSL / 2, kQuarter = KSL / 4;
+    const bool hi = (lanek & kHalf) != 0, hi2 = (lanek & kQuarter) != 0;
+    float keep0 = hi ? z[2] : z[0], keep1 = hi ? z[3] : z[1];
+    const float send0 = hi ? z[0] : z[2], send1 = hi ? z[1] : z[3];
+    keep0 += __shfl_xor_sync(full, send0, kHalf);
+    keep1 += __shfl_xor_sync(full, send1, kHalf);
+    float v = hi2 ? keep1 : keep0;
+    v += __shfl_xor_sync(full, hi2 ? keep0 : keep1, kQuarter);
+#pragma unroll
+    for (int off = kQuarter / 2; off > 0; off >>= 1) v += __shfl_xor_sync(full, v, off);
+    const int q = (hi ? 2 : 0) + (hi2 ? 1 : 0);  // the gate this lane holds
+    if (sbase >= 0) stamp(sbase + 2);
+
+    float h_new;
+    float* res_ptr = has_reserve ? p.reserve + (((long long)d * B + b) * T + t) * p.reserve_f + j : nullptr;
+    if constexpr (kLstm) {
+      // Sigmoid and Tanh in one code path (Tanh(v) = 2 Sigmoid(2 v) - 1, the same instructions as the helpers).
+      const bool is_tanh = q == 2;
+      const float y = RcpFtz(1.f + Exp2Ftz((is_tanh ? -2.8853900817779268f : -1.4426950408889634f) * v));
+      const float act = is_tanh ? fmaf(2.f, y, -1.f) : y;
+      const float ig = __shfl_sync(full, act, group_base);
+      const float fg = __shfl_sync(full, act, group_base + kQuarter);
+      const float gg = __shfl_sync(full, act, group_base + 2 * kQuarter);
+      const float og = __shfl_sync(full, act, group_base + 3 * kQuarter);
+      const float c_raw = fg * c + ig * gg;
+      c = ClipKeepNaN(c_raw, p.cell_clip);
+      h_new = og * Tanh(c);
+      if (res_ptr) {
+        res_ptr[0] = ig;
+        res_ptr[H] = fg;
+        res_ptr[2 * H] = gg;
+        res_ptr[3 * H] = og;
+        res_ptr[4 * H] = c_raw;
+      }
+    } else {
+      const float act = Sigmoid(v);  // used for gates z and r
+      const float zg = __shfl_sync(full, act, group_base);
+      const float rg = __shfl_sync(full, act, group_base + kQuarter);
+      const float an = __shfl_sync(full, v, group_base + 2 * kQuarter);  // U_n h + b_n
+      const float ng = Tanh(x_n + rg * an);
+      h_new = zg * h_prev + (1.f - zg) * ng;
+      if (res_ptr) {
+        res_ptr[0] = zg;
+        res_ptr[H] = rg;
+        res_ptr[2 * H] = ng;
+        res_ptr[3 * H] = an;
+      }
+    }
+    if (writer) {
+      p.out[row_index(t) * ocols + o_col] = h_new;
+      h_s[(cur ^ 1) * kpad + j] = WK == kWeightI8 ? h_new * inv_scale : h_new;
+    }
+    if (sbase >= 0) stamp(sbase + 3);
+    h_prev = h_new;
+    x_cur = x_next + rb_zr;
+    __syncthreads();  // the new h is in the other buffer; everyone has finished reading this one
+    cur ^= 1;
+    if (sbase >= 0) stamp(sbase + 4);
+  }
+  stamp(3 + 5 * kDebugSteps);
+
+  // ---- final states (the initial ones for an empty row) --------------------------------------------------------
+  if (writer) {
+    if (p.final_h) p.final_h[state_idx] = h_prev;
+    if (kLstm && p.final_c) p.final_c[state_idx] = c;
+  }
+  if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 1);
+}
+
+// The kernels of one (cell, weight kind) for NR = 1..kSmallMaxNi register chunks per lane and KSL = 4 or 8 lanes
+// per unit (more lanes would leave a block of at most 1024 threads at most 64 units with a single chunk).
+#define FUSED_RNN_SMALL_ROW(CELL, WK, KSL)                                                               \
+  {RnnSmallKernel<CELL, WK, 1, KSL>, RnnSmallKernel<CELL, WK, 2, KSL>, RnnSmallKernel<CELL, WK, 3, KSL>, \
+   RnnSmallKernel<CELL, WK, 4, KSL>, RnnSmallKernel<CELL, WK, 5, KSL>, RnnSmallKernel<CELL, WK, 6, KSL>, \
+   RnnSmallKernel<CELL, WK, 7, KSL>, RnnSmallKernel<CELL, WK, 8, KSL>}
+#define FUSED_RNN_SMALL_TABLE(NAME, CELL, WK)                                                             \
+  KernelFn NAME(int nr, int ksl) {                                                                        \
+    static const KernelFn table[2][kSmallMaxNi] = {FUSED_RNN_SMALL_ROW(CELL, WK, 4),                     \
+                                                   FUSED_RNN_SMALL_ROW(CELL, WK, 8)};                    \
+    if (nr < 1 || nr > kSmallMaxNi || (ksl != 4 && ksl != 8)) return nullptr;                            \
+    return table[ksl == 8 ? 1 : 0][nr - 1];                                                               \
+  }
+
+}  // namespace cuda_impl
+}  // namespace fused_rnn
+
+#endif  // FUSED_RNN_CUDA_FUSED_RNN_CUDA_SMALL_CUH_
