@@ -141,11 +141,13 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
 int main(int argc, char** argv) {
   std::string only;  // --only SUBSTRING: just the cases whose name contains it
   bool weights16 = false;  // --weights16: columns float32 / float16 / bfloat16 forward instead
+  int64_t units = 0;       // --units H: run the chosen cases with H units instead (e.g. to see padding costs)
   for (int i = 1; i < argc; ++i) {
     weights16 |= std::string(argv[i]) == "--weights16";
     kCpuTime |= std::string(argv[i]) == "--cpu-time";
     kCold |= std::string(argv[i]) == "--cold";
     if (std::string(argv[i]) == "--only" && i + 1 < argc) only = argv[++i];
+    if (std::string(argv[i]) == "--units" && i + 1 < argc) units = std::stoll(argv[++i]);
   }
   std::printf("core only (no TF), T=100, ISA %s, median ms%s\n", fused_rnn::CpuIsaName(),
               kCold ? ", caches evicted before every call" : "");
@@ -166,11 +168,12 @@ int main(int argc, char** argv) {
                      C{"GRU H=256 B=32", fused_rnn::CellType::kGru, false, 256, 32},
                      C{"GRU H=256 B=1", fused_rnn::CellType::kGru, false, 256, 1}}) {
     if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
-    std::printf("%-20s", c.name);
+    const int64_t H = units > 0 ? units : c.H;
+    std::printf("%-20s", units > 0 ? (std::string(c.name) + " (H=" + std::to_string(H) + ")").c_str() : c.name);
     const std::vector<Mode> modes = weights16 ? std::vector<Mode>{Mode::kForward, Mode::kF16Forward, Mode::kBf16Forward}
                                               : std::vector<Mode>{Mode::kForward, Mode::kInt8Forward, Mode::kBackward};
     for (Mode m : modes) {
-      std::printf(" | %10.3f %10.3f", TimeMs(c.cell, c.bidi, c.H, c.B, 0, m), TimeMs(c.cell, c.bidi, c.H, c.B, 1, m));
+      std::printf(" | %10.3f %10.3f", TimeMs(c.cell, c.bidi, H, c.B, 0, m), TimeMs(c.cell, c.bidi, H, c.B, 1, m));
     }
     std::printf("\n");
     std::fflush(stdout);

@@ -16,6 +16,17 @@ constexpr int64_t kBlock = 16;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The last unit block, with r = H % 16 < 16 units, packs its G gates' r columns side by side (gate-major: column
+// g * r + i is unit i of gate g; zero past G * r up to a multiple of 16) when that takes fewer 16-wide vectors than
+// G padded ones. H=100: 4 units x 4 gates in one vector instead of four, so the step's product covers 400 columns,
+// not 448. Returns the packed width in blocks of 16 (1 .. G-1), or 0 when the tail is laid out like a full block.
+inline int PackedTailBlocks(int64_t H, int64_t G) {
+  const int64_t r = H % kBlock;
+  if (r == 0) return 0;
+  const int64_t n = CeilDiv(G * r, kBlock);
+  return n < G ? static_cast<int>(n) : 0;
+}
+
 // p + n, or null for a null p: an empty tensor (T == 0) may come as a null pointer, and offsetting null is
 // undefined behaviour (UBSan found it through tools/fuzz_core.sh).
 template <class V>
@@ -36,8 +47,10 @@ struct ChainCtx {
   int64_t out_b_stride = 0, out_t_stride = 0;
   const int32_t* lengths = nullptr;  // never null here
   const float* rec_bias = nullptr;   // [G*H] or null
-  // Packed weights, panel-major: panel u (units u*16..u*16+15) is [R][G*16] contiguous, zero-padded past H.
+  // Packed weights, panel-major: panel u (units u*16..u*16+15) is [R][G*16] contiguous, zero-padded past H; with
+  // tail_blocks > 0 the last panel is [R][tail_blocks*16] instead, in PackedTailBlocks' layout.
   const float* w_packed = nullptr;
+  int tail_blocks = 0;
   // Packed projection, panel-major: panel q (columns q*16..) is [H][16], zero-padded past P.
   const float* p_packed = nullptr;
   // INT8 weights instead (same panel layout, int8), and 1/scale per row of U ([R]) and of P ([H]).

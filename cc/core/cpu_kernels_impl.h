@@ -230,6 +230,98 @@ inline void PanelProductAny(const ChainCtx& c, bool projection, int64_t panel, i
   }
 }
 
+// ---- the packed tail block (cpu_internal.h, PackedTailBlocks) ---------------------------------------------------
+// acc[m][j] += sum_k hval(m, k) * wload(k, j) for NP vectors per row. NP is small (1-3 per 16 columns), so the k
+// loop is split over S interleaved partial sums to keep about 8 independent FMA chains in flight; the partial sums
+// are added in a fixed order (results do not depend on the thread count).
+template <int NP, int MR, class HVal, class WLoad>
+inline void TailProduct(int64_t K, HVal hval, WLoad wload, V (&acc)[MR][NP]) {
+  constexpr int S = (8 / (MR * NP)) > 1 ? (8 / (MR * NP)) : 1;
+  V part[S][MR][NP];
+  for (int s = 0; s < S; ++s)
+    for (int m = 0; m < MR; ++m)
+      for (int j = 0; j < NP; ++j) part[s][m][j] = Isa::Zero();
+  int64_t k = 0;
+  for (; k + S <= K; k += S) {
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s) {
+      V w[NP];
+#pragma GCC unroll 8
+      for (int j = 0; j < NP; ++j) w[j] = wload(k + s, j);
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) {
+        const V hm = Isa::Set1(hval(m, k + s));
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) part[s][m][j] = Isa::Fma(hm, w[j], part[s][m][j]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    for (int m = 0; m < MR; ++m) {
+      const V hm = Isa::Set1(hval(m, k));
+      for (int j = 0; j < NP; ++j) part[0][m][j] = Isa::Fma(hm, wload(k, j), part[0][m][j]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < NP; ++j) {
+      V sum = part[0][m][j];
+      for (int s = 1; s < S; ++s) sum = Isa::Add(sum, part[s][m][j]);
+      acc[m][j] = sum;
+    }
+}
+
+// acc (the block's gate pre-activations, in the full block layout) += h_rows @ the packed tail panel of block u.
+template <int NP, int MR, int NJ>
+inline void PackedTailGates(const ChainCtx& c, int64_t u, int64_t K, const float* const* h_rows, V (&acc)[MR][NJ]) {
+  constexpr int kRow = NP * kW;              // elements per packed panel row
+  const int64_t elems = u * K * NJ * kW;     // the full panels before it
+  V pk[MR][NP];
+  auto h_plain = [&](int m, int64_t k) { return h_rows[m][k]; };
+  if (const int8_t* q = c.wq_packed) {
+    const float* inv = c.w_inv_scale;
+    TailProduct<NP, MR>(K, [&](int m, int64_t k) { return h_rows[m][k] * inv[k]; },
+                        [&](int64_t k, int j) { return Isa::LoadI8(q + elems + k * kRow + j * kW); }, pk);
+  } else if (const uint16_t* w16 = c.w16_packed) {
+    if (c.w16_bf16) {
+      TailProduct<NP, MR>(K, h_plain, [&](int64_t k, int j) { return Isa::LoadBF16(w16 + elems + k * kRow + j * kW); }, pk);
+    } else {
+      TailProduct<NP, MR>(K, h_plain, [&](int64_t k, int j) { return Isa::LoadF16(w16 + elems + k * kRow + j * kW); }, pk);
+    }
+  } else {
+    const float* w = c.w_packed;
+    TailProduct<NP, MR>(K, h_plain, [&](int64_t k, int j) { return Isa::Load(w + elems + k * kRow + j * kW); }, pk);
+  }
+  // Gate g's r units sit at packed columns [g * r, g * r + r).
+  const int64_t r = c.H - u * kBlock;
+  alignas(64) float row[kRow];
+  for (int m = 0; m < MR; ++m) {
+    for (int j = 0; j < NP; ++j) Isa::Store(row + j * kW, pk[m][j]);
+    for (int g = 0; g < NJ / kNV; ++g) {
+      for (int v = 0; v < kNV; ++v) {
+        const int n = Valid(r, v * kW);
+        if (n > 0) acc[m][g * kNV + v] = Isa::Add(acc[m][g * kNV + v], Isa::LoadN(row + g * r + v * kW, n));
+      }
+    }
+  }
+}
+
+// acc += h_rows @ panel u of U: the full-width product, or the packed tail's.
+template <int NJ, int MR>
+inline void GateProduct(const ChainCtx& c, int64_t u, int64_t K, const float* const* h_rows, V (&acc)[MR][NJ]) {
+  if (c.tail_blocks > 0 && u == c.num_unit_blocks - 1) {
+    switch (c.tail_blocks) {
+      case 1: PackedTailGates<1 * kNV, MR, NJ>(c, u, K, h_rows, acc); return;
+      case 2: PackedTailGates<2 * kNV, MR, NJ>(c, u, K, h_rows, acc); return;
+      default:
+        if constexpr (NJ > 3 * kNV) {  // 3 packed blocks only for the LSTM's 4 gates
+          PackedTailGates<3 * kNV, MR, NJ>(c, u, K, h_rows, acc);
+          return;
+        }
+    }
+  }
+  PanelProductAny<NJ, MR>(c, /*projection=*/false, u, K, h_rows, acc);
+}
+
 // Row bookkeeping for one step: the time position a row reads and writes, and whether it is still running.
 struct RowStep {
   bool active;
@@ -270,7 +362,7 @@ inline void LstmBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
       }
     }
   }
-  PanelProductAny<NJ, MR>(c, /*projection=*/false, u, R, h_rows, acc);
+  GateProduct<NJ, MR>(c, u, R, h_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;
@@ -363,7 +455,7 @@ inline void GruBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
       }
     }
   }
-  PanelProductAny<NJ, MR>(c, /*projection=*/false, u, H, h_rows, acc);
+  GateProduct<NJ, MR>(c, u, H, h_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;

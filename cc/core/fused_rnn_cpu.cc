@@ -148,6 +148,20 @@ inline void CopyBlockT(W* __restrict dst, const W* __restrict src, int64_t n) {
   for (int l = 0; l < kBlock; ++l) dst[l] = l < n ? src[l] : W(0);
 }
 
+// The packed tail panel (cpu_internal.h, PackedTailBlocks): row k holds the G gates' n columns side by side.
+template <typename W>
+void PackTailPanel(const ChainCtx& c, const W* rec, W* panel, int64_t j0, int64_t n) {
+  const int64_t width = c.tail_blocks * kBlock, GH = c.G * c.H;
+  for (int64_t k = 0; k < c.R; ++k) {
+    W* dst = panel + k * width;
+    for (int64_t col = 0; col < width; ++col) {
+      dst[col] = col < c.G * n ? rec[k * GH + (col / n) * c.H + j0 + col % n] : W(0);
+    }
+  }
+}
+
+inline bool IsPackedTail(const ChainCtx& c, int64_t u) { return c.tail_blocks > 0 && u == c.num_unit_blocks - 1; }
+
 // The same panels in a narrow weight type W (int8 or 16-bit patterns), zero-padded past H / P.
 template <typename W>
 void PackNarrowPanels(const ChainCtx& c, const Chain& ch, int64_t slice, const W* rec, const W* proj, W* wp, W* pp) {
@@ -155,6 +169,10 @@ void PackNarrowPanels(const ChainCtx& c, const Chain& ch, int64_t slice, const W
   for (int64_t u = slice * c.num_unit_blocks / S; u < (slice + 1) * c.num_unit_blocks / S; ++u) {
     W* panel = wp + u * R * G * kBlock;
     const int64_t j0 = u * kBlock, n = std::min<int64_t>(kBlock, H - j0);
+    if (IsPackedTail(c, u)) {
+      PackTailPanel(c, rec, panel, j0, n);
+      continue;
+    }
     for (int64_t k = 0; k < R; ++k) {
       for (int64_t g = 0; g < G; ++g) CopyBlockT(panel + (k * G + g) * kBlock, rec + k * G * H + g * H + j0, n);
     }
@@ -202,6 +220,10 @@ void PackSlice(const Job& job, int chain, int64_t slice) {
   for (int64_t u = u0; u < u1; ++u) {
     float* panel = wp + u * R * G * kBlock;
     const int64_t j0 = u * kBlock, n = std::min<int64_t>(kBlock, H - j0);
+    if (IsPackedTail(c, u)) {
+      PackTailPanel(c, w, panel, j0, n);
+      continue;
+    }
     for (int64_t k = 0; k < R; ++k) {
       float* dst = panel + k * G * kBlock;
       const float* src = w + k * G * H + j0;
@@ -435,6 +457,7 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
     c.reserve_features = ReserveFeatures(s);
     c.reserve = a.reserve ? a.reserve + d * B * T * c.reserve_features : nullptr;
     c.num_unit_blocks = CeilDiv(H, kBlock);
+    c.tail_blocks = PackedTailBlocks(H, G);
     c.num_proj_blocks = P > 0 ? CeilDiv(P, kBlock) : 0;
     if (s.int8_weights) {
       job->rec_kernel_q8[d] = a.recurrent_kernel_q8 + d * R * G * H;

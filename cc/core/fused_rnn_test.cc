@@ -245,7 +245,12 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{CellType::kGru, Direction::kReverse, 3, 4, 33, 0, false, 0, 0},
                       // B >= 8 and a small U: dU accumulated during the steps (H=21: a full and a partial block).
                       Case{CellType::kLstm, Direction::kBidirectional, 6, 9, 21, 0, false, 0.3f, 0},
-                      Case{CellType::kGru, Direction::kReverse, 5, 8, 19, 0, true, 0, 0}));
+                      Case{CellType::kGru, Direction::kReverse, 5, 8, 19, 0, true, 0, 0},
+                      // The same path with each packed tail width (cpu_internal.h, PackedTailBlocks): LSTM H=20
+                      // (4 tail units: 1 block of 16 for 4 gates), H=12 (3 blocks), GRU H=26 (10 units: 2 blocks).
+                      Case{CellType::kLstm, Direction::kForward, 3, 8, 20, 0, false, 0, 0},
+                      Case{CellType::kLstm, Direction::kReverse, 3, 8, 12, 0, true, 0, 0},
+                      Case{CellType::kGru, Direction::kForward, 3, 8, 26, 0, false, 0, 0}));
 
 // Sizes whose steps are split across threads (step flops above the split threshold), and sizes with many
 // positions: every thread count gives the same bits, and sampled gradient entries match float64 central

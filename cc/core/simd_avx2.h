@@ -37,6 +37,13 @@ struct Isa {
     if (n >= 8) _mm256_storeu_ps(p, v);
     else _mm256_maskstore_ps(p, TailMask(n), v);
   }
+  // Lanes [lo, hi) from base[lane] (others from `merge`) / to base[lane]; lanes outside are not accessed.
+  static inline __m256i LaneMask(int lo, int hi) { return _mm256_andnot_si256(TailMask(lo), TailMask(hi)); }
+  static inline V LoadLanes(V merge, const float* base, int lo, int hi) {
+    const __m256i m = LaneMask(lo, hi);
+    return _mm256_blendv_ps(merge, _mm256_maskload_ps(base, m), _mm256_castsi256_ps(m));
+  }
+  static inline void StoreLanes(float* base, V v, int lo, int hi) { _mm256_maskstore_ps(base, LaneMask(lo, hi), v); }
   static inline V Add(V a, V b) { return _mm256_add_ps(a, b); }
   static inline V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static inline V Mul(V a, V b) { return _mm256_mul_ps(a, b); }

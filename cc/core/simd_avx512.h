@@ -34,6 +34,10 @@ struct Isa {
     if (n >= 16) _mm512_storeu_ps(p, v);
     else _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);
   }
+  // Lanes [lo, hi) from base[lane] (others from `merge`) / to base[lane]; lanes outside are not accessed.
+  static inline __mmask16 LaneMask(int lo, int hi) { return static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u)); }
+  static inline V LoadLanes(V merge, const float* base, int lo, int hi) { return _mm512_mask_loadu_ps(merge, LaneMask(lo, hi), base); }
+  static inline void StoreLanes(float* base, V v, int lo, int hi) { _mm512_mask_storeu_ps(base, LaneMask(lo, hi), v); }
   static inline V Add(V a, V b) { return _mm512_add_ps(a, b); }
   static inline V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static inline V Mul(V a, V b) { return _mm512_mul_ps(a, b); }

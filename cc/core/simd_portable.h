@@ -37,6 +37,14 @@ struct Isa {
   }
   static inline V LoadBF16(const uint16_t* p) { FRNN_PORTABLE_MAP(Bits(static_cast<uint32_t>(p[l]) << 16)); }
   static inline V LoadF16(const uint16_t* p) { FRNN_PORTABLE_MAP(HalfToFloat(p[l])); }
+  // Lanes [lo, hi) from base[lane] (others from `merge`) / to base[lane]; lanes outside are not accessed.
+  static inline V LoadLanes(V merge, const float* base, int lo, int hi) {
+    for (int l = lo; l < hi; ++l) merge.f[l] = base[l];
+    return merge;
+  }
+  static inline void StoreLanes(float* base, const V& v, int lo, int hi) {
+    for (int l = lo; l < hi; ++l) base[l] = v.f[l];
+  }
   static inline void StoreN(float* p, const V& v, int n) { std::memcpy(p, v.f, sizeof(float) * (n < 16 ? n : 16)); }
   static inline V Add(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] + b.f[l]); }
   static inline V Sub(const V& a, const V& b) { FRNN_PORTABLE_MAP(a.f[l] - b.f[l]); }
