@@ -479,7 +479,11 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
   const int64_t max_slices = std::max<int64_t>(1, CeilDiv(H, kBlock));
   int64_t slices_per_chain = 1;
   int threads = 1;
-  if (D == 2 && helpers_available >= 1) threads = 2;
+  // Both directions of a small step on the caller alone: a helper that is preempted in the middle of a step (the
+  // other vCPU taken by the hypervisor or another thread) holds that direction until it runs again, which on the
+  // development VM cost 3-4 ms in about half the calls of a biLSTM H=100 B=1 layer timed after idle gaps (0.45 ms
+  // otherwise; 0.54 ms with one thread every time). Above the split size the helper's share of the work pays.
+  if (D == 2 && helpers_available >= 1 && step_flops >= FUSED_RNN_SPLIT_FLOPS) threads = 2;
   if (step_flops >= FUSED_RNN_SPLIT_FLOPS && helpers_available >= 1) {
     const int total = 1 + helpers_available;
     slices_per_chain = std::min<int64_t>(max_slices, std::max(1, total / static_cast<int>(D)));

@@ -197,7 +197,8 @@ void cpu::CpuBackwardWithKernels(const StepKernels& kernels, const RnnShape& s, 
   const double step_flops = 2.0 * B * (static_cast<double>(R) * GH + static_cast<double>(H) * P);
   const int64_t unit_blocks = CeilDiv(H, kBlock), col_blocks = CeilDiv(R, kBlock);
   int64_t slices = 1;
-  int threads = (D == 2 && helpers_available >= 1) ? 2 : 1;
+  // Small steps: both directions on the caller (a helper preempted mid-step stalls its direction; see CpuForward).
+  int threads = (D == 2 && helpers_available >= 1 && step_flops >= FUSED_RNN_SPLIT_FLOPS) ? 2 : 1;
   if (step_flops >= FUSED_RNN_SPLIT_FLOPS && helpers_available >= 1) {
     const int total = 1 + helpers_available;
     slices = std::min<int64_t>(std::max(unit_blocks, col_blocks), std::max(1, total / static_cast<int>(D)));
