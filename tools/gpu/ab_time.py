@@ -27,6 +27,8 @@ CASES = {
     "gru100b16": ("biGRU H=100 B=16", dict(cell="gru", direction="bidirectional", T=100, B=16, I=100, H=100)),
     "bi128bf16": ("biLSTM H=128 B=1 bf16", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=128, H=128,
                                                  wt="bf16")),
+    "tc1024b64": ("LSTM H=1024 B=64 f16", dict(cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024,
+                                               wt="f16")),
     "bi100b64": ("biLSTM H=100 B=64", dict(cell="lstm", direction="bidirectional", T=100, B=64, I=100, H=100)),
     "elmo16": ("ELMo layer f16 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                           wt="f16", cell_clip=3.0, proj_clip=3.0)),

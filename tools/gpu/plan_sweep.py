@@ -38,6 +38,11 @@ VARIANTS = {
                {"mode": 2, "lanes_per_unit": 2}],
     "elmo8": [{"mode": 1}, {"mode": 1, "lanes_per_unit": 4}, {"mode": 2, "lanes_per_unit": 8},
               {"mode": 2, "lanes_per_unit": 4}],
+    # The tensor-core kernel (mode 4): row groups x unit-block widths around the planner's choice.
+    "tc1024b64": [{"mode": 4, "rows_per_block": 64}, {"mode": 4, "rows_per_block": 16},
+                  {"mode": 4, "units_per_block": 32}, {"mode": 4, "units_per_block": 32, "rows_per_block": 16},
+                  {"mode": 4, "units_per_block": 32, "rows_per_block": 32},
+                  {"mode": 4, "units_per_block": 8, "rows_per_block": 64}],
     "elmo32": [{"mode": 1}, {"mode": 1, "lanes_per_unit": 4}, {"mode": 2, "lanes_per_unit": 4},
                {"mode": 2, "lanes_per_unit": 2}],
 }
