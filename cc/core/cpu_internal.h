@@ -129,6 +129,8 @@ struct StepKernels {
   // out_t[c * ld + n] = rows[n][c] for n in [n0, n1), c in [c0, c1).
   void (*transpose_rows)(const float* const* rows, int64_t n0, int64_t n1, int64_t c0, int64_t c1, float* out_t,
                          int64_t ld);
+  // sigmoid[i], tanh[i] of x[i], i < n: the step kernels' activations on their own, for the tests.
+  void (*activations)(const float* x, int64_t n, float* sigmoid, float* tanh);
 };
 
 // kAvx2Kernels and kAvx512Kernels exist only in x86-64 builds (FUSED_RNN_HAVE_X86_KERNELS).

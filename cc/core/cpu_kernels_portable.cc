@@ -7,6 +7,7 @@
 namespace fused_rnn {
 namespace cpu {
 const StepKernels kPortableKernels = {portable::Isa::kName, &portable::LstmGates, &portable::LstmProjection, &portable::GruGates,
-    &portable::BwdGates, &portable::BwdCarry, &portable::BwdPrep, &portable::WeightGrad, portable::kWgStripe, &portable::TransposeRows};
+    &portable::BwdGates, &portable::BwdCarry, &portable::BwdPrep, &portable::WeightGrad, portable::kWgStripe, &portable::TransposeRows,
+    &portable::Activations};
 }  // namespace cpu
 }  // namespace fused_rnn

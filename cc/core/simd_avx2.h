@@ -60,6 +60,12 @@ struct Isa {
     return _mm256_blendv_ps(if_false, if_true, _mm256_cmp_ps(a_lt, b, _CMP_LT_OQ));
   }
   static inline V Round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static inline V Scale(V p, V n) { return _mm256_mul_ps(p, Pow2i(n)); }  // n integral in [-126, 127]
+  // 1/d for finite d > 0: a 12-bit estimate and one Newton step (about 2 ulp; no division).
+  static inline V Recip(V d) {
+    const V r = _mm256_rcp_ps(d);
+    return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(1.0f)), r);
+  }
   static inline V Pow2i(V n) {
     __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));

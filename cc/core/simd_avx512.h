@@ -55,9 +55,13 @@ struct Isa {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a_lt, b, _CMP_LT_OQ), if_false, if_true);
   }
   static inline V Round(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static inline V Pow2i(V n) {  // 2^n for integral n in [-126, 127]
-    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  // p * 2^n for integral n (vscalefps: one instruction instead of building 2^n in the exponent field).
+  static inline V Scale(V p, V n) { return _mm512_scalef_ps(p, n); }
+  // 1/d to about 1 ulp without a division (vdivps is a long-latency, low-throughput instruction): a 14-bit
+  // estimate and one Newton step. For finite d > 0 only (the activations' denominators are in [1, 2e38]).
+  static inline V Recip(V d) {
+    const V r = _mm512_rcp14_ps(d);
+    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
   }
 };
 }  // namespace avx512

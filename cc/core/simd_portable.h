@@ -58,7 +58,8 @@ struct Isa {
   static inline V CopySign(const V& m, const V& s) { FRNN_PORTABLE_MAP(std::copysign(m.f[l], s.f[l])); }
   static inline V Select(const V& a, const V& b, const V& t, const V& f) { FRNN_PORTABLE_MAP(a.f[l] < b.f[l] ? t.f[l] : f.f[l]); }
   static inline V Round(const V& a) { FRNN_PORTABLE_MAP(std::nearbyint(a.f[l])); }
-  static inline V Pow2i(const V& n) { FRNN_PORTABLE_MAP(std::ldexp(1.0f, static_cast<int>(n.f[l]))); }
+  static inline V Scale(const V& p, const V& n) { FRNN_PORTABLE_MAP(std::ldexp(p.f[l], static_cast<int>(n.f[l]))); }
+  static inline V Recip(const V& d) { FRNN_PORTABLE_MAP(1.0f / d.f[l]); }
 #undef FRNN_PORTABLE_MAP
 };
 }  // namespace portable
