@@ -101,12 +101,24 @@ struct Chain {
   // claim[x]: the next stage of slice x nobody has started. Whoever runs stage k of slice x first moves claim[x]
   // from k to k + 1, so every stage runs exactly once even when a waiting thread runs it for a preempted owner.
   std::unique_ptr<std::atomic<int64_t>[]> claim;
+  // owner[x]: the participant (0 = the caller, i = helper i) that runs slice x's stages, a scheduling hint only
+  // (claim decides who runs a stage). adopted[x]: taken by a thread that waited for a helper that had not come;
+  // a helper that arrives later takes such slices back (else a helper woken 100 us late found nothing left and
+  // the whole call ran on one thread: the p90 of LSTM H=1024 B=1 was the one-thread time).
+  std::unique_ptr<std::atomic<int>[]> owner;
+  std::unique_ptr<std::atomic<bool>[]> adopted;
 
   void Init(int64_t slices, int64_t stages) {
     num_slices = slices;
     num_stages = stages;
     claim.reset(new std::atomic<int64_t>[slices]);
-    for (int64_t x = 0; x < slices; ++x) claim[x].store(0, std::memory_order_relaxed);
+    owner.reset(new std::atomic<int>[slices]);
+    adopted.reset(new std::atomic<bool>[slices]);
+    for (int64_t x = 0; x < slices; ++x) {
+      claim[x].store(0, std::memory_order_relaxed);
+      owner[x].store(-1, std::memory_order_relaxed);
+      adopted[x].store(false, std::memory_order_relaxed);
+    }
   }
 };
 
@@ -294,15 +306,16 @@ inline void Backoff(int64_t spins) {
   }
 }
 
-// Runs owned slices through every stage of one chain (slices stay with their thread: their weights stay in its
-// cache). After a grace period a waiting thread claims slices nobody took and runs due stages of any slice.
-void WorkChain(const Job& job, int chain_index, std::vector<int64_t> owned) {
+// Runs the slices `self` owns through every stage of one chain (slices stay with their thread: their weights stay
+// in its cache). After a grace period a waiting thread adopts slices nobody took and runs due stages of any slice.
+void WorkChain(const Job& job, int chain_index, int self) {
   Chain& ch = const_cast<Chain&>(job.chains[chain_index]);
   const int64_t S = ch.num_slices;
   while (true) {
-    // The owned slice that is furthest behind.
+    // The owned slice that is furthest behind (ownership can move to a helper that arrived late).
     int64_t slice = -1, stage = ch.num_stages;
-    for (int64_t x : owned) {
+    for (int64_t x = 0; x < S; ++x) {
+      if (ch.owner[x].load(std::memory_order_relaxed) != self) continue;
       const int64_t k = ch.claim[x].load(std::memory_order_acquire);
       if (k < stage) {
         stage = k;
@@ -322,7 +335,10 @@ void WorkChain(const Job& job, int chain_index, std::vector<int64_t> owned) {
         if ((spins & 255) == 0 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(100)) {
           if (ch.next_slice.load(std::memory_order_relaxed) < S) {
             const int64_t first = ch.next_slice.fetch_add(S, std::memory_order_relaxed);
-            for (int64_t x = first; x < S; ++x) owned.push_back(x);
+            for (int64_t x = first; x < S; ++x) {
+              ch.adopted[x].store(true, std::memory_order_relaxed);
+              ch.owner[x].store(self, std::memory_order_relaxed);
+            }
             if (first < S) {
               new_slices = true;  // they start at stage 0: run them first
               break;
@@ -337,17 +353,42 @@ void WorkChain(const Job& job, int chain_index, std::vector<int64_t> owned) {
   }
 }
 
+// Takes up to `take` slices of the chain: unhanded ones first, else ones adopted by a thread that gave up
+// waiting for a helper. Returns false when there were none.
+bool TakeSlices(Chain& ch, int self, int64_t take) {
+  const int64_t first = ch.next_slice.fetch_add(take, std::memory_order_relaxed);
+  if (first < ch.num_slices) {
+    for (int64_t x = first; x < std::min(first + take, ch.num_slices); ++x) ch.owner[x].store(self, std::memory_order_relaxed);
+    return true;
+  }
+  int64_t got = 0;
+  for (int64_t x = ch.num_slices - 1; x >= 0 && got < take; --x) {
+    if (!ch.adopted[x].exchange(false, std::memory_order_relaxed)) continue;
+    ch.owner[x].store(self, std::memory_order_relaxed);
+    ++got;
+  }
+  return got > 0;
+}
+
 // One participant: join the preferred chain (then the others) with a share of slices.
-void Participate(const std::shared_ptr<Job>& job, int preferred, bool is_caller) {
+void Participate(const std::shared_ptr<Job>& job, int preferred, int self) {
+  const bool is_caller = self == 0;
   for (int i = 0; i < job->num_chains; ++i) {
     const int ci = (preferred + i) % job->num_chains;
     Chain& ch = job->chains[ci];
     const int64_t take = is_caller && i > 0 ? ch.num_slices : job->share;  // the caller mops up other chains
-    const int64_t first = ch.next_slice.fetch_add(take, std::memory_order_relaxed);
-    if (first >= ch.num_slices) continue;
-    std::vector<int64_t> owned;
-    for (int64_t x = first; x < std::min(first + take, ch.num_slices); ++x) owned.push_back(x);
-    WorkChain(*job, ci, std::move(owned));
+    if (is_caller && i > 0) {
+      // Slices of another chain that no helper took yet: adopted (a helper arriving later takes them back).
+      const int64_t first = ch.next_slice.fetch_add(take, std::memory_order_relaxed);
+      if (first >= ch.num_slices) continue;
+      for (int64_t x = first; x < ch.num_slices; ++x) {
+        ch.adopted[x].store(true, std::memory_order_relaxed);
+        ch.owner[x].store(self, std::memory_order_relaxed);
+      }
+    } else if (!TakeSlices(ch, self, take)) {
+      continue;
+    }
+    WorkChain(*job, ci, self);
     if (!is_caller) return;  // a helper does one chain; the caller goes on to make sure every chain finishes
   }
   if (is_caller) {
@@ -378,11 +419,11 @@ void cpu::RunStaged(int num_chains, int64_t slices, int64_t num_stages, int thre
   job->share = CeilDiv(slices, threads_per_chain);
   for (int i = 1; i < threads && runner != nullptr; ++i) {
     std::shared_ptr<Job> keep = job;
-    runner->Schedule([keep, i]() { Participate(keep, i % keep->num_chains, /*is_caller=*/false); });
+    runner->Schedule([keep, i]() { Participate(keep, i % keep->num_chains, i); });
   }
   setup();
   job->ready.store(true, std::memory_order_release);
-  Participate(job, 0, /*is_caller=*/true);
+  Participate(job, 0, 0);
 }
 
 const char* CpuIsaName() { return cpu::PickKernels().name; }
@@ -499,7 +540,7 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
   if (max_len > 0) {
     for (int i = 1; i < threads; ++i) {
       std::shared_ptr<Job> keep = job;
-      runner->Schedule([keep, i]() { Participate(keep, i % keep->num_chains, /*is_caller=*/false); });
+      runner->Schedule([keep, i]() { Participate(keep, i % keep->num_chains, i); });
     }
   }
 
@@ -523,7 +564,7 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
   }
   job->ready.store(true, std::memory_order_release);
   if (max_len == 0) return;
-  Participate(job, 0, /*is_caller=*/true);
+  Participate(job, 0, 0);
 }
 
 }  // namespace fused_rnn
