@@ -395,12 +395,19 @@ void Participate(const std::shared_ptr<Job>& job, int preferred, int self) {
     for (int ci = 0; ci < job->num_chains; ++ci) {
       Chain& ch = job->chains[ci];
       const int64_t total = ch.num_slices * ch.num_stages;
-      int64_t spins = 0;
-      const auto start = std::chrono::steady_clock::now();
-      while (ch.done.load(std::memory_order_acquire) < total) {
+      int64_t spins = 0, seen = ch.done.load(std::memory_order_acquire);
+      auto since = std::chrono::steady_clock::now();
+      while (seen < total) {
         Backoff(++spins);
-        if ((spins & 255) == 0 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(100)) {
-          HelpChain(*job, ci);
+        const int64_t now_done = ch.done.load(std::memory_order_acquire);
+        if (now_done != seen) {
+          // Progress: the owners are running. Helping now would only bounce the chain's state between cores.
+          seen = now_done;
+          since = std::chrono::steady_clock::now();
+        } else if ((spins & 255) == 0 && std::chrono::steady_clock::now() - since > std::chrono::microseconds(100)) {
+          HelpChain(*job, ci);  // 100 us without a finished stage: an owner is not running
+          seen = ch.done.load(std::memory_order_acquire);
+          since = std::chrono::steady_clock::now();
         }
       }
     }
