@@ -62,7 +62,9 @@ inline V Tanh(V x) {
   const V r = ReduceLn2(Isa::Min(Isa::Set1(20.0f), Isa::Add(ax, ax)), n);
   const V one = Isa::Set1(1.0f), pow2n = Isa::Scale(one, n);
   const V e = Isa::Fma(Isa::Mul(pow2n, r), Expm1OverR(r), Isa::Sub(pow2n, one));  // 2^n (e^r - 1) + (2^n - 1)
-  return Isa::CopySign(Isa::Mul(e, Isa::Recip(Isa::Add(e, Isa::Set1(2.0f)))), x);
+  // A true division here, not Isa::Recip: with the estimate the mean error was 9.1e-9 against 5.8e-9 before
+  // (6.2e-9 with the division), and the difference accumulated through a 2-layer ELMo past a 1e-5 export check.
+  return Isa::CopySign(Isa::Div(e, Isa::Add(e, Isa::Set1(2.0f))), x);
 }
 
 inline void Activations(const float* x, int64_t n, float* sigmoid, float* tanh) {
