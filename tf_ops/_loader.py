@@ -54,7 +54,7 @@ def available():
 
 
 def cpu_isa():
-    """The vector path the CPU kernel uses here ("avx512", "avx2" or "portable"), or None if not built."""
+    """The vector path the CPU kernel uses here ("avx512vnni", "avx512", "avx2" or "portable"), or None if not built."""
     if not available():
         return None
     return load().fused_rnn_cpu_isa().numpy().decode()

@@ -27,6 +27,7 @@ for src in cc/core/fused_rnn.cc cc/core/fused_rnn_cpu.cc cc/core/fused_rnn_cpu_b
 done
 "$CXX" "${flags[@]/-fsanitize=fuzzer,/-fsanitize=fuzzer-no-link,}" -mavx2 -mfma -mf16c -c cc/core/cpu_kernels_avx2.cc -o "$OUT/avx2.o" & objs+=("$OUT/avx2.o")
 "$CXX" "${flags[@]/-fsanitize=fuzzer,/-fsanitize=fuzzer-no-link,}" -mavx512f -mavx512dq -mavx512vl -mavx2 -mfma -c cc/core/cpu_kernels_avx512.cc -o "$OUT/avx512.o" & objs+=("$OUT/avx512.o")
+"$CXX" "${flags[@]/-fsanitize=fuzzer,/-fsanitize=fuzzer-no-link,}" -mavx512f -mavx512dq -mavx512vl -mavx512bw -mavx512vnni -mavx2 -mfma -c cc/core/cpu_kernels_avx512vnni.cc -o "$OUT/avx512vnni.o" & objs+=("$OUT/avx512vnni.o")
 wait
 "$CXX" "${flags[@]}" cc/core/fuzz_core.cc "${objs[@]}" -o "$OUT/fuzz_core"
 echo "[fuzz] running for ${seconds}s (corpus $OUT/corpus, seeds cc/core/fuzz_corpus)"

@@ -14,6 +14,12 @@ namespace cpu {
 // Hidden units (and projection columns) are processed in blocks of 16: one AVX-512 vector, two AVX2 vectors.
 constexpr int64_t kBlock = 16;
 
+// INT8 products on VNNI accumulate 4 planes of u8 * s8 products (at most 255 * 127 each) in int32: exact up to
+// K = 66,000. Larger K runs the float conversion path.
+constexpr int64_t kMaxVnniK = 65536;
+// The fixed-point state stays within 2^30 (ChainCtx::q8_vnni): a factor of 2 below int32's range for rounding.
+constexpr int kVnniFixBits = 30;
+
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The last unit block, with r = H % 16 < 16 units, packs its G gates' r columns side by side (gate-major: column
@@ -58,6 +64,26 @@ struct ChainCtx {
   const int8_t* pq_packed = nullptr;
   const float* w_inv_scale = nullptr;
   const float* p_inv_scale = nullptr;
+  // INT8 as exact integer products (kernels with int8_vnni, K <= kMaxVnniK). The product h @ Q of the
+  // dequantized weights is sum_k (h[k] / scale[k]) * q[k][j]; h[k] / scale[k] is rounded to a fixed-point integer
+  // X[k] = round(h[k] * fix[k]) with |X| <= 2^30 (fix[k] = 2^e / scale[k], e from a bound on |h| known before the
+  // step: 31 bits against the max, where float32 keeps 24), and the dot product sum_k X[k] q[k][j] is computed
+  // exactly in int32 by vpdpbusd over the four bytes of X + 2^31 ("planes"), then scaled back by 2^-e.
+  // Panels are [ceil(K/4)][cols][4]: the 4 consecutive k of one column in one 32-bit lane.
+  bool q8_vnni = false;
+  int64_t R4 = 0, H4 = 0;               // R and H rounded up to 4: bytes per plane
+  const int32_t* w_qsum128 = nullptr;   // 128 * sum_k q[k][col] per packed U column ([unit blocks][G*16])
+  const int32_t* p_qsum128 = nullptr;   // the same for P ([projection blocks][16])
+  uint8_t* h_planes[2] = {nullptr, nullptr};  // [B][4][R4]: the planes of h_buf[s % 2]
+  uint8_t* m_planes = nullptr;          // [B][4][H4]: the planes of m (projection LSTM)
+  const float* h_fix = nullptr;         // [R]: fix[k] for the h that steps write (bound: 1, clip, ...)
+  const float* m_fix = nullptr;         // [H]: for m (|m| <= 1)
+  float h_unfix_exp[2] = {0.f, 0.f};    // -e of the planes step 0 reads (from initial_h) and later steps read
+  float m_unfix_exp = 0.f;
+  // Per row: the first phase (2 * step, +1 for the projection) that must not use the planes because a state it
+  // reads is NaN or infinite (a fixed-point integer cannot carry them); that row runs the float product from then
+  // on. Phase-stamped so that a stage never sees a flag raised by a concurrent slice of the same stage.
+  int32_t* float_from_phase = nullptr;
   // 16-bit weights instead (same panel layout, float16 or bfloat16 bits).
   const uint16_t* w16_packed = nullptr;
   const uint16_t* p16_packed = nullptr;
@@ -131,12 +157,21 @@ struct StepKernels {
                          int64_t ld);
   // sigmoid[i], tanh[i] of x[i], i < n: the step kernels' activations on their own, for the tests.
   void (*activations)(const float* x, int64_t n, float* sigmoid, float* tanh);
+  // The kernels run INT8 weights as exact integer products (AVX-512 VNNI; ChainCtx::q8_vnni): the driver packs
+  // int8 panels in the VNNI layout and sets up the fixed-point planes of the recurrent state.
+  bool int8_vnni;
+  // With int8_vnni: packs `cols` columns of an int8 matrix (row k of column col at src[k * ld + col_offset[col]];
+  // a negative offset is a zero column) into the VNNI layout [ceil(K/4)][cols][4], zero past K, and
+  // qsum128[col] = 128 * sum_k q[k][col].
+  void (*pack_vnni_panel)(const int8_t* src, int64_t ld, const int64_t* col_offset, int64_t cols, int64_t K,
+                          int8_t* dst, int32_t* qsum128);
 };
 
 // kAvx2Kernels and kAvx512Kernels exist only in x86-64 builds (FUSED_RNN_HAVE_X86_KERNELS).
 extern const StepKernels kPortableKernels;
 extern const StepKernels kAvx2Kernels;
 extern const StepKernels kAvx512Kernels;
+extern const StepKernels kAvx512VnniKernels;
 
 // Runs stages [0, num_stages) of `num_chains` independent chains, each cut into `slices` slices, on the caller
 // and up to threads - 1 helpers: stage k of a chain starts once every slice of its stage k - 1 is done; a thread

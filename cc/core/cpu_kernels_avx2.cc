@@ -8,6 +8,6 @@ namespace fused_rnn {
 namespace cpu {
 const StepKernels kAvx2Kernels = {avx2::Isa::kName, &avx2::LstmGates, &avx2::LstmProjection, &avx2::GruGates,
     &avx2::BwdGates, &avx2::BwdCarry, &avx2::BwdPrep, &avx2::WeightGrad, avx2::kWgStripe, &avx2::TransposeRows,
-    &avx2::Activations};
+    &avx2::Activations, /*int8_vnni=*/false, nullptr};
 }  // namespace cpu
 }  // namespace fused_rnn

@@ -8,6 +8,6 @@ namespace fused_rnn {
 namespace cpu {
 const StepKernels kAvx512Kernels = {avx512::Isa::kName, &avx512::LstmGates, &avx512::LstmProjection, &avx512::GruGates,
     &avx512::BwdGates, &avx512::BwdCarry, &avx512::BwdPrep, &avx512::WeightGrad, avx512::kWgStripe, &avx512::TransposeRows,
-    &avx512::Activations};
+    &avx512::Activations, /*int8_vnni=*/false, nullptr};
 }  // namespace cpu
 }  // namespace fused_rnn

@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cc/core/cpu_internal.h"
 
@@ -286,6 +287,24 @@ inline void TailProduct(int64_t K, HVal hval, WLoad wload, V (&acc)[MR][NP]) {
     }
 }
 
+// acc (the block's gate pre-activations, in the full block layout) += pk, the product over the packed tail panel of
+// block u: gate g's r units sit at packed columns [g * r, g * r + r).
+template <int NP, int MR, int NJ>
+inline void AddPackedTail(const ChainCtx& c, int64_t u, const V (&pk)[MR][NP], V (&acc)[MR][NJ]) {
+  constexpr int kRow = NP * kW;
+  const int64_t r = c.H - u * kBlock;
+  alignas(64) float row[kRow];
+  for (int m = 0; m < MR; ++m) {
+    for (int j = 0; j < NP; ++j) Isa::Store(row + j * kW, pk[m][j]);
+    for (int g = 0; g < NJ / kNV; ++g) {
+      for (int v = 0; v < kNV; ++v) {
+        const int n = Valid(r, v * kW);
+        if (n > 0) acc[m][g * kNV + v] = Isa::Add(acc[m][g * kNV + v], Isa::LoadN(row + g * r + v * kW, n));
+      }
+    }
+  }
+}
+
 // acc (the block's gate pre-activations, in the full block layout) += h_rows @ the packed tail panel of block u.
 template <int NP, int MR, int NJ>
 inline void PackedTailGates(const ChainCtx& c, int64_t u, int64_t K, const float* const* h_rows, V (&acc)[MR][NJ]) {
@@ -307,18 +326,7 @@ inline void PackedTailGates(const ChainCtx& c, int64_t u, int64_t K, const float
     const float* w = c.w_packed;
     TailProduct<NP, MR>(K, h_plain, [&](int64_t k, int j) { return Isa::Load(w + elems + k * kRow + j * kW); }, pk);
   }
-  // Gate g's r units sit at packed columns [g * r, g * r + r).
-  const int64_t r = c.H - u * kBlock;
-  alignas(64) float row[kRow];
-  for (int m = 0; m < MR; ++m) {
-    for (int j = 0; j < NP; ++j) Isa::Store(row + j * kW, pk[m][j]);
-    for (int g = 0; g < NJ / kNV; ++g) {
-      for (int v = 0; v < kNV; ++v) {
-        const int n = Valid(r, v * kW);
-        if (n > 0) acc[m][g * kNV + v] = Isa::Add(acc[m][g * kNV + v], Isa::LoadN(row + g * r + v * kW, n));
-      }
-    }
-  }
+  AddPackedTail<NP, MR, NJ>(c, u, pk, acc);
 }
 
 // acc += h_rows @ panel u of U: the full-width product, or the packed tail's.
@@ -337,6 +345,219 @@ inline void GateProduct(const ChainCtx& c, int64_t u, int64_t K, const float* co
   }
   PanelProductAny<NJ, MR>(c, /*projection=*/false, u, K, h_rows, acc);
 }
+
+
+// ---- INT8 with VNNI: exact integer products over fixed-point planes of the state (ChainCtx::q8_vnni) --------
+// Per 64 weights a row costs 4 vpdpbusd (one per plane) and no conversion, against 4 sign extensions, 4
+// conversions and 4 FMAs on the float path: at B=1 the step becomes bound by the L3 stream of the weights.
+#if defined(FUSED_RNN_VNNI)
+// acc += the u8 x s8 dot products of h and w per 32-bit lane. Inline assembly, not _mm512_dpbusd_epi32: GCC 12
+// copies every accumulator to a new register around each intrinsic (about two moves per vpdpbusd, and spills),
+// which cost a third of the L2-resident product; "+v" keeps each accumulator in its register.
+inline void DpBusd(__m512i& acc, __m512i h, __m512i w) { asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(h), "v"(w)); }
+
+inline int32_t LoadU32(const uint8_t* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
+// Writes the planes of state values k0 .. k0 + n (n <= 16) of one row: X = round(v * fix[k]) clamped to the
+// int32 range, stored as the four bytes of X + 2^31. Returns false when a value is NaN or infinite.
+inline bool WritePlanes(V v, const float* fix, int64_t k0, int n, uint8_t* planes, int64_t plane_bytes) {
+  const __mmask16 valid = static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+  const __mmask16 finite = _mm512_mask_cmp_ps_mask(valid, _mm512_abs_ps(v), _mm512_set1_ps(3.40282347e38f), _CMP_LE_OQ);
+  const float lim = 2147483520.f;  // the largest float below 2^31; the bound keeps |X| <= 2^30 anyway
+  __m512 x = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(valid, fix + k0));
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-lim)), _mm512_set1_ps(lim));
+  const __m512i u = _mm512_xor_si512(_mm512_cvtps_epi32(x), _mm512_set1_epi32(static_cast<int>(0x80000000u)));
+  _mm_mask_storeu_epi8(planes + k0, valid, _mm512_cvtepi32_epi8(u));
+  _mm_mask_storeu_epi8(planes + plane_bytes + k0, valid, _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 8)));
+  _mm_mask_storeu_epi8(planes + 2 * plane_bytes + k0, valid, _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 16)));
+  _mm_mask_storeu_epi8(planes + 3 * plane_bytes + k0, valid, _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 24)));
+  return finite == valid;
+}
+
+// Row b must use the float product from `phase` on (atomic minimum: concurrent slices may raise it).
+inline void FloatFromPhase(const ChainCtx& c, int64_t b, int32_t phase) {
+  int32_t cur = __atomic_load_n(c.float_from_phase + b, __ATOMIC_RELAXED);
+  while (cur > phase &&
+         !__atomic_compare_exchange_n(c.float_from_phase + b, &cur, phase, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+}
+
+// acc[j] += 2^unfix_exp * sum_k X[k] * q[k][j * 16 + lane] for one row, exactly in int32 then rounded once to float.
+// NJ vectors of 16 columns; panel [K4][NJ * 16][4]; planes [4][plane_bytes].
+// Not inlined: inside the block kernels GCC kept the 4 * NJ accumulators on the stack (a load and a store around
+// every vpdpbusd); on its own, it keeps them in registers.
+template <int NJ>
+__attribute__((noinline)) void VnniRowProduct(const int8_t* __restrict panel, const int32_t* __restrict qsum128, int64_t K4,
+                           const uint8_t* __restrict planes, int64_t plane_bytes, float unfix_exp, V (&acc)[NJ]) {
+  constexpr int S = NJ >= 3 ? 1 : 2;  // k streams: 4 * NJ * S independent accumulator chains
+  // Every loop over `sum` is fully unrolled: an array indexed in a loop GCC keeps stays in memory.
+  __m512i sum[S][4][NJ];
+#pragma GCC unroll 2
+  for (int t = 0; t < S; ++t)
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p)
+#pragma GCC unroll 4
+      for (int j = 0; j < NJ; ++j) sum[t][p][j] = _mm512_setzero_si512();
+  // No lambda over `sum` here: a captured array stays in memory, and every accumulator went through the stack.
+  int64_t k4 = 0;
+  for (; k4 + S <= K4; k4 += S) {
+#pragma GCC unroll 2
+    for (int t = 0; t < S; ++t) {
+      __m512i hp[4];
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) hp[p] = _mm512_set1_epi32(LoadU32(planes + p * plane_bytes + (k4 + t) * 4));
+      const int8_t* pk = panel + (k4 + t) * NJ * 64;
+#pragma GCC unroll 4
+      for (int j = 0; j < NJ; ++j) {
+        const __m512i w = _mm512_loadu_si512(pk + j * 64);
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; ++p) DpBusd(sum[t][p][j], hp[p], w);
+      }
+    }
+  }
+  for (; k4 < K4; ++k4) {
+    __m512i hp[4];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p) hp[p] = _mm512_set1_epi32(LoadU32(planes + p * plane_bytes + k4 * 4));
+    const int8_t* pk = panel + k4 * NJ * 64;
+#pragma GCC unroll 4
+    for (int j = 0; j < NJ; ++j) {
+      const __m512i w = _mm512_loadu_si512(pk + j * 64);
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) DpBusd(sum[0][p][j], hp[p], w);
+    }
+  }
+  const V b256 = Isa::Set1(256.f), e = Isa::Set1(unfix_exp);
+#pragma GCC unroll 4
+  for (int j = 0; j < NJ; ++j) {
+    __m512i d[4];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p) {
+      d[p] = sum[0][p][j];
+#pragma GCC unroll 2
+      for (int t = 1; t < S; ++t) d[p] = _mm512_add_epi32(d[p], sum[t][p][j]);  // exact: K <= kMaxVnniK
+    }
+    // The top plane holds X's high byte + 128: remove 128 * sum_k q.
+    d[3] = _mm512_sub_epi32(d[3], _mm512_loadu_si512(qsum128 + j * 16));
+    V r = _mm512_cvtepi32_ps(d[3]);
+    r = Isa::Fma(r, b256, _mm512_cvtepi32_ps(d[2]));
+    r = Isa::Fma(r, b256, _mm512_cvtepi32_ps(d[1]));
+    r = Isa::Fma(r, b256, _mm512_cvtepi32_ps(d[0]));
+    acc[j] = Isa::Add(acc[j], Isa::Scale(r, e));
+  }
+}
+
+// The float product over the same panel, for a row whose state is not finite: NaN and infinities propagate as
+// they do on every other path. acc[j] += sum_k (h[k] * inv_scale[k]) * float(q[k][j * 16 + lane]).
+template <int NJ>
+inline void VnniRowProductFloat(const int8_t* __restrict panel, int64_t K, const float* h, const float* inv_scale,
+                                V (&acc)[NJ]) {
+  for (int64_t k = 0; k < K; ++k) {
+    const V hv = Isa::Set1(h[k] * inv_scale[k]);
+    const int8_t* pk = panel + (k / 4) * NJ * 64;
+    const __m128i left = _mm_cvtsi32_si128(24 - 8 * static_cast<int>(k % 4)), right = _mm_cvtsi32_si128(24);
+    for (int j = 0; j < NJ; ++j) {
+      const __m512i w = _mm512_loadu_si512(pk + j * 64);
+      const V wf = _mm512_cvtepi32_ps(_mm512_sra_epi32(_mm512_sll_epi32(w, left), right));
+      acc[j] = Isa::Fma(hv, wf, acc[j]);
+    }
+  }
+}
+
+// acc[m] += rows[m] @ an int8 panel in the VNNI layout for MR rows from b0: the exact product from the planes, or
+// the float one for a row flagged at or before `phase`.
+template <int NJ, int MR>
+inline void VnniProduct(const ChainCtx& c, const int8_t* panel, const int32_t* qsum128, int64_t K, int64_t K4,
+                        const uint8_t* planes, float unfix_exp, const float* inv_scale, int32_t phase, int64_t b0,
+                        const float* const* rows, V (&acc)[MR][NJ]) {
+  for (int m = 0; m < MR; ++m) {
+    if (__atomic_load_n(c.float_from_phase + b0 + m, __ATOMIC_RELAXED) <= phase) {
+      VnniRowProductFloat<NJ>(panel, K, rows[m], inv_scale, acc[m]);
+    } else {
+      VnniRowProduct<NJ>(panel, qsum128, K4, planes + (b0 + m) * 4 * K4 * 4, K4 * 4, unfix_exp, acc[m]);
+    }
+  }
+}
+
+// acc += h_rows @ panel u of U on the VNNI path (the packed tail included).
+template <int NJ, int MR>
+inline void GateProductVnni(const ChainCtx& c, int64_t step, int64_t b0, int64_t u, const float* const* h_rows,
+                            V (&acc)[MR][NJ]) {
+  const int8_t* panel = c.wq_packed + u * c.R4 * c.G * kBlock;
+  const int32_t* qsum = c.w_qsum128 + u * c.G * kBlock;
+  const uint8_t* planes = c.h_planes[step & 1];
+  const float unfix = c.h_unfix_exp[step == 0 ? 0 : 1];
+  const int32_t phase = static_cast<int32_t>(2 * step);
+  if (c.tail_blocks > 0 && u == c.num_unit_blocks - 1) {
+    auto tail = [&](auto np) {
+      constexpr int NP = decltype(np)::value;
+      V pk[MR][NP];
+      for (int m = 0; m < MR; ++m)
+        for (int j = 0; j < NP; ++j) pk[m][j] = Isa::Zero();
+      VnniProduct<NP, MR>(c, panel, qsum, c.R, c.R4 / 4, planes, unfix, c.w_inv_scale, phase, b0, h_rows, pk);
+      AddPackedTail<NP, MR, NJ>(c, u, pk, acc);
+    };
+    switch (c.tail_blocks) {
+      case 1: tail(std::integral_constant<int, 1>()); return;
+      case 2: tail(std::integral_constant<int, 2>()); return;
+      default:
+        if constexpr (NJ > 3) {
+          tail(std::integral_constant<int, 3>());
+          return;
+        }
+    }
+  }
+  VnniProduct<NJ, MR>(c, panel, qsum, c.R, c.R4 / 4, planes, unfix, c.w_inv_scale, phase, b0, h_rows, acc);
+}
+
+// Packs `cols` columns of an int8 matrix (row k of column col at src[k * ld + col_offset[col]]; offset < 0: a zero
+// column) into the VNNI layout [K4][cols][4], zero past K, with qsum128[col] = 128 * sum_k q[k][col].
+void PackVnniPanel(const int8_t* src, int64_t ld, const int64_t* col_offset, int64_t cols, int64_t K, int8_t* dst,
+                   int32_t* qsum128) {
+  const int64_t K4 = CeilDiv(K, 4);
+  const __m128i ones = _mm_set1_epi8(1);
+  for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+    bool contiguous = c0 + 16 <= cols && col_offset[c0] >= 0;
+    for (int l = 1; l < 16 && contiguous; ++l) contiguous = col_offset[c0 + l] == col_offset[c0] + l;
+    if (contiguous) {
+      // 4 rows x 16 columns -> 16 columns x 4 rows: two rounds of byte / word interleaving.
+      __m128i s[4] = {_mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128()};
+      for (int64_t k4 = 0; k4 < K4; ++k4) {
+        __m128i r[4];
+        for (int i = 0; i < 4; ++i) {
+          const int64_t k = k4 * 4 + i;
+          r[i] = k < K ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k * ld + col_offset[c0]))
+                       : _mm_setzero_si128();
+        }
+        const __m128i a = _mm_unpacklo_epi8(r[0], r[1]), b = _mm_unpackhi_epi8(r[0], r[1]);
+        const __m128i cc = _mm_unpacklo_epi8(r[2], r[3]), d = _mm_unpackhi_epi8(r[2], r[3]);
+        const __m128i o[4] = {_mm_unpacklo_epi16(a, cc), _mm_unpackhi_epi16(a, cc), _mm_unpacklo_epi16(b, d),
+                              _mm_unpackhi_epi16(b, d)};
+        int8_t* out = dst + (k4 * cols + c0) * 4;
+        for (int i = 0; i < 4; ++i) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * i), o[i]);
+          s[i] = _mm_dpbusd_epi32(s[i], ones, o[i]);  // the 4 k of each column: 1 * q summed into its lane
+        }
+      }
+      for (int i = 0; i < 4; ++i) _mm_storeu_si128(reinterpret_cast<__m128i*>(qsum128 + c0 + 4 * i), _mm_slli_epi32(s[i], 7));
+      continue;
+    }
+    for (int64_t col = c0; col < std::min<int64_t>(c0 + 16, cols); ++col) {
+      int32_t sum = 0;
+      for (int64_t k = 0; k < K4 * 4; ++k) {
+        const int8_t v = col_offset[col] >= 0 && k < K ? src[k * ld + col_offset[col]] : int8_t{0};
+        dst[((k / 4) * cols + col) * 4 + k % 4] = v;
+        sum += v;
+      }
+      qsum128[col] = 128 * sum;
+    }
+  }
+}
+#endif  // FUSED_RNN_VNNI
 
 // Row bookkeeping for one step: the time position a row reads and writes, and whether it is still running.
 struct RowStep {
@@ -378,7 +599,11 @@ inline void LstmBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
       }
     }
   }
-  GateProduct<NJ, MR>(c, u, R, h_rows, acc);
+#if defined(FUSED_RNN_VNNI)
+  if (c.q8_vnni) GateProductVnni<NJ, MR>(c, step, b0, u, h_rows, acc);
+  else
+#endif
+    GateProduct<NJ, MR>(c, u, R, h_rows, acc);
   // The cell update in three passes over all MR rows (gate activations, cell state, tanh of the cell), each fully
   // unrolled: 4 * MR * kNV independent dependency chains, then MR * kNV. Row by row, each row's ~50-deep chain
   // of activation arithmetic left the out-of-order core waiting on latency (measured: the activations stubbed out
@@ -419,6 +644,13 @@ inline void LstmBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
         Isa::StoreN(res + 4 * H + j, c_pre[m][v], n);
       }
       if (rs[m].last) Isa::StoreN(c.final_c + b * H + j, c_new[m][v], n);
+#if defined(FUSED_RNN_VNNI)
+      if (c.q8_vnni) {  // the planes the next phase reads: m for the projection, else the next step's h
+        const bool ok = c.P > 0 ? WritePlanes(h_new[m][v], c.m_fix, j, n, c.m_planes + b * 4 * c.H4, c.H4)
+                                : WritePlanes(h_new[m][v], c.h_fix, j, n, c.h_planes[(step + 1) & 1] + b * 4 * c.R4, c.R4);
+        if (!ok) FloatFromPhase(c, b, static_cast<int32_t>(2 * step + (c.P > 0 ? 1 : 2)));
+      }
+#endif
       if (c.P > 0) {
         Isa::StoreN(c.m_buf + b * H + j, h_new[m][v], n);
       } else {
@@ -443,7 +675,13 @@ inline void ProjectionBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t
     m_rows[m] = c.m_buf + (b0 + m) * H;
     for (int v = 0; v < kNV; ++v) acc[m][v] = Isa::Zero();
   }
-  PanelProductAny<kNV, MR>(c, /*projection=*/true, q, H, m_rows, acc);
+#if defined(FUSED_RNN_VNNI)
+  if (c.q8_vnni) {
+    VnniProduct<kNV, MR>(c, c.pq_packed + q * c.H4 * kBlock, c.p_qsum128 + q * kBlock, H, c.H4 / 4, c.m_planes,
+                         c.m_unfix_exp, c.p_inv_scale, static_cast<int32_t>(2 * step + 1), b0, m_rows, acc);
+  } else
+#endif
+    PanelProductAny<kNV, MR>(c, /*projection=*/true, q, H, m_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;
@@ -453,6 +691,11 @@ inline void ProjectionBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t
       if (n == 0) continue;
       if (c.reserve) Isa::StoreN(c.reserve + (b * c.T + rs[m].pos) * c.reserve_features + 5 * H + p, acc[m][v], n);
       const V r = Clip(acc[m][v], c.proj_clip);
+#if defined(FUSED_RNN_VNNI)
+      if (c.q8_vnni && !WritePlanes(r, c.h_fix, p, n, c.h_planes[(step + 1) & 1] + b * 4 * c.R4, c.R4)) {
+        FloatFromPhase(c, b, static_cast<int32_t>(2 * step + 2));
+      }
+#endif
       Isa::StoreN(h_next + b * R + p, r, n);
       Isa::StoreN(c.output + b * c.out_b_stride + rs[m].pos * c.out_t_stride + p, r, n);
       if (rs[m].last) Isa::StoreN(c.final_h + b * R + p, r, n);
@@ -486,7 +729,11 @@ inline void GruBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
       }
     }
   }
-  GateProduct<NJ, MR>(c, u, H, h_rows, acc);
+#if defined(FUSED_RNN_VNNI)
+  if (c.q8_vnni) GateProductVnni<NJ, MR>(c, step, b0, u, h_rows, acc);
+  else
+#endif
+    GateProduct<NJ, MR>(c, u, H, h_rows, acc);
   for (int m = 0; m < MR; ++m) {
     if (!rs[m].active) continue;
     const int64_t b = b0 + m;
@@ -507,6 +754,11 @@ inline void GruBlock(const ChainCtx& c, int64_t step, int64_t b0, int64_t u) {
         Isa::StoreN(res + 2 * H + j, ng, n);
         Isa::StoreN(res + 3 * H + j, an, n);
       }
+#if defined(FUSED_RNN_VNNI)
+      if (c.q8_vnni && !WritePlanes(h_new, c.h_fix, j, n, c.h_planes[(step + 1) & 1] + b * 4 * c.R4, c.R4)) {
+        FloatFromPhase(c, b, static_cast<int32_t>(2 * step + 2));
+      }
+#endif
       Isa::StoreN(h_next + b * H + j, h_new, n);
       Isa::StoreN(c.output + b * c.out_b_stride + rs[m].pos * c.out_t_stride + j, h_new, n);
       if (rs[m].last) Isa::StoreN(c.final_h + b * H + j, h_new, n);

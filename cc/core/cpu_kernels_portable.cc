@@ -8,6 +8,6 @@ namespace fused_rnn {
 namespace cpu {
 const StepKernels kPortableKernels = {portable::Isa::kName, &portable::LstmGates, &portable::LstmProjection, &portable::GruGates,
     &portable::BwdGates, &portable::BwdCarry, &portable::BwdPrep, &portable::WeightGrad, portable::kWgStripe, &portable::TransposeRows,
-    &portable::Activations};
+    &portable::Activations, /*int8_vnni=*/false, nullptr};
 }  // namespace cpu
 }  // namespace fused_rnn

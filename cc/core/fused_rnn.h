@@ -48,8 +48,11 @@ struct RnnShape {
   bool time_major = false;
   float cell_clip = 0.f;  // <= 0: no clip (LSTM only)
   float proj_clip = 0.f;  // <= 0: no clip (projection LSTM only)
-  // INT8 recurrent (and projection) weights with one float scale per row: W[k][j] = q[k][j] / scale[k]. The
-  // arithmetic stays float32 (weights are converted on the fly); forward only.
+  // INT8 recurrent (and projection) weights with one float scale per row: W[k][j] = q[k][j] / scale[k]; forward
+  // only. Inputs, outputs, states and the cell arithmetic stay float32. The product h @ W: on CPUs with AVX-512
+  // VNNI, an exact integer dot product of q with h / scale rounded to a 31-bit fixed point (its bound known before
+  // each step: errors at float32's level, tested against float64); elsewhere, the weights converted to float32
+  // on the fly.
   bool int8_weights = false;
   // 16-bit recurrent (and projection) weights (float16 or bfloat16 bits, same layouts): half the bytes a step
   // streams. The arithmetic stays float32 (each weight converted exactly on load); forward only. Not together with
@@ -146,8 +149,9 @@ int64_t CpuBackwardScratchFloats(const RnnShape& shape);
 // threads. Deterministic whatever the number of threads.
 void CpuBackward(const RnnShape& shape, const RnnBackwardArgs& args, float* scratch, ParallelRunner* runner);
 
-// Which vector path CpuForward uses on this CPU: "avx512", "avx2" or "portable". FUSED_RNN_ISA=portable|avx2
-// in the environment forces a narrower path (for testing every path on one machine).
+// Which vector path CpuForward uses on this CPU: "avx512vnni", "avx512", "avx2" or "portable".
+// FUSED_RNN_ISA=portable|avx2|avx512 in the environment forces a narrower path (for testing every path on one
+// machine).
 const char* CpuIsaName();
 
 }  // namespace fused_rnn

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -50,6 +52,10 @@ const StepKernels& cpu::PickKernels() {
     const bool has2 =
         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (want == "portable") return &cpu::kPortableKernels;
+    // VNNI (the INT8 product), with the byte and 128-bit forms of AVX-512 its code uses.
+    const bool has_vnni = has512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+    if (has_vnni && want != "avx2" && want != "avx512") return &cpu::kAvx512VnniKernels;
     if (has512 && want != "avx2") return &cpu::kAvx512Kernels;
     if (has2) return &cpu::kAvx2Kernels;
 #endif
@@ -72,7 +78,11 @@ int64_t Align16(int64_t n) { return (n + 15) & ~int64_t{15}; }
 
 struct ScratchLayout {
   int64_t w_packed, p_packed, w_inv_scale, p_inv_scale, h_buf, c_state, m_buf, lengths, per_dir;
+  // INT8 only (the VNNI path, ChainCtx::q8_vnni): column sums, fixed-point factors, planes, row flags.
+  int64_t w_qsum, p_qsum, h_fix, m_fix, h_planes, m_planes, float_from;
 };
+
+int64_t Round4(int64_t n) { return (n + 3) & ~int64_t{3}; }
 
 ScratchLayout Layout(const RnnShape& s) {
   const int64_t H = s.num_units, P = s.num_proj, R = s.recurrent_width(), B = s.batch, G = s.num_gates();
@@ -80,10 +90,20 @@ ScratchLayout Layout(const RnnShape& s) {
   int64_t off = 0;
   // Packed weights: floats, 16-bit (half the floats), or int8 (a quarter) plus one inverse scale per row.
   const int64_t per_weight = s.int8_weights ? 4 : (s.weight16 != Weight16::kNone ? 2 : 1);
-  l.w_packed = off; off += Align16(CeilDiv(CeilDiv(H, kBlock) * R * G * kBlock, per_weight));
-  l.p_packed = off; off += Align16(P > 0 ? CeilDiv(CeilDiv(P, kBlock) * H * kBlock, per_weight) : 0);
-  l.w_inv_scale = off; off += Align16(s.int8_weights ? R : 0);
-  l.p_inv_scale = off; off += Align16(s.int8_weights && P > 0 ? H : 0);
+  // INT8 panels have K rounded up to 4 rows (the VNNI layout; the other layout uses the first K).
+  const bool q8 = s.int8_weights;
+  const int64_t R_rows = q8 ? Round4(R) : R, H_rows = q8 ? Round4(H) : H;
+  l.w_packed = off; off += Align16(CeilDiv(CeilDiv(H, kBlock) * R_rows * G * kBlock, per_weight));
+  l.p_packed = off; off += Align16(P > 0 ? CeilDiv(CeilDiv(P, kBlock) * H_rows * kBlock, per_weight) : 0);
+  l.w_inv_scale = off; off += Align16(q8 ? R : 0);
+  l.p_inv_scale = off; off += Align16(q8 && P > 0 ? H : 0);
+  l.w_qsum = off; off += Align16(q8 ? CeilDiv(H, kBlock) * G * kBlock : 0);
+  l.p_qsum = off; off += Align16(q8 && P > 0 ? CeilDiv(P, kBlock) * kBlock : 0);
+  l.h_fix = off; off += Align16(q8 ? R : 0);
+  l.m_fix = off; off += Align16(q8 && P > 0 ? H : 0);
+  l.h_planes = off; off += 2 * Align16(q8 ? B * R_rows : 0);  // 4 byte planes of R_rows bytes: one float each
+  l.m_planes = off; off += Align16(q8 && P > 0 ? B * H_rows : 0);
+  l.float_from = off; off += Align16(q8 ? B : 0);
   l.h_buf = off;    off += 2 * Align16(B * R);
   l.c_state = off;  off += Align16(s.cell == CellType::kLstm ? B * H : 0);
   l.m_buf = off;    off += Align16(P > 0 ? B * H : 0);
@@ -197,19 +217,120 @@ void PackNarrowPanels(const ChainCtx& c, const Chain& ch, int64_t slice, const W
   }
 }
 
-// INT8 weights: the same panels, int8, and 1/scale per row (0 for a zero row, whose scale is 0).
+// INT8 weights on the VNNI path: the slice's panels in the VNNI layout with their column sums.
+void PackSliceVnni(const Job& job, int chain, int64_t slice) {
+  const ChainCtx& c = job.ctx[chain];
+  const Chain& ch = job.chains[chain];
+  const int64_t H = c.H, G = c.G, S = ch.num_slices;
+  int64_t offsets[4 * kBlock];
+  for (int64_t u = slice * c.num_unit_blocks / S; u < (slice + 1) * c.num_unit_blocks / S; ++u) {
+    const int64_t j0 = u * kBlock, n = std::min<int64_t>(kBlock, H - j0);
+    const bool tail = IsPackedTail(c, u);
+    const int64_t cols = tail ? c.tail_blocks * kBlock : G * kBlock;
+    for (int64_t col = 0; col < cols; ++col) {
+      if (tail) offsets[col] = col < G * n ? (col / n) * H + j0 + col % n : -1;
+      else offsets[col] = col % kBlock < n ? (col / kBlock) * H + j0 + col % kBlock : -1;
+    }
+    job.kernels->pack_vnni_panel(job.rec_kernel_q8[chain], G * H, offsets, cols, c.R,
+                                 const_cast<int8_t*>(c.wq_packed) + u * c.R4 * G * kBlock,
+                                 const_cast<int32_t*>(c.w_qsum128) + u * G * kBlock);
+  }
+  if (c.P > 0) {
+    for (int64_t q = slice * c.num_proj_blocks / S; q < (slice + 1) * c.num_proj_blocks / S; ++q) {
+      for (int64_t l = 0; l < kBlock; ++l) offsets[l] = q * kBlock + l < c.P ? q * kBlock + l : -1;
+      job.kernels->pack_vnni_panel(job.proj_kernel_q8[chain], c.P, offsets, kBlock, H,
+                                   const_cast<int8_t*>(c.pq_packed) + q * c.H4 * kBlock,
+                                   const_cast<int32_t*>(c.p_qsum128) + q * kBlock);
+    }
+  }
+}
+
+// INT8 weights: the same panels, int8 (the inverse scales are set up by the caller, SetUpInt8).
 void PackSliceQ8(const Job& job, int chain, int64_t slice) {
   const ChainCtx& c = job.ctx[chain];
-  if (slice == 0) {
-    float* inv = const_cast<float*>(c.w_inv_scale);
-    for (int64_t k = 0; k < c.R; ++k) inv[k] = job.rec_scale[chain][k] != 0.f ? 1.f / job.rec_scale[chain][k] : 0.f;
-    if (c.P > 0) {
-      float* pinv = const_cast<float*>(c.p_inv_scale);
-      for (int64_t k = 0; k < c.H; ++k) pinv[k] = job.proj_scale[chain][k] != 0.f ? 1.f / job.proj_scale[chain][k] : 0.f;
-    }
+  if (c.q8_vnni) {
+    PackSliceVnni(job, chain, slice);
+    return;
   }
   PackNarrowPanels<int8_t>(c, job.chains[chain], slice, job.rec_kernel_q8[chain], job.proj_kernel_q8[chain],
                            const_cast<int8_t*>(c.wq_packed), const_cast<int8_t*>(c.pq_packed));
+}
+
+// 2^e with bound * max_factor * 2^e <= 2^kVnniFixBits: the fixed-point exponent for values |v| <= bound scaled by
+// factors up to max_factor. e is kept within float's normal range (a bound that small loses nothing that float
+// arithmetic would have kept against the step's other terms).
+int FixExponent(double bound, double max_factor) {
+  const double x = bound * max_factor;
+  if (!(x > 0.0) || !std::isfinite(x)) return 0;
+  return std::max(-100, std::min(100, cpu::kVnniFixBits - 1 - std::ilogb(x)));
+}
+
+// The caller's set-up of an INT8 chain, before any step: inverse scales, and on the VNNI path the fixed-point
+// factors, the planes of the initial state, and the row flags.
+void SetUpInt8(Job& job, int chain, const float* initial_h) {
+  ChainCtx& c = job.ctx[chain];
+  float* inv = const_cast<float*>(c.w_inv_scale);
+  const float* scale = job.rec_scale[chain];
+  for (int64_t k = 0; k < c.R; ++k) inv[k] = scale[k] != 0.f ? 1.f / scale[k] : 0.f;
+  float* pinv = const_cast<float*>(c.p_inv_scale);
+  if (c.P > 0) {
+    const float* pscale = job.proj_scale[chain];
+    for (int64_t k = 0; k < c.H; ++k) pinv[k] = pscale[k] != 0.f ? 1.f / pscale[k] : 0.f;
+  }
+  if (!c.q8_vnni) return;
+  const int64_t B = c.B, R = c.R;
+  double max_inv = 0.0, max_pinv = 0.0, max_h0 = 0.0;
+  for (int64_t k = 0; k < R; ++k) max_inv = std::max<double>(max_inv, inv[k]);
+  for (int64_t k = 0; k < (c.P > 0 ? c.H : 0); ++k) max_pinv = std::max<double>(max_pinv, pinv[k]);
+  for (int64_t b = 0; b < B; ++b) {
+    bool finite = true;
+    for (int64_t k = 0; k < R; ++k) {
+      const float v = initial_h[b * R + k];
+      if (std::isfinite(v)) max_h0 = std::max<double>(max_h0, std::fabs(v));
+      else finite = false;
+    }
+    c.float_from_phase[b] = finite ? INT32_MAX : 0;
+  }
+  // The bound on |h| of steps >= 1: |o * tanh(c)| <= 1 (LSTM); a GRU's h is a convex mix of its previous h and
+  // tanh (the caller runs this path only while max|h0| is modest); a projection's output is within its clip, else
+  // within the largest column 1-norm of P (|m| <= 1).
+  double h_bound = 1.0;
+  if (c.G == 3) h_bound = std::max(1.0, max_h0);
+  if (c.P > 0) {
+    if (c.proj_clip > 0.f) {
+      h_bound = c.proj_clip;
+    } else {
+      std::vector<double> col_norm(c.P, 0.0);
+      const int8_t* q = job.proj_kernel_q8[chain];
+      for (int64_t k = 0; k < c.H; ++k)
+        for (int64_t j = 0; j < c.P; ++j) col_norm[j] += std::abs(static_cast<int>(q[k * c.P + j])) * static_cast<double>(pinv[k]);
+      h_bound = 0.0;
+      for (double v : col_norm) h_bound = std::max(h_bound, v);
+    }
+    const int em = FixExponent(1.0, max_pinv);
+    float* m_fix = const_cast<float*>(c.m_fix);
+    for (int64_t k = 0; k < c.H; ++k) m_fix[k] = static_cast<float>(std::ldexp(static_cast<double>(pinv[k]), em));
+    c.m_unfix_exp = static_cast<float>(-em);
+    std::memset(c.m_planes, 0, 4 * B * c.H4);
+  }
+  const int e = FixExponent(h_bound, max_inv);
+  float* h_fix = const_cast<float*>(c.h_fix);
+  for (int64_t k = 0; k < R; ++k) h_fix[k] = static_cast<float>(std::ldexp(static_cast<double>(inv[k]), e));
+  c.h_unfix_exp[1] = static_cast<float>(-e);
+  // Step 0 reads the initial state, with its own exponent (any magnitude; below 1e-6 nothing is lost).
+  const int e0 = FixExponent(std::max(max_h0, 1e-6), max_inv);
+  c.h_unfix_exp[0] = static_cast<float>(-e0);
+  std::memset(c.h_planes[0], 0, 4 * B * c.R4);
+  std::memset(c.h_planes[1], 0, 4 * B * c.R4);
+  for (int64_t b = 0; b < B; ++b) {
+    uint8_t* planes = c.h_planes[0] + b * 4 * c.R4;
+    for (int64_t k = 0; k < R; ++k) {
+      const float v = initial_h[b * R + k];
+      const double x = std::isfinite(v) ? std::nearbyint(static_cast<float>(v * std::ldexp(static_cast<double>(inv[k]), e0))) : 0.0;
+      const uint32_t u = static_cast<uint32_t>(static_cast<int32_t>(std::max(-2147483520.0, std::min(2147483520.0, x)))) ^ 0x80000000u;
+      for (int p = 0; p < 4; ++p) planes[p * c.R4 + k] = static_cast<uint8_t>(u >> (8 * p));
+    }
+  }
 }
 
 void PackSlice(const Job& job, int chain, int64_t slice) {
@@ -464,6 +585,13 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
   const int64_t out_b_stride = s.time_major ? out_w : T * out_w;
   const int64_t out_t_stride = s.time_major ? B * out_w : out_w;
 
+  // INT8 as exact integer products where the kernels can (ChainCtx::q8_vnni): int32 sums stay exact up to
+  // kMaxVnniK rows, and a GRU's fixed-point bound grows with its initial state (beyond 64, 6 of the 7 bits the
+  // fixed point keeps beyond float32 would go: the float path then).
+  bool use_vnni = s.int8_weights && kernels.int8_vnni && R <= cpu::kMaxVnniK && H <= cpu::kMaxVnniK;
+  if (use_vnni && s.cell == CellType::kGru) {
+    for (int64_t i = 0; i < D * B * R && use_vnni; ++i) use_vnni = !(std::fabs(a.initial_h[i]) > 64.f);
+  }
   auto job = std::make_shared<Job>();
   job->shape = &s;
   job->kernels = &kernels;
@@ -488,6 +616,17 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
       c.pq_packed = P > 0 ? reinterpret_cast<const int8_t*>(base + l.p_packed) : nullptr;
       c.w_inv_scale = base + l.w_inv_scale;
       c.p_inv_scale = P > 0 ? base + l.p_inv_scale : nullptr;
+      c.q8_vnni = use_vnni;
+      c.R4 = Round4(R);
+      c.H4 = Round4(H);
+      c.w_qsum128 = reinterpret_cast<const int32_t*>(base + l.w_qsum);
+      c.p_qsum128 = P > 0 ? reinterpret_cast<const int32_t*>(base + l.p_qsum) : nullptr;
+      c.h_fix = base + l.h_fix;
+      c.m_fix = P > 0 ? base + l.m_fix : nullptr;
+      c.h_planes[0] = reinterpret_cast<uint8_t*>(base + l.h_planes);
+      c.h_planes[1] = reinterpret_cast<uint8_t*>(base + l.h_planes + Align16(B * c.R4));
+      c.m_planes = P > 0 ? reinterpret_cast<uint8_t*>(base + l.m_planes) : nullptr;
+      c.float_from_phase = reinterpret_cast<int32_t*>(base + l.float_from);
     } else if (s.weight16 != Weight16::kNone) {
       c.w16_packed = reinterpret_cast<const uint16_t*>(base + l.w_packed);
       c.p16_packed = P > 0 ? reinterpret_cast<const uint16_t*>(base + l.p_packed) : nullptr;
@@ -559,10 +698,11 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
     }
   }
   for (int d = 0; d < D; ++d) {
-    const ChainCtx& c = job->ctx[d];
+    ChainCtx& c = job->ctx[d];
     std::memcpy(c.h_buf[0], a.initial_h + d * B * R, sizeof(float) * B * R);
     std::memset(c.h_buf[1], 0, sizeof(float) * B * R);
     if (lstm) std::memcpy(c.c_state, a.initial_c + d * B * H, sizeof(float) * B * H);
+    if (s.int8_weights) SetUpInt8(*job, d, a.initial_h + d * B * R);
     for (int64_t b = 0; b < B; ++b) {
       if (lengths[b] > 0) continue;
       std::memcpy(c.final_h + b * R, a.initial_h + (d * B + b) * R, sizeof(float) * R);

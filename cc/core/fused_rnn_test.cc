@@ -105,6 +105,75 @@ TEST(CoreTest, Int8ZeroRowsAndEveryCellAgainstDequantizedReference) {
   }
 }
 
+// INT8 on AVX-512 VNNI is an exact integer product over a fixed-point copy of the state (cpu_internal.h,
+// ChainCtx::q8_vnni), with an exponent from a bound on |h|: each case below exercises one bound (1 for an LSTM,
+// the clip or P's column 1-norm for a projection, a GRU's initial state, tiny and zero initial states, a packed
+// tail, K not a multiple of 4). Its error against float64 must stay at float32's level, like the float path's.
+TEST(CoreTest, Int8VnniFixedPointStaysAtFloat32Error) {
+  const cpu::StepKernels* vnni = nullptr;
+  for (const cpu::StepKernels* k : AvailableKernels()) if (k->int8_vnni) vnni = k;
+  if (vnni == nullptr) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  struct VCase { Case c; float h0_scale; };
+  const VCase cases[] = {
+      {{CellType::kLstm, Direction::kForward, 12, 3, 300, 0, false, 0, 0}, 1.f},       // tail of 12 units, K=300
+      {{CellType::kLstm, Direction::kBidirectional, 8, 4, 70, 41, false, 0, 0}, 1.f},  // projection, no clip
+      {{CellType::kLstm, Direction::kReverse, 8, 2, 64, 30, true, 1.5f, 0.4f}, 1.f},   // projection with clips
+      {{CellType::kGru, Direction::kForward, 10, 3, 99, 0, false, 0, 0}, 40.f},        // GRU, |h0| up to ~100
+      {{CellType::kLstm, Direction::kForward, 6, 2, 33, 0, false, 0, 0}, 1e-20f},      // tiny initial state
+      {{CellType::kGru, Direction::kReverse, 6, 2, 50, 0, false, 0, 0}, 0.f},          // zero initial state
+  };
+  uint32_t seed = 90;
+  for (const VCase& vc : cases) {
+    const Case& c = vc.c;
+    Problem p = MakeProblem(c.cell, c.dir, c.T, c.B, c.H, c.P, c.time_major, c.cell_clip, c.proj_clip, seed++);
+    for (auto& v : p.h0) v *= vc.h0_scale;
+    MakeInt8(&p);
+    SCOPED_TRACE(testing::Message() << "H=" << c.H << " P=" << c.P << " h0 scale " << vc.h0_scale);
+    std::vector<double> out, fh, fc;
+    Reference(p, &out, &fh, &fc);
+    const Result got = RunCore(p, *vnni, nullptr);
+    const Result flt = RunCore(p, cpu::kPortableKernels, nullptr);
+    const double err = RelErr(got.out, out, out.size()), err_float = RelErr(flt.out, out, out.size());
+    std::printf("int8 H=%ld P=%ld h0 x%g: error vnni %.2e, float path %.2e\n", static_cast<long>(c.H),
+                static_cast<long>(c.P), vc.h0_scale, err, err_float);
+    EXPECT_LT(err, 1e-6);
+    EXPECT_LT(RelErr(got.fh, fh, fh.size()), 1e-6);
+    if (c.cell == CellType::kLstm) EXPECT_LT(RelErr(got.fc, fc, fc.size()), 1e-6);
+  }
+}
+
+// A NaN or infinite state cannot be a fixed-point integer: such a row takes the float product from that step on,
+// and must end exactly where the float path ends (same NaN and infinity positions, same finite values).
+TEST(CoreTest, Int8VnniNonFiniteStatesFollowTheFloatPath) {
+  const cpu::StepKernels* vnni = nullptr;
+  for (const cpu::StepKernels* k : AvailableKernels()) if (k->int8_vnni) vnni = k;
+  if (vnni == nullptr) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (CellType cell : {CellType::kLstm, CellType::kGru}) {
+    for (int64_t P : {0, 12}) {
+      if (cell == CellType::kGru && P > 0) continue;
+      Problem p = MakeProblem(cell, Direction::kForward, 6, 4, 20, P, false, 0, 0, 123 + static_cast<uint32_t>(P));
+      for (auto& l : p.lengths) l = 6;
+      const int64_t G = p.s.num_gates(), H = 20, R = p.s.recurrent_width();
+      p.x[(0 * 6 + 2) * G * H + 5] = nan;  // row 0, step 2
+      p.h0[1 * R + 3] = inf;               // row 1: an infinite initial state
+      p.h0[2 * R + 0] = nan;               // row 2: a NaN initial state; row 3 stays finite
+      MakeInt8(&p);
+      SCOPED_TRACE(testing::Message() << (cell == CellType::kLstm ? "LSTM" : "GRU") << " P=" << P);
+      const Result got = RunCore(p, *vnni, nullptr);
+      const Result want = RunCore(p, cpu::kPortableKernels, nullptr);
+      for (size_t i = 0; i < want.out.size(); ++i) {
+        ASSERT_EQ(std::isnan(got.out[i]), std::isnan(want.out[i])) << i;
+        if (std::isfinite(want.out[i])) EXPECT_NEAR(got.out[i], want.out[i], 1e-5) << i;
+        else if (!std::isnan(want.out[i])) EXPECT_EQ(got.out[i], want.out[i]) << i;
+      }
+      // Row 3 never saw a non-finite value.
+      for (int64_t t = 0; t < 6; ++t)
+        for (int64_t j = 0; j < R; ++j) EXPECT_TRUE(std::isfinite(got.out[(3 * 6 + t) * R + j]));
+    }
+  }
+}
+
 TEST(CoreTest, SixteenBitWeightsEveryCellAndSpecialValues) {
   const Case cases[] = {{CellType::kLstm, Direction::kBidirectional, 6, 5, 40, 24, false, 0.5f, 0.3f},
                         {CellType::kLstm, Direction::kForward, 5, 3, 33, 0, true, 0, 0},

@@ -1,17 +1,24 @@
-// AVX-512 vector of 16 floats. Included only by the TU compiled with -mavx512f (see cpu_kernels_impl.h).
+// AVX-512 vector of 16 floats. Included only by the TUs compiled with -mavx512f (see cpu_kernels_impl.h): the
+// plain AVX-512 one, and the one also built with -mavx512vnni, which defines FUSED_RNN_AVX512_NS to its own
+// namespace so that no inline function is shared between TUs built with different flags.
 #ifndef FUSED_RNN_CORE_SIMD_AVX512_H_
 #define FUSED_RNN_CORE_SIMD_AVX512_H_
 #include <immintrin.h>
 #include <cstdint>
 
+#ifndef FUSED_RNN_AVX512_NS
+#define FUSED_RNN_AVX512_NS avx512
+#define FUSED_RNN_AVX512_NAME "avx512"
+#endif
+
 namespace fused_rnn {
 namespace cpu {
-namespace avx512 {
+namespace FUSED_RNN_AVX512_NS {
 
 struct Isa {
   static constexpr int kWidth = 16;
   static constexpr int kMaxRows = 4;  // 4 rows x 4 gates = 16 accumulators of 32 zmm registers
-  static constexpr const char* kName = "avx512";
+  static constexpr const char* kName = FUSED_RNN_AVX512_NAME;
   using V = __m512;
   static inline V Zero() { return _mm512_setzero_ps(); }
   static inline V Set1(float v) { return _mm512_set1_ps(v); }
@@ -64,7 +71,7 @@ struct Isa {
     return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
   }
 };
-}  // namespace avx512
+}  // namespace FUSED_RNN_AVX512_NS
 }  // namespace cpu
 }  // namespace fused_rnn
 #endif  // FUSED_RNN_CORE_SIMD_AVX512_H_

@@ -346,6 +346,10 @@ inline std::vector<const cpu::StepKernels*> AvailableKernels() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) k.push_back(&cpu::kAvx2Kernels);
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) k.push_back(&cpu::kAvx512Kernels);
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+    k.push_back(&cpu::kAvx512VnniKernels);
+  }
 #endif
   return k;
 }

@@ -558,7 +558,7 @@ REGISTER_OP("FusedRnnCpuIsa")
     .Output("isa: string")
     .SetShapeFn(::tensorflow::shape_inference::ScalarShape)
     .Doc(R"doc(
-The vector path the CPU kernels of this library use on this machine: "avx512", "avx2" or "portable".
+The vector path the CPU kernels of this library use on this machine: "avx512vnni", "avx512", "avx2" or "portable".
 isa: a string scalar.
 )doc");
 
