@@ -211,3 +211,44 @@ def test_gradients_match_stock_layer(rng, cell):
         grads.append(tape.gradient(loss, [x] + layer.trainable_weights))
     for g_fused, g_stock in zip(grads[1], grads[0]):
         assert rel_err(g_fused, g_stock) < 1e-5
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bidirectional_wide_input_products_per_direction(rng, cell):
+    """A bidirectional layer whose input is wider than B*T rows computes x @ kernel per direction (the directions'
+    kernels side by side would be the larger copy); with the row count unknown at tracing it picks at run time.
+    Outputs and gradients against Keras' Bidirectional of the stock layer, both ways."""
+    units, width = 4, 300
+    x = tf.constant(rng.standard_normal((2, 3, width)).astype(np.float32) * 0.2)
+    stock = keras.layers.Bidirectional(STOCK[cell](units, return_sequences=True))
+    fused = FUSED[cell](units, return_sequences=True, bidirectional=True)
+    stock.build(x.shape)
+    fused.build(x.shape)
+    randomize(stock, rng)
+    fused.set_weights(stock.get_weights())
+
+    def run(layer, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x)
+            loss = tf.reduce_sum(out * tf.cos(out))
+        return [out] + tape.gradient(loss, [x] + layer.trainable_weights)
+
+    want = run(stock, x)
+    static = tf.function(lambda x: run(fused, x))
+    dynamic = tf.function(lambda x: run(fused, x), input_signature=[tf.TensorSpec([None, None, width])])
+    for fn in (static, dynamic):
+        got = fn(x)
+        for g, w in zip(got, want):
+            assert rel_err(g, w) < 1e-5
+    # The two ways are really taken (forward only): a product per direction when the rows are known, a run-time
+    # choice when they are not; a narrow input keeps one product.
+    def op_types(layer, spec):
+        return [op.type for op in tf.function(layer).get_concrete_function(spec).graph.get_operations()]
+
+    static_ops = op_types(fused, tf.TensorSpec(x.shape))
+    assert static_ops.count("MatMul") == 2 and not {"If", "StatelessIf"} & set(static_ops)
+    assert {"If", "StatelessIf"} & set(op_types(fused, tf.TensorSpec([None, None, width])))
+    narrow = FUSED[cell](units, return_sequences=True, bidirectional=True)
+    narrow_ops = op_types(narrow, tf.TensorSpec([2, 3, 5]))
+    assert narrow_ops.count("MatMul") == 1
