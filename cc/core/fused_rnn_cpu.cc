@@ -21,6 +21,7 @@
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -49,8 +50,11 @@ const StepKernels& cpu::PickKernels() {
     __builtin_cpu_init();
     const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
     // F16C (the float16 weight loads) came with every AVX2 CPU, but is a separate flag: check it too.
-    const bool has2 =
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    // Through cpuid, not __builtin_cpu_supports("f16c"): clang before 16 rejects that feature name (the
+    // sanitizer build of tools/fuzz_core.sh uses clang 14). Leaf 1, ECX bit 29.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool has_f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && ((ecx >> 29) & 1u);
+    const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c;
     if (want == "portable") return &cpu::kPortableKernels;
     // VNNI (the INT8 product), with the byte and 128-bit forms of AVX-512 its code uses.
     const bool has_vnni = has512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&

@@ -56,14 +56,39 @@ void MakeInt8(Problem* p) {
   if (s.num_proj > 0) QuantizeRows(&p->pk, D * H, s.num_proj, &p->pk_q8, &p->pk_scale);
 }
 
-// Round-to-nearest-even float -> 16-bit bits, by the compiler's _Float16 and by bit arithmetic for bfloat16
-// (finite inputs), and the exact value back: the reference's own conversion, apart from the kernels' loaders.
+// IEEE binary16 by bit arithmetic, round to nearest even (finite, infinite and NaN inputs), and back exactly:
+// the reference's own conversion, apart from the kernels' loaders (and not the compiler's _Float16, which clang
+// before 16 does not have on x86-64: the sanitizer build of tools/fuzz_core.sh uses clang 14).
+inline uint16_t FloatToHalfBits(float v) {
+  uint32_t x;
+  std::memcpy(&x, &v, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  x &= 0x7fffffffu;
+  if (x >= 0x7f800000u) return static_cast<uint16_t>(sign | (x > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (x >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 rounds to infinity
+  if (x < 0x38800000u) {  // below 2^-14: a subnormal half in units of 2^-24 (1024 units is the smallest normal)
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(std::fabs(v) * 16777216.0f)));
+  }
+  uint32_t h = ((((x >> 23) - 127 + 15) << 10) | ((x & 0x7fffffu) >> 13));
+  const uint32_t rest = x & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is still right
+  return static_cast<uint16_t>(sign | h);
+}
+
+inline float HalfBitsToFloat(uint16_t bits) {
+  const int e = (bits >> 10) & 0x1f, m = bits & 0x3ff;
+  const float mag = e == 0 ? std::ldexp(static_cast<float>(m), -24)
+                  : e == 31 ? (m ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity())
+                            : std::ldexp(static_cast<float>(1024 + m), e - 25);
+  return (bits & 0x8000u) ? -mag : mag;
+}
+
+// Round-to-nearest-even float -> 16-bit bits (finite inputs for bfloat16), and the exact value back.
 inline uint16_t ToBits16(float v, Weight16 kind, float* exact) {
   uint16_t bits;
   if (kind == Weight16::kFloat16) {
-    const _Float16 h = static_cast<_Float16>(v);
-    std::memcpy(&bits, &h, 2);
-    *exact = static_cast<float>(h);
+    bits = FloatToHalfBits(v);
+    *exact = HalfBitsToFloat(bits);
   } else {
     uint32_t u;
     std::memcpy(&u, &v, 4);
