@@ -228,7 +228,8 @@ def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=
         if wt != "f32":
             want_o32, _, _ = reference(cell, direction, inp, inp["U"], inp["Pk"], cell_clip, proj_clip, time_major,
                                        rows=rows)
-            e["out_vs_f32_weights"] = rel_err(sel(o), want_o32)
+            fin = np.isfinite(want_o32)  # NaN inputs: NaN positions are checked above, against the kernel's oracle
+            e["out_vs_f32_weights"] = rel_err(sel(o)[fin], want_o32[fin])
         if check_reserve:
             want_r = reserve_reference(cell, direction, inp, U_used, P_used, cell_clip, proj_clip)
             got_r = res.cpu().numpy()

@@ -57,6 +57,19 @@ def correctness(lib, quick):
         ("gru bi local unstaged H=37", dict(cell="gru", direction="bidirectional", T=8, B=4, H=37,
                                             tuning={"mode": 0, "stage_weights": 0})),
     ]
+    # Non-finite inputs: NaN must come out exactly where the float64 reference has it, through the int8 products.
+    for mname, tun in modes[:3]:
+        cases.append((f"NaN/Inf input lstm+proj+clip bidirectional {mname}",
+                      dict(cell="lstm", direction="bidirectional", T=9, B=3, H=24, P=16, cell_clip=0.6,
+                           proj_clip=0.4, inject_nan=True, tuning=dict(tun, units_per_block=9) if mname != "local"
+                           else tun)))
+        cases.append((f"NaN/Inf input gru bidirectional {mname}",
+                      dict(cell="gru", direction="bidirectional", T=9, B=3, H=24, inject_nan=True,
+                           tuning=dict(tun, units_per_block=9) if mname != "local" else tun)))
+    # Long k (many chunks per thread): H=1000, a projection of 300 (k = 1000 in phase B).
+    cases.append(("lstm+proj tagged H=1000 P=300 auto", dict(cell="lstm", direction="forward", T=6, B=2, H=1000,
+                                                             P=300, cell_clip=2.0, proj_clip=1.5,
+                                                             tuning={"mode": 1})))
     results = []
     for i, (name, kw) in enumerate(cases):
         r = run_case(lib, "int8 " + name, wt="i8", seed=100 + i, repeat=2, **kw)

@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from harness_common import (CELL, DIRECTION, TOL_16_VS_F32_WEIGHTS, TOL_F32, WEIGHT, make_inputs, max_rel,
-                            reference, rel_err, reserve_reference)
+                            quantize_rows, reference, rel_err, reserve_reference)
 
 
 def log(*args):
@@ -154,16 +154,20 @@ class Call:
         return ("ERROR: " + err.decode()) if err else buf.value.decode()
 
     def forward(self, ptrs, ws, ws_bytes):
-        arr = (ctypes.c_uint64 * 13)(*ptrs)
+        arr = (ctypes.c_uint64 * 15)(*(list(ptrs) + [0] * (15 - len(ptrs))))
         err = self.lib.L.frg_forward(self.shape, self.clips, WEIGHT[self.wt], arr, ws, ws_bytes, 0, self.limits,
                                      self.tuning)
         return err.decode() if err else None
 
 
 def round16(w, wt):
-    """(float32 values the kernel sees, raw 16-bit words) for float16 / bfloat16 weights, round to nearest even."""
+    """(float32 values the kernel sees, raw 16-bit words) for float16 / bfloat16 weights, round to nearest even;
+    int8: (the dequantized weights, (q int8, per-row scale float32))."""
     if w is None or wt == "f32":
         return w, None
+    if wt == "i8":
+        q, scale, deq = quantize_rows(w)
+        return deq, (q, scale)
     if wt == "f16":
         h = w.astype(np.float16)
         return h.astype(np.float32), h.view(np.uint16)
@@ -201,10 +205,14 @@ def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=
         bufs["fh"] = lib.poisoned((D, B, R))
         bufs["fc"] = lib.poisoned((D, B, H)) if cell == "lstm" else 0
         bufs["res"] = lib.poisoned((D, B, T, F)) if check_reserve else 0
-        bufs["U16"] = lib.upload(U16)
-        bufs["P16"] = lib.upload(P16)
+        q8 = wt == "i8"
+        bufs["U16"] = lib.upload(U16[0] if q8 else U16)
+        bufs["P16"] = lib.upload(P16[0] if (q8 and P16 is not None) else (None if q8 else P16))
+        bufs["Us"] = lib.upload(U16[1]) if q8 else 0
+        bufs["Ps"] = lib.upload(P16[1]) if (q8 and P16 is not None) else 0
         bufs["ws"] = lib.alloc(max(c.ws_bytes, 256))
-        ptrs = [bufs[k] for k in ("x", "U", "rb", "Pk", "len", "h0", "c0", "out", "fh", "fc", "res", "U16", "P16")]
+        ptrs = [bufs[k] for k in ("x", "U", "rb", "Pk", "len", "h0", "c0", "out", "fh", "fc", "res", "U16", "P16",
+                                  "Us", "Ps")]
         t0 = time.time()
         err = c.forward(ptrs, bufs["ws"], c.ws_bytes)
         if err:
@@ -409,6 +417,14 @@ def sanitize_case_list(limits):
              dict(cell="lstm", direction="forward", T=5, B=20, H=104, wt="f16",
                   tuning={"mode": 4, "units_per_block": 8})),
         ]
+    # INT8 weights (int8 rows, a float scale per row, h / scale times the rebuilt weights) in every exchange mode,
+    # phase A and the projection's phase B.
+    for mode, tun in modes:
+        extra.append((f"[int8] lstm+proj+clip bidirectional {mode} T7 B3 H24 P16",
+                      dict(cell="lstm", direction="bidirectional", T=7, B=3, H=24, P=16, cell_clip=0.6,
+                           proj_clip=0.35, wt="i8", tuning=tun)))
+        extra.append((f"[int8] gru forward {mode} T7 B3 H24", dict(cell="gru", direction="forward", T=7, B=3, H=24,
+                                                                    wt="i8", tuning=tun)))
     for name, kw in extra:
         seed += 1
         if kw.get("tuning", {}).get("mode") == 3 and limits[6] < 9:
@@ -439,7 +455,8 @@ def coverage(results):
         f = plan_features(r["plan"])
         if not f:
             continue
-        wt = "bf16" if " bf16 " in r["name"] else ("f16" if " f16 " in r["name"] else "f32")
+        wt = "bf16" if " bf16 " in r["name"] else ("f16" if " f16 " in r["name"] else
+                                                   ("int8" if "[int8]" in r["name"] else "f32"))
         keys = [f"mode={f['mode']}", f"mode={f['mode']} RC={f['RC']}", f"A stream={f['stream_a']}",
                 f"B stream={f['stream_b']}", f"weights={wt}", f"kc_reg template={f['kc_reg_tmpl']}"]
         if f["ksw_a"] > 1:
