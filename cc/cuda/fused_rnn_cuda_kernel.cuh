@@ -210,23 +210,55 @@ __device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __
   constexpr int NW = WordsPerChunk<WK, G>();
   constexpr int NQ = NW / 2;
   const bool col_ok = slot.in_map && slot.col < ncols_valid;
-  auto store_stream = [&](int j, const uint32_t(&words)[NW]) {
+  auto store_stream_of = [&](int owner, int j, const uint32_t(&words)[NW]) {  // owner: the thread that reads it
     const int js = j - m.kc_reg;
     if constexpr (WK == kWeightI8) {  // G words per chunk (odd for the GRU and the projection): 32-bit slots
       uint32_t* stream32 = reinterpret_cast<uint32_t*>(stream);
 #pragma unroll
-      for (int q = 0; q < NW; ++q) stream32[((long long)js * NW + q) * m.threads_used + tid] = words[q];
+      for (int q = 0; q < NW; ++q) stream32[((long long)js * NW + q) * m.threads_used + owner] = words[q];
     } else {
 #pragma unroll
       for (int q = 0; q < NQ; ++q)
-        stream[((long long)js * NQ + q) * m.threads_used + tid] = make_uint2(words[2 * q], words[2 * q + 1]);
+        stream[((long long)js * NQ + q) * m.threads_used + owner] = make_uint2(words[2 * q], words[2 * q + 1]);
     }
   };
+  auto store_stream = [&](int j, const uint32_t(&words)[NW]) { store_stream_of(tid, j, words); };
 
   const int cols = m.cols;
   const int row_bytes = StageRowBytes(static_cast<int>(sizeof(Raw)), G, cols);
   const int rows_per_chunk = 4 * m.ks;
   const int chunks_per_pass = stage_bytes > 0 ? stage_bytes / (row_bytes * rows_per_chunk) : 0;
+  if constexpr (G == 1) {
+    if (chunks_per_pass == 0 && m.kc_reg == 0) {
+      // The projection's map puts the ksl lanes of a warp on one column, so a thread's own rows are 4 * ks apart
+      // and each lane of a load hits its own 32-byte sector (ELMo layer: 32 sectors per load instruction, twice
+      // the sector requests of the much larger phase-A slice). Every chunk is streamed here, so any thread may
+      // write any slot: thread i takes (row quad i / cols, column i % cols), consecutive threads take consecutive
+      // columns of the same rows (coalesced), and the words go to the slot of the thread that reads them.
+      // Every slot of the map is written, the padding columns' (>= ncols_valid) with zeros, as each thread did.
+      const int cpw = 32 / m.ksl;  // columns per warp
+      const int cols_all = m.threads_used / (32 * m.ksw) * cpw;
+      const int total = m.kc * m.ks * cols_all;
+      for (int i = tid; i < total; i += nthreads) {
+        const int rq = i / cols_all, c = i - rq * cols_all;
+        const int j = rq / m.ks, kl = rq - j * m.ks;
+        DotSlot o;
+        o.in_map = true;
+        o.col = c;
+        o.kl = kl;
+        o.kw = kl / m.ksl;
+        o.lanek = kl & (m.ksl - 1);
+        const int owner = ((c / cpw) * m.ksw + o.kw) * 32 + (c % cpw) * m.ksl + o.lanek;
+        auto fetch_c = [&](int k, int g) -> Raw {
+          return __ldg(src + (long long)k * row_stride + (long long)g * gate_stride + col0 + c);
+        };
+        uint32_t words[NW];
+        GatherChunk<WK, G>(fetch_c, j, m, o, c < ncols_valid, K, words);
+        store_stream_of(owner, j, words);
+      }
+      return;
+    }
+  }
   if (chunks_per_pass == 0) {
     if (!slot.in_map) return;
     auto fetch = [&](int k, int g) -> Raw {
