@@ -164,8 +164,11 @@ TEST(CoreTest, Int8VnniNonFiniteStatesFollowTheFloatPath) {
       const Result want = RunCore(p, cpu::kPortableKernels, nullptr);
       for (size_t i = 0; i < want.out.size(); ++i) {
         ASSERT_EQ(std::isnan(got.out[i]), std::isnan(want.out[i])) << i;
-        if (std::isfinite(want.out[i])) EXPECT_NEAR(got.out[i], want.out[i], 1e-5) << i;
-        else if (!std::isnan(want.out[i])) EXPECT_EQ(got.out[i], want.out[i]) << i;
+        if (std::isfinite(want.out[i])) {
+          EXPECT_NEAR(got.out[i], want.out[i], 1e-5) << i;
+        } else if (!std::isnan(want.out[i])) {
+          EXPECT_EQ(got.out[i], want.out[i]) << i;
+        }
       }
       // Row 3 never saw a non-finite value.
       for (int64_t t = 0; t < 6; ++t)
