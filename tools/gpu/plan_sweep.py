@@ -35,7 +35,9 @@ VARIANTS = {
     "gru100b16": [{"mode": 0}, {"mode": 3}, {"mode": 5}],
     "bi128bf16": [{"mode": 0}, {"mode": 3}, {"mode": 1}, {"mode": 5}, {"mode": 5, "lanes_per_unit": 8}],
     "elmo16": [{"mode": 1}, {"mode": 1, "lanes_per_unit": 4}, {"mode": 2, "lanes_per_unit": 4},
-               {"mode": 2, "lanes_per_unit": 2}],
+               {"mode": 2, "lanes_per_unit": 2}, {"mode": 1, "lanes_per_unit": 8},
+               {"mode": 1, "lanes_per_unit": 8, "max_reg_chunks": 16}, {"mode": 1, "lanes_per_unit": 2},
+               {"mode": 1, "units_per_block": 64}, {"mode": 1, "units_per_block": 64, "lanes_per_unit": 8}],
     "elmo8": [{"mode": 1}, {"mode": 1, "lanes_per_unit": 4}, {"mode": 2, "lanes_per_unit": 8},
               {"mode": 2, "lanes_per_unit": 4}],
     # The tensor-core kernel (mode 4): row groups x unit-block widths around the planner's choice.
