@@ -29,15 +29,18 @@
 namespace fused_rnn {
 namespace cuda_impl {
 
-// Block size the compiler plans registers for: NR weight chunks plus ~32 registers for the rest. ptxas sizes the
-// cap for whole groups of 4 warps (each SM sub-partition has its own quarter of the register file), so the bound
-// is a multiple of 128 threads.
+// Block size the compiler plans registers for: NR weight chunks plus a budget for the rest, ~32 registers, or 64
+// for int8, whose chunks are small (4 weights a word) but whose decode needs the 4 x G floats of a chunk live: with
+// 32 the bound reached 1024 threads, ptxas capped the int8 kernels at 64 registers and they spilled (LSTM, 8
+// chunks: 232 bytes; H100, session 17). ptxas sizes the cap for whole groups of 4 warps (each SM sub-partition has
+// its own quarter of the register file), so the bound is a multiple of 128 threads.
+template <int WK> __host__ __device__ constexpr int SmallRestRegs() { return WK == kWeightI8 ? 64 : 32; }
 template <int G, int WK, int NR> __host__ __device__ constexpr int SmallMaxThreads() {
-  return (65536 / (NR * WordsPerChunk<WK, G>() + 32)) / 128 * 128 > 1024
+  return (65536 / (NR * WordsPerChunk<WK, G>() + SmallRestRegs<WK>())) / 128 * 128 > 1024
              ? 1024
-             : ((65536 / (NR * WordsPerChunk<WK, G>() + 32)) / 128 * 128 < 128
+             : ((65536 / (NR * WordsPerChunk<WK, G>() + SmallRestRegs<WK>())) / 128 * 128 < 128
                     ? 128
-                    : (65536 / (NR * WordsPerChunk<WK, G>() + 32)) / 128 * 128);
+                    : (65536 / (NR * WordsPerChunk<WK, G>() + SmallRestRegs<WK>())) / 128 * 128);
 }
 
 // A load issued where it is written: the x_proj of the next step, so its latency hides behind a whole step (a

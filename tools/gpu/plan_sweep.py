@@ -22,6 +22,8 @@ VARIANTS = {
     "bi100": [{"mode": 0}, {"mode": 3}, {"mode": 5, "lanes_per_unit": 4}, {"mode": 5, "lanes_per_unit": 4,
                                                                           "max_reg_chunks": 5},
               {"mode": 5, "lanes_per_unit": 8}, {"mode": 5, "stage_weights": 0}],
+    "bi100i8": [{"mode": 5, "max_reg_chunks": 7}, {"mode": 5, "max_reg_chunks": 6}, {"mode": 5, "max_reg_chunks": 5},
+                {"mode": 5, "lanes_per_unit": 8}, {"mode": 0}, {"mode": 3}],
     "h512": [{"mode": 1, "lanes_per_unit": 32}, {"mode": 1, "lanes_per_unit": 16}, {"mode": 1, "lanes_per_unit": 8},
              {"mode": 1, "lanes_per_unit": 4}, {"mode": 2}],
     "h1024": [{"stage_weights": 0}, {"mode": 1, "lanes_per_unit": 32, "max_reg_chunks": 8}, {"mode": 1, "lanes_per_unit": 32,
