@@ -329,6 +329,13 @@ def correctness_suite(lib, quick=False):
                                                               "stage_weights": 0})),
         ("gru bi cluster unstaged H100", dict(cell="gru", direction="bidirectional", T=9, B=2, H=100,
                                               tuning={"mode": 3, "stage_weights": 0})),
+        # The ELMo layer's own plan, short: unit slices at unaligned offsets (63 units of 64 lanes' columns), a last
+        # block of one unit, projection blocks with no columns, 16 chunks in registers and 16 streamed per thread.
+        ("lstm+proj bi f16 ELMo layer T5 B1 (auto plan)", dict(cell="lstm", direction="bidirectional", T=5, B=1,
+                                                               H=4096, P=512, cell_clip=3.0, proj_clip=3.0, wt="f16")),
+        ("lstm+proj bi bf16 ELMo layer T4 B2 rows/block=1", dict(cell="lstm", direction="bidirectional", T=4, B=2,
+                                                                  H=4096, P=512, cell_clip=3.0, proj_clip=3.0,
+                                                                  wt="bf16", tuning={"rows_per_block": 1})),
     ]
     # NaN / Inf inputs: NaN must come out where the float64 reference has it (clips and activations keep it).
     nan_modes = [("local", {"mode": 0}), ("tagged", {"mode": 1, "units_per_block": 9}),
