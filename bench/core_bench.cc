@@ -16,6 +16,7 @@
 
 namespace {
 
+int64_t kMaxTime = 100;  // --time T: timesteps (T=1 shows a call's fixed costs, e.g. packing)
 bool kCpuTime = false;  // --cpu-time: single-thread column in thread CPU time
 // --cold: evict the caches before every timed call (inside TensorFlow the other ops of a step stream tens of MB
 // between two calls of the op, so its inputs and outputs no longer sit in the 32 MB L3).
@@ -51,15 +52,15 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
   fused_rnn::RnnShape s;
   s.cell = cell;
   s.direction = bidi ? fused_rnn::Direction::kBidirectional : fused_rnn::Direction::kForward;
-  s.max_time = 100;
+  s.max_time = kMaxTime;
   s.batch = B;
   s.num_units = H;
   const int64_t D = s.num_dirs(), G = s.num_gates();
   std::mt19937 rng(1);
   std::normal_distribution<float> n01(0.f, 0.1f);
   auto rand = [&](int64_t n) { std::vector<float> v(n); for (auto& e : v) e = n01(rng); return v; };
-  auto x = rand(B * 100 * D * G * H), rk = rand(D * H * G * H), h0 = rand(D * B * H), c0 = rand(D * B * H);
-  std::vector<float> out(B * 100 * D * H), fh(D * B * H), fc(D * B * H), reserve(fused_rnn::ReserveFloats(s));
+  auto x = rand(B * kMaxTime * D * G * H), rk = rand(D * H * G * H), h0 = rand(D * B * H), c0 = rand(D * B * H);
+  std::vector<float> out(B * kMaxTime * D * H), fh(D * B * H), fc(D * B * H), reserve(fused_rnn::ReserveFloats(s));
   // INT8 weights: any int8 values and scales time the same as real ones.
   std::vector<int8_t> rk_q8(rk.size());
   for (size_t i = 0; i < rk.size(); ++i) rk_q8[i] = static_cast<int8_t>(static_cast<int>(rk[i] * 1000) % 127);
@@ -148,8 +149,9 @@ int main(int argc, char** argv) {
     kCold |= std::string(argv[i]) == "--cold";
     if (std::string(argv[i]) == "--only" && i + 1 < argc) only = argv[++i];
     if (std::string(argv[i]) == "--units" && i + 1 < argc) units = std::stoll(argv[++i]);
+    if (std::string(argv[i]) == "--time" && i + 1 < argc) kMaxTime = std::stoll(argv[++i]);
   }
-  std::printf("core only (no TF), T=100, ISA %s, median ms%s\n", fused_rnn::CpuIsaName(),
+  std::printf("core only (no TF), T=%lld, ISA %s, median ms%s\n", static_cast<long long>(kMaxTime), fused_rnn::CpuIsaName(),
               kCold ? ", caches evicted before every call" : "");
   std::printf("%-20s | %-21s | %-21s | %-21s\n", "", "forward float32", weights16 ? "forward float16" : "forward int8",
               weights16 ? "forward bfloat16" : "backward");
