@@ -29,18 +29,21 @@
 namespace fused_rnn {
 namespace cuda_impl {
 
-// Block size the compiler plans registers for: NR weight chunks plus a budget for the rest, ~32 registers, or 64
-// for int8, whose chunks are small (4 weights a word) but whose decode needs the 4 x G floats of a chunk live: with
-// 32 the bound reached 1024 threads, ptxas capped the int8 kernels at 64 registers and they spilled (LSTM, 8
-// chunks: 232 bytes; H100, session 17). ptxas sizes the cap for whole groups of 4 warps (each SM sub-partition has
-// its own quarter of the register file), so the bound is a multiple of 128 threads.
-template <int WK> __host__ __device__ constexpr int SmallRestRegs() { return WK == kWeightI8 ? 64 : 32; }
+// Block size the compiler plans registers for: NR weight chunks plus a budget for the rest, rounded down to whole
+// groups of 4 warps (ptxas sizes the register cap for a multiple of 128 threads). The rest of the kernel needs
+// about 64 registers whatever the weight kind: the decode keeps a chunk's 4 x G floats live next to the packed
+// words. With 32 (until session 19) the bound let ptxas cap the kernels below what they use: the int8 ones spilled
+// 76-232 bytes (fixed in session 17), the float32 LSTM with 4 chunks 372 bytes at 96 registers, the 16-bit LSTM
+// with 8 chunks 628 bytes (H100, `bench/gpu/small_resources_*`). Where 64 would take the bound below 512 threads
+// (4 lanes x H=100 needs 416), the bound stays where 32 put it, at most 512: float32 LSTM and GRU with 5-8 chunks,
+// which keep the plans (and code) they had.
+__host__ __device__ constexpr int SmallBound(int regs) {
+  return (65536 / regs) / 128 * 128 > 1024 ? 1024 : ((65536 / regs) / 128 * 128 < 128 ? 128 : (65536 / regs) / 128 * 128);
+}
 template <int G, int WK, int NR> __host__ __device__ constexpr int SmallMaxThreads() {
-  return (65536 / (NR * WordsPerChunk<WK, G>() + SmallRestRegs<WK>())) / 128 * 128 > 1024
-             ? 1024
-             : ((65536 / (NR * WordsPerChunk<WK, G>() + SmallRestRegs<WK>())) / 128 * 128 < 128
-                    ? 128
-                    : (65536 / (NR * WordsPerChunk<WK, G>() + SmallRestRegs<WK>())) / 128 * 128);
+  return SmallBound(NR * WordsPerChunk<WK, G>() + 64) >= 512
+             ? SmallBound(NR * WordsPerChunk<WK, G>() + 64)
+             : (SmallBound(NR * WordsPerChunk<WK, G>() + 32) >= 512 ? 512 : SmallBound(NR * WordsPerChunk<WK, G>() + 32));
 }
 
 // A load issued where it is written: the x_proj of the next step, so its latency hides behind a whole step (a

@@ -40,6 +40,13 @@ CASES = {
     "h1024i8": ("LSTM H=1024 B=1 int8", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024,
                                             wt="i8")),
     "gru512i8": ("GRU H=512 B=1 int8", dict(cell="gru", direction="forward", T=100, B=1, I=512, H=512, wt="i8")),
+    # More shapes of the small-hidden-size kernel (mode 5), per weight kind and cell.
+    "lstm32": ("LSTM H=32 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=32, H=32)),
+    "gru64": ("GRU H=64 B=1", dict(cell="gru", direction="forward", T=100, B=1, I=64, H=64)),
+    "bi64b8": ("biLSTM H=64 B=8", dict(cell="lstm", direction="bidirectional", T=100, B=8, I=64, H=64)),
+    "bi100f16": ("biLSTM H=100 B=1 f16", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100,
+                                             wt="f16")),
+    "gru128bf16": ("GRU H=128 B=1 bf16", dict(cell="gru", direction="forward", T=100, B=1, I=128, H=128, wt="bf16")),
     "elmo32": ("ELMo layer f32 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                           cell_clip=3.0, proj_clip=3.0)),
 }
