@@ -63,6 +63,8 @@ struct CudaTuning {
   int stage_weights = -1;    // modes 0-3: -1 auto (the prologue copies the weights through shared memory when an
                              // area fits), 0 each thread loads its own weights from global memory, n > 0 (tests)
                              // as auto with the area capped at n chunks, so that the copy takes several passes
+  int proj_reduce = -1;      // mode 1 with an even projection width: -1 auto, 0 phase B fetches all of m, 1 phase B
+                             // as a reduce-scatter of the blocks' partial sums (see KernelParams::proj_rs)
   int64_t* debug_clock = nullptr;  // test-only: device buffer of 166 int64 phase timestamps (see the .cu)
 };
 

@@ -38,18 +38,18 @@ const char* CudaMessage(const char* what, cudaError_t e) {
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 size_t Align(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-KernelFn GetKernel(CellType cell, int wk, int rc, int kc_idx) {
+KernelFn GetKernel(CellType cell, int wk, int rc, int kc_idx, int proj_rs) {
   using namespace cuda_impl;
   if (cell == CellType::kLstm) {
-    if (wk == kWeightF32) return GetKernelLstmF32(rc, kc_idx);
-    if (wk == kWeightF16) return GetKernelLstmF16(rc, kc_idx);
-    if (wk == kWeightI8) return GetKernelLstmI8(rc, kc_idx);
-    return GetKernelLstmBF16(rc, kc_idx);
+    if (wk == kWeightF32) return GetKernelLstmF32(rc, kc_idx, proj_rs);
+    if (wk == kWeightF16) return GetKernelLstmF16(rc, kc_idx, proj_rs);
+    if (wk == kWeightI8) return GetKernelLstmI8(rc, kc_idx, proj_rs);
+    return GetKernelLstmBF16(rc, kc_idx, proj_rs);
   }
-  if (wk == kWeightF32) return GetKernelGruF32(rc, kc_idx);
-  if (wk == kWeightF16) return GetKernelGruF16(rc, kc_idx);
-  if (wk == kWeightI8) return GetKernelGruI8(rc, kc_idx);
-  return GetKernelGruBF16(rc, kc_idx);
+  if (wk == kWeightF32) return GetKernelGruF32(rc, kc_idx, proj_rs);
+  if (wk == kWeightF16) return GetKernelGruF16(rc, kc_idx, proj_rs);
+  if (wk == kWeightI8) return GetKernelGruI8(rc, kc_idx, proj_rs);
+  return GetKernelGruBF16(rc, kc_idx, proj_rs);
 }
 
 // Per-kernel facts the planner needs (register cap, occupancy at a given block size / shared memory). Cached:
@@ -180,13 +180,14 @@ struct Geometry {  // what a mode fixes before the per-thread layout is chosen
 
 // Rough cycles for the whole call on one SM; only used to rank candidate plans.
 double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const DotMap& a, const DotMap& b,
-                      int threads, int rc, bool a_global, bool b_global, int waves) {
+                      int threads, int rc, bool a_global, bool b_global, int waves, bool proj_rs) {
   const int G = shape.num_gates();
   const double rows = geo.rb;
   const double passes = std::ceil(rows / rc);
   // Load instructions per streamed chunk: 8-byte pairs, or 4-byte words for int8.
   const int per_load = wk == cuda_impl::kWeightI8 ? 1 : 2;
-  const int nq_a = WordsPerChunk(wk, G) / per_load, nq_b = WordsPerChunk(wk, 1) / per_load;
+  const int gb = proj_rs ? 2 : 1;  // map b's gates: the reduce-scatter splits the P columns in two
+  const int nq_a = WordsPerChunk(wk, G) / per_load, nq_b = WordsPerChunk(wk, gb) / per_load;
   double per_step = 0;
   // phase A. Instruction issue: a warp issues about once per ~6 cycles when it has only its own dependent work
   // (measured: 6.4 cycles per instruction with 1.75 warps per scheduler), so the dot costs
@@ -208,11 +209,13 @@ double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const 
   // cross-warp partial sums it adds up (ksw of them per gate).
   per_step += CeilDiv(geo.rb * geo.upb, threads) * (1000.0 + 60.0 * (a.ksw - 1));  // measured 0.9-1.3 k
   if (shape.num_proj > 0) {
-    const double instr_b = (4.0 * rc + rc + nq_b + DecodeInstr(wk, 1, rc)) * b.kc * passes;
+    const double instr_b = (4.0 * gb * rc + rc + nq_b + DecodeInstr(wk, gb, rc)) * b.kc * passes;
     per_step += instr_b * std::max(per_instr, b.threads_used / 32.0 / 4.0);
-    const double stream_b_bytes = double(b.kc) * ChunkBytes(wk, 1) * b.threads_used;
+    const double stream_b_bytes = double(b.kc) * ChunkBytes(wk, gb) * b.threads_used;
     per_step += stream_b_bytes * passes / (b_global ? 24.0 : 100.0);
     per_step += CeilDiv(geo.rb * std::max(geo.ppb, 1), threads) * 60.0;
+    // Reduce-scatter: the [rows, P] partial sums stored, and a 5-level butterfly per owned column.
+    if (proj_rs) per_step += CeilDiv(geo.rb * shape.num_proj, threads) * 20.0 + 150.0;
   }
   const int syncs = shape.num_proj > 0 ? 2 : 1;
   if (geo.exchange == cuda_impl::kExchangeLocal) {
@@ -237,8 +240,11 @@ double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const 
     // made the planner pick counter plans that ran 1.2-1.46x slower. Past 20 words per thread (batches: not
     // measured in this fit) the old slope is kept.
     const bool tagged = geo.exchange == cuda_impl::kExchangeTagged;
-    const double elems = rows * (CeilDiv(shape.recurrent_width(), 4) * 4 +
-                                 (shape.num_proj > 0 ? CeilDiv(shape.num_units, 4) * 4 : 0));
+    // Words fetched per step: h (R per row), and m (H per row) or, reduce-scatter, nbu partials per owned column.
+    const double elems_b = shape.num_proj == 0 ? 0.0
+                           : proj_rs ? double(geo.nbu) * std::max(geo.ppb, 1)
+                                     : double(CeilDiv(shape.num_units, 4) * 4);
+    const double elems = rows * (CeilDiv(shape.recurrent_width(), 4) * 4 + elems_b);
     if (tagged) {
       const double words = elems / threads;
       per_step += 1300.0 + 306.0 * syncs + 67.0 * std::min(words, 20.0) + 534.0 * std::max(words - 20.0, 0.0);
@@ -249,7 +255,7 @@ double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const 
   per_step += 150;
   // prologue: the block's weight slice read once (and the workspace part written once)
   const double slice_bytes = double(a.kc) * ChunkBytes(wk, G) * a.threads_used +
-                             double(b.kc) * ChunkBytes(wk, 1) * b.threads_used;
+                             double(b.kc) * ChunkBytes(wk, gb) * b.threads_used;
   const double prologue = slice_bytes / 40.0 + 3000;
   return (double(shape.max_time) * per_step + prologue) * waves;
 }
@@ -276,9 +282,10 @@ int WeightKind(WeightType t) {
   }
 }
 
-// Tries every per-thread layout of one geometry; keeps the cheapest that runs in *best.
-const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, const CudaDeviceLimits& limits,
-                        const CudaTuning& tun, Plan* best) {
+// Tries every per-thread layout of one geometry with phase B as a reduce-scatter (rs = 1) or not; keeps the
+// cheapest that runs in *best.
+const char* TryGeometryWith(const RnnShape& shape, int wk, const Geometry& geo, const CudaDeviceLimits& limits,
+                            const CudaTuning& tun, int rs, Plan* best) {
   const int G = shape.num_gates();
   const int H = static_cast<int>(shape.num_units), P = static_cast<int>(shape.num_proj);
   const int R = static_cast<int>(shape.recurrent_width());
@@ -290,6 +297,7 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
   const int grid = D * geo.nbr * geo.nbu;
   const int rc = geo.rb >= 4 ? 4 : 1;
   const int smem_limit = limits.max_shared_bytes_per_block_optin;
+  const int gb = rs ? 2 : 1;  // map b's gates: the reduce-scatter multiplies the P columns as two halves
   for (int ksl = 32; ksl >= 1; ksl /= 2) {
     if (tun.lanes_per_unit > 0 && ksl != tun.lanes_per_unit) continue;
     for (int ksw = 1; ksw <= 8; ksw *= 2) {
@@ -304,7 +312,7 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
         bool found = false;
         for (int kslb = 32; kslb >= 1; kslb /= 2)
           for (int kswb = 1; kswb <= 32; kswb *= 2) {
-            DotMap cand = MakeMap(geo.ppb, H, kslb, kswb);
+            DotMap cand = rs ? MakeMap(P / 2, geo.upb, kslb, kswb) : MakeMap(geo.ppb, H, kslb, kswb);
             if (cand.threads_used > threads) continue;
             if (kswb > 1 && cand.kc < 2) continue;
             if (!found || cand.kc < b.kc || (cand.kc == b.kc && cand.threads_used < b.threads_used)) {
@@ -320,7 +328,7 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
         if (tun.max_reg_chunks >= 0) kc_reg = std::min(kc_reg, tun.max_reg_chunks);
         // Use the smallest template whose array holds kc_reg chunks (bigger arrays only cost registers).
         if (idx > 0 && cuda_impl::KcRegValue(wk, idx - 1) >= kc_reg) continue;
-        KernelFn fn = GetKernel(shape.cell, wk, rc, idx);
+        KernelFn fn = GetKernel(shape.cell, wk, rc, idx, rs);
         if (!fn) continue;
         KernelFacts facts;
         if (const char* err = Facts(fn, &facts)) return err;
@@ -328,13 +336,13 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
         DotMap aa = a;
         aa.kc_reg = kc_reg;
         const size_t stream_a_bytes = size_t(aa.kc - aa.kc_reg) * ChunkBytes(wk, G) * aa.threads_used;
-        const size_t stream_b_bytes = P > 0 ? size_t(b.kc) * ChunkBytes(wk, 1) * b.threads_used : 0;
+        const size_t stream_b_bytes = P > 0 ? size_t(b.kc) * ChunkBytes(wk, gb) * b.threads_used : 0;
         // int8: 1 / scale for every k-row of each product, in shared memory.
         const bool i8 = wk == cuda_impl::kWeightI8;
         const size_t scale_bytes = i8 ? Align(size_t(aa.kpad) * 4, 16) + (P > 0 ? Align(size_t(b.kpad) * 4, 16) : 0) : 0;
         // Fixed shared memory: the h, m tiles and z partial sums, cell state, own h, lengths, x_proj buffers.
         const size_t z_floats =
-            std::max(size_t(aa.ksw) * geo.rb * G * aa.cols, P > 0 ? size_t(b.ksw) * geo.rb * b.cols : size_t(0));
+            std::max(size_t(aa.ksw) * geo.rb * G * aa.cols, P > 0 ? size_t(b.ksw) * geo.rb * gb * b.cols : size_t(0));
         const size_t per_row_tile = size_t(aa.kpad) * 4 + (P > 0 ? size_t(b.kpad) * 4 : 0);
         const size_t c_bytes = size_t(geo.rb) * geo.upb * 4;
         const size_t hown_bytes = size_t(geo.rb) * (P > 0 ? geo.ppb : geo.upb) * 4;
@@ -366,6 +374,7 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
             rows_fit = rows_fit / rc * rc;
             if (rows_fit < rc) continue;
             stage_rows = std::min<int>(rows_fit, static_cast<int>(CeilDiv(geo.rb, rc) * rc));
+            if (rs && stage_rows < CeilDiv(geo.rb, rc) * rc) continue;  // its m tile holds every row of the block
             tile_bytes = Align(size_t(stage_rows) * aa.kpad * 4, 16) +
                          (P > 0 ? Align(size_t(stage_rows) * b.kpad * 4, 16) : 0);
           }
@@ -385,7 +394,7 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
             if (clusters < 1) continue;
             waves = static_cast<int>(CeilDiv(grid / geo.nbu, clusters));
           }
-          double cost = EstimateCycles(shape, wk, geo, aa, b, threads, rc, a_global, b_global, waves);
+          double cost = EstimateCycles(shape, wk, geo, aa, b, threads, rc, a_global, b_global, waves, rs != 0);
           if (facts.local_bytes > 64) cost *= 1.15;  // register spills
           if (cost >= best->cost) continue;
           Plan pl;
@@ -402,6 +411,8 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
           kp.b = b;
           kp.b.kc_reg = 0;
           kp.b.stream_global = b_global ? 1 : 0;
+          kp.proj_rs = rs;
+          kp.ex_p = rs ? P : 0;
           // shared layout
           size_t off = 0;
           kp.off_h = 0;
@@ -446,7 +457,8 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
           if (tun.stage_weights != 0) {
             const int elem = ElemBytes(wk);
             const size_t chunk_a = size_t(cuda_impl::StageRowBytes(elem, G, aa.cols)) * 4 * aa.ks;
-            const size_t chunk_b = P > 0 ? size_t(cuda_impl::StageRowBytes(elem, 1, b.cols)) * 4 * b.ks : 0;
+            // (The reduce-scatter's projection slice loads coalesced without staging.)
+            const size_t chunk_b = P > 0 && !rs ? size_t(cuda_impl::StageRowBytes(elem, 1, b.cols)) * 4 * b.ks : 0;
             const size_t stage_one = std::max(chunk_a, chunk_b);
             const size_t stage_all = std::max(chunk_a * aa.kc, chunk_b * b.kc);
             // A positive stage_weights forces staging with the area capped at that many chunks of the larger map
@@ -479,7 +491,9 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
             pl.off_xh = Align(ws, 256);
             ws = pl.off_xh + (need_sync ? size_t(2) * D * shape.batch * CeilDiv(R, 4) * 4 * elem : 0);
             pl.off_xm = Align(ws, 256);
-            ws = pl.off_xm + (need_sync && P > 0 ? size_t(2) * D * shape.batch * CeilDiv(H, 4) * 4 * elem : 0);
+            ws = pl.off_xm + (!need_sync || P == 0 ? 0
+                              : rs ? size_t(2) * D * shape.batch * geo.nbu * P * elem
+                                   : size_t(2) * D * shape.batch * CeilDiv(H, 4) * 4 * elem);
             // Tagged words must start untagged; the plain buffers' row padding must read as zero.
             pl.ws_memset_bytes = need_sync ? ws : pl.off_xh;
             pl.off_stream_a = Align(ws, 256);
@@ -507,6 +521,21 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
         }
       }
     }
+  }
+  return nullptr;
+}
+
+const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, const CudaDeviceLimits& limits,
+                        const CudaTuning& tun, Plan* best) {
+  // Phase B as a reduce-scatter (KernelParams::proj_rs): tagged exchange, an even projection width, 16-bit or int8
+  // weights and one row per pass (the kernels compiled with it).
+  const int P = static_cast<int>(shape.num_proj);
+  const bool rs_possible = P > 0 && P % 2 == 0 && geo.exchange == cuda_impl::kExchangeTagged &&
+                           wk != cuda_impl::kWeightF32 && geo.rb < 4;  // one row per pass (RC = 1)
+  for (int rs = 0; rs <= 1; ++rs) {
+    if (rs == 1 && (!rs_possible || tun.proj_reduce == 0)) continue;
+    if (rs == 0 && rs_possible && tun.proj_reduce == 1) continue;
+    if (const char* err = TryGeometryWith(shape, wk, geo, limits, tun, rs, best)) return err;
   }
   return nullptr;
 }
@@ -851,7 +880,8 @@ const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDev
                   shape.time_major ? 1 : 0, clip_bits[0], clip_bits[1], static_cast<int>(weight_type), device,
                   limits.sm_count, limits.max_shared_bytes_per_block_optin, limits.cooperative_launch,
                   limits.cc_major, limits.cc_minor, tun.mode, tun.units_per_block, tun.rows_per_block,
-                  tun.max_reg_chunks, tun.stream_location, tun.lanes_per_unit, tun.stage_weights, 0}};
+                  tun.max_reg_chunks, tun.stream_location, tun.lanes_per_unit, tun.stage_weights,
+                  tun.proj_reduce}};
   {
     std::lock_guard<std::mutex> lock(g_plan_mutex);
     auto it = g_plans.find(key);
@@ -918,10 +948,11 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
   std::snprintf(buf, buf_len,
                 "mode=%s grid=%d (D=%d x rowgroups=%d x unitblocks=%d) threads=%d rows/block=%d units/block=%d "
                 "proj/block=%d RC=%d A[ksl=%d ksw=%d kc=%d reg=%d(tmpl %d) stream=%s] B[ksl=%d ksw=%d kc=%d "
-                "stream=%s] stage_rows=%d weight_stage=%d@%d smem=%zu ws=%zu blocks/SM=%d waves=%d est_us=%.1f",
+                "stream=%s%s] stage_rows=%d weight_stage=%d@%d smem=%zu ws=%zu blocks/SM=%d waves=%d est_us=%.1f",
                 kModes[k.exchange], pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, k.ppb, pl.rc, k.a.ksl,
                 k.a.ksw, k.a.kc, k.a.kc_reg, pl.kc_template, k.a.kc == k.a.kc_reg ? "-" : (k.a.stream_global ? "global" : "smem"),
-                k.b.ksl, k.b.ksw, k.b.kc, k.P == 0 ? "-" : (k.b.stream_global ? "global" : "smem"), k.stage_rows,
+                k.b.ksl, k.b.ksw, k.b.kc, k.P == 0 ? "-" : (k.b.stream_global ? "global" : "smem"),
+                k.proj_rs ? " reduce-scatter" : "", k.stage_rows,
                 k.stage_bytes, k.off_stage, pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.waves, pl.cost / 1980.0);
   return nullptr;
 }

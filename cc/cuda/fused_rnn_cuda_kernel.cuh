@@ -767,7 +767,10 @@ __device__ __forceinline__ void LoadLengths(const KernelParams& p, int* len_s, i
   }
 }
 
-template <int CELL, int WK, int KC_REG, int RC>
+// RS = 1: phase B as a reduce-scatter (KernelParams::proj_rs), compiled as separate kernels so that its code does
+// not move the register allocation of the others (the first version, one kernel for both, ran LSTM H=1024 B=1
+// float32 20% slower and the 16-bit H=512-1024 plans 1-2% slower).
+template <int CELL, int WK, int KC_REG, int RC, int RS>
 __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG, RC>(), 1)
     RnnPersistentKernel(const KernelParams p) {
   constexpr int G = CELL == 0 ? 4 : 3;
@@ -794,6 +797,11 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
   const bool local = mode == kExchangeLocal;
   const bool cluster = mode == kExchangeCluster;
   const bool smem_h = local || cluster;  // the whole h (and m) tile lives in shared memory, double-buffered
+  // Phase B as a reduce-scatter (multi-block, projection): m stays in this block (m_s holds its own units), the
+  // block publishes partial sums of m_own @ P[u0 + .., :] and reduces the columns it owns (see KernelParams).
+  // Not for float32 weights: measured slower there (the ELMo layer's projection streams from global memory: +6.5%).
+  constexpr bool kRsCompiled = RS != 0 && kLstm && WK != kWeightF32;
+  const bool proj_rs = kRsCompiled && P > 0;
   const int own_cols = P > 0 ? p.ppb : p.upb;  // row stride of hown_s
   const int own0 = P > 0 ? pc0 : u0;
   const int own_count = P > 0 ? pcount : ucount;
@@ -854,7 +862,20 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
     else
       DotRows<1, WK, 0, RC, 1>(wreg_b_unused, stream_b_smem, p.b, m_tile, nr, z_s, z_row0, p.rb, sb, tid, scale_b_s);
   };
-  if (kLstm && P > 0) {
+  // Reduce-scatter phase B: P[u0 + k, g * b.cols + col] for the block's own units k < ucount, the P columns as two
+  // "gates" of b.cols (consecutive lanes read consecutive columns: coalesced without staging).
+  uint32_t wreg_b2_unused[1][WordsPerChunk<WK, 2>()];
+  auto dot_b2 = [&](const float* m_tile, int nr) {
+    if (p.b.stream_global)
+      DotRows<2, WK, 0, RC, 1>(wreg_b2_unused, stream_b_glob, p.b, m_tile, nr, z_s, 0, p.rb, sb, tid, scale_b_s);
+    else
+      DotRows<2, WK, 0, RC, 1>(wreg_b2_unused, stream_b_smem, p.b, m_tile, nr, z_s, 0, p.rb, sb, tid, scale_b_s);
+  };
+  if (kRsCompiled && proj_rs) {
+    LoadWeightChunks<WK, 2, 1>(static_cast<const Raw*>(p.w_proj) + ((long long)d * H + u0) * P, P, p.b.cols, 0,
+                               p.b.cols, p.b, ucount, wreg_b2_unused, stream_b, sb, tid, nthreads, smem + p.off_stage,
+                               0);
+  } else if (kLstm && P > 0) {
     LoadWeightChunks<WK, 1, 1>(static_cast<const Raw*>(p.w_proj) + (long long)d * H * P, P, 0, pc0, pcount, p.b, H,
                                wreg_b_unused, stream_b, sb, tid, nthreads, smem + p.off_stage, p.stage_bytes);
   }
@@ -870,8 +891,9 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
       scale_a_s[k] = sc != 0.f ? 1.f / sc : 0.f;
     }
     if (kLstm && P > 0) {
+      const int kb0 = proj_rs ? u0 : 0, kb_rows = proj_rs ? ucount : H;  // the rows map b multiplies
       for (int k = tid; k < p.b.kpad; k += nthreads) {
-        const float sc = k < H ? __ldg(p.proj_scale + (long long)d * H + k) : 0.f;
+        const float sc = k < kb_rows ? __ldg(p.proj_scale + (long long)d * H + kb0 + k) : 0.f;
         scale_b_s[k] = sc != 0.f ? 1.f / sc : 0.f;
       }
     }
@@ -933,11 +955,11 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
   const long long x_tstride = p.time_major ? (long long)B * xcols : xcols;
   const long long o_tstride = p.time_major ? (long long)B * ocols : ocols;
   const int ex_w = P == 0 ? p.ex_r : p.ex_h;
-  const bool pub_tagged = mode == kExchangeTagged;
+  const bool pub_tagged = mode == kExchangeTagged && !proj_rs;  // reduce-scatter: m goes to this block's m_s
   // Bytes from a pair's publish address on even steps to the one on odd steps: the other h buffer (local, cluster;
   // m has one buffer) or the other parity of the exchange buffer (tagged: 8-byte words, counter: floats).
-  const long long pub_par = smem_h ? (P == 0 ? -4ll * p.h_buf_floats : 0ll)
-                                   : (long long)D * B * ex_w * (pub_tagged ? 8 : 4);
+  const long long pub_par = (smem_h || proj_rs) ? (P == 0 ? -4ll * p.h_buf_floats : 0ll)
+                                                : (long long)D * B * ex_w * (pub_tagged ? 8 : 4);
   struct PairCtx {
     int len, zoff, soff;        // row length; shared-memory float offsets of the z partial sums and of c / own h
     float* out_t;               // output at this step's t (P == 0)
@@ -982,6 +1004,8 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
     c.res_ptr = k.reserve ? k.reserve + ((long long)d * B + b) * T * p.reserve_f + col : nullptr;
     if (smem_h) {
       c.pub = reinterpret_cast<char*>(P == 0 ? h_s + p.h_buf_floats + r * p.a.kpad + col : m_s + r * p.b.kpad + col);
+    } else if (proj_rs) {
+      c.pub = reinterpret_cast<char*>(m_s + r * p.b.kpad + u);
     } else {
       const long long ex_off = ((long long)d * B + b) * ex_w + col;
       c.pub = k.pub_base + ex_off * (pub_tagged ? 8 : 4);
@@ -1185,7 +1209,72 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
     if (s + 1 < max_len) prefetch_x(s + 1);
 
     // ---- phase B (projection): h = clip(m @ P_slice)
-    if (kLstm && P > 0) {
+    if (kRsCompiled && proj_rs) {
+      // Partial sums of this block's units for every projection column, published as tagged words; then the
+      // columns this block owns, each summed over the nbu blocks by one warp (lane l adds blocks l, l + 32, ... in
+      // order, then a butterfly: the same order on every run).
+      __syncthreads();  // m_s is complete
+      if (sb.in_map) dot_b2(m_s, nrows);
+      __syncthreads();
+      const unsigned long long tag = static_cast<unsigned long long>(s + 1) << 32;
+      const long long par_base = ((long long)(s & 1) * D + d) * B;
+      const long long blk_stride = (long long)p.nbu * p.ex_p;  // words from one batch row's partials to the next
+      unsigned long long* xp_own = p.xm_tag + (par_base + row0) * blk_stride + (long long)ub * p.ex_p;
+      const int zrow = 2 * p.b.cols;  // = P: z_s holds [kw][rows][P] partial sums (gate g covers g * cols + col)
+#pragma unroll 1
+      for (int i = tid; i < nrows * P; i += nthreads) {
+        const int r = nrows == 1 ? 0 : i / P, j = i - r * P;
+        float v = z_s[r * zrow + j];
+#pragma unroll 1
+        for (int kw = 1; kw < p.b.ksw; ++kw) v += z_s[(kw * p.rb + r) * zrow + j];
+        StoreRelaxed64(xp_own + r * blk_stride + j, tag | __float_as_uint(v));
+      }
+      const int warp = tid >> 5, lane = tid & 31;
+#pragma unroll 1
+      for (int q = warp; q < nrows * pcount; q += (nthreads >> 5)) {
+        const int r = q / pcount, pc = q - r * pcount;
+        const int b = row0 + r;
+        const int len = len_s[r];
+        float h;
+        if (s < len) {
+          const unsigned long long* src = p.xm_tag + (par_base + b) * blk_stride + pc0 + pc;
+          float sum = 0.f;
+#pragma unroll 1
+          for (int b0 = lane; b0 < p.nbu; b0 += 4 * 32) {
+            unsigned long long v[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) v[e] = b0 + 32 * e < p.nbu ? LoadRelaxed64(src + (long long)(b0 + 32 * e) * p.ex_p) : tag;
+            long long polls = 0;
+            while (true) {  // re-issue every load that is not ready before checking any again (as FetchRows)
+              bool waiting = false;
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                if ((v[e] >> 32) != (tag >> 32)) {
+                  waiting = true;
+                  v[e] = LoadRelaxed64(src + (long long)(b0 + 32 * e) * p.ex_p);
+                }
+              }
+              if (!waiting || WatchdogTick(polls, p.watchdog)) break;
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              if (b0 + 32 * e < p.nbu) sum += __uint_as_float(static_cast<unsigned>(v[e]));
+          }
+#pragma unroll
+          for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+          h = ClipKeepNaN(sum, p.proj_clip);
+          if (lane == 0) {
+            const int t = reverse ? len - 1 - s : s;
+            if (p.reserve) p.reserve[(((long long)d * B + b) * T + t) * p.reserve_f + 5 * H + pc0 + pc] = sum;
+            hown_s[r * p.ppb + pc] = h;
+            p.out[row_index(b, t) * ocols + (long long)d * R + pc0 + pc] = h;
+          }
+        } else {
+          h = hown_s[r * p.ppb + pc];
+        }
+        if (lane == 0) publish_h(cur, r, pc0 + pc, h, s);
+      }
+    } else if (kLstm && P > 0) {
       if (smem_h) {
         if (cluster) ClusterSync();
         else __syncthreads();
@@ -1261,21 +1350,36 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
   if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 1);
 }
 
+// The kernel, or null for a combination that is not compiled (the reduce-scatter only for 16-bit and int8 LSTM
+// weights with one row per pass): `if constexpr` keeps those from being instantiated at all.
+template <int CELL, int WK, int KC_REG, int RC, int RS>
+KernelFn PersistentKernelOrNull() {
+  if constexpr (RS != 0 && (CELL != 0 || WK == kWeightF32 || RC != 1)) {
+    return nullptr;
+  } else {
+    return RnnPersistentKernel<CELL, WK, KC_REG, RC, RS>;
+  }
+}
+
 #define FUSED_RNN_KERNEL_TABLE(NAME, CELL, WK)                                                      \
-  KernelFn NAME(int rc, int kc_idx) {                                                              \
+  KernelFn NAME(int rc, int kc_idx, int proj_rs) {                                                 \
     constexpr int k0 = (WK == kWeightF32) ? 0 : 0;                                                 \
     constexpr int k1 = (WK == kWeightF32) ? 2 : (WK == kWeightI8 ? 8 : 4);                         \
     constexpr int k2 = (WK == kWeightF32) ? 4 : (WK == kWeightI8 ? 16 : 8);                        \
     constexpr int k3 = (WK == kWeightF32) ? 6 : (WK == kWeightI8 ? 24 : 12);                       \
     constexpr int k4 = (WK == kWeightF32) ? 8 : (WK == kWeightI8 ? 32 : 16);                       \
-    static const KernelFn table[2][kNumKcReg] = {                                                  \
-        {RnnPersistentKernel<CELL, WK, k0, 1>, RnnPersistentKernel<CELL, WK, k1, 1>,               \
-         RnnPersistentKernel<CELL, WK, k2, 1>, RnnPersistentKernel<CELL, WK, k3, 1>,               \
-         RnnPersistentKernel<CELL, WK, k4, 1>},                                                    \
-        {RnnPersistentKernel<CELL, WK, k0, 4>, RnnPersistentKernel<CELL, WK, k1, 4>,               \
-         RnnPersistentKernel<CELL, WK, k2, 4>, RnnPersistentKernel<CELL, WK, k3, 4>,               \
-         RnnPersistentKernel<CELL, WK, k4, 4>}};                                                   \
+    static const KernelFn table[3][kNumKcReg] = {                                                  \
+        {RnnPersistentKernel<CELL, WK, k0, 1, 0>, RnnPersistentKernel<CELL, WK, k1, 1, 0>,         \
+         RnnPersistentKernel<CELL, WK, k2, 1, 0>, RnnPersistentKernel<CELL, WK, k3, 1, 0>,         \
+         RnnPersistentKernel<CELL, WK, k4, 1, 0>},                                                 \
+        {RnnPersistentKernel<CELL, WK, k0, 4, 0>, RnnPersistentKernel<CELL, WK, k1, 4, 0>,         \
+         RnnPersistentKernel<CELL, WK, k2, 4, 0>, RnnPersistentKernel<CELL, WK, k3, 4, 0>,         \
+         RnnPersistentKernel<CELL, WK, k4, 4, 0>},                                                 \
+        {PersistentKernelOrNull<CELL, WK, k0, 1, 1>(), PersistentKernelOrNull<CELL, WK, k1, 1, 1>(), \
+         PersistentKernelOrNull<CELL, WK, k2, 1, 1>(), PersistentKernelOrNull<CELL, WK, k3, 1, 1>(), \
+         PersistentKernelOrNull<CELL, WK, k4, 1, 1>()}};                                           \
     if (kc_idx < 0 || kc_idx >= kNumKcReg) return nullptr;                                         \
+    if (proj_rs) return rc == 1 ? table[2][kc_idx] : nullptr;                                      \
     return table[rc == 4 ? 1 : 0][kc_idx];                                                         \
   }
 

@@ -65,6 +65,12 @@ struct KernelParams {
   int upb = 0, ppb = 0;  // units / projection columns per block
   int stage_rows = 0;    // multi-block: rows of h (and m) staged in shared memory at once
   DotMap a, b;           // phase A: h_prev @ U (G gates), phase B: m @ P_kernel (projection)
+  // Phase B as a reduce-scatter (tagged exchange, even P): map b is then m_own[rows, upb] @ P[u0.., :] with the P
+  // columns as two "gates" of P / 2 (b.cols = P / 2); every block publishes its [rows, P] partial sums (xm_tag:
+  // [2][D][B][nbu][ex_p] tagged words) and the owner of a column adds the nbu partials in a fixed order. Each block
+  // then reads nbu * ppb words per row and step instead of all H values of m.
+  int proj_rs = 0;
+  int ex_p = 0;          // row stride of the partial-sum rows (P)
   // shared-memory layout (bytes from the dynamic base)
   int off_h = 0, off_m = 0, off_z = 0, off_c = 0, off_hown = 0, off_len = 0, off_x = 0, off_stream_a = 0,
       off_stream_b = 0;
@@ -79,7 +85,7 @@ struct KernelParams {
   int* watchdog = nullptr;
   unsigned* counters = nullptr;              // [D * nbr] barrier counters, 128 bytes apart
   unsigned long long* xh_tag = nullptr;      // [2][D][B][ex_r]  (value bits | (tag << 32))
-  unsigned long long* xm_tag = nullptr;      // [2][D][B][ex_h]
+  unsigned long long* xm_tag = nullptr;      // [2][D][B][ex_h]; proj_rs: [2][D][B][nbu][ex_p] partial sums
   float* xh = nullptr;                       // [2][D][B][ex_r]
   float* xm = nullptr;                       // [2][D][B][ex_h]
   void* xh16 = nullptr;                      // tensor-core mode: [2][D][tc_mt][tc_kt][256] 16-bit h, fragment order
@@ -129,15 +135,16 @@ inline int KcRegValue(int weight_kind, int idx) {
   return weight_kind == kWeightF32 ? kF32[idx] : (weight_kind == kWeightI8 ? k8[idx] : k16[idx]);
 }
 
-// Defined in the instantiation files: the kernel for (cell, weight kind, rows per pass RC in {1, 4}, kc index).
-KernelFn GetKernelLstmF32(int rc, int kc_idx);
-KernelFn GetKernelLstmF16(int rc, int kc_idx);
-KernelFn GetKernelLstmBF16(int rc, int kc_idx);
-KernelFn GetKernelGruF32(int rc, int kc_idx);
-KernelFn GetKernelGruF16(int rc, int kc_idx);
-KernelFn GetKernelGruBF16(int rc, int kc_idx);
-KernelFn GetKernelLstmI8(int rc, int kc_idx);
-KernelFn GetKernelGruI8(int rc, int kc_idx);
+// Defined in the instantiation files: the kernel for (cell, weight kind, rows per pass RC in {1, 4}, kc index, phase B
+// as a reduce-scatter); null where that combination is not compiled.
+KernelFn GetKernelLstmF32(int rc, int kc_idx, int proj_rs);
+KernelFn GetKernelLstmF16(int rc, int kc_idx, int proj_rs);
+KernelFn GetKernelLstmBF16(int rc, int kc_idx, int proj_rs);
+KernelFn GetKernelGruF32(int rc, int kc_idx, int proj_rs);
+KernelFn GetKernelGruF16(int rc, int kc_idx, int proj_rs);
+KernelFn GetKernelGruBF16(int rc, int kc_idx, int proj_rs);
+KernelFn GetKernelLstmI8(int rc, int kc_idx, int proj_rs);
+KernelFn GetKernelGruI8(int rc, int kc_idx, int proj_rs);
 // The (NT, KTW = 8, MG) variants compiled per (cell, weight type): NT in {2, 3, 4, 6, 8}; MG = 4 m-tiles per pass
 // up to NT = 4, 2 above (register budget).
 constexpr int kTcNumNt = 5;

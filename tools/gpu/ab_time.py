@@ -3,7 +3,10 @@ kernel alone replayed in a CUDA graph, the two builds alternated round by round 
 both alike. Also checks that the two builds' outputs agree. Prints a markdown table and writes JSON.
 
     python3 tools/gpu/ab_time.py --lib-a /tmp/old/libfused_rnn_gpu.so --lib-b /tmp/new/libfused_rnn_gpu.so \
-        --out $OUT [--cases h1024,h512] [--rounds 7]
+        --out $OUT [--cases h1024,h512] [--rounds 7] [--tune-a '{"proj_reduce": 0}'] [--tune-b ...]
+
+The same library twice with different --tune-a / --tune-b (CudaTuning fields as JSON) compares two plans of one
+build, apart from any change in code generation.
 """
 import argparse
 import json
@@ -47,6 +50,10 @@ CASES = {
     "bi100f16": ("biLSTM H=100 B=1 f16", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100,
                                              wt="f16")),
     "gru128bf16": ("GRU H=128 B=1 bf16", dict(cell="gru", direction="forward", T=100, B=1, I=128, H=128, wt="bf16")),
+    "h1024f16": ("LSTM H=1024 B=1 f16", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024,
+                                            wt="f16")),
+    "h512bf16": ("LSTM H=512 B=1 bf16", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512,
+                                            wt="bf16")),
     "elmo32": ("ELMo layer f32 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                           cell_clip=3.0, proj_clip=3.0)),
 }
@@ -58,9 +65,9 @@ for _wt, _name in (("f16", "f16"), ("i8", "int8"), ("f32", "f32")):
                                                   P=512, wt=_wt, cell_clip=3.0, proj_clip=3.0, bilm=True))
 
 
-def make_layers(lib, kw):
+def make_layers(lib, kw, tuning=None):
     """The FusedLayers of a case (two for a biLM) and the function that runs their kernels."""
-    kw = dict(kw)
+    kw = dict(kw, tuning=tuning)
     if kw.pop("bilm", False):
         l1 = FusedLayer(lib, seed=3, **kw)
         kw2 = dict(kw, I=2 * kw["P"])
@@ -83,13 +90,16 @@ def main():
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--reps", type=int, default=60)
+    ap.add_argument("--tune-a", default="{}", help="CudaTuning fields for build A, as JSON")
+    ap.add_argument("--tune-b", default="{}", help="CudaTuning fields for build B, as JSON")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     libs = {"a": Lib(args.lib_a), "b": Lib(args.lib_b)}
     rows = []
     for key in args.cases.split(","):
         label, kw = CASES[key]
-        built = {k: make_layers(lib, kw) for k, lib in libs.items()}
+        tunes = {"a": json.loads(args.tune_a) or None, "b": json.loads(args.tune_b) or None}
+        built = {k: make_layers(lib, kw, tunes[k]) for k, lib in libs.items()}
         layers = {k: b[0][-1] for k, b in built.items()}
         for k, (ls, _) in built.items():
             for l in ls:

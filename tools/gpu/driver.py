@@ -82,10 +82,11 @@ class FusedRnn:
         self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
         self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
         t = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
-                 lanes_per_unit=0, stage_weights=-1)
+                 lanes_per_unit=0, stage_weights=-1, proj_reduce=-1)
         t.update(tuning or {})
-        self.tuning = (ctypes.c_int * 7)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
-                                         t["stream_location"], t["lanes_per_unit"], t["stage_weights"])
+        self.tuning = (ctypes.c_int * 8)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
+                                         t["stream_location"], t["lanes_per_unit"], t["stage_weights"],
+                                         t["proj_reduce"])
         self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], lib.limits, self.tuning)
         self.ws = torch.empty(max(self.ws_bytes, 256), dtype=torch.uint8, device="cuda")
         self.ptrs = (ctypes.c_uint64 * 15)()
@@ -336,6 +337,27 @@ def correctness_suite(lib, quick=False):
         ("lstm+proj bi bf16 ELMo layer T4 B2 rows/block=1", dict(cell="lstm", direction="bidirectional", T=4, B=2,
                                                                   H=4096, P=512, cell_clip=3.0, proj_clip=3.0,
                                                                   wt="bf16", tuning={"rows_per_block": 1})),
+        # Phase B as a reduce-scatter of partial sums (tagged plans, even P, 16-bit / int8) forced on and off:
+        # several rows per block, a last unit block of 5 units, weights streamed from the workspace, the ELMo layer.
+        ("lstm+proj bi tagged reduce-scatter B3 H40 P12 upb=7", dict(
+            cell="lstm", direction="bidirectional", T=7, B=3, H=40, P=12, cell_clip=0.8, proj_clip=0.4, repeat=2,
+            wt="bf16", tuning={"mode": 1, "units_per_block": 7, "proj_reduce": 1})),
+        ("lstm+proj fwd tagged no reduce-scatter B3 H40 P12 upb=7", dict(
+            cell="lstm", direction="forward", T=7, B=3, H=40, P=12, cell_clip=0.8, proj_clip=0.4, wt="bf16",
+            tuning={"mode": 1, "units_per_block": 7, "proj_reduce": 0})),
+        ("lstm+proj rev tagged reduce-scatter streamed-global H64 P24 time-major", dict(
+            cell="lstm", direction="reverse", T=8, B=3, H=64, P=24, cell_clip=1.0, proj_clip=0.5, time_major=True,
+            wt="f16", repeat=2, tuning={"mode": 1, "units_per_block": 16, "max_reg_chunks": 1, "stream_location": 1,
+                              "proj_reduce": 1})),
+        ("lstm+proj bi tagged reduce-scatter f16 H160 P72 no init", dict(
+            cell="lstm", direction="bidirectional", T=7, B=3, H=160, P=72, cell_clip=1.0, proj_clip=0.5, wt="f16",
+            with_init=False, tuning={"mode": 1, "units_per_block": 40, "proj_reduce": 1})),
+        ("lstm+proj bi f16 ELMo layer T5 B1 reduce-scatter", dict(
+            cell="lstm", direction="bidirectional", T=5, B=1, H=4096, P=512, cell_clip=3.0, proj_clip=3.0, wt="f16",
+            repeat=2, tuning={"proj_reduce": 1})),
+        ("lstm+proj bi f16 ELMo layer T5 B1 no reduce-scatter", dict(
+            cell="lstm", direction="bidirectional", T=5, B=1, H=4096, P=512, cell_clip=3.0, proj_clip=3.0, wt="f16",
+            tuning={"proj_reduce": 0})),
     ]
     # NaN / Inf inputs: NaN must come out where the float64 reference has it (clips and activations keep it).
     nan_modes = [("local", {"mode": 0}), ("tagged", {"mode": 1, "units_per_block": 9}),
@@ -426,6 +448,9 @@ def correctness_suite(lib, quick=False):
         if name.startswith("small ") and not r["plan"].startswith("mode=small"):
             r["passed"] = False
             r["errors"]["plan"] = "the case did not run the small-hidden-size kernel (mode 5)"
+        if "reduce-scatter" in name and ("no reduce-scatter" in name) == (" reduce-scatter]" in r["plan"]):
+            r["passed"] = False
+            r["errors"]["plan"] = "the plan did not take the phase-B path the case names"
         results.append(r)
     return results
 
@@ -772,6 +797,14 @@ PROFILE_CASES = {
     "h512_tagged_unstaged": ("LSTM H=512 B=1 tagged, unstaged weights",
                              dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512),
                              {"mode": 1, "stage_weights": 0}),
+    "elmo16_norc": ("ELMo layer f16, phase B fetching all of m", dict(
+        cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512, wt="f16", cell_clip=3.0,
+        proj_clip=3.0), {"proj_reduce": 0}),
+    "elmo8": ("ELMo layer int8", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
+                                      wt="i8", cell_clip=3.0, proj_clip=3.0), None),
+    "elmo8_norc": ("ELMo layer int8, phase B fetching all of m", dict(
+        cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512, wt="i8", cell_clip=3.0,
+        proj_clip=3.0), {"proj_reduce": 0}),
     "elmo16_unstaged": ("ELMo layer f16, unstaged weights",
                         dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512, wt="f16",
                              cell_clip=3.0, proj_clip=3.0), {"stage_weights": 0}),

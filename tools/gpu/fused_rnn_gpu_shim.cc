@@ -29,7 +29,7 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
 }
 
 // tuning (nullable): mode, units_per_block, rows_per_block, max_reg_chunks, stream_location, lanes_per_unit,
-// stage_weights.
+// stage_weights, proj_reduce.
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
 
 CudaTuning MakeTuning(const int* t) {
@@ -43,6 +43,7 @@ CudaTuning MakeTuning(const int* t) {
     tun.stream_location = t[4];
     tun.lanes_per_unit = t[5];
     tun.stage_weights = t[6];
+    tun.proj_reduce = t[7];
   }
   return tun;
 }

@@ -66,6 +66,11 @@ def correctness(lib, quick):
         cases.append((f"NaN/Inf input gru bidirectional {mname}",
                       dict(cell="gru", direction="bidirectional", T=9, B=3, H=24, inject_nan=True,
                            tuning=dict(tun, units_per_block=9) if mname != "local" else tun)))
+    # Phase B as a reduce-scatter of partial sums, forced on and off (int8 scales of the block's own P rows).
+    for rs in (1, 0):
+        cases.append((f"lstm+proj tagged reduce-scatter={rs} B3 H40 P12 upb=7",
+                      dict(cell="lstm", direction="bidirectional", T=9, B=3, H=40, P=12, cell_clip=0.8, proj_clip=0.5,
+                           tuning={"mode": 1, "units_per_block": 7, "proj_reduce": rs})))
     # Long k (many chunks per thread): H=1000, a projection of 300 (k = 1000 in phase B).
     cases.append(("lstm+proj tagged H=1000 P=300 auto", dict(cell="lstm", direction="forward", T=6, B=2, H=1000,
                                                              P=300, cell_clip=2.0, proj_clip=1.5,
@@ -73,6 +78,9 @@ def correctness(lib, quick):
     results = []
     for i, (name, kw) in enumerate(cases):
         r = run_case(lib, "int8 " + name, wt="i8", seed=100 + i, repeat=2, **kw)
+        ran_rs = " reduce-scatter]" in r["plan"]
+        if "reduce-scatter=" in name and name.split("reduce-scatter=")[1][0] != ("1" if ran_rs else "0"):
+            r["passed"] = False  # the forced phase-B path did not run
         results.append(r)
         e = r["errors"]
         log(f"{'PASS' if r['passed'] else 'FAIL'} {r['name']}: out {e['out']:.1e} final_h {e['final_h']:.1e} "

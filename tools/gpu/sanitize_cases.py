@@ -141,10 +141,11 @@ class Call:
         self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
         self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
         t = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
-                 lanes_per_unit=0, stage_weights=-1)
+                 lanes_per_unit=0, stage_weights=-1, proj_reduce=-1)
         t.update(tuning or {})
-        self.tuning = (ctypes.c_int * 7)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
-                                         t["stream_location"], t["lanes_per_unit"], t["stage_weights"])
+        self.tuning = (ctypes.c_int * 8)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
+                                         t["stream_location"], t["lanes_per_unit"], t["stage_weights"],
+                                         t["proj_reduce"])
         self.limits = limits if limits is not None else lib.limits
         self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], self.limits, self.tuning)
 
@@ -425,6 +426,12 @@ def sanitize_case_list(limits):
                            proj_clip=0.35, wt="i8", tuning=tun)))
         extra.append((f"[int8] gru forward {mode} T7 B3 H24", dict(cell="gru", direction="forward", T=7, B=3, H=24,
                                                                     wt="i8", tuning=tun)))
+    # Phase B as a reduce-scatter of partial sums (tagged, 16-bit / int8): forced on, several rows, a short last
+    # unit block, weights streamed from shared memory and from the workspace.
+    for wt, extra_tun in (("f16", {}), ("bf16", {"stream_location": 1, "max_reg_chunks": 1}), ("i8", {})):
+        extra.append((f"[reduce-scatter] lstm+proj+clip bidirectional tagged {wt} T6 B3 H40 P12",
+                      dict(cell="lstm", direction="bidirectional", T=6, B=3, H=40, P=12, cell_clip=0.8, proj_clip=0.4,
+                           wt=wt, tuning=dict({"mode": 1, "units_per_block": 7, "proj_reduce": 1}, **extra_tun))))
     for name, kw in extra:
         seed += 1
         if kw.get("tuning", {}).get("mode") == 3 and limits[6] < 9:
