@@ -252,3 +252,65 @@ def test_bidirectional_wide_input_products_per_direction(rng, cell):
     narrow = FUSED[cell](units, return_sequences=True, bidirectional=True)
     narrow_ops = op_types(narrow, tf.TensorSpec([2, 3, 5]))
     assert narrow_ops.count("MatMul") == 1
+
+
+@pytest.fixture
+def global_policy():
+    """Sets Keras' global dtype policy for one test and restores float32 afterwards, failing or not."""
+    yield keras.mixed_precision.set_global_policy
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_mixed_precision_policy(rng, global_policy, policy, cell):
+    """Under a mixed policy the weights stay float32 and un-rounded, the op computes in float32 and only the
+    outputs (and states) come out in the compute dtype: each equals the float32 layer's value rounded once. A model
+    with the layer trains under the policy (Keras wraps the optimizer in loss scaling)."""
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    mask = right_padded_mask(rng, 3, 6)
+    kwargs = dict(return_sequences=True, return_state=True, bidirectional=True)
+    float_layer = FUSED[cell](5, **kwargs)
+    float_layer.build(x.shape)
+    randomize(float_layer, rng)
+    want = float_layer(x, mask=mask)
+
+    global_policy(policy)
+    layer = FUSED[cell](5, **kwargs)
+    layer.build(x.shape)
+    layer.set_weights(float_layer.get_weights())
+    assert all(w.dtype == "float32" for w in layer.weights)
+    got = layer(x, mask=mask)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == policy.split("_")[1]
+        np.testing.assert_array_equal(g.numpy(), tf.cast(w, g.dtype).numpy())
+
+    model = keras.Sequential([keras.Input((6, 4)), FUSED[cell](5, bidirectional=True), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    y = rng.standard_normal((3, 2)).astype(np.float32)
+    before = [w.numpy() for w in model.layers[0].weights]
+    losses = model.fit(x, y, epochs=3, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.layers[0].weights))
+
+
+def test_unsupported_dtype_policy_is_an_error():
+    for dtype in ("float64", "float16", "bfloat16"):
+        with pytest.raises(ValueError, match="dtype policy"):
+            tf_ops.FusedLSTM(4, dtype=dtype)
+
+
+def test_jit_compile_falls_back_to_the_graph_executor(rng):
+    """No XLA kernel exists for the fused ops. Keras 3 compiles fit/predict with XLA whenever a GPU is present
+    (jit_compile="auto"), and with jit_compile=True anywhere; the layers declare supports_jit=False so that Keras
+    runs them without XLA instead of failing with XLA's unsupported-op error."""
+    model = keras.Sequential([keras.Input((5, 3)), FUSED["lstm"](4, return_sequences=True), FUSED["gru"](2)])
+    assert not any(layer.supports_jit for layer in model.layers)
+    with pytest.warns(UserWarning, match="jit_compile"):
+        model.compile("sgd", "mse", jit_compile=True)
+    assert model.jit_compile is False
+    x = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((4, 2)).astype(np.float32)
+    assert np.isfinite(model.fit(x, y, epochs=1, verbose=0).history["loss"][0])
+    np.testing.assert_allclose(model.predict(x, verbose=0), model(x), rtol=1e-6, atol=1e-7)

@@ -71,8 +71,20 @@ class _FusedRNN(keras.layers.Layer):
                  go_backwards=False, stateful=False, unroll=False, zero_output_for_mask=False,
                  bidirectional=False, merge_mode="concat", use_cudnn="auto", int8_weights=False,
                  recurrent_weight_dtype="float32", **kwargs):
+        # The op computes in float32 whatever the dtype policy: Keras must not round the inputs to a mixed policy's
+        # compute dtype (call() casts them to float32 itself) nor the weights (added with autocast=False).
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         name = type(self).__name__
+        policy = self.dtype_policy
+        _check(policy.variable_dtype == "float32" and policy.compute_dtype in ("float32", "float16", "bfloat16"),
+               f"{name}: the fused op keeps float32 weights and computes in float32; dtype policy "
+               f"{policy.name!r} (variables {policy.variable_dtype}, compute {policy.compute_dtype}) is not "
+               "supported. Use float32, mixed_float16 or mixed_bfloat16 (outputs in the compute dtype), and "
+               "recurrent_weight_dtype='float16'/'bfloat16' for 16-bit recurrent weights")
+        # No XLA kernel exists for the fused ops. Keras 3 compiles model.fit/predict with XLA by default when a GPU
+        # is present (jit_compile="auto"); this makes it fall back to the graph executor instead of failing.
+        self.supports_jit = False
         _check(int(units) > 0, f"{name}: units must be a positive integer, got {units}")
         _check(activation in ("tanh", keras.activations.tanh),
                f"{name}: the fused op computes activation='tanh' only, got {activation!r}")
@@ -164,7 +176,7 @@ class _FusedRNN(keras.layers.Layer):
 
     def _add(self, name, shape, initializer, regularizer, constraint):
         variable = self.add_weight(name=name, shape=shape, initializer=initializer, regularizer=regularizer,
-                                   constraint=constraint)
+                                   constraint=constraint, autocast=False)
         setattr(self, name, variable)
         return name
 
@@ -176,7 +188,7 @@ class _FusedRNN(keras.layers.Layer):
                 return tf.cast(initializer(shape, dtype="float32"), dtype)
 
             variable = self.add_weight(name=prefix + role, shape=shape, initializer=init16,
-                                       dtype=self.recurrent_weight_dtype, trainable=False)
+                                       dtype=self.recurrent_weight_dtype, trainable=False, autocast=False)
             setattr(self, prefix + role, variable)
             weights[role] = prefix + role
             return
@@ -186,7 +198,7 @@ class _FusedRNN(keras.layers.Layer):
         scale_role = role.replace("_kernel", "_scale")  # recurrent_scale, projection_scale
         for sub_role, sub_shape, dtype in ((role + "_q8", shape, "int8"), (scale_role, shape[:1], "float32")):
             variable = self.add_weight(name=prefix + sub_role, shape=sub_shape, initializer="zeros", dtype=dtype,
-                                       trainable=False)
+                                       trainable=False, autocast=False)
             setattr(self, prefix + sub_role, variable)
             weights[sub_role] = prefix + sub_role
 
@@ -294,10 +306,16 @@ class _FusedRNN(keras.layers.Layer):
             output = {"sum": lambda: fw + bw, "ave": lambda: (fw + bw) / 2, "mul": lambda: fw * bw,
                       None: lambda: [fw, bw]}[self.merge_mode]()
         if not self.return_state:
-            return output
+            return self._to_compute_dtype(output)
         states = [finals[k][d] for d in range(self._num_dirs) for k in range(len(finals))]
         outputs = output if isinstance(output, list) else [output]
-        return outputs + states
+        return self._to_compute_dtype(outputs + states)
+
+    def _to_compute_dtype(self, tensors):
+        # Under a mixed policy the layer's outputs follow its compute dtype, as the stock layers' do.
+        if self.compute_dtype == "float32":
+            return tensors
+        return tf.nest.map_structure(lambda t: tf.cast(t, self.compute_dtype), tensors)
 
     def compute_output_shape(self, sequences_shape, initial_state_shape=None):
         batch, time = sequences_shape[0], sequences_shape[1]
