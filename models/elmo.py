@@ -38,6 +38,8 @@ Python API
     vectors = mix([out["layer_0"], out["layer_1"], out["layer_2"]], mask=out["mask"])   # [B, T, 2P]
         # gamma * sum_k softmax(s)_k * layer_k, optionally each layer normalised over its unmasked elements first
         # (AllenNLP's ScalarMix).
+    # Dtype policy: the ELMo network (char encoder and biLM) computes in float32 and returns float32 whatever
+    # keras.mixed_precision's global policy; ScalarMix computes in float32 and returns the policy's compute dtype.
 
     embed = elmo.embed_function(model)        # tf.function over [None, None, C] int32 char ids
     vectors = elmo.embed_sentences(model, sentences, batch_size=32)   # list of np [n_layers+1, tokens, 2P]
@@ -402,6 +404,9 @@ class ElmoCharacterEncoder(keras.layers.Layer):
 
     def __init__(self, filters, projection_dim, char_embedding_dim=16, n_characters=262, n_highway=2,
                  activation="relu", max_characters_per_token=MAX_CHARACTERS_PER_TOKEN, **kwargs):
+        # ELMo's pretrained network runs in float32 whatever Keras' global dtype policy (a mixed policy would round
+        # its activations to 16 bits and miss the released outputs); Keras layers downstream cast what they take.
+        kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         if activation not in ("relu", "tanh"):
             raise ValueError(f"ElmoCharacterEncoder: activation must be 'relu' or 'tanh', got {activation!r}")
@@ -414,16 +419,17 @@ class ElmoCharacterEncoder(keras.layers.Layer):
         self.max_characters_per_token = int(max_characters_per_token)
         self.n_filters = sum(n for _, n in self.filters)
         self.char_embedding = keras.layers.Embedding(self.n_characters, self.char_embedding_dim,
-                                                     name="char_embed")
+                                                     name="char_embed", dtype="float32")
         # Conv2D over [B, T, C, E] with a (1, width) kernel: the kernel is bilm-tf's W_cnn [1, width, E, n] as is.
-        self.convolutions = [keras.layers.Conv2D(num, (1, width), padding="valid", name=f"cnn_{i}")
+        self.convolutions = [keras.layers.Conv2D(num, (1, width), padding="valid", name=f"cnn_{i}", dtype="float32")
                              for i, (width, num) in enumerate(self.filters)]
-        self.highway_carry = [keras.layers.Dense(self.n_filters, activation="sigmoid", name=f"highway_{k}_carry")
+        self.highway_carry = [keras.layers.Dense(self.n_filters, activation="sigmoid", name=f"highway_{k}_carry",
+                                                 dtype="float32")
                               for k in range(self.n_highway)]
         self.highway_transform = [keras.layers.Dense(self.n_filters, activation="relu",
-                                                     name=f"highway_{k}_transform")
+                                                     name=f"highway_{k}_transform", dtype="float32")
                                   for k in range(self.n_highway)]
-        self.projection = (keras.layers.Dense(self.projection_dim, name="projection")
+        self.projection = (keras.layers.Dense(self.projection_dim, name="projection", dtype="float32")
                            if self.n_filters != self.projection_dim else None)
 
     def build(self, char_ids_shape):
@@ -573,6 +579,7 @@ class ElmoBiLM(keras.layers.Layer):
 
     def __init__(self, units, projection_dim, n_layers=2, cell_clip=None, proj_clip=None, use_skip_connections=False,
                  stateful=False, max_batch_size=128, implementation="fused", **kwargs):
+        kwargs["dtype"] = "float32"  # float32 whatever the global dtype policy, as ElmoCharacterEncoder
         super().__init__(**kwargs)
         if implementation not in _IMPLEMENTATIONS:
             raise ValueError(f"ElmoBiLM: implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
@@ -597,6 +604,7 @@ class ElmoBiLM(keras.layers.Layer):
             # fused_int8: the recurrent and projection kernels held as int8 rows with one scale per row.
             # fused_bf16: held as bfloat16 (rounded to nearest even when loaded).
             common = dict(return_sequences=True, return_state=True, int8_weights=implementation == "fused_int8",
+                          dtype="float32",
                           recurrent_weight_dtype="bfloat16" if implementation == "fused_bf16" else "float32",
                           **cell_args)
             self.fused_lstms = [
@@ -605,8 +613,9 @@ class ElmoBiLM(keras.layers.Layer):
                 for layer in range(self.n_layers)]
         else:
             def rnn(layer, backward):
-                return keras.layers.RNN(ProjectionLSTMCell(self.units, **cell_args), return_sequences=True,
-                                        return_state=True, go_backwards=backward, zero_output_for_mask=True,
+                return keras.layers.RNN(ProjectionLSTMCell(self.units, dtype="float32", **cell_args),
+                                        return_sequences=True, return_state=True, go_backwards=backward,
+                                        zero_output_for_mask=True, dtype="float32",
                                         name=f"lstm_{layer}_{'backward' if backward else 'forward'}")
             self.stock_rnns = [[rnn(layer, False), rnn(layer, True)] for layer in range(self.n_layers)]
 
@@ -724,6 +733,7 @@ class ScalarMix(keras.layers.Layer):
     """
 
     def __init__(self, mixture_size, do_layer_norm=False, initial_scalar_parameters=None, epsilon=1e-13, **kwargs):
+        kwargs.setdefault("autocast", False)  # float32 inputs stay un-rounded under a mixed policy (see build)
         super().__init__(**kwargs)
         if isinstance(mixture_size, bool) or not isinstance(mixture_size, (int, np.integer)) or mixture_size <= 0:
             raise ValueError(f"ScalarMix: mixture_size must be a positive integer, got {mixture_size!r}")
@@ -740,10 +750,12 @@ class ScalarMix(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, tensors_shape):
+        # float32 math under any policy (epsilon=1e-13 and the layer-norm sums would vanish in float16); the
+        # output follows the compute dtype.
         self.scalar_parameters = self.add_weight(
             name="scalar_parameters", shape=(self.mixture_size,),
-            initializer=keras.initializers.Constant(self.initial_scalar_parameters))
-        self.gamma = self.add_weight(name="gamma", shape=(), initializer="ones")
+            initializer=keras.initializers.Constant(self.initial_scalar_parameters), autocast=False)
+        self.gamma = self.add_weight(name="gamma", shape=(), initializer="ones", autocast=False)
         self.built = True
 
     def call(self, tensors, mask=None):
@@ -769,7 +781,7 @@ class ScalarMix(keras.layers.Layer):
 
             tensors = [layer_norm(t) for t in tensors]
         mixed = tf.add_n([w * t for w, t in zip(weights, tensors)])
-        return tf.convert_to_tensor(self.gamma) * mixed
+        return tf.cast(tf.convert_to_tensor(self.gamma) * mixed, self.compute_dtype)
 
     def compute_output_shape(self, tensors_shape):
         return tuple(tensors_shape[0])

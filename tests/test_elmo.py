@@ -444,6 +444,41 @@ def test_frozen_elmo_with_scalar_mix_in_a_keras_model(tmp_path, rng):
     assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
 
 
+@pytest.mark.parametrize("implementation", ["fused", "keras"])
+def test_elmo_ignores_a_mixed_precision_policy(tmp_path, rng, implementation):
+    """ELMo computes in float32 under a mixed global policy: the same outputs, bit for bit, as under float32. A
+    ScalarMix follows the policy at its output (float32 math, one rounding) and a tagger on top trains."""
+    import keras
+    cfg = CONFIGS["skip"]
+    options_file, weight_file = write_random_model(str(tmp_path), rng, cfg)
+    ids = elmo.batch_to_ids(random_sentences(rng, 3), cfg["max_chars"])
+    want = elmo.load_elmo(options_file, weight_file, implementation=implementation)(ids)
+    scalars = rng.standard_normal(3)
+    want_mix = elmo.ScalarMix(3, do_layer_norm=True, initial_scalar_parameters=scalars)(
+        [want["layer_0"], want["layer_1"], want["layer_2"]], mask=want["mask"])
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = elmo.load_elmo(options_file, weight_file, implementation=implementation)
+        got = model(ids)
+        for key in want:
+            assert got[key].dtype == want[key].dtype
+            np.testing.assert_array_equal(got[key], want[key])
+        mix = elmo.ScalarMix(3, do_layer_norm=True, initial_scalar_parameters=scalars)
+        got_mix = mix([got["layer_0"], got["layer_1"], got["layer_2"]], mask=got["mask"])
+        assert got_mix.dtype == tf.float16
+        np.testing.assert_array_equal(got_mix, tf.cast(want_mix, tf.float16))
+        char_ids = keras.Input((None, cfg["max_chars"]), dtype="int32")
+        out = model(char_ids)
+        mixed = elmo.ScalarMix(3)([out["layer_0"], out["layer_1"], out["layer_2"]], mask=out["mask"])
+        tagger = keras.Model(char_ids, keras.layers.Dense(2)(mixed))
+        tagger.compile(keras.optimizers.SGD(0.05), "mse")
+        targets = rng.standard_normal((3, ids.shape[1] - 2, 2)).astype(np.float32)
+        losses = tagger.fit(ids, targets, epochs=3, verbose=0).history["loss"]
+        assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 # ---- command line -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("int8", [False, True])
 def test_cli_embeds_a_file(tmp_path, rng, int8):
