@@ -160,6 +160,41 @@ def test_quantize_model_rejects_keras_bidirectional_wrapper():
         tf_ops.quantize_model(keras.Model(inputs, outputs))
 
 
+@pytest.mark.parametrize("weights", ["int8", "bfloat16"])
+def test_quantize_model_converts_nested_models(rng, weights):
+    """A fused layer inside a nested Sequential/functional model is converted like a top-level one, and its output
+    equals the same layer converted alone (quantize_model once left nested layers float, silently)."""
+    inner = keras.Sequential([keras.Input((None, 4)), tf_ops.FusedLSTM(5, return_sequences=True)], name="inner")
+    inputs = keras.Input((None, 4))
+    outputs = keras.layers.Dense(2)(tf_ops.FusedGRU(3)(inner(inputs)))
+    model = keras.Model(inputs, outputs)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.4 for w in model.get_weights()])
+    converted = tf_ops.quantize_model(model, weights)
+    fused = [layer for layer in converted._flatten_layers() if isinstance(layer, (tf_ops.FusedLSTM, tf_ops.FusedGRU))]
+    assert len(fused) == 2
+    assert all(layer.int8_weights if weights == "int8" else layer.recurrent_weight_dtype == weights
+               for layer in fused)
+    x = rng.standard_normal((2, 6, 4)).astype(np.float32)
+    inner_alone = tf_ops.quantize_model(keras.Sequential([keras.Input((None, 4)), model.get_layer("inner").layers[0]]),
+                                        weights)
+    np.testing.assert_array_equal(converted.get_layer("inner")(x), inner_alone(x))
+
+
+def test_quantize_model_refuses_fused_layers_it_cannot_reach():
+    class Wrapper(keras.layers.Layer):  # a custom layer that owns a fused layer: its config rebuilds it as float
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.lstm = tf_ops.FusedLSTM(3)
+
+        def call(self, x):
+            return self.lstm(x)
+
+    inputs = keras.Input((None, 2))
+    model = keras.Model(inputs, Wrapper(name="wrapper")(inputs))
+    with pytest.raises(ValueError, match="could not convert"):
+        tf_ops.quantize_model(model)
+
+
 # ---- the scheme on the real ELMo fixtures (../shared) ----------------------------------------------------------
 @pytest.mark.parametrize("fixture,sentences_file", [("model-a-bilm-tf", "lm_embeddings_sentences.json"),
                                                     ("model-b-allennlp", "sentences.json")])
