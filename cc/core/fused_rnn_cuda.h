@@ -66,6 +66,8 @@ struct CudaTuning {
   int proj_reduce = -1;      // mode 1 with an even projection width: -1 auto, 0 phase B fetches all of m, 1 phase B
                              // as a reduce-scatter of the blocks' partial sums (see KernelParams::proj_rs)
   int64_t* debug_clock = nullptr;  // test-only: device buffer of 166 int64 phase timestamps (see the .cu)
+  int test_raise_watchdog = 0;     // test-only: 1 raises the watchdog word before the launch, as a timed-out wait
+                                   // would, so the harness can check that the outputs come back poisoned (NaN)
 };
 
 // Bytes of workspace CudaForward needs for this shape (0 is possible: then workspace may be null).
@@ -78,7 +80,9 @@ size_t CudaForwardWorkspaceBytes(const RnnShape& shape, WeightType weight_type, 
 // Returns nullptr on success or a message saying what is wrong (the message is static or thread-local: valid until
 // this thread's next call). Never blocks on the device and never aborts: a multi-block plan whose blocks cannot
 // all be resident is refused here (cooperative launch), and device-side waits are bounded by a watchdog that, if it
-// ever fires, sets the int at workspace offset 0 to 1 (see CudaWatchdogFired) instead of hanging.
+// ever fires, sets the int at workspace offset 0 to 1 (see CudaWatchdogFired) instead of hanging, and then every
+// output (sequence output, final states, reserve) is overwritten with NaN on the device, so a caller that never
+// reads the word still cannot take the result for a valid one.
 const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& device_args, WeightType weight_type,
                         const void* recurrent_kernel_16bit, const void* projection_kernel_16bit, void* workspace,
                         size_t workspace_bytes, void* stream, const CudaDeviceLimits& limits,

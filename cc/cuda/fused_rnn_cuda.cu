@@ -8,6 +8,8 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
+#include <utility>
 #include <tuple>
 
 #include "../core/fused_rnn_cuda.h"
@@ -59,23 +61,52 @@ struct KernelFacts {
   int local_bytes = 0;
 };
 std::mutex g_facts_mutex;
-std::map<const void*, KernelFacts> g_facts;
+std::map<std::pair<int, const void*>, KernelFacts> g_facts;  // (device, fn): the SASS differs by architecture
 std::map<std::tuple<int, const void*, int, size_t>, int> g_occupancy;  // (device, fn, threads, smem) -> blocks/SM
+std::set<std::pair<int, const void*>> g_smem_raised;                    // (device, fn) at the opt-in maximum
+
+// Raises a kernel's dynamic shared-memory cap on the current device to the device's opt-in maximum, once, and never
+// lowers it. The cap is per (function, device) and process-wide, so a value set per launch or per candidate plan
+// could be lowered by another thread (TensorFlow runs ops concurrently) between its set and its launch, and the
+// launch would fail. Launches and occupancy queries pass their own sizes; the cap only has to admit them.
+// Call with g_facts_mutex held.
+const char* RaiseSmemCapLocked(const void* fn) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return CudaMessage("cudaGetDevice", e);
+  if (g_smem_raised.count({device, fn})) return nullptr;
+  int optin = 0;
+  e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return CudaMessage("cudaDeviceGetAttribute", e);
+  cudaFuncAttributes attr;
+  e = cudaFuncGetAttributes(&attr, fn);
+  if (e != cudaSuccess) return CudaMessage("cudaFuncGetAttributes", e);
+  // The cap counts dynamic bytes only: the opt-in maximum less the kernel's static shared memory.
+  const int cap = optin - static_cast<int>(attr.sharedSizeBytes);
+  e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, cap);
+  if (e != cudaSuccess) return CudaMessage("cudaFuncSetAttribute", e);
+  g_smem_raised.insert({device, fn});
+  return nullptr;
+}
 
 const char* Facts(KernelFn fn, KernelFacts* out) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return CudaMessage("cudaGetDevice", e);
   std::lock_guard<std::mutex> lock(g_facts_mutex);
-  auto it = g_facts.find(reinterpret_cast<const void*>(fn));
+  const auto key = std::make_pair(device, reinterpret_cast<const void*>(fn));
+  auto it = g_facts.find(key);
   if (it != g_facts.end()) {
     *out = it->second;
     return nullptr;
   }
   cudaFuncAttributes attr;
-  cudaError_t e = cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(fn));
+  e = cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(fn));
   if (e != cudaSuccess) return CudaMessage("cudaFuncGetAttributes", e);
   KernelFacts f;
   f.max_threads = attr.maxThreadsPerBlock;
   f.local_bytes = static_cast<int>(attr.localSizeBytes);
-  g_facts[reinterpret_cast<const void*>(fn)] = f;
+  g_facts[key] = f;
   *out = f;
   return nullptr;
 }
@@ -91,9 +122,7 @@ const char* BlocksPerSm(KernelFn fn, int threads, size_t smem, const CudaDeviceL
     *blocks = it->second;
     return nullptr;
   }
-  e = cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           limits.max_shared_bytes_per_block_optin);
-  if (e != cudaSuccess) return CudaMessage("cudaFuncSetAttribute", e);
+  if (const char* err = RaiseSmemCapLocked(reinterpret_cast<const void*>(fn))) return err;
   int n = 0;
   e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, reinterpret_cast<const void*>(fn), threads, smem);
   if (e != cudaSuccess) return CudaMessage("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
@@ -104,14 +133,15 @@ const char* BlocksPerSm(KernelFn fn, int threads, size_t smem, const CudaDeviceL
 
 // How many clusters of `cluster_size` blocks can be resident at once (0: the cluster cannot be launched).
 const char* ClustersPossible(KernelFn fn, int threads, size_t smem, int cluster_size, int* clusters) {
-  // The query honours the kernel's current dynamic shared-memory cap, which every launch lowers to its own plan's
-  // size: raise it to this candidate's first, or a plan made after a smaller launch of the same kernel is refused
-  // (found in session 9: forced cluster plans failed only after another plan of the same kernel had run).
-  if (cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)) != cudaSuccess) {
-    cudaGetLastError();
-    *clusters = 0;
-    return nullptr;
+  // The query honours the kernel's dynamic shared-memory cap (a cap lowered by an earlier launch refused forced
+  // cluster plans in session 9): it is raised once to the device's maximum and never lowered.
+  {
+    std::lock_guard<std::mutex> lock(g_facts_mutex);
+    if (RaiseSmemCapLocked(reinterpret_cast<const void*>(fn)) != nullptr) {
+      cudaGetLastError();
+      *clusters = 0;
+      return nullptr;
+    }
   }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(cluster_size);
@@ -1019,10 +1049,15 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
       cudaError_t e = cudaMemsetAsync(workspace, 0, pl.ws_memset_bytes, stream);
       if (e != cudaSuccess) return CudaMessage("cudaMemsetAsync(workspace)", e);
     }
+    if (tuning && tuning->test_raise_watchdog) {
+      cudaError_t e = cudaMemsetAsync(workspace, 1, 1, stream);  // the int at offset 0 becomes 1 (little-endian)
+      if (e != cudaSuccess) return CudaMessage("cudaMemsetAsync(watchdog)", e);
+    }
   }
-  cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(pl.fn),
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem));
-  if (e != cudaSuccess) return CudaMessage("cudaFuncSetAttribute", e);
+  {
+    std::lock_guard<std::mutex> lock(g_facts_mutex);
+    if (const char* err = RaiseSmemCapLocked(reinterpret_cast<const void*>(pl.fn))) return err;
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(pl.grid);
   cfg.blockDim = dim3(pl.threads);
@@ -1042,7 +1077,7 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
     attr[0].val.clusterDim.z = 1;
     cfg.numAttrs = 1;
   }
-  e = cudaLaunchKernelEx(&cfg, pl.fn, kp);
+  cudaError_t e = cudaLaunchKernelEx(&cfg, pl.fn, kp);
   if (e != cudaSuccess) return CudaMessage(pl.cooperative ? "cooperative kernel launch" : "kernel launch", e);
   return nullptr;
 }

@@ -518,6 +518,31 @@ __device__ __forceinline__ bool WatchdogTick(long long& polls, int* watchdog) {
   return LoadVolatile(watchdog) != 0;
 }
 
+// After a device-side wait timed out the outputs cannot be trusted, and a caller such as a TensorFlow kernel has no
+// cheap way to read the watchdog word before handing the tensors on. So every block that ends after the word was
+// raised overwrites all outputs (sequence output, final states, training reserve) with NaN: the failure shows in
+// the values instead of as plausible garbage. The block whose wait timed out raised the word before it ends, so at
+// least that block poisons everything after every earlier block's last write (fences on both sides). Called by
+// every thread at the very end of the kernels that wait (tagged, counter and tensor-core plans); never taken in a
+// healthy run, where it costs one fence and a block-wide vote.
+__device__ __forceinline__ void PoisonIfWatchdogFired(const KernelParams& p) {
+  if (p.watchdog == nullptr) return;
+  __threadfence();
+  if (!__syncthreads_or(threadIdx.x == 0 && LoadVolatile(p.watchdog) != 0)) return;
+  __threadfence();
+  const float nan = __int_as_float(0x7fc00000);
+  const long long r = p.R > 0 ? p.R : p.H;
+  const long long n_out = (long long)p.B * p.T * p.D * r;
+  for (long long i = threadIdx.x; i < n_out; i += blockDim.x) p.out[i] = nan;
+  for (long long i = threadIdx.x; i < (long long)p.D * p.B * r; i += blockDim.x)
+    if (p.final_h) p.final_h[i] = nan;
+  for (long long i = threadIdx.x; i < (long long)p.D * p.B * p.H; i += blockDim.x)
+    if (p.final_c) p.final_c[i] = nan;
+  const long long n_res = (long long)p.D * p.B * p.T * p.reserve_f;
+  for (long long i = threadIdx.x; i < n_res; i += blockDim.x)
+    if (p.reserve) p.reserve[i] = nan;
+}
+
 __device__ __forceinline__ void LoadRelaxed128(const unsigned long long* ptr, unsigned long long& a,
                                                unsigned long long& b) {
   asm volatile("ld.relaxed.gpu.global.v2.u64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(ptr) : "memory");
@@ -1347,6 +1372,7 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
       p.final_c[((long long)d * B + row0 + r) * H + u0 + u] = c_s[r * p.upb + u];
     }
   }
+  PoisonIfWatchdogFired(p);
   if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 1);
 }
 

@@ -437,6 +437,7 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
     if (p.final_h) p.final_h[((long long)d * B + b) * H + u0 + u] = hown_s[r * p.upb + u];
     if (kLstm && p.final_c) p.final_c[((long long)d * B + b) * H + u0 + u] = c_s[r * p.upb + u];
   }
+  PoisonIfWatchdogFired(p);
   if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 1);
 #endif  // __CUDA_ARCH__ >= 800
 }

@@ -122,9 +122,10 @@ using FusedGruGpuOp = FusedGpuOp<false, CellType::kGru>;
 using FusedLstm16GpuOp = FusedGpuOp<true, CellType::kLstm>;
 using FusedGru16GpuOp = FusedGpuOp<true, CellType::kGru>;
 
-// INT8 recurrent weights on the GPU (inference only, like the CPU kernel): the scales are read on the host (they
-// are validated there, as on the CPU), then copied with the lengths into the workspace; the int8 kernels stay in
-// device memory.
+// INT8 recurrent weights on the GPU (inference only, like the CPU kernel). The scales stay in device memory, where a
+// quantized model's variables live: as HostMemory inputs they cost a device-to-host copy that drains the stream on
+// every call. So on the GPU only their shapes are checked (the CPU kernel also rejects negative or non-finite
+// values; tf_ops.quantize_rows never makes them).
 class FusedRnnInt8GpuOp : public OpKernel {
  public:
   FusedRnnInt8GpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
@@ -135,7 +136,7 @@ class FusedRnnInt8GpuOp : public OpKernel {
     RnnInputs in;
     RnnShape s;
     OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
-    OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s));
+    OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s, /*check_values=*/false));
     const int32_t* lengths_host = in.sequence_lengths->flat<int32_t>().data();
     OP_REQUIRES_OK(ctx, CheckLengths(lengths_host, s.batch, s.max_time));
     const int64_t B = s.batch;
@@ -153,29 +154,19 @@ class FusedRnnInt8GpuOp : public OpKernel {
       const char* why = CudaDescribePlan(s, WeightType::kInt8, limits, nullptr, plan, sizeof(plan));
       OP_REQUIRES(ctx, why == nullptr, Invalid("this shape cannot run on this GPU: ", why ? why : ""));
     }
-    // Workspace: the core's bytes, then the lengths, the recurrent scales and the projection scales.
-    auto align = [](size_t v) { return (v + 255) & ~size_t{255}; };
-    const int64_t n_rs = in.recurrent_scale->NumElements();
-    const int64_t n_ps = in.projection_scale ? in.projection_scale->NumElements() : 0;
-    const size_t lengths_offset = align(core_bytes);
-    const size_t rs_offset = align(lengths_offset + 4 * B);
-    const size_t ps_offset = align(rs_offset + 4 * n_rs);
+    // Workspace: the core's bytes, then the lengths (256-byte aligned).
+    const size_t lengths_offset = (core_bytes + 255) & ~size_t{255};
     Tensor workspace;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8,
-                                           TensorShape({static_cast<int64_t>(ps_offset + 4 * n_ps + 4)}), &workspace));
+                                           TensorShape({static_cast<int64_t>(lengths_offset + 4 * B)}), &workspace));
     char* ws = reinterpret_cast<char*>(workspace.flat<int8_t>().data());
     void* raw_stream = stream->platform_specific_handle().stream;
-    auto to_device = [&](size_t offset, const void* host, size_t bytes) {
-      return HostToDevice(ws + offset, host, bytes, raw_stream);
-    };
-    OP_REQUIRES(ctx, to_device(lengths_offset, lengths_host, 4 * B) &&
-                         to_device(rs_offset, in.recurrent_scale->flat<float>().data(), 4 * n_rs) &&
-                         (n_ps == 0 || to_device(ps_offset, in.projection_scale->flat<float>().data(), 4 * n_ps)),
-                absl::InternalError("copying sequence_lengths and the scales to the GPU failed"));
+    OP_REQUIRES(ctx, HostToDevice(ws + lengths_offset, lengths_host, 4 * B, raw_stream),
+                absl::InternalError("copying sequence_lengths to the GPU failed"));
     RnnForwardArgs args =
         MakeForwardArgs(s, in, out, reinterpret_cast<const int32_t*>(ws + lengths_offset), /*is_training=*/false);
-    args.recurrent_scale = reinterpret_cast<const float*>(ws + rs_offset);
-    args.projection_scale = s.num_proj > 0 ? reinterpret_cast<const float*>(ws + ps_offset) : nullptr;
+    args.recurrent_scale = in.recurrent_scale->flat<float>().data();
+    args.projection_scale = s.num_proj > 0 ? in.projection_scale->flat<float>().data() : nullptr;
     const char* err = CudaForward(s, args, WeightType::kInt8, nullptr, nullptr, core_bytes ? ws : nullptr, core_bytes,
                                   raw_stream, limits);
     OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA launch: ", err ? err : "")));
@@ -250,16 +241,9 @@ REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence").Device(tensorflow::DEVICE_GPU)
                         FusedLstmGpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedGRUSequence").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
                         FusedGruGpuOp);
-REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceInt8")
-                            .Device(tensorflow::DEVICE_GPU)
-                            .HostMemory("sequence_lengths")
-                            .HostMemory("recurrent_scale")
-                            .HostMemory("projection_scale"),
+REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequenceInt8").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
                         FusedLstmInt8GpuOp);
-REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceInt8")
-                            .Device(tensorflow::DEVICE_GPU)
-                            .HostMemory("sequence_lengths")
-                            .HostMemory("recurrent_scale"),
+REGISTER_KERNEL_BUILDER(Name("FusedGRUSequenceInt8").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
                         FusedGruInt8GpuOp);
 REGISTER_KERNEL_BUILDER(Name("FusedLSTMSequence16").Device(tensorflow::DEVICE_GPU).HostMemory("sequence_lengths"),
                         FusedLstm16GpuOp);

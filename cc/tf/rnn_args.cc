@@ -93,7 +93,7 @@ Status ValidateRnnInputs(tensorflow::OpKernelContext* ctx, const RnnAttrs& a, Rn
   return absl::OkStatus();
 }
 
-Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnShape* s) {
+Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnShape* s, bool check_values) {
   const int64_t D = s->num_dirs();
   TF_RETURN_IF_ERROR(ctx->input("recurrent_scale", &in->recurrent_scale));
   TF_RETURN_IF_ERROR(ExpectShape("recurrent_scale", *in->recurrent_scale, TensorShape({D, s->recurrent_width()})));
@@ -104,6 +104,7 @@ Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnSh
   }
   // A negative, NaN or infinite scale is not one the quantizer makes (127 / max|row|, or 0 for a zero row).
   for (const Tensor* t : {in->recurrent_scale, in->projection_scale}) {
+    if (!check_values) break;
     if (t == nullptr) continue;
     const auto v = t->flat<float>();
     for (int64_t i = 0; i < v.size(); ++i) {

@@ -39,8 +39,10 @@ struct RnnInputs {
   const tensorflow::Tensor* projection_scale = nullptr;  // INT8 LSTM only
 };
 
-// INT8 ops: reads and checks the scales, sets shape->int8_weights. Call after ValidateRnnInputs.
-absl::Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnShape* shape);
+// INT8 ops: reads and checks the scales (shapes; values too with check_values, which needs them in host memory),
+// sets shape->int8_weights. Call after ValidateRnnInputs.
+absl::Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnShape* shape,
+                                bool check_values = true);
 
 // 16-bit weight ops: sets shape->weight16 from the kernels' dtype (half or bfloat16; the projection kernel of the
 // LSTM must match). Call after ValidateRnnInputs.

@@ -57,6 +57,9 @@ class Lib:
         L.frg_watchdog.argtypes = [ctypes.c_uint64, ctypes.c_int64]
         L.frg_set_debug_clock.restype = None
         L.frg_set_debug_clock.argtypes = [ctypes.c_uint64]
+        if hasattr(L, "frg_set_test_watchdog"):  # absent in builds before session 21 (A/B runs load those too)
+            L.frg_set_test_watchdog.restype = None
+            L.frg_set_test_watchdog.argtypes = [ctypes.c_int]
         self.L = L
         self.limits = (ctypes.c_int * 9)()
         err = L.frg_query_limits(torch.cuda.current_device(), self.limits)
@@ -248,6 +251,52 @@ def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=
           and errs.get("reserve", 0) <= TOL_F32 and errs.get("reserve_written_outside", 0) == 0
           and errs.get("out_vs_f32_weights", 0) <= TOL_16_VS_F32_WEIGHTS and not errs.get("moving_error"))
     return {"name": name, "passed": bool(ok), "errors": errs, "plan": plan}
+
+
+def watchdog_poison_cases(lib):
+    """A device-side wait that timed out must leave every output NaN (not plausible values) and the word raised.
+    The core's test hook raises the word before the launch, as a timed-out wait would, for each plan kind that
+    waits (tagged and counter exchange, tensor cores); outputs start finite, so NaN proves the poisoning. The same
+    call without the hook must then come back finite with the word down (the hook and the poison leave no trace)."""
+    results = []
+    cases = [("tagged", "lstm", 11, 5, 24, 16, "f32", {"mode": 1, "units_per_block": 5}),
+             ("counter", "gru", 11, 5, 24, 0, "f32", {"mode": 2, "units_per_block": 7}),
+             ("tensorcore", "lstm", 9, 16, 64, 0, "f16", {"mode": 4})]
+    for name, cell, T, B, H, P, wt, tuning in cases:
+        rng = np.random.default_rng(7)
+        inp = make_inputs(rng, cell, "bidirectional", T, B, H, P, True, True, True)
+        _, U16 = round_weights(inp["U"], wt)
+        f = FusedRnn(lib, cell, "bidirectional", T, B, H, P, False, 0.0, 0.0, wt, tuning)
+        plan = f.describe()
+        R = P if P else H
+        out = torch.full((B, T, 2 * R), 0.5, device="cuda")
+        fh = torch.full((2, B, R), 0.5, device="cuda")
+        fc = torch.full((2, B, H), 0.5, device="cuda") if cell == "lstm" else None
+        F = (5 * H + P) if cell == "lstm" else 4 * H
+        res = torch.full((2, B, T, F), 0.5, device="cuda")
+        f.bind(to_dev(inp["x"]), w_rec=to_dev(inp["U"]) if wt == "f32" else None, rec_bias=to_dev(inp["rb"]),
+               w_proj=to_dev(inp["Pk"]) if wt == "f32" else None, lengths=to_dev(inp["lengths"]),
+               h0=to_dev(inp["h0"]), c0=to_dev(inp["c0"]), out=out, final_h=fh, final_c=fc,
+               reserve=res if wt == "f32" else None, w_rec16=dev16(U16))
+        e = {}
+        try:
+            lib.L.frg_set_test_watchdog(1)
+            f()
+            torch.cuda.synchronize()
+        finally:
+            lib.L.frg_set_test_watchdog(0)
+        tensors = [t for t in (out, fh, fc, res if wt == "f32" else None) if t is not None]
+        e["watchdog"] = f.watchdog()
+        e["not_nan"] = int(sum(int(torch.count_nonzero(~torch.isnan(t))) for t in tensors))
+        f()
+        torch.cuda.synchronize()
+        e["watchdog_after"] = f.watchdog()
+        e["nan_after"] = int(torch.count_nonzero(torch.isnan(out[:, :1])))  # step 0 is valid in every row here
+        ok = (e["watchdog"] == 1 and e["not_nan"] == 0 and e["watchdog_after"] == 0 and e["nan_after"] == 0
+              and f"mode={name}" in plan)
+        results.append({"name": f"watchdog raised -> outputs NaN ({name})", "passed": bool(ok), "errors": e,
+                        "plan": plan})
+    return results
 
 
 def correctness_suite(lib, quick=False):
@@ -927,6 +976,7 @@ def main():
     try:
         results += correctness_suite(lib)
         results.append(zero_length_case(lib))
+        results += watchdog_poison_cases(lib)
         results.append({"name": "graph replay == eager (tagged, counter)", "passed": all(graph_matches_eager(lib).values()),
                         "errors": {}, "plan": ""})
     except Exception:  # noqa: BLE001

@@ -31,10 +31,12 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
 // tuning (nullable): mode, units_per_block, rows_per_block, max_reg_chunks, stream_location, lanes_per_unit,
 // stage_weights, proj_reduce.
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
+int g_test_raise_watchdog = 0;     // test-only: the next calls start with the watchdog raised (frg_set_test_watchdog)
 
 CudaTuning MakeTuning(const int* t) {
   CudaTuning tun;
   tun.debug_clock = g_debug_clock;
+  tun.test_raise_watchdog = g_test_raise_watchdog;
   if (t) {
     tun.mode = t[0];
     tun.units_per_block = t[1];
@@ -157,6 +159,8 @@ const char* frg_backward(const int64_t* shape, const float* clips, const uint64_
 }
 
 void frg_set_debug_clock(uint64_t device_ptr) { g_debug_clock = reinterpret_cast<int64_t*>(device_ptr); }
+
+void frg_set_test_watchdog(int raise) { g_test_raise_watchdog = raise; }
 
 int frg_watchdog(uint64_t workspace, int64_t workspace_bytes) {
   return fused_rnn::CudaWatchdogFired(reinterpret_cast<const void*>(workspace), static_cast<size_t>(workspace_bytes));
