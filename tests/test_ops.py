@@ -205,3 +205,96 @@ def test_raw_op_rejects_bad_attrs_and_negative_clip(rng):
     with pytest.raises(tf.errors.InvalidArgumentError, match="cell_clip"):
         lib.fused_lstm_sequence(a["x"], a["rk"], np.zeros((1, 4, 0), np.float32), a["lengths"], a["h0"], a["c0"],
                                 cell_clip=-1.0)
+
+
+# ---- found by fuzzing the raw ops (session 21) --------------------------------------------------------------------
+_OVERFLOW_CALLS = {
+    # Zero-element inputs may carry any dims; the expected shapes built from them overflow int64. TensorShape's
+    # constructor aborts the process on that, so the kernels compare dims instead.
+    "lstm_recurrent_kernel": "lib.fused_lstm_sequence(z(1, 1, 4), z(1, 0, 2**33), z(1, 0, 0), L, z(1, 1, 1), "
+                             "z(1, 1, 1))",
+    "gru_recurrent_kernel": "lib.fused_gru_sequence(z(1, 1, 3), z(1, 0, 3 * 2**31), z(1, 3), L, z(1, 1, 1))",
+    "lstm_initial_c": "lib.fused_lstm_sequence(z(2**62, 0, 8), z(1, 2, 8), z(1, 2, 0), z(0, dt=tf.int32), "
+                      "z(1, 0, 2), z(1, 0, 2))",
+    "num_proj": "lib.fused_lstm_sequence(z(1, 1, 4), z(1, 0, 2**35), z(1, 0, 0), L, z(1, 1, 1), z(1, 1, 1), "
+                "num_proj=2**31 - 1)",
+    "gru16": "lib.fused_gru_sequence16(z(1, 1, 3), z(1, 0, 3 * 2**31, dt=tf.half), z(1, 3), L, z(1, 1, 1))",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_OVERFLOW_CALLS))
+def test_overflowing_dims_of_empty_inputs_are_an_error_not_an_abort(case):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    script = ("import os, sys; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'; sys.path.insert(0, %r)\n"
+              "import tensorflow as tf, tf_ops\n"
+              "lib = tf_ops._loader.load(); L = tf.constant([1], tf.int32)\n"
+              "z = lambda *s, dt=tf.float32: tf.zeros(s, dt)\n"
+              "try:\n    %s\nexcept tf.errors.InvalidArgumentError as e:\n    print('INVALID:', e.message)\n"
+              % (ROOT, _OVERFLOW_CALLS[case]))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "INVALID:" in run.stdout and "must have shape" in run.stdout
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_reserve_is_zero_past_each_length(rng, cell):
+    """The core writes the reserve only at valid steps; the op's output must not carry the allocator's old bytes
+    there (they were a previous tensor's values, and a gradient run with other lengths read them)."""
+    lib = tf_ops._loader.load()
+    dirs, batch, steps, units = 2, 3, 5, 4
+    gates = 4 if cell == "lstm" else 3
+    lengths = tf.constant([5, 0, 2], tf.int32)
+    x = tf.constant(rng.standard_normal((batch, steps, dirs * gates * units)).astype(np.float32))
+    kernel = tf.constant(rng.standard_normal((dirs, units, gates * units)).astype(np.float32) * 0.3)
+    h0 = tf.constant(rng.standard_normal((dirs, batch, units)).astype(np.float32))  # valid entries nonzero
+    for _ in range(3):
+        junk = tf.fill([dirs * batch * steps * 6 * units], 12345.0)  # freed just before the op allocates
+        del junk
+        if cell == "lstm":
+            reserve = lib.fused_lstm_sequence(x, kernel, tf.zeros([dirs, units, 0]), lengths, h0, h0,
+                                              direction="bidirectional", is_training=True)[3]
+        else:
+            reserve = lib.fused_gru_sequence(x, kernel, tf.zeros([dirs, gates * units]), lengths, h0,
+                                             direction="bidirectional", is_training=True)[2]
+        r = reserve.numpy().reshape(dirs, batch, steps, -1)
+        for b, length in enumerate(lengths.numpy()):
+            np.testing.assert_array_equal(r[:, b, length:], 0.0)
+            assert np.all(r[:, b, :length] != 0.0)
+
+
+def test_int64_lengths_beyond_int32_are_rejected_not_wrapped(rng):
+    x = rng.standard_normal((1, 5, 8)).astype(np.float32)
+    kernel = rng.standard_normal((1, 2, 8)).astype(np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sequence_lengths"):
+        tf_ops.lstm_sequence(x, kernel, tf.constant([2**32 + 2], tf.int64))
+
+
+def test_subnormal_clips_and_scales_are_rejected():
+    lib = tf_ops._loader.load()
+    x, kernel, lengths = tf.zeros([1, 2, 8]), tf.zeros([1, 2, 8]), tf.constant([2])
+    h0 = tf.zeros([1, 1, 2])
+    for clip in (1e-45, -1e-45):  # flushed to zero by TF's threads: "no clip" or past the >= 0 check
+        with pytest.raises(tf.errors.InvalidArgumentError, match="cell_clip"):
+            lib.fused_lstm_sequence(x, kernel, tf.zeros([1, 2, 0]), lengths, h0, h0, cell_clip=clip)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="recurrent_scale"):
+        tf_ops.lstm_sequence_int8(x, tf.zeros([1, 2, 8], tf.int8), tf.constant([[1.0, 1e-39]]), lengths)
+
+
+@pytest.mark.parametrize("big", [1e2, 1e6, 1e20])
+def test_int8_lstm_with_a_large_initial_state_stays_at_float32_error(rng, big):
+    """The VNNI fixed point shares one exponent per step: one large initial_h entry used to cost every other
+    element its precision at step 0 (|h0| = 1e6: 2.5e-4 relative). Such states now take the float path."""
+    units, batch, steps = 16, 3, 6
+    w = (rng.standard_normal((1, units, 4 * units)) * 0.3).astype(np.float32)
+    q, scale = tf_ops.quantize_rows(w)
+    deq = tf_ops.dequantize_rows(q, scale)
+    x = rng.standard_normal((batch, steps, 4 * units)).astype(np.float32)
+    h0 = (rng.standard_normal((1, batch, units)) * 0.5).astype(np.float32)
+    h0[0, 1, 2] = big
+    c0 = (rng.standard_normal((1, batch, units)) * 0.5).astype(np.float32)
+    got = tf_ops.lstm_sequence_int8(x, q, scale, None, h0, c0)
+    want = rnn_forward("lstm", x, deq, np.full(batch, steps), h0, c0)
+    assert rel_err(got[0].numpy(), want[0]) < 1e-5

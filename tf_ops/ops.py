@@ -65,7 +65,8 @@ def _check_16bit_inference(recurrent_kernel, training):
 def _lengths(value, name="sequence_lengths"):
     t = _to_tensor(value, tf.int32)
     if t.dtype == tf.int64:
-        t = tf.cast(t, tf.int32)
+        # Saturate, not wrap: 2^32 + 2 must be rejected as out of range by the op, not run as 2.
+        t = tf.cast(tf.clip_by_value(t, tf.int32.min, tf.int32.max), tf.int32)
     if t.dtype != tf.int32:
         raise _invalid(f"{name} must be int32 or int64, got {t.dtype.name}")
     return t

@@ -590,12 +590,23 @@ void cpu::CpuForwardWithKernels(const StepKernels& kernels, const RnnShape& s, c
   const int64_t out_t_stride = s.time_major ? B * out_w : out_w;
 
   // INT8 as exact integer products where the kernels can (ChainCtx::q8_vnni): int32 sums stay exact up to
-  // kMaxVnniK rows, and a GRU's fixed-point bound grows with its initial state (beyond 64, 6 of the 7 bits the
-  // fixed point keeps beyond float32 would go: the float path then).
+  // kMaxVnniK rows. The fixed point keeps 7 bits beyond float32's 24, and one exponent serves a whole step: a
+  // large initial state (step 0's exponent; a GRU's bound for every step) or scales of very different size
+  // spend those bits, so past |h0| > 64 or a 2^12 spread of the nonzero 1 / scale (rows whose largest weights
+  // differ that much) the float path runs instead (found by fuzzing: |h0| = 1e6 gave 2.5e-4 relative error).
   bool use_vnni = s.int8_weights && kernels.int8_vnni && R <= cpu::kMaxVnniK && H <= cpu::kMaxVnniK;
-  if (use_vnni && s.cell == CellType::kGru) {
-    for (int64_t i = 0; i < D * B * R && use_vnni; ++i) use_vnni = !(std::fabs(a.initial_h[i]) > 64.f);
-  }
+  for (int64_t i = 0; i < D * B * R && use_vnni; ++i) use_vnni = !(std::fabs(a.initial_h[i]) > 64.f);
+  auto narrow_spread = [](const float* scale, int64_t n) {
+    float lo = 0.f, hi = 0.f;  // the smallest and largest nonzero scale (1 / scale's spread is the same ratio)
+    for (int64_t i = 0; i < n; ++i) {
+      if (scale[i] == 0.f) continue;
+      lo = lo == 0.f ? scale[i] : std::min(lo, scale[i]);
+      hi = std::max(hi, scale[i]);
+    }
+    return lo == 0.f || hi <= 4096.f * lo;
+  };
+  if (use_vnni) use_vnni = narrow_spread(a.recurrent_scale, D * R);
+  if (use_vnni && s.num_proj > 0) use_vnni = narrow_spread(a.projection_scale, D * H);
   auto job = std::make_shared<Job>();
   job->shape = &s;
   job->kernels = &kernels;

@@ -55,6 +55,7 @@ class FusedRnnCpuOp : public OpKernel {
     const tensorflow::DeviceBase::CpuWorkerThreads* workers = ctx->device()->tensorflow_cpu_worker_threads();
     TfPoolRunner runner(workers ? workers->workers : nullptr);
     CpuForward(s, args, scratch.flat<float>().data(), &runner);
+    if (attrs_.is_training) ZeroReservePastLengths(s, lengths, out.reserve->flat<float>().data());
   }
 
  private:

@@ -102,6 +102,13 @@ class FusedRnnGpuOpT : public OpKernel {
     OP_REQUIRES(ctx, HostToDevice(lengths_device, lengths_host, sizeof(int32_t) * B, raw_stream),
                 absl::InternalError("copying sequence_lengths to the GPU failed"));
 
+    if (!k16Bit && attrs_.is_training && AnyShorterThanMaxTime(s, lengths_host)) {
+      // The core writes the reserve only where t < length; the rest must not be the allocator's old contents.
+      OP_REQUIRES(ctx,
+                  cudaMemsetAsync(out.reserve->flat<float>().data(), 0, sizeof(float) * out.reserve->NumElements(),
+                                  static_cast<cudaStream_t>(raw_stream)) == cudaSuccess,
+                  absl::InternalError("clearing the reserve failed"));
+    }
     const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths_device, attrs_.is_training);
     const char* err = CudaForward(s, args, weight_type, args.recurrent_kernel_16, args.projection_kernel_16,
                                   core_bytes ? ws : nullptr, core_bytes, raw_stream, limits);

@@ -1,12 +1,27 @@
 #include "cc/tf/rnn_args.h"
 
+#include <algorithm>
+#include <cstring>
+#include <initializer_list>
 #include <limits>
+
+#include "absl/strings/str_join.h"
 
 namespace fused_rnn {
 
 using absl::Status;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
+
+namespace {
+// Judged on the bits: TensorFlow's threads flush subnormals to zero, where a comparison would see a subnormal clip
+// as 0 ("no clip") and a negative subnormal as >= 0.
+bool IsSubnormal(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return (bits & 0x7f800000u) == 0 && (bits & 0x007fffffu) != 0;
+}
+}  // namespace
 
 void RnnAttrs::Read(tensorflow::OpKernelConstruction* ctx, CellType cell_type, bool has_is_training) {
   cell = cell_type;
@@ -20,9 +35,9 @@ void RnnAttrs::Read(tensorflow::OpKernelConstruction* ctx, CellType cell_type, b
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_proj", &num_proj));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("cell_clip", &cell_clip));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("proj_clip", &proj_clip));
-    OP_REQUIRES(ctx, cell_clip >= 0.f && proj_clip >= 0.f,
-                Invalid("cell_clip and proj_clip must be >= 0 (0: no clip), got ", cell_clip, " and ",
-                                proj_clip));
+    OP_REQUIRES(ctx, cell_clip >= 0.f && proj_clip >= 0.f && !IsSubnormal(cell_clip) && !IsSubnormal(proj_clip),
+                Invalid("cell_clip and proj_clip must be 0 (no clip) or a normal float >= FLT_MIN (1.18e-38), got ", cell_clip,
+                        " and ", proj_clip));
     OP_REQUIRES(ctx, num_proj > 0 || proj_clip == 0.f, Invalid("proj_clip needs num_proj > 0"));
   }
 }
@@ -32,6 +47,16 @@ Status ExpectShape(const char* name, const Tensor& t, const TensorShape& want) {
   if (t.shape() != want) {
     return Invalid(name, " must have shape ", want.DebugString(), ", got ", t.shape().DebugString());
   }
+  return absl::OkStatus();
+}
+
+// The same check against dims taken from other inputs, before they are known to be sane: a TensorShape of them
+// would abort the process when their product overflows (zero-sized inputs can carry any dims, e.g. [1, 0, 2^33]).
+Status ExpectDims(const char* name, const Tensor& t, std::initializer_list<int64_t> want) {
+  bool same = t.dims() == static_cast<int>(want.size());
+  int i = 0;
+  for (int64_t d : want) same = same && t.dim_size(i++) == d;
+  if (!same) return Invalid(name, " must have shape [", absl::StrJoin(want, ","), "], got ", t.shape().DebugString());
   return absl::OkStatus();
 }
 }  // namespace
@@ -70,7 +95,7 @@ Status ValidateRnnInputs(tensorflow::OpKernelContext* ctx, const RnnAttrs& a, Rn
   s->num_units = rk.dim_size(2) / G;
   s->num_proj = lstm ? a.num_proj : 0;
   const int64_t H = s->num_units, R = s->recurrent_width();
-  TF_RETURN_IF_ERROR(ExpectShape("recurrent_kernel", rk, TensorShape({D, R, G * H})));
+  TF_RETURN_IF_ERROR(ExpectDims("recurrent_kernel", rk, {D, R, G * H}));
   if (x.dim_size(2) != D * G * H) {
     return Invalid("x_proj's last dimension must be num_directions * ", G, " * num_units = ", D * G * H,
                            ", got ", x.dim_size(2));
@@ -78,17 +103,17 @@ Status ValidateRnnInputs(tensorflow::OpKernelContext* ctx, const RnnAttrs& a, Rn
   if (lstm) {
     const Tensor& p = *in->projection_kernel;
     if (s->num_proj > 0) {
-      TF_RETURN_IF_ERROR(ExpectShape("projection_kernel", p, TensorShape({D, H, s->num_proj})));
-    } else if (p.dims() != 3 || p.NumElements() != 0) {
+      TF_RETURN_IF_ERROR(ExpectDims("projection_kernel", p, {D, H, s->num_proj}));
+    } else if (p.dims() != 3 || p.dim_size(0) != D || p.dim_size(1) != H || p.dim_size(2) != 0) {
       return Invalid("projection_kernel must be an empty [", D, ", ", H, ", 0] tensor when num_proj == 0, got ",
                              p.shape().DebugString());
     }
-    TF_RETURN_IF_ERROR(ExpectShape("initial_c", *in->initial_c, TensorShape({D, s->batch, H})));
+    TF_RETURN_IF_ERROR(ExpectDims("initial_c", *in->initial_c, {D, s->batch, H}));
   } else {
-    TF_RETURN_IF_ERROR(ExpectShape("recurrent_bias", *in->recurrent_bias, TensorShape({D, G * H})));
+    TF_RETURN_IF_ERROR(ExpectDims("recurrent_bias", *in->recurrent_bias, {D, G * H}));
   }
-  TF_RETURN_IF_ERROR(ExpectShape("sequence_lengths", *in->sequence_lengths, TensorShape({s->batch})));
-  TF_RETURN_IF_ERROR(ExpectShape("initial_h", *in->initial_h, TensorShape({D, s->batch, R})));
+  TF_RETURN_IF_ERROR(ExpectDims("sequence_lengths", *in->sequence_lengths, {s->batch}));
+  TF_RETURN_IF_ERROR(ExpectDims("initial_h", *in->initial_h, {D, s->batch, R}));
   if (const char* err = CheckShape(*s)) return Invalid(err);
   return absl::OkStatus();
 }
@@ -108,9 +133,9 @@ Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnSh
     if (t == nullptr) continue;
     const auto v = t->flat<float>();
     for (int64_t i = 0; i < v.size(); ++i) {
-      if (!(v(i) >= 0.f) || v(i) == std::numeric_limits<float>::infinity()) {
+      if (!(v(i) >= 0.f) || v(i) == std::numeric_limits<float>::infinity() || IsSubnormal(v(i))) {
         return Invalid(t == in->recurrent_scale ? "recurrent_scale" : "projection_scale", "[", i, "] = ", v(i),
-                       " is not a finite scale >= 0");
+                       " is not a scale the quantizer makes (0, or a finite normal float > 0)");
       }
     }
   }
@@ -129,6 +154,22 @@ Status Validate16BitWeights(const RnnInputs& in, RnnShape* s) {
   }
   s->weight16 = dt == tensorflow::DT_HALF ? Weight16::kFloat16 : Weight16::kBFloat16;
   return absl::OkStatus();
+}
+
+void ZeroReservePastLengths(const RnnShape& s, const int32_t* lengths, float* reserve) {
+  const int64_t D = s.num_dirs(), B = s.batch, T = s.max_time, F = ReserveFeatures(s);
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t len = lengths[b];
+      if (len < T) std::fill_n(reserve + ((d * B + b) * T + len) * F, (T - len) * F, 0.f);
+    }
+  }
+}
+
+bool AnyShorterThanMaxTime(const RnnShape& s, const int32_t* lengths) {
+  for (int64_t b = 0; b < s.batch; ++b)
+    if (lengths[b] < s.max_time) return true;
+  return false;
 }
 
 Status CheckLengths(const int32_t* lengths, int64_t batch, int64_t max_time) {

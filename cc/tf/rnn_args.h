@@ -86,6 +86,12 @@ RnnBackwardArgs MakeBackwardArgs(const RnnShape& shape, const RnnInputs& in, con
                                  const int32_t* lengths);
 
 // The core's arguments for these tensors (host or device pointers alike); `lengths` is where the kernel put them.
+// The core writes the training reserve only at valid positions (t < length); the TF output must not expose the
+// allocator's old contents elsewhere, so the kernels zero those positions. Host memory (the CPU kernel).
+void ZeroReservePastLengths(const RnnShape& shape, const int32_t* lengths, float* reserve);
+// True when some sequence is shorter than the time dimension (the GPU kernel then clears the reserve first).
+bool AnyShorterThanMaxTime(const RnnShape& shape, const int32_t* lengths);
+
 RnnForwardArgs MakeForwardArgs(const RnnShape& shape, const RnnInputs& in, const RnnOutputs& out,
                                const int32_t* lengths, bool is_training);
 
