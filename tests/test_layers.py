@@ -314,3 +314,48 @@ def test_jit_compile_falls_back_to_the_graph_executor(rng):
     y = rng.standard_normal((4, 2)).astype(np.float32)
     assert np.isfinite(model.fit(x, y, epochs=1, verbose=0).history["loss"][0])
     np.testing.assert_allclose(model.predict(x, verbose=0), model(x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_keras_bidirectional_wrapper_with_states_in_a_functional_model(rng, cell):
+    """Bidirectional(FusedLSTM(return_state=True)), the usual seq2seq encoder: built symbolically it failed in
+    Bidirectional.compute_output_shape (a list where Keras' RNN returns a tuple)."""
+    def build(layer_cls):
+        inputs = keras.Input((None, 3))
+        outputs = keras.layers.Bidirectional(layer_cls(4, return_state=True))(inputs)
+        return keras.Model(inputs, outputs)
+
+    stock, fused = build(STOCK[cell]), build(FUSED[cell])
+    fused.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.4 for w in stock.get_weights()])
+    stock.set_weights(fused.get_weights())
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    assert_same(fused(x), stock(x))
+
+
+def test_merge_mode_none_masks_both_outputs(rng):
+    """bidirectional=True with merge_mode=None returns [forward, backward]: both carry the mask (the backward one
+    had none, so a layer after it ran over the padding)."""
+    def build(fused):
+        inputs = keras.Input((None,), dtype="int32")
+        x = keras.layers.Embedding(20, 5, mask_zero=True)(inputs)
+        if fused:
+            fw, bw = tf_ops.FusedLSTM(4, return_sequences=True, bidirectional=True, merge_mode=None)(x)
+        else:
+            fw, bw = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True), merge_mode=None)(x)
+        return keras.Model(inputs, [keras.layers.LSTM(3)(fw), keras.layers.LSTM(3)(bw)])
+
+    stock, fused = build(False), build(True)
+    fused.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.4 for w in stock.get_weights()])
+    stock.set_weights(fused.get_weights())
+    ids = np.array([[3, 4, 5, 0, 0, 0], [1, 2, 3, 4, 5, 6]])
+    assert_same(fused(ids), stock(ids))
+
+
+def test_accepts_what_the_stock_constructor_accepts_for_the_same_cell():
+    for activation in ("tanh", keras.activations.tanh, keras.ops.tanh, tf.nn.tanh, tf.math.tanh):
+        tf_ops.FusedLSTM(2, activation=activation)
+    for activation in ("sigmoid", keras.activations.sigmoid, keras.ops.sigmoid, tf.nn.sigmoid):
+        tf_ops.FusedGRU(2, recurrent_activation=activation)
+    tf_ops.FusedLSTM(2, implementation=1)  # keras.layers.LSTM's; the fused op has one implementation
+    with pytest.raises(ValueError, match="activation"):
+        tf_ops.FusedLSTM(2, activation=tf.nn.relu)

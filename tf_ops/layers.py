@@ -18,6 +18,9 @@ import tensorflow as tf
 from tf_ops import ops
 
 _SUPPORTED_MERGE = ("concat", "sum", "ave", "mul", None)
+# The activations the op computes, under the names Keras, TF and keras.ops give them.
+_TANH = ("tanh", keras.activations.tanh, keras.ops.tanh, tf.nn.tanh, tf.math.tanh)
+_SIGMOID = ("sigmoid", keras.activations.sigmoid, keras.ops.sigmoid, tf.nn.sigmoid, tf.math.sigmoid)
 _WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -52,6 +55,10 @@ def _affine(x_nxi, kernel_ixg, bias_g):
     return y_nxg, grad
 
 
+def _is_one_of(fn, names):
+    return fn == names[0] if isinstance(fn, str) else any(fn is a for a in names[1:])
+
+
 def _check(condition, message):
     if not condition:
         raise ValueError(message)
@@ -70,7 +77,7 @@ class _FusedRNN(keras.layers.Layer):
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, unroll=False, zero_output_for_mask=False,
                  bidirectional=False, merge_mode="concat", use_cudnn="auto", int8_weights=False,
-                 recurrent_weight_dtype="float32", **kwargs):
+                 recurrent_weight_dtype="float32", implementation=None, **kwargs):
         # The op computes in float32 whatever the dtype policy: Keras must not round the inputs to a mixed policy's
         # compute dtype (call() casts them to float32 itself) nor the weights (added with autocast=False).
         kwargs.setdefault("autocast", False)
@@ -86,9 +93,9 @@ class _FusedRNN(keras.layers.Layer):
         # is present (jit_compile="auto"); this makes it fall back to the graph executor instead of failing.
         self.supports_jit = False
         _check(int(units) > 0, f"{name}: units must be a positive integer, got {units}")
-        _check(activation in ("tanh", keras.activations.tanh),
+        _check(_is_one_of(activation, _TANH),
                f"{name}: the fused op computes activation='tanh' only, got {activation!r}")
-        _check(recurrent_activation in ("sigmoid", keras.activations.sigmoid),
+        _check(_is_one_of(recurrent_activation, _SIGMOID),
                f"{name}: the fused op computes recurrent_activation='sigmoid' only, got {recurrent_activation!r}")
         _check(not recurrent_dropout,
                f"{name}: recurrent_dropout={recurrent_dropout} needs a new mask inside every step, which the fused "
@@ -119,6 +126,7 @@ class _FusedRNN(keras.layers.Layer):
         self.stateful = False
         self.unroll = unroll  # accepted for compatibility; the fused op never unrolls
         self.use_cudnn = use_cudnn  # accepted for compatibility
+        self.implementation = implementation  # keras.layers.LSTM's (1 or 2): accepted, the fused op has one
         self.zero_output_for_mask = zero_output_for_mask
         self.bidirectional = bidirectional
         self.merge_mode = merge_mode
@@ -323,19 +331,20 @@ class _FusedRNN(keras.layers.Layer):
         out = (batch, time, width) if self.return_sequences else (batch, width)
         outs = [out, out] if self.bidirectional and self.merge_mode is None else [out]
         if not self.return_state:
-            return outs[0] if len(outs) == 1 else outs
+            return outs[0] if len(outs) == 1 else tuple(outs)
         state_shapes = [(batch, w) for _ in range(self._num_dirs) for w in self._state_widths()]
-        return outs + state_shapes
+        # A tuple, as keras.layers.RNN returns: keras.layers.Bidirectional concatenates state shapes to it.
+        return tuple(outs + state_shapes)
 
     def compute_mask(self, sequences, mask=None):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
         out_mask = mask if self.return_sequences else None
+        extra = 1 if self.bidirectional and self.merge_mode is None else 0  # two outputs: [forward, backward]
         if self.return_state:
             n = len(self._state_widths()) * self._num_dirs
-            extra = 1 if self.bidirectional and self.merge_mode is None else 0
             return [out_mask] * (1 + extra) + [None] * n
-        return out_mask
+        return [out_mask, out_mask] if extra else out_mask
 
     def get_config(self):
         config = super().get_config()
