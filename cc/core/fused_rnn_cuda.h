@@ -53,8 +53,11 @@ struct CudaTuning {
                              // the weight type for the product (float32 accumulation and cell math); 5 the
                              // small-hidden-size kernel: one block per (direction, batch row) with the whole
                              // recurrent kernel on chip (no projection; 4 or 8 lanes per unit; H up to ~100 float32, ~140
-                             // 16-bit), one __syncthreads per step, blocks independent
-  int units_per_block = 0;   // modes 1-3: hidden units owned by one block (0 = auto)
+                             // 16-bit), one __syncthreads per step, blocks independent; on sm_90 also with the units
+                             // split over a thread-block cluster of 2-8 blocks per row (h to every member by st.async
+                             // and transaction barriers; H up to 160), see units_per_block
+  int units_per_block = 0;   // modes 1-3: hidden units owned by one block (0 = auto); mode 5 (sm_90): a cluster of
+                             // ceil(H / units_per_block) <= 8 blocks shares the units (>= H: one block)
   int rows_per_block = 0;    // modes 0 and 3: batch rows per block (0 = auto)
   int max_reg_chunks = -1;   // cap on weight chunks held in registers (-1 = auto; 0 = stream everything; mode 5
                              // keeps at most 2 chunks out of registers)
@@ -62,7 +65,8 @@ struct CudaTuning {
   int lanes_per_unit = 0;    // k-split lanes per unit in a warp, power of 2 <= 32 (0 = auto; mode 5: 4 or 8)
   int stage_weights = -1;    // modes 0-3: -1 auto (the prologue copies the weights through shared memory when an
                              // area fits), 0 each thread loads its own weights from global memory, n > 0 (tests)
-                             // as auto with the area capped at n chunks, so that the copy takes several passes
+                             // as auto with the area capped at n chunks, so that the copy takes several passes;
+                             // mode 5 stages only when n > 0 (unstaged was faster wherever it was timed)
   int proj_reduce = -1;      // mode 1 with an even projection width: -1 auto, 0 phase B fetches all of m, 1 phase B
                              // as a reduce-scatter of the blocks' partial sums (see KernelParams::proj_rs)
   int64_t* debug_clock = nullptr;  // test-only: device buffer of 166 int64 phase timestamps (see the .cu)

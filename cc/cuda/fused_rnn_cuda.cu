@@ -688,15 +688,19 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
   return nullptr;
 }
 
-KernelFn GetSmallKernel(CellType cell, int wk, int nr, int ksl) {
-  return cell == CellType::kLstm ? cuda_impl::GetKernelSmallLstm(wk, nr, ksl)
-                                 : cuda_impl::GetKernelSmallGru(wk, nr, ksl);
+KernelFn GetSmallKernel(CellType cell, int wk, int nr, int ksl, int cluster) {
+  return cell == CellType::kLstm ? cuda_impl::GetKernelSmallLstm(wk, nr, ksl, cluster)
+                                 : cuda_impl::GetKernelSmallGru(wk, nr, ksl, cluster);
 }
 
 // Mode 5, the small-hidden-size kernel (fused_rnn_cuda_small.cuh): one block per (direction, batch row), the whole
 // recurrent kernel of the direction on chip (NR chunks per lane in registers, up to 2 more in shared memory), one
 // __syncthreads per step. Blocks are independent (no cooperative launch: a grid larger than the device runs in
 // waves). Every lane count and register split that fits is costed; the cheapest is kept.
+// On sm_90 the units of a direction may also split over a thread-block cluster of C = 2..8 blocks (the kernel's
+// cluster variant, 4 lanes per unit): fewer warps per SM and every chunk in registers, for an exchange of ~350
+// cycles a step instead of a ~50-cycle __syncthreads. Auto tries C = 2, 4, 8; CudaTuning::units_per_block forces
+// C = ceil(H / units_per_block) (units_per_block >= H: one block).
 const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun, Plan* best) {
   using namespace cuda_impl;
   if (shape.num_proj > 0) return nullptr;
@@ -706,91 +710,119 @@ const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limi
   if (int64_t(D) * G * H >= (int64_t(1) << 30) || B * D > (int64_t(1) << 30)) return nullptr;
   const bool forced = tun.mode == kModeSmall;
   const int smem_limit = limits.max_shared_bytes_per_block_optin;
-  const int grid = static_cast<int>(B * D);
-  for (int ksl = 4; ksl <= 8; ksl *= 2) {
-    if (tun.lanes_per_unit > 0 && ksl != tun.lanes_per_unit) continue;
-    DotMap a = MakeMap(H, H, ksl, 1);
-    const int threads = a.threads_used;
-    if (threads > 1024) continue;
-    if (ksl > 4 && 4 * ksl > std::max(H, 4) * 2 && tun.lanes_per_unit == 0) continue;  // lanes with no rows
-    for (int nr = std::min(a.kc, kSmallMaxNi); nr >= 1 && nr >= a.kc - kSmallMaxTail; --nr) {
-      if (tun.max_reg_chunks >= 0 && nr > tun.max_reg_chunks) continue;
-      KernelFn fn = GetSmallKernel(shape.cell, wk, nr, ksl);
-      if (!fn) continue;
-      KernelFacts facts;
-      if (const char* err = Facts(fn, &facts)) return err;
-      if (facts.max_threads < threads) continue;
-      DotMap aa = a;
-      aa.kc_reg = nr;
-      const int tail = aa.kc - nr;
-      const size_t tail_bytes = Align(size_t(tail) * ChunkBytes(wk, G) * threads, 16);
-      const size_t h_bytes = Align(size_t(2) * aa.kpad * 4, 16);
-      // The prologue copies the weights through shared memory (coalesced) when a one-pass area fits and the slice
-      // is large (the session-12 rule of the persistent kernel); stage_weights > 0 forces n chunks per pass. Not
-      // re-fitted for this kernel: on an H100 (session 13) a staged biLSTM H=100 f32 load (180 KB, one pass) took
-      // 37.3 k cycles against 9.5 k unstaged; that plan no longer stages (its tail leaves no room), the other
-      // shapes measured in the plan sweep (H=64, GRU H=100, H=128 bf16) ran staged and were not timed unstaged.
-      const size_t chunk_stage = size_t(StageRowBytes(ElemBytes(wk), G, H)) * 4 * ksl;
-      const size_t stage_all = chunk_stage * aa.kc;
-      size_t stage = 0;
-      const size_t avail = size_t(smem_limit) > tail_bytes ? size_t(smem_limit) - tail_bytes : 0;
-      if (tun.stage_weights > 0) {
-        stage = std::min(stage_all, size_t(tun.stage_weights) * chunk_stage);
-        if (stage > avail) stage = avail / chunk_stage * chunk_stage;
-        if (stage == 0) continue;
-      } else if (tun.stage_weights < 0 && stage_all >= (size_t(64) << 10) && stage_all <= avail) {
-        stage = stage_all;
+  for (int cs = 1; cs <= 8; ++cs) {
+    // The forced split, or each power of 2 that leaves every member at least 8 units (2 full warps of 4 lanes).
+    const int upb = cs == 1 ? H : static_cast<int>(CeilDiv(H, cs));
+    if (tun.units_per_block > 0) {
+      const int want = tun.units_per_block >= H ? 1 : static_cast<int>(CeilDiv(H, tun.units_per_block));
+      if (cs != want) continue;
+    } else if ((cs & (cs - 1)) != 0 || (cs > 1 && upb < 8)) {
+      continue;
+    }
+    const int nbu = cs == 1 ? 1 : static_cast<int>(CeilDiv(H, upb));  // no empty member
+    if (nbu != cs) continue;
+    if (cs > 1 && limits.cc_major < 9) continue;
+    if (B * D * cs > (int64_t(1) << 30)) continue;
+    const int grid = static_cast<int>(B * D * cs);
+    for (int ksl = 4; ksl <= 8; ksl *= 2) {
+      if (tun.lanes_per_unit > 0 && ksl != tun.lanes_per_unit) continue;
+      if (cs > 1 && ksl != 4) continue;
+      DotMap a = MakeMap(upb, H, ksl, 1);
+      const int threads = a.threads_used;
+      if (threads > 1024) continue;
+      if (ksl > 4 && 4 * ksl > std::max(H, 4) * 2 && tun.lanes_per_unit == 0) continue;  // lanes with no rows
+      for (int nr = std::min(a.kc, kSmallMaxNi); nr >= 1 && nr >= a.kc - kSmallMaxTail; --nr) {
+        if (tun.max_reg_chunks >= 0 && nr > tun.max_reg_chunks) continue;
+        KernelFn fn = GetSmallKernel(shape.cell, wk, nr, ksl, cs > 1 ? 1 : 0);
+        if (!fn) continue;
+        KernelFacts facts;
+        if (const char* err = Facts(fn, &facts)) return err;
+        if (facts.max_threads < threads) continue;
+        DotMap aa = a;
+        aa.kc_reg = nr;
+        const int tail = aa.kc - nr;
+        const size_t tail_bytes = Align(size_t(tail) * ChunkBytes(wk, G) * threads, 16);
+        const size_t h_bytes = Align(size_t(2) * aa.kpad * 4, 16);
+        // Each thread loads its own weights from global memory; stage_weights > 0 (tests) copies them through
+        // shared memory, n chunks per pass, as the persistent kernel's prologue does for large slices. Never by
+        // default here: on an H100 every staged small plan timed was slower than unstaged (session 13: biLSTM H=100
+        // f32 37.3 k cycles against 9.5 k; session 23, kernel alone: LSTM H=64 -10% unstaged, biLSTM H=64 B=8
+        // -10%, H=128 bf16 -8/-9%, biLSTM H=100 f16 -7%, GRU H=64 equal; in clusters of 2, biLSTM H=100 22.4 k
+        // cycles against 3.6 k).
+        const size_t chunk_stage = size_t(StageRowBytes(ElemBytes(wk), G, upb)) * 4 * ksl;
+        const size_t stage_all = chunk_stage * aa.kc;
+        size_t stage = 0;
+        const size_t avail = size_t(smem_limit) > tail_bytes ? size_t(smem_limit) - tail_bytes : 0;
+        if (tun.stage_weights > 0) {
+          stage = std::min(stage_all, size_t(tun.stage_weights) * chunk_stage);
+          if (stage > avail) stage = avail / chunk_stage * chunk_stage;
+          if (stage == 0) continue;
+        }
+        const size_t off_mbar = tail_bytes + std::max(h_bytes, Align(stage, 16));
+        const size_t smem = off_mbar + (cs > 1 ? 16 : 0);
+        if (smem > size_t(smem_limit)) continue;
+        int bps = 0;
+        if (const char* err = BlocksPerSm(fn, threads, smem, limits, &bps)) return err;
+        if (bps < 1) continue;
+        int waves = static_cast<int>(CeilDiv(grid, int64_t(bps) * limits.sm_count));
+        if (cs > 1) {
+          int clusters = 0;
+          if (const char* err = ClustersPossible(fn, threads, smem, cs, &clusters)) return err;
+          if (clusters < 1) continue;
+          waves = static_cast<int>(CeilDiv(B * D, clusters));
+        }
+        const double blocks_on_sm = std::min<double>(bps, CeilDiv(grid, limits.sm_count));
+        // Cycles per step: issue of the FMAs (+ weight unpacking, tail loads and the shuffles) by the warps of the
+        // blocks sharing an SM, at least ~2 cycles per instruction for a lone warp's dependent chains; the tail's
+        // shared-memory bytes; a fixed part for the h read, the butterfly latency, the cell update and the barrier.
+        const double warps_sched = threads / 32.0 * blocks_on_sm / 4.0;
+        const int nq = wk == kWeightI8 ? WordsPerChunk(wk, G) : WordsPerChunk(wk, G) / 2;
+        const double instr = nr * (4.0 * G + 1 + DecodeInstr(wk, G, 1)) +
+                             tail * (4.0 * G + 1 + nq + DecodeInstr(wk, G, 1)) + 120.0;
+        // Cluster: the exchange (st.async + transaction barrier, ~370-420 cycles a step against ~60 for the
+        // __syncthreads it replaces, bench/gpu/cluster_exchange_bench.cu), more with each member's store.
+        const double exchange = cs > 1 ? 300.0 + 15.0 * cs : 0.0;
+        // A cluster member's few warps (1-2 per scheduler) issue at ~1.5 cycles per instruction (fitted to biLSTM
+        // H=100 B=1 in clusters of 2, 4 and 8 on an H100, session 23: 1287, ~1140 and ~1270 cycles per step).
+        const double per_step = 450.0 + 30.0 * std::log2(double(ksl)) +
+                                instr * std::max(cs > 1 ? 1.0 : 2.0, warps_sched) * 1.5 +
+                                double(tail) * ChunkBytes(wk, G) * threads * blocks_on_sm / 128.0 + exchange;
+        const double prologue = double(aa.kc) * ChunkBytes(wk, G) * threads / 40.0 + 3000;
+        double cost = (double(shape.max_time) * per_step + prologue) * waves;
+        if (facts.local_bytes > 64) cost *= 1.15;  // register spills
+        if (cost >= best->cost && !(forced && best->kp.exchange != kModeSmall)) continue;
+        Plan pl;
+        KernelParams& kp = pl.kp;
+        kp.exchange = kModeSmall;
+        kp.nbr = static_cast<int>(B);
+        kp.rb = 1;
+        kp.nbu = cs;
+        kp.upb = upb;
+        kp.ppb = 0;
+        kp.off_mbar = static_cast<int>(off_mbar);
+        kp.a = aa;
+        kp.a.stream_global = 0;
+        kp.off_stream_a = 0;
+        kp.off_h = static_cast<int>(tail_bytes);
+        kp.off_stage = static_cast<int>(tail_bytes);
+        kp.stage_bytes = static_cast<int>(stage);
+        kp.h_buf_floats = aa.kpad;
+        pl.ws_bytes = 0;
+        pl.ws_memset_bytes = 0;
+        pl.fn = fn;
+        pl.threads = threads;
+        pl.grid = grid;
+        pl.rc = 1;
+        pl.kc_idx = nr;
+        pl.kc_template = nr;
+        pl.blocks_per_sm = bps;
+        pl.smem = smem;
+        pl.cooperative = false;
+        pl.cluster = cs > 1 ? cs : 0;
+        pl.waves = waves;
+        pl.cost = cost;
+        *best = pl;
       }
-      const size_t smem = tail_bytes + std::max(h_bytes, Align(stage, 16));
-      if (smem > size_t(smem_limit)) continue;
-      int bps = 0;
-      if (const char* err = BlocksPerSm(fn, threads, smem, limits, &bps)) return err;
-      if (bps < 1) continue;
-      const int waves = static_cast<int>(CeilDiv(grid, int64_t(bps) * limits.sm_count));
-      const double blocks_on_sm = std::min<double>(bps, CeilDiv(grid, limits.sm_count));
-      // Cycles per step: issue of the FMAs (+ weight unpacking, tail loads and the shuffles) by the warps of the
-      // blocks sharing an SM, at least ~2 cycles per instruction for a lone warp's dependent chains; the tail's
-      // shared-memory bytes; a fixed part for the h read, the butterfly latency, the cell update and the barrier.
-      const double warps_sched = threads / 32.0 * blocks_on_sm / 4.0;
-      const int nq = wk == kWeightI8 ? WordsPerChunk(wk, G) : WordsPerChunk(wk, G) / 2;
-      const double instr = nr * (4.0 * G + 1 + DecodeInstr(wk, G, 1)) +
-                           tail * (4.0 * G + 1 + nq + DecodeInstr(wk, G, 1)) + 120.0;
-      const double per_step = 450.0 + 30.0 * std::log2(double(ksl)) + instr * std::max(2.0, warps_sched) * 1.5 +
-                              double(tail) * ChunkBytes(wk, G) * threads * blocks_on_sm / 128.0;
-      const double prologue = double(aa.kc) * ChunkBytes(wk, G) * threads / 40.0 + 3000;
-      double cost = (double(shape.max_time) * per_step + prologue) * waves;
-      if (facts.local_bytes > 64) cost *= 1.15;  // register spills
-      if (cost >= best->cost && !(forced && best->kp.exchange != kModeSmall)) continue;
-      Plan pl;
-      KernelParams& kp = pl.kp;
-      kp.exchange = kModeSmall;
-      kp.nbr = static_cast<int>(B);
-      kp.rb = 1;
-      kp.nbu = 1;
-      kp.upb = H;
-      kp.ppb = 0;
-      kp.a = aa;
-      kp.a.stream_global = 0;
-      kp.off_stream_a = 0;
-      kp.off_h = static_cast<int>(tail_bytes);
-      kp.off_stage = static_cast<int>(tail_bytes);
-      kp.stage_bytes = static_cast<int>(stage);
-      kp.h_buf_floats = aa.kpad;
-      pl.ws_bytes = 0;
-      pl.ws_memset_bytes = 0;
-      pl.fn = fn;
-      pl.threads = threads;
-      pl.grid = grid;
-      pl.rc = 1;
-      pl.kc_idx = nr;
-      pl.kc_template = nr;
-      pl.blocks_per_sm = bps;
-      pl.smem = smem;
-      pl.cooperative = false;
-      pl.cluster = 0;
-      pl.waves = waves;
-      pl.cost = cost;
-      *best = pl;
     }
   }
   return nullptr;
@@ -973,9 +1005,10 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
   }
   if (k.exchange == cuda_impl::kModeSmall) {
     std::snprintf(buf, buf_len,
-                  "mode=small grid=%d (D=%d x rows=%d) threads=%d A[ksl=%d kc=%d reg=%d tail=%d] weight_stage=%d@%d "
-                  "smem=%zu ws=%zu blocks/SM=%d waves=%d est_us=%.1f",
-                  pl.grid, k.D, k.nbr, pl.threads, k.a.ksl, k.a.kc, k.a.kc_reg, k.a.kc - k.a.kc_reg, k.stage_bytes,
+                  "mode=small grid=%d (D=%d x rows=%d x cluster=%d) units/block=%d threads=%d A[ksl=%d kc=%d reg=%d "
+                  "tail=%d] weight_stage=%d@%d smem=%zu ws=%zu blocks/SM=%d waves=%d est_us=%.1f",
+                  pl.grid, k.D, k.nbr, k.nbu, k.upb, pl.threads, k.a.ksl, k.a.kc, k.a.kc_reg, k.a.kc - k.a.kc_reg,
+                  k.stage_bytes,
                   k.off_stage, pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.waves, pl.cost / 1980.0);
     return nullptr;
   }

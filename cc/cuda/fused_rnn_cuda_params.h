@@ -13,7 +13,8 @@ enum : int { kExchangeLocal = 0, kExchangeTagged = 1, kExchangeCounter = 2, kExc
 enum : int { kModeTensorCore = 4 };
 // Mode 5 is the small-hidden-size kernel (fused_rnn_cuda_small.cuh): one block per (direction, batch row), the
 // whole recurrent kernel in registers (NI chunks per lane, map a with one warp slot), one __syncthreads per step.
-// Fields it uses: shape, tensors, a, off_h (the [2][a.kpad] h tile), off_stage / stage_bytes.
+// Fields it uses: shape, tensors, a, off_h (the [2][a.kpad] h tile), off_stage / stage_bytes; its cluster variant
+// (sm_90) also nbu (blocks per cluster), upb (units per block) and off_mbar (two 8-byte transaction barriers).
 enum : int { kModeSmall = 5 };
 constexpr int kSmallMaxNi = 8;
 constexpr int kSmallMaxTail = 2;  // chunks past the NR register ones, in shared memory
@@ -74,6 +75,7 @@ struct KernelParams {
   // shared-memory layout (bytes from the dynamic base)
   int off_h = 0, off_m = 0, off_z = 0, off_c = 0, off_hown = 0, off_len = 0, off_x = 0, off_stream_a = 0,
       off_stream_b = 0;
+  int off_mbar = 0;      // mode 5 cluster variant: the two h buffers' transaction barriers (8-byte aligned)
   int off_scale_a = 0, off_scale_b = 0;  // kWeightI8: [a.kpad], [b.kpad] floats of 1 / scale (0 past K)
   int h_buf_floats = 0;  // local mode: floats between the two h buffers
   int ex_r = 0, ex_h = 0; // row strides of the h and m exchange buffers (R and H rounded up to 4: 16-byte rows)
@@ -160,9 +162,9 @@ KernelFn GetKernelTcLstmBF16(int nt_idx);
 KernelFn GetKernelTcGruF16(int nt_idx);
 KernelFn GetKernelTcGruBF16(int nt_idx);
 // Small-hidden-size kernels (mode 5) for (cell, weight kind) by register chunks per lane (1..kSmallMaxNi) and
-// lanes per unit (4 or 8).
-KernelFn GetKernelSmallLstm(int wk, int nr, int ksl);
-KernelFn GetKernelSmallGru(int wk, int nr, int ksl);
+// lanes per unit (4 or 8); cluster != 0: the variant whose units split over a thread-block cluster (4 lanes only).
+KernelFn GetKernelSmallLstm(int wk, int nr, int ksl, int cluster);
+KernelFn GetKernelSmallGru(int wk, int nr, int ksl, int cluster);
 
 }  // namespace cuda_impl
 }  // namespace fused_rnn

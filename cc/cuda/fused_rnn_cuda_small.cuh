@@ -17,6 +17,12 @@
 //      its gate's activation, and gathers the four activations back with shuffles;
 //   4. runs the rest of the cell update redundantly in every lane of the unit (no divergence, c and h stay in
 //      registers); lane 0 stores h to the output and into the other h buffer, then the block meets at the barrier.
+// Cluster variant (CL = 1, sm_90): the units of a direction split over the C = p.nbu blocks of a thread-block
+// cluster (p.upb each, K stays H), so each SM runs fewer warps and every weight chunk fits in registers. Every block
+// keeps the whole h tile; the lane that publishes unit j's h stores it into every member's tile with st.async, which
+// also counts its 4 bytes on that member's transaction barrier for the buffer (one mbarrier per buffer, armed for
+// 4 H bytes per step). A block waits on its own barrier only: no round trip, no __syncthreads (373-424 cycles a
+// step where the hardware cluster barrier takes ~1030-1090: bench/gpu/cluster_exchange_bench.cu, H100).
 // Why this shape: at H ~100 the general local plan spends ~3 k cycles per step (bench/gpu/NOTES.md, session 13),
 // mostly in phases that exist only to share work across warps (z partial sums in shared memory, a one-warp cell
 // update, a barrier between them); here the dependent chain per step is LDS -> ~kc * 4 * G FMAs -> 2-3 shuffle
@@ -46,6 +52,50 @@ template <int G, int WK, int NR> __host__ __device__ constexpr int SmallMaxThrea
              : (SmallBound(NR * WordsPerChunk<WK, G>() + 32) >= 512 ? 512 : SmallBound(NR * WordsPerChunk<WK, G>() + 32));
 }
 
+// Cluster kernels are only planned at upb * KSL threads (at most 256 for the register budgets that need them), so
+// their bound is the register one alone: ptxas may give them up to 255 registers and keep every chunk resident.
+template <int G, int WK, int NR, int CL> __host__ __device__ constexpr int SmallLaunchBound() {
+  return CL ? SmallBound(NR * WordsPerChunk<WK, G>() + 64) : SmallMaxThreads<G, WK, NR>();
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kSmallNoClusters = true;  // the cluster kernels compile to an empty body here; never planned
+#else
+constexpr bool kSmallNoClusters = false;
+#endif
+
+__device__ __forceinline__ unsigned SmemAddr32(const void* ptr) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(ptr));
+}
+// This block's transaction barrier expects `bytes` more for its current phase, and this thread arrives on it (the
+// barrier counts one arrival per phase: the thread that arms it).
+__device__ __forceinline__ void MbarArriveExpectTx(unsigned mbar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(mbar), "r"(bytes) : "memory");
+}
+// Waits until the barrier's phase with this parity has completed (cluster scope: the bytes came from other SMs).
+// Unbounded, like the cluster barrier of mode 3: the hardware co-schedules a cluster's blocks, all of them run the
+// same steps of the same row, and each phase gets exactly the bytes it was armed for, so the wait always ends.
+__device__ __forceinline__ void MbarWaitParity(unsigned mbar, unsigned parity) {
+  unsigned done = 0;
+  do {
+    asm volatile(
+        "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
+        "selp.u32 %0, 1, 0, p;\n\t}"
+        : "=r"(done)
+        : "r"(mbar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// v into the same shared-memory offset (local_addr) of cluster member `rank`, counted on its barrier `mbar_local`.
+__device__ __forceinline__ void StoreAsyncToRank(unsigned local_addr, unsigned mbar_local, unsigned rank, float v) {
+  unsigned ra, rm;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(local_addr), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rm) : "r"(mbar_local), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(ra),
+               "r"(__float_as_uint(v)), "r"(rm)
+               : "memory");
+}
+
 // A load issued where it is written: the x_proj of the next step, so its latency hides behind a whole step (a
 // plain load was sunk by the compiler to its use, back onto the serial path).
 __device__ __forceinline__ float LoadGlobalNcHere(const float* ptr) {
@@ -65,9 +115,8 @@ __device__ __forceinline__ void SmallFma(const float (&w)[4][G], const float4& h
   }
 }
 
-template <int CELL, int WK, int NR, int KSL>
-__global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>(), 1)
-    RnnSmallKernel(const KernelParams p) {
+template <int CELL, int WK, int NR, int KSL, int CL>
+__device__ __forceinline__ void RnnSmallBody(const KernelParams p) {  // by value: a reference to the kernel parameter put a copy of it on the stack
   constexpr int G = CELL == 0 ? 4 : 3;
   constexpr bool kLstm = CELL == 0;
   constexpr int NW = WordsPerChunk<WK, G>();
@@ -76,13 +125,20 @@ __global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>()
 
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int H = p.H, B = p.B, T = p.T, D = p.D;
-  const int d = blockIdx.x / B, b = blockIdx.x - d * B;
+  // Cluster: blocks [C * (d * B + b), + C) are one cluster (1-D cluster dims: the rank is blockIdx.x % C) and
+  // member r owns units [r * upb, + ucount).
+  const int C = CL ? p.nbu : 1;
+  const int row_id = CL ? static_cast<int>(blockIdx.x) / C : static_cast<int>(blockIdx.x);
+  const int rank = CL ? static_cast<int>(blockIdx.x) - row_id * C : 0;
+  const int d = row_id / B, b = row_id - d * B;
+  const int u0 = CL ? rank * p.upb : 0;
+  const int ucount = CL ? min(p.upb, H - u0) : H;
   const bool reverse = (p.reverse_mask >> d) & 1;
   constexpr int ksl = KSL;  // the planner's p.a.ksl
   const int kpad = p.a.kpad;
   const DotSlot slot = MakeSlot(p.a, tid);
-  const int j = slot.col;  // the hidden unit (>= H: a padding lane of the last warp, zero weights, no stores)
-  const bool unit_ok = j < H;
+  const int j = u0 + slot.col;  // the hidden unit (a padding lane past the block's units: zero weights, no stores)
+  const bool unit_ok = slot.col < ucount;
   const int lanek = slot.lanek;
   const int lane = tid & 31;
   float* h_s = reinterpret_cast<float*>(smem + p.off_h);  // [2][kpad], double-buffered by step parity
@@ -104,8 +160,8 @@ __global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>()
 #pragma unroll
     for (int q = 0; q < NW; ++q) wreg[i][q] = WK == kWeightI8 ? 0x80808080u : 0u;  // int8: bytes q ^ 0x80
   uint2* tail_s = reinterpret_cast<uint2*>(smem + p.off_stream_a);  // chunks >= NR, this thread's own slots
-  LoadWeightChunks<WK, G, NR>(static_cast<const Raw*>(p.w_rec) + (long long)d * H * G * H, (long long)G * H, H, 0, H,
-                              p.a, H, wreg, tail_s, slot, tid, nthreads, smem + p.off_stage, p.stage_bytes);
+  LoadWeightChunks<WK, G, NR>(static_cast<const Raw*>(p.w_rec) + (long long)d * H * G * H, (long long)G * H, H, u0,
+                              ucount, p.a, H, wreg, tail_s, slot, tid, nthreads, smem + p.off_stage, p.stage_bytes);
   // Tail chunks that hold real k-rows for this lane (at H = 100 with 4 lanes the 7th chunk is row group 24 alone:
   // only lane 0 of each unit reads it, the other lanes skip it).
   int tail_chunks = 0;
@@ -121,11 +177,42 @@ __global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>()
     inv_scale = sc != 0.f ? 1.f / sc : 0.f;
   }
   for (int i = tid; i < 2 * kpad; i += nthreads) h_s[i] = 0.f;  // k padding reads 0 (the staging area overlapped)
+  // Cluster: one transaction barrier per h buffer, behind the tile; each is armed (one arrival, 4 H bytes) for
+  // the first h it will receive: h_0 into buffer 1, h_1 into buffer 0.
+  // (Addressed as mbar0 + 8 * buffer: an array indexed by the step parity would live on the stack.)
+  const unsigned mbar0 = CL ? SmemAddr32(smem + p.off_mbar) : 0u;
+  if constexpr (CL) {
+    if (tid == 0) {
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(mbar0) : "memory");
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(mbar0 + 8u) : "memory");
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+  }
   __syncthreads();
+  if constexpr (CL) {
+    // Armed after the barrier that publishes the init (with the arrival right behind the init, in the same thread,
+    // compute-sanitizer racecheck reported the pair as a hazard).
+    if (tid == 0) {
+      MbarArriveExpectTx(mbar0, 4u * H);
+      MbarArriveExpectTx(mbar0 + 8u, 4u * H);
+    }
+  }
   const long long state_idx = ((long long)d * B + b) * H + j;
   float h_prev = unit_ok && p.h0 ? p.h0[state_idx] : 0.f;
   float c = kLstm && unit_ok && p.c0 ? p.c0[state_idx] : 0.f;
-  if (unit_ok && lanek == 0) h_s[j] = WK == kWeightI8 ? h_prev * inv_scale : h_prev;
+  if constexpr (CL) {
+    // Every member starts from the whole h0 (int8: each k scaled by its own row's 1 / scale).
+    for (int k = tid; k < H; k += nthreads) {
+      float v = p.h0 ? p.h0[((long long)d * B + b) * H + k] : 0.f;
+      if constexpr (WK == kWeightI8) {
+        const float sc = __ldg(p.rec_scale + (long long)d * H + k);
+        v *= sc != 0.f ? 1.f / sc : 0.f;  // as the writer lanes scale it (inv_scale)
+      }
+      h_s[k] = v;
+    }
+  } else {
+    if (unit_ok && lanek == 0) h_s[j] = WK == kWeightI8 ? h_prev * inv_scale : h_prev;
+  }
   // Lane g's starting value of gate g's sum, besides x_proj: the GRU n gate's recurrent bias (it sits inside the
   // reset product r * (U_n h + b_n)); the z and r biases add to x like any other constant.
   float acc_bias = 0.f;
@@ -143,8 +230,8 @@ __global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>()
   // Zeros past the row's length in this direction's output columns.
   const long long xcols = (long long)D * G * H, ocols = (long long)D * H;
   auto row_index = [&](int t) -> long long { return p.time_major ? (long long)t * B + b : (long long)b * T + t; };
-  for (long long i = tid; i < (long long)(T - len) * H; i += nthreads) {
-    const int t = len + static_cast<int>(i / H), u = static_cast<int>(i % H);
+  for (long long i = tid; i < (long long)(T - len) * ucount; i += nthreads) {
+    const int t = len + static_cast<int>(i / ucount), u = u0 + static_cast<int>(i % ucount);
     p.out[row_index(t) * ocols + (long long)d * H + u] = 0.f;
   }
 
@@ -160,6 +247,8 @@ __global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>()
   auto t_of = [&](int s) { return reverse ? len - 1 - s : s; };
   float x_cur = x_lane && len > 0 ? __ldg(x_at(t_of(0))) + rb_zr : 0.f;
   __syncthreads();  // h0 in the tile
+  // Cluster: every member's barriers are initialised and its tile zeroed before anyone stores into it.
+  if constexpr (CL) ClusterSync();
   stamp(2);
 
   // ---- the recurrence ------------------------------------------------------------------------------------------
@@ -172,6 +261,13 @@ __global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>()
     if (sbase >= 0) {
       stamp(sbase);
       stamp(sbase + 1);
+    }
+    if constexpr (CL) {
+      // h_{s-1} (all H units) has landed in buffer cur; re-arm that buffer's barrier for h_{s+1}, its next use.
+      if (s > 0) {
+        MbarWaitParity(mbar0 + 8u * cur, ((s - 1) >> 1) & 1);
+        if (tid == 0 && s + 1 < len) MbarArriveExpectTx(mbar0 + 8u * cur, 4u * H);
+      }
     }
     const int t = t_of(s);
     float x_next = 0.f;
@@ -260,16 +356,31 @@ __global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>()
     }
     if (writer) {
       p.out[row_index(t) * ocols + o_col] = h_new;
-      h_s[(cur ^ 1) * kpad + j] = WK == kWeightI8 ? h_new * inv_scale : h_new;
+      const float h_pub = WK == kWeightI8 ? h_new * inv_scale : h_new;
+      if constexpr (CL) {
+        // No one still reads buffer cur ^ 1 anywhere: its last readers (step s - 1) produced h_{s-1}, which every
+        // member has waited for.
+        const unsigned a = SmemAddr32(h_s + (cur ^ 1) * kpad + j);
+#pragma unroll 1
+        for (int r = 0; r < C; ++r) StoreAsyncToRank(a, mbar0 + 8u * (cur ^ 1), r, h_pub);
+      } else {
+        h_s[(cur ^ 1) * kpad + j] = h_pub;
+      }
     }
     if (sbase >= 0) stamp(sbase + 3);
     h_prev = h_new;
     x_cur = x_next + rb_zr;
-    __syncthreads();  // the new h is in the other buffer; everyone has finished reading this one
+    if constexpr (!CL) __syncthreads();  // the new h is in the other buffer; everyone has finished reading this one
     cur ^= 1;
     if (sbase >= 0) stamp(sbase + 4);
   }
   stamp(3 + 5 * kDebugSteps);
+  if constexpr (CL) {
+    // The last step's stores into this block have all landed, and no member leaves while another may still be
+    // storing into it.
+    if (len > 0) MbarWaitParity(mbar0 + 8u * (len & 1), ((len - 1) >> 1) & 1);
+    ClusterSync();
+  }
 
   // ---- final states (the initial ones for an empty row) --------------------------------------------------------
   if (writer) {
@@ -279,18 +390,31 @@ __global__ void __launch_bounds__(SmallMaxThreads<(CELL == 0 ? 4 : 3), WK, NR>()
   if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 1);
 }
 
+template <int CELL, int WK, int NR, int KSL, int CL>
+__global__ void __launch_bounds__(SmallLaunchBound<(CELL == 0 ? 4 : 3), WK, NR, CL>(), 1)
+    RnnSmallKernel(const KernelParams p) {
+  if constexpr (CL != 0 && kSmallNoClusters) {
+    return;
+  } else {
+    RnnSmallBody<CELL, WK, NR, KSL, CL>(p);
+  }
+}
+
 // The kernels of one (cell, weight kind) for NR = 1..kSmallMaxNi register chunks per lane and KSL = 4 or 8 lanes
 // per unit (more lanes would leave a block of at most 1024 threads at most 64 units with a single chunk).
-#define FUSED_RNN_SMALL_ROW(CELL, WK, KSL)                                                               \
-  {RnnSmallKernel<CELL, WK, 1, KSL>, RnnSmallKernel<CELL, WK, 2, KSL>, RnnSmallKernel<CELL, WK, 3, KSL>, \
-   RnnSmallKernel<CELL, WK, 4, KSL>, RnnSmallKernel<CELL, WK, 5, KSL>, RnnSmallKernel<CELL, WK, 6, KSL>, \
-   RnnSmallKernel<CELL, WK, 7, KSL>, RnnSmallKernel<CELL, WK, 8, KSL>}
+// The cluster variant only with 4 lanes per unit (with 8 a block's weights no longer fit its registers at the
+// unit counts a cluster leaves).
+#define FUSED_RNN_SMALL_ROW(CELL, WK, KSL, CL)                                                                     \
+  {RnnSmallKernel<CELL, WK, 1, KSL, CL>, RnnSmallKernel<CELL, WK, 2, KSL, CL>, RnnSmallKernel<CELL, WK, 3, KSL, CL>, \
+   RnnSmallKernel<CELL, WK, 4, KSL, CL>, RnnSmallKernel<CELL, WK, 5, KSL, CL>, RnnSmallKernel<CELL, WK, 6, KSL, CL>, \
+   RnnSmallKernel<CELL, WK, 7, KSL, CL>, RnnSmallKernel<CELL, WK, 8, KSL, CL>}
 #define FUSED_RNN_SMALL_TABLE(NAME, CELL, WK)                                                             \
-  KernelFn NAME(int nr, int ksl) {                                                                        \
-    static const KernelFn table[2][kSmallMaxNi] = {FUSED_RNN_SMALL_ROW(CELL, WK, 4),                     \
-                                                   FUSED_RNN_SMALL_ROW(CELL, WK, 8)};                    \
-    if (nr < 1 || nr > kSmallMaxNi || (ksl != 4 && ksl != 8)) return nullptr;                            \
-    return table[ksl == 8 ? 1 : 0][nr - 1];                                                               \
+  KernelFn NAME(int nr, int ksl, int cluster) {                                                           \
+    static const KernelFn table[3][kSmallMaxNi] = {FUSED_RNN_SMALL_ROW(CELL, WK, 4, 0),                  \
+                                                   FUSED_RNN_SMALL_ROW(CELL, WK, 8, 0),                  \
+                                                   FUSED_RNN_SMALL_ROW(CELL, WK, 4, 1)};                 \
+    if (nr < 1 || nr > kSmallMaxNi || (ksl != 4 && ksl != 8) || (cluster && ksl != 4)) return nullptr;   \
+    return table[cluster ? 2 : (ksl == 8 ? 1 : 0)][nr - 1];                                               \
   }
 
 }  // namespace cuda_impl

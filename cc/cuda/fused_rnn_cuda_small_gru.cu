@@ -9,12 +9,12 @@ FUSED_RNN_SMALL_TABLE(SmallGruF16, 1, kWeightF16)
 FUSED_RNN_SMALL_TABLE(SmallGruBF16, 1, kWeightBF16)
 FUSED_RNN_SMALL_TABLE(SmallGruI8, 1, kWeightI8)
 }  // namespace
-KernelFn GetKernelSmallGru(int wk, int nr, int ksl) {
+KernelFn GetKernelSmallGru(int wk, int nr, int ksl, int cluster) {
   switch (wk) {
-    case kWeightF32: return SmallGruF32(nr, ksl);
-    case kWeightF16: return SmallGruF16(nr, ksl);
-    case kWeightBF16: return SmallGruBF16(nr, ksl);
-    case kWeightI8: return SmallGruI8(nr, ksl);
+    case kWeightF32: return SmallGruF32(nr, ksl, cluster);
+    case kWeightF16: return SmallGruF16(nr, ksl, cluster);
+    case kWeightBF16: return SmallGruBF16(nr, ksl, cluster);
+    case kWeightI8: return SmallGruI8(nr, ksl, cluster);
     default: return nullptr;
   }
 }

@@ -9,12 +9,12 @@ FUSED_RNN_SMALL_TABLE(SmallLstmF16, 0, kWeightF16)
 FUSED_RNN_SMALL_TABLE(SmallLstmBF16, 0, kWeightBF16)
 FUSED_RNN_SMALL_TABLE(SmallLstmI8, 0, kWeightI8)
 }  // namespace
-KernelFn GetKernelSmallLstm(int wk, int nr, int ksl) {
+KernelFn GetKernelSmallLstm(int wk, int nr, int ksl, int cluster) {
   switch (wk) {
-    case kWeightF32: return SmallLstmF32(nr, ksl);
-    case kWeightF16: return SmallLstmF16(nr, ksl);
-    case kWeightBF16: return SmallLstmBF16(nr, ksl);
-    case kWeightI8: return SmallLstmI8(nr, ksl);
+    case kWeightF32: return SmallLstmF32(nr, ksl, cluster);
+    case kWeightF16: return SmallLstmF16(nr, ksl, cluster);
+    case kWeightBF16: return SmallLstmBF16(nr, ksl, cluster);
+    case kWeightI8: return SmallLstmI8(nr, ksl, cluster);
     default: return nullptr;
   }
 }

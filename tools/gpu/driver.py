@@ -458,8 +458,9 @@ def correctness_suite(lib, quick=False):
                                    tuning=dict(tun, rows_per_block=1, lanes_per_unit=lanes))))
     # Mode 5, the small-hidden-size kernel: every cell x direction, each weight kind, every lane count, the
     # register/shared-memory tail split, the staged and unstaged prologue, tiny and larger H, a grid that takes
-    # several waves, NaN input. Each case must have run mode 5 (checked below).
-    small = {"mode": 5}
+    # several waves, NaN input. Each case must have run mode 5 (checked below), in one block per row (units_per_block
+    # >= H) unless it names a cluster split.
+    small = {"mode": 5, "units_per_block": 1 << 20}
     for cell, cc in (("lstm", 0.0), ("lstm", 0.45), ("gru", 0.0)):
         for direction in ("forward", "reverse", "bidirectional"):
             seed += 1
@@ -477,8 +478,8 @@ def correctness_suite(lib, quick=False):
             extra.append((f"small {cell} bi lanes={lanes} H72", dict(cell=cell, direction="bidirectional", T=6, B=3,
                                                                   H=72, tuning=dict(small, lanes_per_unit=lanes))))
     extra += [
-        ("small lstm bi auto-lanes H100 (the timed shape)", dict(cell="lstm", direction="bidirectional", T=12, B=2,
-                                                                H=100, tuning=small)),
+        ("small lstm bi auto-lanes auto-split H100 (the timed shape)", dict(cell="lstm", direction="bidirectional",
+                                                                           T=12, B=2, H=100, tuning={"mode": 5})),
         ("small lstm bi lanes=4 tail 2 chunks H100", dict(cell="lstm", direction="bidirectional", T=8, B=2, H=100,
                                                           tuning=dict(small, lanes_per_unit=4, max_reg_chunks=5))),
         ("small gru fwd lanes=4 tail 1 chunk H100 f16", dict(cell="gru", direction="forward", T=8, B=2, H=100,
@@ -502,6 +503,43 @@ def correctness_suite(lib, quick=False):
         ("small lstm fwd no-init no-lengths H48", dict(cell="lstm", direction="forward", T=9, B=3, H=48,
                                                        ragged=False, with_init=False, tuning=small)),
     ]
+    # Its cluster variant (sm_90): the units over C blocks that exchange h by st.async and transaction barriers.
+    # "cluster=C" in a name: the plan must have taken exactly that split (checked below).
+    if lib.limits[6] >= 9:
+        def cl(upb, **kw):
+            return dict({"mode": 5, "units_per_block": upb}, **kw)
+        extra += [
+            ("small lstm bi cluster=2 H100", dict(cell="lstm", direction="bidirectional", T=12, B=4, H=100,
+                                                  tuning=cl(50))),
+            ("small lstm bi cluster=4 H100 time-major", dict(cell="lstm", direction="bidirectional", T=12, B=4,
+                                                             H=100, time_major=True, tuning=cl(25))),
+            ("small lstm+clip rev cluster=4 H98 (a short last member)", dict(cell="lstm", direction="reverse", T=10,
+                                                                             B=4, H=98, cell_clip=0.4,
+                                                                             tuning=cl(25))),
+            ("small gru fwd cluster=2 H100", dict(cell="gru", direction="forward", T=11, B=4, H=100, tuning=cl(50))),
+            ("small gru bi cluster=3 H40 no-bias no-init", dict(cell="gru", direction="bidirectional", T=9, B=3, H=40,
+                                                                with_init=False, gru_bias=False, tuning=cl(14))),
+            ("small lstm fwd cluster=8 H128", dict(cell="lstm", direction="forward", T=9, B=3, H=128,
+                                                   tuning=cl(16))),
+            ("small lstm bi cluster=4 H160 tail 2 chunks", dict(cell="lstm", direction="bidirectional", T=8, B=3,
+                                                                H=160, tuning=cl(40))),
+            ("small lstm bi cluster=2 staged 1 chunk/pass H100", dict(cell="lstm", direction="bidirectional", T=8,
+                                                                      B=3, H=100, tuning=cl(50, stage_weights=1))),
+            ("small lstm bi cluster=2 waves B70 H64", dict(cell="lstm", direction="bidirectional", T=6, B=70, H=64,
+                                                           tuning=cl(32), rows=[0, 1, 2, 35, 69])),
+            ("small lstm fwd cluster=2 no-init no-lengths H48", dict(cell="lstm", direction="forward", T=9, B=3,
+                                                                     H=48, ragged=False, with_init=False,
+                                                                     tuning=cl(24))),
+        ]
+        for wt in ("f16", "bf16", "i8"):
+            for cell in ("lstm", "gru"):
+                extra.append((f"small {cell} bi {wt} cluster=2 H100{' zero rows' if wt == 'i8' else ''}",
+                              dict(cell=cell, direction="bidirectional", T=9, B=3, H=100, wt=wt, cell_clip=0.9,
+                                   zero_rows=wt == "i8", tuning=cl(50))))
+        for cell, cc in (("lstm", 0.5), ("gru", 0.0)):
+            seed += 1
+            results.append(run_case(lib, f"NaN/Inf input small {cell} bidirectional cluster=2", cell, "bidirectional",
+                                    T=9, B=3, H=40, cell_clip=cc, tuning=cl(20), seed=seed, inject_nan=True))
     for cell, cc in (("lstm", 0.5), ("gru", 0.0)):
         seed += 1
         results.append(run_case(lib, f"NaN/Inf input small {cell} bidirectional", cell, "bidirectional", T=9, B=3,
@@ -511,7 +549,12 @@ def correctness_suite(lib, quick=False):
         if name.startswith("gru bi all-zero"):
             # handled below with explicit zero lengths
             continue
-        r = run_case(lib, name, seed=seed, check_reserve=True, **kw)
+        try:
+            r = run_case(lib, name, seed=seed, check_reserve=True, **kw)
+        except RuntimeError as e:  # a refused plan fails the case, not the suite
+            log(f"FAIL {name}: {e}")
+            results.append({"name": name, "passed": False, "errors": {"run": str(e)}, "plan": ""})
+            continue
         # The staging cases must have run the path they name (the plan string says weight_stage=bytes@offset).
         unstaged_plan = "weight_stage=0@" in r["plan"]
         if ("unstaged" in name and not unstaged_plan) or (" staged " in name and unstaged_plan):
@@ -520,6 +563,11 @@ def correctness_suite(lib, quick=False):
         if name.startswith("small ") and not r["plan"].startswith("mode=small"):
             r["passed"] = False
             r["errors"]["plan"] = "the case did not run the small-hidden-size kernel (mode 5)"
+        if name.startswith("small ") and "auto-split" not in name:
+            want = name.split("cluster=")[1].split()[0] if "cluster=" in name else "1"
+            if f"x cluster={want})" not in r["plan"]:
+                r["passed"] = False
+                r["errors"]["plan"] = f"the plan did not split the units over {want} block(s)"
         if "reduce-scatter" in name and ("no reduce-scatter" in name) == (" reduce-scatter]" in r["plan"]):
             r["passed"] = False
             r["errors"]["plan"] = "the plan did not take the phase-B path the case names"
@@ -804,6 +852,14 @@ def timing_suite(lib, results, variants):
          {"mode": 5}),
         ("biLSTM H=100 B=64 small", dict(cell="lstm", direction="bidirectional", T=100, B=64, I=100, H=100),
          {"mode": 5}),
+        ("biLSTM H=100 B=1 small one block", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+         {"mode": 5, "units_per_block": 100}),
+        ("biLSTM H=100 B=1 small cluster 2", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+         {"mode": 5, "units_per_block": 50}),
+        ("biLSTM H=100 B=1 small cluster 4", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+         {"mode": 5, "units_per_block": 25}),
+        ("biLSTM H=100 B=1 small cluster 8", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),
+         {"mode": 5, "units_per_block": 13}),
         ("biLSTM H=100 B=64 local", dict(cell="lstm", direction="bidirectional", T=100, B=64, I=100, H=100),
          {"mode": 0}),
         ("biLSTM H=100 B=1 tagged", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100),

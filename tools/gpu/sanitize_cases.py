@@ -392,6 +392,23 @@ def sanitize_case_list(limits):
         ("[small] lstm bi bf16 T6 B3 H64", dict(cell="lstm", direction="bidirectional", T=6, B=3, H=64, wt="bf16",
                                               tuning={"mode": 5})),
     ]
+    # Its cluster variant (sm_90): st.async into every member's h tile, transaction barriers, a short last member,
+    # a shared-memory tail, int8 weights.
+    if limits[6] >= 9:
+        extra += [
+            ("[small-cluster] lstm+clip bi cluster=2 T7 B5 H40", dict(cell="lstm", direction="bidirectional", T=7,
+                                                                      B=5, H=40, cell_clip=0.5,
+                                                                      tuning={"mode": 5, "units_per_block": 20})),
+            ("[small-cluster] gru rev cluster=4 time-major T7 B3 H38", dict(cell="gru", direction="reverse", T=7, B=3,
+                                                                           H=38, time_major=True,
+                                                                           tuning={"mode": 5, "units_per_block": 10})),
+            ("[small-cluster] lstm fwd cluster=4 tail 2 T5 B3 H160", dict(cell="lstm", direction="forward", T=5, B=3,
+                                                                          H=160,
+                                                                          tuning={"mode": 5, "units_per_block": 40})),
+            ("[small-cluster] lstm bi i8 cluster=2 T6 B3 H64", dict(cell="lstm", direction="bidirectional", T=6, B=3,
+                                                                    H=64, wt="i8",
+                                                                    tuning={"mode": 5, "units_per_block": 32})),
+        ]
     # Staged h tiles: rows per block larger than the shared tile holds (stage_rows < rows/block), so the fetch and
     # the dot run in several passes. Needs a tile of more than ~200 KB: B=64, H=1024 (T=3 keeps it short).
     extra += [
