@@ -61,7 +61,7 @@ __device__ __forceinline__ void WaitParity(unsigned mbar, unsigned parity) {
 
 template <int MODE>
 __global__ void ExchangeKernel(int H, int steps, float* out, long long* cycles) {
-  extern __shared__ __align__(16) float tile[];  // [2][H] then (mbarrier mode) two 8-byte barriers
+  extern __shared__ __align__(16) float tile[];  // [2][H]
   __shared__ __align__(8) unsigned long long mbar[2];
   const int tid = threadIdx.x;
   unsigned nranks = 1, rank = 0;
@@ -138,6 +138,7 @@ double Run(int H, int C, int threads, int steps, int clusters, bool* ok) {
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = MODE == kSyncthreads ? 0 : 1;
+  if (C > 8) CHECK(cudaFuncSetAttribute(ExchangeKernel<MODE>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   std::vector<double> per_step;
   for (int rep = 0; rep < 7; ++rep) {
     CHECK(cudaLaunchKernelEx(&cfg, ExchangeKernel<MODE>, H, steps, out, cyc));
@@ -161,23 +162,51 @@ int main() {
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  const int H = 100, steps = 2000;
-  std::printf("| exchange | cluster | threads/block | clusters | cycles/step | values ok |\n|---|---:|---:|---:|---:|---|\n");
+  const int steps = 2000;
+  std::printf("| exchange | H | cluster | threads/block | clusters | cycles/step | values ok |\n"
+              "|---|---:|---:|---:|---:|---:|---|\n");
   struct Case {
-    int mode, C, threads, clusters;
+    int mode, H, C, threads, clusters;
   };
-  const Case cases[] = {{kSyncthreads, 1, 416, 2}, {kSyncthreads, 1, 224, 2}, {kBarrier, 2, 224, 2},
-                        {kBarrier, 4, 128, 2},     {kMbarrier, 1, 416, 2},    {kMbarrier, 2, 224, 2},
-                        {kMbarrier, 4, 128, 2},    {kMbarrier, 2, 224, 64},   {kBarrier, 2, 224, 64}};
+  // H = 100: the small kernel's shapes; H = 512 over 8 or 16 members (16: a non-portable cluster size): what an
+  // LSTM H=512 B=1 plan with every weight on chip would pay per step.
+  const Case cases[] = {{kSyncthreads, 100, 1, 416, 2}, {kSyncthreads, 100, 1, 224, 2}, {kBarrier, 100, 2, 224, 2},
+                        {kBarrier, 100, 4, 128, 2},     {kMbarrier, 100, 1, 416, 2},    {kMbarrier, 100, 2, 224, 2},
+                        {kMbarrier, 100, 4, 128, 2},    {kMbarrier, 100, 2, 224, 64},   {kBarrier, 100, 2, 224, 64},
+                        {kMbarrier, 100, 8, 64, 2},     {kMbarrier, 512, 8, 256, 1},    {kMbarrier, 512, 16, 128, 1},
+                        {kMbarrier, 512, 16, 128, 2},   {kBarrier, 512, 16, 128, 1}};
   const char* names[] = {"syncthreads", "barrier.cluster", "st.async+mbarrier"};
   for (const Case& c : cases) {
     bool ok = false;
     double cyc = 0;
-    if (c.mode == kSyncthreads) cyc = Run<kSyncthreads>(H, c.C, c.threads, steps, c.clusters, &ok);
-    if (c.mode == kBarrier) cyc = Run<kBarrier>(H, c.C, c.threads, steps, c.clusters, &ok);
-    if (c.mode == kMbarrier) cyc = Run<kMbarrier>(H, c.C, c.threads, steps, c.clusters, &ok);
-    std::printf("| %s | %d | %d | %d | %.0f | %s |\n", names[c.mode], c.C, c.threads, c.clusters, cyc,
+    if (c.mode == kSyncthreads) cyc = Run<kSyncthreads>(c.H, c.C, c.threads, steps, c.clusters, &ok);
+    if (c.mode == kBarrier) cyc = Run<kBarrier>(c.H, c.C, c.threads, steps, c.clusters, &ok);
+    if (c.mode == kMbarrier) cyc = Run<kMbarrier>(c.H, c.C, c.threads, steps, c.clusters, &ok);
+    std::printf("| %s | %d | %d | %d | %d | %.0f | %s |\n", names[c.mode], c.H, c.C, c.threads, c.clusters, cyc,
                 ok ? "yes" : "NO");
+  }
+  // How many clusters of 16 (non-portable) fit at once with a block of 256 threads and ~200 KB of shared memory
+  // (an H=512 member holding its weights in registers and shared memory).
+  for (int smem_kb : {0, 100, 200}) {
+    CHECK(cudaFuncSetAttribute(ExchangeKernel<kMbarrier>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    CHECK(cudaFuncSetAttribute(ExchangeKernel<kMbarrier>, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 << 10));
+    for (int cs : {8, 16}) {
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(cs);
+      cfg.blockDim = dim3(256);
+      cfg.dynamicSmemBytes = size_t(smem_kb) << 10;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = cs;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      int n = -1;
+      cudaError_t e = cudaOccupancyMaxActiveClusters(&n, ExchangeKernel<kMbarrier>, &cfg);
+      std::printf("max active clusters of %d, 256 threads, %d KB shared: %d (%s)\n", cs, smem_kb, n,
+                  cudaGetErrorString(e));
+    }
   }
   return 0;
 }
