@@ -59,6 +59,7 @@ KernelFn GetKernel(CellType cell, int wk, int rc, int kc_idx, int proj_rs) {
 struct KernelFacts {
   int max_threads = 0;
   int local_bytes = 0;
+  int ptx_version = 0;  // the virtual architecture the code running on this device was compiled for (90: sm_90)
 };
 std::mutex g_facts_mutex;
 std::map<std::pair<int, const void*>, KernelFacts> g_facts;  // (device, fn): the SASS differs by architecture
@@ -106,6 +107,7 @@ const char* Facts(KernelFn fn, KernelFacts* out) {
   KernelFacts f;
   f.max_threads = attr.maxThreadsPerBlock;
   f.local_bytes = static_cast<int>(attr.localSizeBytes);
+  f.ptx_version = attr.ptxVersion;
   g_facts[key] = f;
   *out = f;
   return nullptr;
@@ -131,8 +133,16 @@ const char* BlocksPerSm(KernelFn fn, int threads, size_t smem, const CudaDeviceL
   return nullptr;
 }
 
-// How many clusters of `cluster_size` blocks can be resident at once (0: the cluster cannot be launched).
+// How many clusters of `cluster_size` blocks can be resident at once (0: the cluster cannot be launched, or the code
+// that would run was compiled for an architecture below sm_90, where the kernels' cluster code compiles to nothing:
+// a library built without sm_90 SASS or compute_90 PTX, running on a Hopper from older PTX).
 const char* ClustersPossible(KernelFn fn, int threads, size_t smem, int cluster_size, int* clusters) {
+  KernelFacts facts;
+  if (const char* err = Facts(fn, &facts)) return err;
+  if (facts.ptx_version < 90) {
+    *clusters = 0;
+    return nullptr;
+  }
   // The query honours the kernel's dynamic shared-memory cap (a cap lowered by an earlier launch refused forced
   // cluster plans in session 9): it is raised once to the device's maximum and never lowered.
   {
