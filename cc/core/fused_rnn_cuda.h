@@ -55,7 +55,7 @@ struct CudaTuning {
                              // recurrent kernel on chip (no projection; 4 or 8 lanes per unit; H up to ~100 float32, ~140
                              // 16-bit), one __syncthreads per step, blocks independent; on sm_90 also with the units
                              // split over a thread-block cluster of 2-8 blocks per row (h to every member by st.async
-                             // and transaction barriers; H up to 160), see units_per_block
+                             // and transaction barriers; H up to 256), see units_per_block
   int units_per_block = 0;   // modes 1-3: hidden units owned by one block (0 = auto); mode 5 (sm_90): a cluster of
                              // ceil(H / units_per_block) <= 8 blocks shares the units (>= H: one block)
   int rows_per_block = 0;    // modes 0 and 3: batch rows per block (0 = auto)

@@ -708,7 +708,7 @@ KernelFn GetSmallKernel(CellType cell, int wk, int nr, int ksl, int cluster) {
 // __syncthreads per step. Blocks are independent (no cooperative launch: a grid larger than the device runs in
 // waves). Every lane count and register split that fits is costed; the cheapest is kept.
 // On sm_90 the units of a direction may also split over a thread-block cluster of C = 2..8 blocks (the kernel's
-// cluster variant, 4 lanes per unit): fewer warps per SM and every chunk in registers, for an exchange of ~350
+// cluster variant): fewer warps per SM, every chunk in registers, and H up to 256 (8 lanes), for an exchange of ~350
 // cycles a step instead of a ~50-cycle __syncthreads. Auto tries C = 2, 4, 8; CudaTuning::units_per_block forces
 // C = ceil(H / units_per_block) (units_per_block >= H: one block).
 const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun, Plan* best) {
@@ -736,7 +736,6 @@ const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limi
     const int grid = static_cast<int>(B * D * cs);
     for (int ksl = 4; ksl <= 8; ksl *= 2) {
       if (tun.lanes_per_unit > 0 && ksl != tun.lanes_per_unit) continue;
-      if (cs > 1 && ksl != 4) continue;
       DotMap a = MakeMap(upb, H, ksl, 1);
       const int threads = a.threads_used;
       if (threads > 1024) continue;

@@ -162,7 +162,7 @@ KernelFn GetKernelTcLstmBF16(int nt_idx);
 KernelFn GetKernelTcGruF16(int nt_idx);
 KernelFn GetKernelTcGruBF16(int nt_idx);
 // Small-hidden-size kernels (mode 5) for (cell, weight kind) by register chunks per lane (1..kSmallMaxNi) and
-// lanes per unit (4 or 8); cluster != 0: the variant whose units split over a thread-block cluster (4 lanes only).
+// lanes per unit (4 or 8); cluster != 0: the variant whose units split over a thread-block cluster.
 KernelFn GetKernelSmallLstm(int wk, int nr, int ksl, int cluster);
 KernelFn GetKernelSmallGru(int wk, int nr, int ksl, int cluster);
 

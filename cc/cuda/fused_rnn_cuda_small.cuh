@@ -402,19 +402,20 @@ __global__ void __launch_bounds__(SmallLaunchBound<(CELL == 0 ? 4 : 3), WK, NR, 
 
 // The kernels of one (cell, weight kind) for NR = 1..kSmallMaxNi register chunks per lane and KSL = 4 or 8 lanes
 // per unit (more lanes would leave a block of at most 1024 threads at most 64 units with a single chunk).
-// The cluster variant only with 4 lanes per unit (with 8 a block's weights no longer fit its registers at the
-// unit counts a cluster leaves).
+// The cluster variant with 4 or 8 lanes per unit (8: K up to 256 in 8 register chunks, e.g. LSTM H=256 over 8
+// blocks of 32 units).
 #define FUSED_RNN_SMALL_ROW(CELL, WK, KSL, CL)                                                                     \
   {RnnSmallKernel<CELL, WK, 1, KSL, CL>, RnnSmallKernel<CELL, WK, 2, KSL, CL>, RnnSmallKernel<CELL, WK, 3, KSL, CL>, \
    RnnSmallKernel<CELL, WK, 4, KSL, CL>, RnnSmallKernel<CELL, WK, 5, KSL, CL>, RnnSmallKernel<CELL, WK, 6, KSL, CL>, \
    RnnSmallKernel<CELL, WK, 7, KSL, CL>, RnnSmallKernel<CELL, WK, 8, KSL, CL>}
 #define FUSED_RNN_SMALL_TABLE(NAME, CELL, WK)                                                             \
   KernelFn NAME(int nr, int ksl, int cluster) {                                                           \
-    static const KernelFn table[3][kSmallMaxNi] = {FUSED_RNN_SMALL_ROW(CELL, WK, 4, 0),                  \
+    static const KernelFn table[4][kSmallMaxNi] = {FUSED_RNN_SMALL_ROW(CELL, WK, 4, 0),                  \
                                                    FUSED_RNN_SMALL_ROW(CELL, WK, 8, 0),                  \
-                                                   FUSED_RNN_SMALL_ROW(CELL, WK, 4, 1)};                 \
-    if (nr < 1 || nr > kSmallMaxNi || (ksl != 4 && ksl != 8) || (cluster && ksl != 4)) return nullptr;   \
-    return table[cluster ? 2 : (ksl == 8 ? 1 : 0)][nr - 1];                                               \
+                                                   FUSED_RNN_SMALL_ROW(CELL, WK, 4, 1),                  \
+                                                   FUSED_RNN_SMALL_ROW(CELL, WK, 8, 1)};                 \
+    if (nr < 1 || nr > kSmallMaxNi || (ksl != 4 && ksl != 8)) return nullptr;                            \
+    return table[(cluster ? 2 : 0) + (ksl == 8 ? 1 : 0)][nr - 1];                                         \
   }
 
 }  // namespace cuda_impl
