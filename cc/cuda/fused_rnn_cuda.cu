@@ -10,6 +10,7 @@
 #include <mutex>
 #include <set>
 #include <utility>
+#include <vector>
 #include <tuple>
 
 #include "../core/fused_rnn_cuda.h"
@@ -65,6 +66,7 @@ std::mutex g_facts_mutex;
 std::map<std::pair<int, const void*>, KernelFacts> g_facts;  // (device, fn): the SASS differs by architecture
 std::map<std::tuple<int, const void*, int, size_t>, int> g_occupancy;  // (device, fn, threads, smem) -> blocks/SM
 std::set<std::pair<int, const void*>> g_smem_raised;                    // (device, fn) at the opt-in maximum
+std::set<std::pair<int, const void*>> g_nonportable;                    // (device, fn) allowed clusters > 8
 
 // Raises a kernel's dynamic shared-memory cap on the current device to the device's opt-in maximum, once, and never
 // lowers it. The cap is per (function, device) and process-wide, so a value set per launch or per candidate plan
@@ -151,6 +153,26 @@ const char* ClustersPossible(KernelFn fn, int threads, size_t smem, int cluster_
       cudaGetLastError();
       *clusters = 0;
       return nullptr;
+    }
+    // Clusters of more than 8 blocks (Hopper: up to 16) are "non-portable": the kernel must allow them, once per
+    // (device, function), process-wide like the cap above; never revoked. Refused: no such clusters.
+    if (cluster_size > 8) {
+      int device = 0;
+      if (cudaGetDevice(&device) != cudaSuccess) {
+        cudaGetLastError();
+        *clusters = 0;
+        return nullptr;
+      }
+      const auto key = std::make_pair(device, reinterpret_cast<const void*>(fn));
+      if (!g_nonportable.count(key)) {
+        if (cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributeNonPortableClusterSizeAllowed,
+                                 1) != cudaSuccess) {
+          cudaGetLastError();
+          *clusters = 0;
+          return nullptr;
+        }
+        g_nonportable.insert(key);
+      }
     }
   }
   cudaLaunchConfig_t cfg = {};
@@ -698,7 +720,10 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
   return nullptr;
 }
 
-KernelFn GetSmallKernel(CellType cell, int wk, int nr, int ksl, int cluster) {
+KernelFn GetSmallKernel(CellType cell, int wk, int nr, int ksl, int cluster, bool wide) {
+  if (wide)
+    return cell == CellType::kLstm ? cuda_impl::GetKernelSmallWideLstm(wk, nr)
+                                   : cuda_impl::GetKernelSmallWideGru(wk, nr);
   return cell == CellType::kLstm ? cuda_impl::GetKernelSmallLstm(wk, nr, ksl, cluster)
                                  : cuda_impl::GetKernelSmallGru(wk, nr, ksl, cluster);
 }
@@ -707,10 +732,11 @@ KernelFn GetSmallKernel(CellType cell, int wk, int nr, int ksl, int cluster) {
 // recurrent kernel of the direction on chip (NR chunks per lane in registers, up to 2 more in shared memory), one
 // __syncthreads per step. Blocks are independent (no cooperative launch: a grid larger than the device runs in
 // waves). Every lane count and register split that fits is costed; the cheapest is kept.
-// On sm_90 the units of a direction may also split over a thread-block cluster of C = 2..8 blocks (the kernel's
+// On sm_90 the units of a direction may also split over a thread-block cluster of C = 2..16 blocks (the kernel's
 // cluster variant): fewer warps per SM, every chunk in registers, and H up to 256 (8 lanes), for an exchange of ~350
-// cycles a step instead of a ~50-cycle __syncthreads. Auto tries C = 2, 4, 8; CudaTuning::units_per_block forces
-// C = ceil(H / units_per_block) (units_per_block >= H: one block).
+// cycles a step instead of a ~50-cycle __syncthreads; with float32 weights the wide variant keeps up to 8 more
+// chunks in shared memory (H up to 512 over 16 blocks). Auto tries C = 2, 4, 8, 16; CudaTuning::units_per_block
+// forces C = ceil(H / units_per_block) (units_per_block >= H: one block).
 const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun, Plan* best) {
   using namespace cuda_impl;
   if (shape.num_proj > 0) return nullptr;
@@ -720,7 +746,7 @@ const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limi
   if (int64_t(D) * G * H >= (int64_t(1) << 30) || B * D > (int64_t(1) << 30)) return nullptr;
   const bool forced = tun.mode == kModeSmall;
   const int smem_limit = limits.max_shared_bytes_per_block_optin;
-  for (int cs = 1; cs <= 8; ++cs) {
+  for (int cs = 1; cs <= 16; ++cs) {
     // The forced split, or each power of 2 that leaves every member at least 8 units (2 full warps of 4 lanes).
     const int upb = cs == 1 ? H : static_cast<int>(CeilDiv(H, cs));
     if (tun.units_per_block > 0) {
@@ -740,9 +766,18 @@ const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limi
       const int threads = a.threads_used;
       if (threads > 1024) continue;
       if (ksl > 4 && 4 * ksl > std::max(H, 4) * 2 && tun.lanes_per_unit == 0) continue;  // lanes with no rows
-      for (int nr = std::min(a.kc, kSmallMaxNi); nr >= 1 && nr >= a.kc - kSmallMaxTail; --nr) {
+      // (register chunks, wide variant): the regular kernels with at most kSmallMaxTail chunks in shared memory,
+      // then (clusters, 8 lanes, float32) the wide ones.
+      std::vector<std::pair<int, bool>> splits;
+      for (int nr = std::min(a.kc, kSmallMaxNi); nr >= 1 && nr >= a.kc - kSmallMaxTail; --nr) splits.push_back({nr, false});
+      if (cs > 1 && ksl == 8 && wk == kWeightF32)
+        for (int i = 0; i < kSmallWideCount; ++i)
+          if (kSmallWideNr[i] < a.kc && a.kc - kSmallWideNr[i] <= kSmallWideTail) splits.push_back({kSmallWideNr[i], true});
+      for (const auto& split : splits) {
+        const int nr = split.first;
+        const bool wide = split.second;
         if (tun.max_reg_chunks >= 0 && nr > tun.max_reg_chunks) continue;
-        KernelFn fn = GetSmallKernel(shape.cell, wk, nr, ksl, cs > 1 ? 1 : 0);
+        KernelFn fn = GetSmallKernel(shape.cell, wk, nr, ksl, cs > 1 ? 1 : 0, wide);
         if (!fn) continue;
         KernelFacts facts;
         if (const char* err = Facts(fn, &facts)) return err;
@@ -785,11 +820,13 @@ const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limi
         // blocks sharing an SM, at least ~2 cycles per instruction for a lone warp's dependent chains; the tail's
         // shared-memory bytes; a fixed part for the h read, the butterfly latency, the cell update and the barrier.
         const double warps_sched = threads / 32.0 * blocks_on_sm / 4.0;
-        const int nq = wk == kWeightI8 ? WordsPerChunk(wk, G) : WordsPerChunk(wk, G) / 2;
+        const int nq = wk == kWeightI8 ? WordsPerChunk(wk, G) : WordsPerChunk(wk, G) / (wide ? 4 : 2);
         const double instr = nr * (4.0 * G + 1 + DecodeInstr(wk, G, 1)) +
                              tail * (4.0 * G + 1 + nq + DecodeInstr(wk, G, 1)) + 120.0;
         // Cluster: the exchange (st.async + transaction barrier, ~370-420 cycles a step against ~60 for the
-        // __syncthreads it replaces, bench/gpu/cluster_exchange_bench.cu), more with each member's store.
+        // __syncthreads it replaces, bench/gpu/cluster_exchange_bench.cu), more with each member's store (spread
+        // over the unit's lanes since session 24; the term was fitted before and still ranks the measured plans:
+        // bench/gpu/NOTES.md).
         const double exchange = cs > 1 ? 300.0 + 15.0 * cs : 0.0;
         // A cluster member's few warps (1-2 per scheduler) issue at ~1.5 cycles per instruction (fitted to biLSTM
         // H=100 B=1 in clusters of 2, 4 and 8 on an H100, session 23: 1287, ~1140 and ~1270 cycles per step).

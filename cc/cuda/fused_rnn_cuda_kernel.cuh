@@ -200,7 +200,9 @@ __device__ __forceinline__ void GatherChunk(const Fetch& fetch, int j, const Dot
 // Without one, each thread reads its own elements from global memory: lanes of a warp read different k-rows, so
 // every 4-byte load is its own 32-byte sector (H=1024, B=1: 35 k cycles per block, where the staged copy needs a
 // sector per 8 elements).
-template <int WK, int G, int KCR>
+// kQuadSlots (the small kernel's wide cluster variant, WordsPerChunk % 4 == 0): streamed chunks go to 16-byte slots,
+// [(j - kc_reg) * NW / 4 + quad][threads_used], read back with one 16-byte shared load per 4 words.
+template <int WK, int G, int KCR, bool kQuadSlots = false>
 __device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __restrict__ src, long long row_stride,
                                                  int gate_stride, int col0, int ncols_valid, const DotMap& m, int K,
                                                  uint32_t (&wreg)[KCR][WordsPerChunk<WK, G>()], uint2* stream,
@@ -212,7 +214,14 @@ __device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __
   const bool col_ok = slot.in_map && slot.col < ncols_valid;
   auto store_stream_of = [&](int owner, int j, const uint32_t(&words)[NW]) {  // owner: the thread that reads it
     const int js = j - m.kc_reg;
-    if constexpr (WK == kWeightI8) {  // G words per chunk (odd for the GRU and the projection): 32-bit slots
+    if constexpr (kQuadSlots) {
+      static_assert(NW % 4 == 0, "16-byte slots need whole quads of words");
+      uint4* stream4 = reinterpret_cast<uint4*>(stream);
+#pragma unroll
+      for (int q = 0; q < NW / 4; ++q)
+        stream4[((long long)js * (NW / 4) + q) * m.threads_used + owner] =
+            make_uint4(words[4 * q], words[4 * q + 1], words[4 * q + 2], words[4 * q + 3]);
+    } else if constexpr (WK == kWeightI8) {  // G words per chunk (odd for the GRU and the projection): 32-bit slots
       uint32_t* stream32 = reinterpret_cast<uint32_t*>(stream);
 #pragma unroll
       for (int q = 0; q < NW; ++q) stream32[((long long)js * NW + q) * m.threads_used + owner] = words[q];
@@ -267,6 +276,19 @@ __device__ __forceinline__ void LoadWeightChunks(const typename RawOf<WK>::T* __
 #pragma unroll
     for (int j = 0; j < KCR; ++j)
       if (j < m.kc_reg) GatherChunk<WK, G>(fetch, j, m, slot, col_ok, K, wreg[j]);
+    if constexpr (kQuadSlots) {
+      // All of the (up to kSmallWideTail) shared-memory chunks' loads in flight at once, not two at a time.
+#pragma unroll
+      for (int jt = 0; jt < kSmallWideTail; ++jt) {
+        const int j = m.kc_reg + jt;
+        if (j < m.kc) {
+          uint32_t words[NW];
+          GatherChunk<WK, G>(fetch, j, m, slot, col_ok, K, words);
+          store_stream(j, words);
+        }
+      }
+      return;
+    }
 #pragma unroll 2
     for (int j = m.kc_reg; j < m.kc; ++j) {
       uint32_t words[NW];

@@ -18,6 +18,11 @@ enum : int { kModeTensorCore = 4 };
 enum : int { kModeSmall = 5 };
 constexpr int kSmallMaxNi = 8;
 constexpr int kSmallMaxTail = 2;  // chunks past the NR register ones, in shared memory
+// The small kernel's wide cluster variant (float32, 8 lanes per unit): these register chunk counts, and up to
+// kSmallWideTail chunks in shared memory.
+constexpr int kSmallWideCount = 3;
+constexpr int kSmallWideNr[kSmallWideCount] = {8, 10, 12};
+constexpr int kSmallWideTail = 8;
 // kWeightI8: int8 rows with one float scale per row (W[k][j] = q[k][j] / scale[k]); the kernel multiplies h[k] by
 // 1 / scale[k] instead of dequantizing every weight, as the CPU path does.
 enum : int { kWeightF32 = 0, kWeightF16 = 1, kWeightBF16 = 2, kWeightI8 = 3 };
@@ -165,6 +170,9 @@ KernelFn GetKernelTcGruBF16(int nt_idx);
 // lanes per unit (4 or 8); cluster != 0: the variant whose units split over a thread-block cluster.
 KernelFn GetKernelSmallLstm(int wk, int nr, int ksl, int cluster);
 KernelFn GetKernelSmallGru(int wk, int nr, int ksl, int cluster);
+// The wide cluster variant (float32 weights only; nr one of kSmallWideNr, else nullptr).
+KernelFn GetKernelSmallWideLstm(int wk, int nr);
+KernelFn GetKernelSmallWideGru(int wk, int nr);
 
 }  // namespace cuda_impl
 }  // namespace fused_rnn

@@ -19,10 +19,13 @@
 //      registers); lane 0 stores h to the output and into the other h buffer, then the block meets at the barrier.
 // Cluster variant (CL = 1, sm_90): the units of a direction split over the C = p.nbu blocks of a thread-block
 // cluster (p.upb each, K stays H), so each SM runs fewer warps and every weight chunk fits in registers. Every block
-// keeps the whole h tile; the lane that publishes unit j's h stores it into every member's tile with st.async, which
-// also counts its 4 bytes on that member's transaction barrier for the buffer (one mbarrier per buffer, armed for
-// 4 H bytes per step). A block waits on its own barrier only: no round trip, no __syncthreads (373-424 cycles a
-// step where the hardware cluster barrier takes ~1030-1090: bench/gpu/cluster_exchange_bench.cu, H100).
+// keeps the whole h tile; the KSL lanes of unit j (which all hold its new h) store it into every member's tile with
+// st.async, lane l into members l, l + KSL, ..., which also counts its 4 bytes on that member's transaction barrier
+// for the buffer (one mbarrier per buffer, armed for 4 H bytes per step). A block waits on its own barrier only: no
+// round trip, no __syncthreads (373-424 cycles a step where the hardware cluster barrier takes ~1030-1090:
+// bench/gpu/cluster_exchange_bench.cu, H100). Up to 16 members (more than 8 is Hopper's non-portable size).
+// Wide variant (TAIL > kSmallMaxTail, float32, 8 lanes): up to 12 register chunks and 8 shared-memory chunks per
+// lane, so K = 512 fits 16 members (LSTM H=512: 256 KB of weights per SM, 160 KB of them in registers).
 // Why this shape: at H ~100 the general local plan spends ~3 k cycles per step (bench/gpu/NOTES.md, session 13),
 // mostly in phases that exist only to share work across warps (z partial sums in shared memory, a one-warp cell
 // update, a barrier between them); here the dependent chain per step is LDS -> ~kc * 4 * G FMAs -> 2-3 shuffle
@@ -115,11 +118,14 @@ __device__ __forceinline__ void SmallFma(const float (&w)[4][G], const float4& h
   }
 }
 
-template <int CELL, int WK, int NR, int KSL, int CL>
+template <int CELL, int WK, int NR, int KSL, int CL, int TAIL>
 __device__ __forceinline__ void RnnSmallBody(const KernelParams p) {  // by value: a reference to the kernel parameter put a copy of it on the stack
   constexpr int G = CELL == 0 ? 4 : 3;
   constexpr bool kLstm = CELL == 0;
   constexpr int NW = WordsPerChunk<WK, G>();
+  // The wide variant (TAIL > kSmallMaxTail, float32 clusters): up to TAIL shared-memory chunks per lane in 16-byte
+  // slots, so a chunk is NW / 4 16-byte loads (the 8-byte slots took 8 loads and 16 address multiplies).
+  constexpr bool kWide = TAIL > kSmallMaxTail;
   using Raw = typename RawOf<WK>::T;
   extern __shared__ __align__(16) unsigned char smem[];
 
@@ -160,7 +166,7 @@ __device__ __forceinline__ void RnnSmallBody(const KernelParams p) {  // by valu
 #pragma unroll
     for (int q = 0; q < NW; ++q) wreg[i][q] = WK == kWeightI8 ? 0x80808080u : 0u;  // int8: bytes q ^ 0x80
   uint2* tail_s = reinterpret_cast<uint2*>(smem + p.off_stream_a);  // chunks >= NR, this thread's own slots
-  LoadWeightChunks<WK, G, NR>(static_cast<const Raw*>(p.w_rec) + (long long)d * H * G * H, (long long)G * H, H, u0,
+  LoadWeightChunks<WK, G, NR, kWide>(static_cast<const Raw*>(p.w_rec) + (long long)d * H * G * H, (long long)G * H, H, u0,
                               ucount, p.a, H, wreg, tail_s, slot, tid, nthreads, smem + p.off_stage, p.stage_bytes);
   // Tail chunks that hold real k-rows for this lane (at H = 100 with 4 lanes the 7th chunk is row group 24 alone:
   // only lane 0 of each unit reads it, the other lanes skip it).
@@ -290,11 +296,25 @@ __device__ __forceinline__ void RnnSmallBody(const KernelParams p) {  // by valu
       SmallFma<G>(w, hv, (i & 1) ? acc1 : acc0);
     }
 #pragma unroll
-    for (int jt = 0; jt < kSmallMaxTail; ++jt) {  // unrolled and predicated: no loop control per step
+    for (int jt = 0; jt < TAIL; ++jt) {  // unrolled and predicated: no loop control per step
       if (jt < tail_chunks) {
         const float4 hv = h4[ksl * (NR + jt)];
         float w[4][G];
-        LoadStreamChunk<WK, G>(tail_s, jt, nthreads, tid, w);
+        if constexpr (kWide) {
+          const uint4* slots = reinterpret_cast<const uint4*>(tail_s) + tid;
+          uint32_t words[NW];
+#pragma unroll
+          for (int q = 0; q < NW / 4; ++q) {
+            const uint4 v = slots[(jt * (NW / 4) + q) * nthreads];
+            words[4 * q] = v.x;
+            words[4 * q + 1] = v.y;
+            words[4 * q + 2] = v.z;
+            words[4 * q + 3] = v.w;
+          }
+          DecodeChunk<WK, G>(words, w);
+        } else {
+          LoadStreamChunk<WK, G>(tail_s, jt, nthreads, tid, w);
+        }
         SmallFma<G>(w, hv, (jt & 1) ? acc0 : acc1);
       }
     }
@@ -354,17 +374,20 @@ __device__ __forceinline__ void RnnSmallBody(const KernelParams p) {  // by valu
         res_ptr[3 * H] = an;
       }
     }
+    const float h_pub = WK == kWeightI8 ? h_new * inv_scale : h_new;
     if (writer) {
       p.out[row_index(t) * ocols + o_col] = h_new;
-      const float h_pub = WK == kWeightI8 ? h_new * inv_scale : h_new;
-      if constexpr (CL) {
-        // No one still reads buffer cur ^ 1 anywhere: its last readers (step s - 1) produced h_{s-1}, which every
-        // member has waited for.
+      if constexpr (!CL) h_s[(cur ^ 1) * kpad + j] = h_pub;
+    }
+    if constexpr (CL) {
+      // Every lane of the unit holds the same h, so lane l stores it into members l, l + KSL, ...: one or two
+      // stores per lane instead of C from lane 0 (16 members: ~300 cycles of one lane's chain). No one still
+      // reads buffer cur ^ 1 anywhere: its last readers (step s - 1) produced h_{s-1}, which every member has
+      // waited for.
+      if (unit_ok) {
         const unsigned a = SmemAddr32(h_s + (cur ^ 1) * kpad + j);
 #pragma unroll 1
-        for (int r = 0; r < C; ++r) StoreAsyncToRank(a, mbar0 + 8u * (cur ^ 1), r, h_pub);
-      } else {
-        h_s[(cur ^ 1) * kpad + j] = h_pub;
+        for (int r = lanek; r < C; r += KSL) StoreAsyncToRank(a, mbar0 + 8u * (cur ^ 1), r, h_pub);
       }
     }
     if (sbase >= 0) stamp(sbase + 3);
@@ -390,13 +413,13 @@ __device__ __forceinline__ void RnnSmallBody(const KernelParams p) {  // by valu
   if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 1);
 }
 
-template <int CELL, int WK, int NR, int KSL, int CL>
+template <int CELL, int WK, int NR, int KSL, int CL, int TAIL = kSmallMaxTail>
 __global__ void __launch_bounds__(SmallLaunchBound<(CELL == 0 ? 4 : 3), WK, NR, CL>(), 1)
     RnnSmallKernel(const KernelParams p) {
   if constexpr (CL != 0 && kSmallNoClusters) {
     return;
   } else {
-    RnnSmallBody<CELL, WK, NR, KSL, CL>(p);
+    RnnSmallBody<CELL, WK, NR, KSL, CL, TAIL>(p);
   }
 }
 
@@ -416,6 +439,19 @@ __global__ void __launch_bounds__(SmallLaunchBound<(CELL == 0 ? 4 : 3), WK, NR, 
                                                    FUSED_RNN_SMALL_ROW(CELL, WK, 8, 1)};                 \
     if (nr < 1 || nr > kSmallMaxNi || (ksl != 4 && ksl != 8)) return nullptr;                            \
     return table[(cluster ? 2 : 0) + (ksl == 8 ? 1 : 0)][nr - 1];                                         \
+  }
+
+// The wide cluster variant (float32 only): 8 lanes per unit, NR = kSmallWideNr[i] register chunks and up to
+// kSmallWideTail more in shared memory: K up to 512 over clusters of up to 16 blocks (LSTM H=512: 32 units and
+// 256 KB of weights per member, ~half of them in registers).
+#define FUSED_RNN_SMALL_WIDE_TABLE(NAME, CELL, WK)                                                         \
+  KernelFn NAME(int nr) {                                                                                 \
+    static const KernelFn table[kSmallWideCount] = {RnnSmallKernel<CELL, WK, 8, 8, 1, kSmallWideTail>,   \
+                                                    RnnSmallKernel<CELL, WK, 10, 8, 1, kSmallWideTail>,  \
+                                                    RnnSmallKernel<CELL, WK, 12, 8, 1, kSmallWideTail>}; \
+    for (int i = 0; i < kSmallWideCount; ++i)                                                             \
+      if (kSmallWideNr[i] == nr) return table[i];                                                         \
+    return nullptr;                                                                                       \
   }
 
 }  // namespace cuda_impl

@@ -55,6 +55,8 @@ CASES = {
     "bi256": ("biLSTM H=256 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=256, H=256)),
     "gru256": ("GRU H=256 B=1", dict(cell="gru", direction="forward", T=100, B=1, I=256, H=256)),
     "lstm200": ("LSTM H=200 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=200, H=200)),
+    "bi512": ("biLSTM H=512 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=512)),
+    "lstm384": ("LSTM H=384 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=384, H=384)),
     "bi100b8": ("biLSTM H=100 B=8", dict(cell="lstm", direction="bidirectional", T=100, B=8, I=100, H=100)),
     "gru128bf16": ("GRU H=128 B=1 bf16", dict(cell="gru", direction="forward", T=100, B=1, I=128, H=128, wt="bf16")),
     "h1024f16": ("LSTM H=1024 B=1 f16", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024,

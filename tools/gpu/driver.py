@@ -540,6 +540,26 @@ def correctness_suite(lib, quick=False):
             ("small lstm fwd cluster=2 no-init no-lengths H48", dict(cell="lstm", direction="forward", T=9, B=3,
                                                                      H=48, ragged=False, with_init=False,
                                                                      tuning=cl(24))),
+            # The wide variant (float32, 8 lanes, up to 8 chunks a lane in shared memory; clusters > 8 blocks are
+            # non-portable): "wide" in a name requires the plan to have taken it (more than 8 register chunks or
+            # more than 2 in shared memory).
+            ("small lstm+clip fwd cluster=16 wide H512", dict(cell="lstm", direction="forward", T=9, B=2, H=512,
+                                                              cell_clip=0.8, tuning=cl(32, lanes_per_unit=8))),
+            ("small lstm fwd cluster=16 wide 8 reg chunks H512", dict(cell="lstm", direction="forward", T=7, B=2,
+                                                                      H=512, tuning=cl(32, lanes_per_unit=8,
+                                                                                       max_reg_chunks=8))),
+            ("small gru bi cluster=16 wide H512 time-major", dict(cell="gru", direction="bidirectional", T=7, B=2,
+                                                                  H=512, time_major=True,
+                                                                  tuning=cl(32, lanes_per_unit=8))),
+            ("small lstm rev cluster=16 wide H500 (a short last member)", dict(cell="lstm", direction="reverse",
+                                                                              T=8, B=3, H=500,
+                                                                              tuning=cl(32, lanes_per_unit=8))),
+            ("small lstm bi cluster=12 wide H384 no-init", dict(cell="lstm", direction="bidirectional", T=8, B=2,
+                                                                H=384, with_init=False,
+                                                                tuning=cl(32, lanes_per_unit=8, max_reg_chunks=8))),
+            ("small gru fwd cluster=16 wide no-bias H448", dict(cell="gru", direction="forward", T=6, B=2, H=448,
+                                                                gru_bias=False, tuning=cl(28, lanes_per_unit=8,
+                                                                                         max_reg_chunks=10))),
         ]
         for wt in ("f16", "bf16", "i8"):
             for cell in ("lstm", "gru"):
@@ -578,6 +598,12 @@ def correctness_suite(lib, quick=False):
             if f"x cluster={want})" not in r["plan"]:
                 r["passed"] = False
                 r["errors"]["plan"] = f"the plan did not split the units over {want} block(s)"
+        if name.startswith("small ") and " wide " in name:
+            tail = int(r["plan"].split(" tail=")[1].split("]")[0]) if " tail=" in r["plan"] else 0
+            reg = int(r["plan"].split(" reg=")[1].split()[0]) if " reg=" in r["plan"] else 0
+            if tail <= 2 and reg <= 8:
+                r["passed"] = False
+                r["errors"]["plan"] = "the plan did not take the wide variant (more than 2 chunks in shared memory)"
         if "reduce-scatter" in name and ("no reduce-scatter" in name) == (" reduce-scatter]" in r["plan"]):
             r["passed"] = False
             r["errors"]["plan"] = "the plan did not take the phase-B path the case names"
@@ -920,6 +946,12 @@ PROFILE_CASES = {
                                                           I=100, H=100), {"mode": 3}),
     "h512_tagged": ("LSTM H=512 B=1 tagged", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512),
                     {"mode": 1}),
+    "h512_wide": ("LSTM H=512 B=1 small wide, cluster of 16", dict(cell="lstm", direction="forward", T=100, B=1,
+                                                                   I=512, H=512),
+                  {"mode": 5, "units_per_block": 32, "lanes_per_unit": 8}),
+    "h512_wide8": ("LSTM H=512 B=1 small wide, cluster of 16, 8 register chunks",
+                   dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512),
+                   {"mode": 5, "units_per_block": 32, "lanes_per_unit": 8, "max_reg_chunks": 8}),
     "h512_counter": ("LSTM H=512 B=1 counter", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512),
                      {"mode": 2}),
     "h1024_tagged": ("LSTM H=1024 B=1 tagged", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024),

@@ -412,6 +412,13 @@ def sanitize_case_list(limits):
             ("[small-cluster] lstm bi i8 cluster=2 T6 B3 H64", dict(cell="lstm", direction="bidirectional", T=6, B=3,
                                                                     H=64, wt="i8",
                                                                     tuning={"mode": 5, "units_per_block": 32})),
+            # The wide variant: 16 members (non-portable), 16-byte shared-memory slots, a short last member.
+            ("[small-cluster] lstm+clip rev cluster=16 wide T4 B2 H500", dict(
+                cell="lstm", direction="reverse", T=4, B=2, H=500, cell_clip=0.6,
+                tuning={"mode": 5, "units_per_block": 32, "lanes_per_unit": 8, "max_reg_chunks": 8})),
+            ("[small-cluster] gru bi cluster=12 wide T4 B2 H384", dict(
+                cell="gru", direction="bidirectional", T=4, B=2, H=384,
+                tuning={"mode": 5, "units_per_block": 32, "lanes_per_unit": 8, "max_reg_chunks": 8})),
         ]
     # Staged h tiles: rows per block larger than the shared tile holds (stage_rows < rows/block), so the fetch and
     # the dot run in several passes. Needs a tile of more than ~200 KB: B=64, H=1024 (T=3 keeps it short).
