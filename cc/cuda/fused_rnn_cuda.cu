@@ -301,6 +301,14 @@ double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const 
     // per exchange + ~67 per word per thread; the counter model below is unchanged. The old slope (534 per word)
     // made the planner pick counter plans that ran 1.2-1.46x slower. Past 20 words per thread (batches: not
     // measured in this fit) the old slope is kept.
+    //
+    // Refitted again in session 24 (H200, plan_sweep.py, batched B=2-16 at H=256-1024): both exchanges cost far
+    // more per word past ~4 words per thread than the B=1 fit said (LSTM H=512 B=8: tagged 0.54 ms against an
+    // estimate of 0.26, counter 0.41 against 0.30), and the planner ran those batches on the general kernel where
+    // the small kernel's clusters took 0.29. Tagged: ~400 cycles per word per thread from 4 to 20 words; counter:
+    // ~0.5 more per word fetched by the block, from 1024 to 8192 words (the measured range). Per block, not per
+    // thread: charged per thread, it sent LSTM H=1024 B=8 to a 512-thread counter plan with its weights in shared
+    // memory, 0.69 ms against 0.58 for the 256-thread one.
     const bool tagged = geo.exchange == cuda_impl::kExchangeTagged;
     // Words fetched per step: h (R per row), and m (H per row) or, reduce-scatter, nbu partials per owned column.
     const double elems_b = shape.num_proj == 0 ? 0.0
@@ -309,9 +317,11 @@ double EstimateCycles(const RnnShape& shape, int wk, const Geometry& geo, const 
     const double elems = rows * (CeilDiv(shape.recurrent_width(), 4) * 4 + elems_b);
     if (tagged) {
       const double words = elems / threads;
-      per_step += 1300.0 + 306.0 * syncs + 67.0 * std::min(words, 20.0) + 534.0 * std::max(words - 20.0, 0.0);
+      per_step += 1300.0 + 306.0 * syncs + 67.0 * std::min(words, 4.0) +
+                  400.0 * std::min(std::max(words - 4.0, 0.0), 16.0) + 534.0 * std::max(words - 20.0, 0.0);
     } else {
-      per_step += std::ceil(elems / (threads * 16.0)) * 1300.0 + 2000.0 * syncs + elems * 4.0 / 64.0;
+      per_step += std::ceil(elems / (threads * 16.0)) * 1300.0 + 2000.0 * syncs + elems * 4.0 / 64.0 +
+                  0.5 * std::min(std::max(elems - 1024.0, 0.0), 7168.0);
     }
   }
   per_step += 150;

@@ -47,6 +47,9 @@ VARIANTS = {
                   {"mode": 4, "units_per_block": 32}, {"mode": 4, "units_per_block": 32, "rows_per_block": 16},
                   {"mode": 4, "units_per_block": 32, "rows_per_block": 32},
                   {"mode": 4, "units_per_block": 8, "rows_per_block": 64}],
+    # Batched mid-size shapes (session 24): the general kernel's exchanges against the small kernel's clusters.
+    **{k: [{"mode": 1}, {"mode": 2}, {"mode": 5}] for k in ("h512b2", "h512b4", "h512b8", "h512b16", "gru512b8",
+                                                            "h256b16", "h256b32", "h1024b8")},
     "elmo32": [{"mode": 1}, {"mode": 1, "lanes_per_unit": 4}, {"mode": 2, "lanes_per_unit": 4},
                {"mode": 2, "lanes_per_unit": 2}],
 }
