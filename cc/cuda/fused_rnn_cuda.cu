@@ -884,6 +884,125 @@ const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limi
   return nullptr;
 }
 
+// Mode 6, the int8 LSTM kernel on integer tensor cores (fused_rnn_cuda_i8mma.cuh): int8 weights, batch <= 2, a
+// known bound on |h| (no projection, or a projection clip), sm_80+, all blocks resident (one per SM). Units are
+// split over as many blocks as the SMs allow (a multiple of 4 units each); the warps of a block cover its 4 * upb
+// gate columns in m-tiles of 16 and split k into slices of at most TA register tiles (the smallest TA whose block
+// stays within 16 warps). Auto takes it over the general kernel where it measured faster (bench/gpu/NOTES.md,
+// session 25): with a projection (ELMo layer 0.733 -> 0.618 ms), not without (LSTM H=1024 B=1 0.282 -> 0.327).
+const char* TryInt8Mma(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun,
+                       Plan* best) {
+  using namespace cuda_impl;
+  const bool forced = tun.mode == kModeInt8Mma;
+  if (wk != kWeightI8 || shape.cell != CellType::kLstm || limits.cc_major < 8 || !limits.cooperative_launch)
+    return nullptr;
+  const int D = shape.num_dirs();
+  const int B = static_cast<int>(std::max<int64_t>(shape.batch, 1));
+  const int H = static_cast<int>(shape.num_units), P = static_cast<int>(shape.num_proj);
+  const int R = static_cast<int>(shape.recurrent_width());
+  if (B > 2 || (P > 0 && !(shape.proj_clip > 0.f))) return nullptr;
+  if (!forced && P == 0) return nullptr;  // without a projection the general kernel measured faster (H=1024 B=1)
+  const int per_dir = std::max(1, limits.sm_count / D);
+  int upb = tun.units_per_block > 0 ? tun.units_per_block : static_cast<int>(CeilDiv(H, per_dir));
+  upb = static_cast<int>(CeilDiv(upb, 4) * 4);
+  const int nbu = static_cast<int>(CeilDiv(H, upb));
+  const int grid = D * nbu;
+  if (grid > limits.sm_count) return nullptr;
+  const int MA = upb / 4, KA = static_cast<int>(CeilDiv(R, 32));
+  const int MB = P > 0 ? static_cast<int>(CeilDiv(P, 16)) : 0, KB = P > 0 ? static_cast<int>(CeilDiv(upb, 32)) : 0;
+  const int ppb = P > 0 ? static_cast<int>(CeilDiv(P, nbu)) : 0;
+  for (int idx = 0; idx < kI8MmaNumTa; ++idx) {
+    const int TA = kI8MmaTa[idx];
+    const int ks = static_cast<int>(CeilDiv(KA, TA));
+    const int ta = static_cast<int>(CeilDiv(KA, ks));
+    const int threads = 32 * MA * ks;
+    if (threads > 1024 || (threads > 512 && idx + 1 < kI8MmaNumTa)) continue;
+    KernelFn fn = GetKernelI8MmaLstm(idx);
+    if (!fn) continue;
+    KernelFacts facts;
+    if (const char* err = Facts(fn, &facts)) return err;
+    if (facts.ptx_version < 80 || facts.max_threads < threads) continue;
+    KernelParams kp;
+    KernelParams::I8Mma& q = kp.q8;
+    q.ma = MA;
+    q.ka = KA;
+    q.ks = ks;
+    q.ta = ta;
+    q.mb = MB;
+    q.kb = KB;
+    q.pla_stride = KA * 32 + 16;
+    q.plb_stride = KB * 32 + 16;
+    // Per-step areas first (zeroed in the prologue: union_bytes), then the prologue's staging area.
+    size_t off = 0;
+    auto take = [&](size_t bytes) {
+      const size_t o = off;
+      off += Align(bytes, 16);
+      return static_cast<int>(o);
+    };
+    kp.off_h = take(size_t(2) * KA * 32 * 4);
+    q.off_pla = take(size_t(8) * q.pla_stride);
+    q.off_plb = take(size_t(8) * q.plb_stride);
+    q.off_acc = take(size_t(ks) * MA * 32 * 16);
+    q.off_csa = take(size_t(MA) * 16 * 4);
+    q.off_csb = take(size_t(MB) * 16 * 4);
+    q.off_inva = take(size_t(KA) * 32 * 4);
+    q.off_invb = take(size_t(KB) * 32 * 4);
+    q.off_flags = take(32 * 4);
+    kp.off_z = take(size_t(2) * upb * 16);
+    kp.off_c = take(size_t(2) * upb * 4);
+    kp.off_hown = take(size_t(2) * std::max(upb, ppb) * 4);
+    kp.off_len = take(4 * 4);
+    kp.off_x = take(size_t(2) * 2 * upb * 4 * 4);
+    q.off_fragb = take(size_t(MB) * KB * 32 * 16);
+    kp.union_bytes = static_cast<int>(off);
+    const int row_bytes = 4 * upb;
+    q.stage_rows_a = std::max(32, std::min(KA * 32, (32768 / row_bytes) / 32 * 32));
+    const size_t stage = std::max<size_t>(size_t(q.stage_rows_a) * row_bytes, size_t(32) * P);
+    kp.off_stage = take(stage);
+    kp.stage_bytes = static_cast<int>(stage);
+    const size_t smem = off;
+    if (smem > static_cast<size_t>(limits.max_shared_bytes_per_block_optin)) continue;
+    int bps = 0;
+    if (const char* err = BlocksPerSm(fn, threads, smem, limits, &bps)) return err;
+    if (bps < 1 || grid > bps * limits.sm_count) continue;
+    // Rough cycles, only to rank against the other modes when forced off: two exchanges a step (~1.3 k cycles
+    // each, tagged words), the products at ~16 cycles per mma in a chain of ta, the cell update.
+    const double per_step = 1300.0 * (P > 0 ? 2 : 1) + 16.0 * ta + 800.0;
+    const double cost = double(shape.max_time) * per_step + 40000.0;
+    Plan pl;
+    pl.kp = kp;
+    KernelParams& k = pl.kp;
+    k.exchange = kModeInt8Mma;
+    k.nbr = 1;
+    k.rb = B;
+    k.nbu = nbu;
+    k.upb = upb;
+    k.ppb = ppb;
+    k.ex_p = P;
+    size_t ws = 128;  // watchdog word
+    pl.off_xh = Align(ws, 256);
+    ws = pl.off_xh + size_t(2) * D * B * CeilDiv(R, 4) * 4 * 8;
+    pl.off_xm = Align(ws, 256);
+    if (P > 0) ws = pl.off_xm + size_t(2) * D * B * nbu * P * 8;
+    ws = Align(ws, 256);
+    pl.ws_bytes = ws;
+    pl.ws_memset_bytes = ws;  // tags from an earlier call must not match
+    pl.fn = fn;
+    pl.threads = threads;
+    pl.grid = grid;
+    pl.rc = 0;
+    pl.kc_idx = idx;
+    pl.kc_template = TA;
+    pl.blocks_per_sm = bps;
+    pl.smem = smem;
+    pl.cooperative = true;
+    pl.cost = cost;
+    *best = pl;  // eligible and fitting: taken (the rule above says where)
+    return nullptr;
+  }
+  return nullptr;
+}
+
 const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
                      const CudaTuning* tuning, Plan* out) {
   if (const char* err = CheckShapeCuda(shape)) return err;
@@ -956,6 +1075,13 @@ const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDe
     if (const char* err = TrySmall(shape, wk, limits, tun, &best)) return err;
     if (tun.mode == cuda_impl::kModeSmall && best.kp.exchange != cuda_impl::kModeSmall)
       return "fused_rnn CUDA: the small-hidden-size mode needs no projection and a recurrent kernel that fits one block";
+  }
+  // Mode 6: int8 LSTM weights on integer tensor cores at batch <= 2.
+  if (tun.mode < 0 || tun.mode == cuda_impl::kModeInt8Mma) {
+    if (const char* err = TryInt8Mma(shape, wk, limits, tun, &best)) return err;
+    if (tun.mode == cuda_impl::kModeInt8Mma && best.kp.exchange != cuda_impl::kModeInt8Mma)
+      return "fused_rnn CUDA: the int8 tensor-core mode needs int8 LSTM weights, batch <= 2, a projection clip with a "
+             "projection, sm_80+, and a grid that fits";
   }
   if (!best.fn) return "fused_rnn CUDA: no kernel configuration fits this shape on this device";
   KernelParams& kp = best.kp;
@@ -1059,6 +1185,15 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
                   pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.cost / 1980.0);
     return nullptr;
   }
+  if (k.exchange == cuda_impl::kModeInt8Mma) {
+    std::snprintf(buf, buf_len,
+                  "mode=int8mma grid=%d (D=%d x unitblocks=%d) threads=%d units/block=%d proj/block=%d A[m-tiles=%d "
+                  "k-tiles=%d slices=%d tiles/warp=%d (tmpl %d)] B[m-tiles=%d k-tiles=%d] smem=%zu ws=%zu "
+                  "blocks/SM=%d",
+                  pl.grid, k.D, k.nbu, pl.threads, k.upb, k.ppb, k.q8.ma, k.q8.ka, k.q8.ks, k.q8.ta,
+                  pl.kc_template, k.q8.mb, k.q8.kb, pl.smem, pl.ws_bytes, pl.blocks_per_sm);
+    return nullptr;
+  }
   if (k.exchange == cuda_impl::kModeSmall) {
     std::snprintf(buf, buf_len,
                   "mode=small grid=%d (D=%d x rows=%d x cluster=%d) units/block=%d threads=%d A[ksl=%d kc=%d reg=%d "
@@ -1127,6 +1262,9 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
     if (kp.exchange == cuda_impl::kModeTensorCore) {
       kp.counters = reinterpret_cast<unsigned*>(ws + pl.off_counters);
       kp.xh16 = ws + pl.off_xh;
+    } else if (kp.exchange == cuda_impl::kModeInt8Mma) {
+      kp.xh_tag = reinterpret_cast<unsigned long long*>(ws + pl.off_xh);
+      kp.xm_tag = shape.num_proj > 0 ? reinterpret_cast<unsigned long long*>(ws + pl.off_xm) : nullptr;
     } else if (kp.exchange != cuda_impl::kExchangeLocal) {
       kp.counters = reinterpret_cast<unsigned*>(ws + pl.off_counters);
       if (kp.exchange == cuda_impl::kExchangeTagged) {

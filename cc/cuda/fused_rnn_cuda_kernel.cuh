@@ -642,12 +642,14 @@ __device__ __forceinline__ void FetchRows(float* dst, int dst_stride, const floa
     // division and none for a single row (B = 1): the poll loop and the stores below only read them back. Per-poll
     // signed divisions were most of this phase's instructions (ncu, session 10: 362 instructions per warp and
     // step for one 4 KB row at H = 1024, against about 60 now).
-    const unsigned per_row = static_cast<unsigned>(src_stride) / 2u;  // 16-byte pairs per row
+    // 16-byte pairs per row that hold values: a pair of padding alone (width % 4 of 1 or 2) is never published.
+    const unsigned per_row = static_cast<unsigned>(width + 1) / 2u;
     const unsigned total = static_cast<unsigned>(nrows) * per_row;
 #pragma unroll 1
     for (unsigned i0 = tid; i0 < total; i0 += kBatch * nthreads) {
       unsigned long long v[kBatch][2] = {};
       float* out[kBatch];
+      unsigned src_off[kBatch];  // word offset of the pair (rows src_stride words apart)
       bool live[kBatch], two[kBatch];
 #pragma unroll
       for (int q = 0; q < kBatch; ++q) {
@@ -657,7 +659,8 @@ __device__ __forceinline__ void FetchRows(float* dst, int dst_stride, const floa
         const int k = 2 * static_cast<int>(i - r * per_row);
         two[q] = k + 1 < width;  // the row's last pair may hold one value (padding is never published)
         out[q] = dst + r * dst_stride + k;
-        if (live[q]) LoadRelaxed128(tagged_rows + 2 * static_cast<long long>(i), v[q][0], v[q][1]);
+        src_off[q] = r * static_cast<unsigned>(src_stride) + static_cast<unsigned>(k);
+        if (live[q]) LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
       }
       // Poll the whole batch together: re-issue every load that is not ready before checking any of them
       // again, so each wait costs one round trip for the batch (re-polling one word at a time costs one round
@@ -671,7 +674,7 @@ __device__ __forceinline__ void FetchRows(float* dst, int dst_stride, const floa
                              (!two[q] || static_cast<unsigned>(v[q][1] >> 32) == tag);
           if (live[q] && !ready) {
             waiting = true;
-            LoadRelaxed128(tagged_rows + 2 * static_cast<long long>(i0 + q * nthreads), v[q][0], v[q][1]);
+            LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
           }
         }
         if (!waiting || WatchdogTick(polls, watchdog)) break;

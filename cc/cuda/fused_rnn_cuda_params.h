@@ -16,6 +16,14 @@ enum : int { kModeTensorCore = 4 };
 // Fields it uses: shape, tensors, a, off_h (the [2][a.kpad] h tile), off_stage / stage_bytes; its cluster variant
 // (sm_90) also nbu (blocks per cluster), upb (units per block) and off_mbar (two 8-byte transaction barriers).
 enum : int { kModeSmall = 5 };
+// Mode 6 is the int8 tensor-core kernel (fused_rnn_cuda_i8mma.cuh): LSTM with int8 weights at batch <= 2, the
+// recurrent (and projection) products as exact integer mma.sync m16n8k32 (s8 weights x u8 byte planes of h in a
+// 31-bit fixed point), tagged exchange, phase B as a reduce-scatter. Fields: shape, tensors, nbu, upb, ppb, rb,
+// off_h / off_c / off_hown / off_len / off_x / off_stage, ex_r / ex_p, union_bytes, and q8 below.
+enum : int { kModeInt8Mma = 6 };
+// Register tiles (16 gate columns x 32 k of U) per warp compiled for mode 6 (index 0..kI8MmaNumTa-1).
+constexpr int kI8MmaNumTa = 5;
+constexpr int kI8MmaTa[kI8MmaNumTa] = {2, 4, 8, 16, 32};
 constexpr int kSmallMaxNi = 8;
 constexpr int kSmallMaxTail = 2;  // chunks past the NR register ones, in shared memory
 // The small kernel's wide cluster variant (float32, 8 lanes per unit): these register chunk counts, and up to
@@ -76,7 +84,18 @@ struct KernelParams {
   // [2][D][B][nbu][ex_p] tagged words) and the owner of a column adds the nbu partials in a fixed order. Each block
   // then reads nbu * ppb words per row and step instead of all H values of m.
   int proj_rs = 0;
-  int ex_p = 0;          // row stride of the partial-sum rows (P)
+  int ex_p = 0;
+  // Mode 6 only: the block's phase A is ma = upb / 4 m-tiles (16 gate columns: 4 units x 4 gates) x ka k-tiles
+  // (32 rows of U) split over ks k-slices of ta tiles (warp w: m-tile w % ma, slice w / ma); phase B is mb
+  // m-tiles (16 projection columns) x kb k-tiles (32 own units), fragments in shared memory. Shared-memory offsets
+  // (bytes) of the byte planes (pla_stride / plb_stride bytes per plane), the phase-A accumulators, the column
+  // sums, the 1 / scale rows, the NaN flags and the phase-B fragments; stage_rows_a: k-rows per prologue pass.
+  struct I8Mma {
+    int ma = 0, ka = 0, ks = 1, ta = 0, mb = 0, kb = 0;
+    int pla_stride = 0, plb_stride = 0;
+    int off_pla = 0, off_plb = 0, off_acc = 0, off_csa = 0, off_csb = 0, off_inva = 0, off_invb = 0, off_flags = 0,
+        off_fragb = 0, stage_rows_a = 0;
+  } q8;          // row stride of the partial-sum rows (P)
   // shared-memory layout (bytes from the dynamic base)
   int off_h = 0, off_m = 0, off_z = 0, off_c = 0, off_hown = 0, off_len = 0, off_x = 0, off_stream_a = 0,
       off_stream_b = 0;
@@ -170,6 +189,8 @@ KernelFn GetKernelTcGruBF16(int nt_idx);
 // lanes per unit (4 or 8); cluster != 0: the variant whose units split over a thread-block cluster.
 KernelFn GetKernelSmallLstm(int wk, int nr, int ksl, int cluster);
 KernelFn GetKernelSmallGru(int wk, int nr, int ksl, int cluster);
+// Mode 6 (int8 LSTM, fused_rnn_cuda_i8mma.cuh) by register tiles index (kI8MmaTa); null before sm_80 builds.
+KernelFn GetKernelI8MmaLstm(int ta_idx);
 // The wide cluster variant (float32 weights only; nr one of kSmallWideNr, else nullptr).
 KernelFn GetKernelSmallWideLstm(int wk, int nr);
 KernelFn GetKernelSmallWideGru(int wk, int nr);

@@ -141,6 +141,7 @@ def main():
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['case']} | {r['a_ms']:.4f} | {r['b_ms']:.4f} | {r['b_over_a']:.3f} | {r['max_abs_diff']:.1e} |")
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "ab_time.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
 

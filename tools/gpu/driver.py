@@ -975,6 +975,13 @@ PROFILE_CASES = {
     "elmo8_norc": ("ELMo layer int8, phase B fetching all of m", dict(
         cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512, wt="i8", cell_clip=3.0,
         proj_clip=3.0), {"proj_reduce": 0}),
+    "elmo8_general": ("ELMo layer int8, general kernel (tagged)", dict(
+        cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512, wt="i8", cell_clip=3.0,
+        proj_clip=3.0), {"mode": 1}),
+    "h1024i8": ("LSTM H=1024 B=1 int8 (auto)", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024,
+                                                    wt="i8"), None),
+    "h1024i8_general": ("LSTM H=1024 B=1 int8, general kernel (tagged)",
+                        dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024, wt="i8"), {"mode": 1}),
     "elmo16_unstaged": ("ELMo layer f16, unstaged weights",
                         dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512, wt="f16",
                              cell_clip=3.0, proj_clip=3.0), {"stage_weights": 0}),

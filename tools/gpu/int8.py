@@ -75,12 +75,50 @@ def correctness(lib, quick):
     cases.append(("lstm+proj tagged H=1000 P=300 auto", dict(cell="lstm", direction="forward", T=6, B=2, H=1000,
                                                              P=300, cell_clip=2.0, proj_clip=1.5,
                                                              tuning={"mode": 1})))
+    # Mode 6, integer tensor cores (LSTM, B <= 2, a known bound on |h|): forced, every feature, and the auto plans
+    # that must take it. A name with "[int8mma]" requires the plan to say mode=int8mma.
+    m6 = {"mode": 6}
+    cases += [
+        ("[int8mma] lstm forward H=64 B=1", dict(cell="lstm", direction="forward", T=12, B=1, H=64, tuning=m6)),
+        ("[int8mma] lstm bidirectional H=100 B=2 time-major", dict(cell="lstm", direction="bidirectional", T=11, B=2,
+                                                                   H=100, time_major=True, tuning=m6)),
+        ("[int8mma] lstm reverse H=72 B=2 no init", dict(cell="lstm", direction="reverse", T=9, B=2, H=72,
+                                                         with_init=False, tuning=m6)),
+        ("[int8mma] lstm+proj+clip bidirectional H=96 P=40 B=2 upb=8",
+         dict(cell="lstm", direction="bidirectional", T=10, B=2, H=96, P=40, cell_clip=1.0, proj_clip=0.7,
+              tuning=dict(m6, units_per_block=8))),
+        ("[int8mma] lstm+proj+clip H=200 P=48 B=1 reserve", dict(cell="lstm", direction="forward", T=9, B=1, H=200,
+                                                                 P=48, cell_clip=2.0, proj_clip=1.5,
+                                                                 check_reserve=True, tuning=m6)),
+        ("[int8mma] lstm H=130 B=2 reserve", dict(cell="lstm", direction="forward", T=8, B=2, H=130,
+                                                  check_reserve=True, tuning=m6)),
+        ("[int8mma] lstm zero rows (scale 0) H=40 P=12 B=2", dict(cell="lstm", direction="bidirectional", T=9, B=2,
+                                                                  H=40, P=12, cell_clip=1.0, proj_clip=0.5,
+                                                                  zero_rows=True, tuning=m6)),
+        ("[int8mma] NaN/Inf input lstm+proj+clip bidirectional B=2", dict(cell="lstm", direction="bidirectional",
+                                                                          T=9, B=2, H=24, P=16, cell_clip=0.6,
+                                                                          proj_clip=0.4, inject_nan=True, tuning=m6)),
+        ("[int8mma] NaN/Inf input lstm B=2", dict(cell="lstm", direction="forward", T=9, B=2, H=48,
+                                                  inject_nan=True, tuning=m6)),
+        ("[int8mma] lstm+proj long k H=1000 P=300 B=2", dict(cell="lstm", direction="forward", T=6, B=2, H=1000,
+                                                             P=300, cell_clip=2.0, proj_clip=1.5, tuning=m6)),
+        # A row width with a trailing 16-byte pair of padding alone (R % 4 == 2) in the general kernel's tagged
+        # exchange: polled forever before session 25's fix (the watchdog then poisoned the outputs).
+        ("general tagged lstm H=130 B=2 (R % 4 == 2)", dict(cell="lstm", direction="forward", T=8, B=2, H=130,
+                                                             tuning={"mode": 1})),
+        ("[int8mma] lstm H=1024 B=1 (8 k-slices)", dict(cell="lstm", direction="forward", T=7, B=1, H=1024,
+                                                         tuning=m6)),
+        ("[int8mma] auto ELMo-size layer H=4096 P=512 B=1", dict(cell="lstm", direction="bidirectional", T=5, B=1,
+                                                                 H=4096, P=512, cell_clip=3.0, proj_clip=3.0)),
+    ]
     results = []
     for i, (name, kw) in enumerate(cases):
         r = run_case(lib, "int8 " + name, wt="i8", seed=100 + i, repeat=2, **kw)
         ran_rs = " reduce-scatter]" in r["plan"]
         if "reduce-scatter=" in name and name.split("reduce-scatter=")[1][0] != ("1" if ran_rs else "0"):
             r["passed"] = False  # the forced phase-B path did not run
+        if "[int8mma]" in name and "mode=int8mma" not in r["plan"]:
+            r["passed"] = False  # the integer tensor-core kernel did not run
         results.append(r)
         e = r["errors"]
         log(f"{'PASS' if r['passed'] else 'FAIL'} {r['name']}: out {e['out']:.1e} final_h {e['final_h']:.1e} "

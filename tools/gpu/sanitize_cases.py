@@ -460,6 +460,16 @@ def sanitize_case_list(limits):
         extra.append((f"[reduce-scatter] lstm+proj+clip bidirectional tagged {wt} T6 B3 H40 P12",
                       dict(cell="lstm", direction="bidirectional", T=6, B=3, H=40, P=12, cell_clip=0.8, proj_clip=0.4,
                            wt=wt, tuning=dict({"mode": 1, "units_per_block": 7, "proj_reduce": 1}, **extra_tun))))
+    # Mode 6, int8 LSTM on integer tensor cores (sm_80+): B <= 2, with and without a projection, a short last unit
+    # block (H % 4 != 0 is impossible: upb is a multiple of 4, so H=42 leaves 2 units), k in slices (ks > 1).
+    if limits[6] >= 8:
+        extra += [
+            ("[int8mma] lstm+proj+clip bi T6 B2 H42 P20", dict(cell="lstm", direction="bidirectional", T=6, B=2,
+                                                               H=42, P=20, cell_clip=0.8, proj_clip=0.4, wt="i8",
+                                                               tuning={"mode": 6, "units_per_block": 8})),
+            ("[int8mma] lstm rev T5 B1 H256 k-slices", dict(cell="lstm", direction="reverse", T=5, B=1, H=256,
+                                                            wt="i8", tuning={"mode": 6, "units_per_block": 4})),
+        ]
     for name, kw in extra:
         seed += 1
         if kw.get("tuning", {}).get("mode") == 3 and limits[6] < 9:
