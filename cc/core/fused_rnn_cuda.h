@@ -55,7 +55,9 @@ struct CudaTuning {
                              // recurrent kernel on chip (no projection; 4 or 8 lanes per unit; H up to ~100 float32, ~140
                              // 16-bit), one __syncthreads per step, blocks independent; on sm_90 also with the units
                              // split over a thread-block cluster of 2-8 blocks per row (h to every member by st.async
-                             // and transaction barriers; H up to 256), see units_per_block
+                             // and transaction barriers; H up to 256), see units_per_block; 6 (sm_80+, int8 LSTM,
+                             // batch <= 2, a projection clip with a projection) integer tensor cores: mma.sync
+                             // s8 x u8 with h as byte planes of a 31-bit fixed point (auto with a projection)
   int units_per_block = 0;   // modes 1-3: hidden units owned by one block (0 = auto); mode 5 (sm_90): a cluster of
                              // ceil(H / units_per_block) <= 8 blocks shares the units (>= H: one block)
   int rows_per_block = 0;    // modes 0 and 3: batch rows per block (0 = auto)
