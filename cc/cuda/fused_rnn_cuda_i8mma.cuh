@@ -21,10 +21,13 @@
 //
 // Layout: block (direction d, unit block ub) owns upb units (a multiple of 4). Phase A: z = h_prev @ U for its
 // 4 * upb gate columns (m-tile mt = 4 units x 4 gates), warps split k into ks slices and add their int32
-// accumulators in shared memory; the cell update runs per (row, unit). Phase B (projection): the block's partial
-// sums m_own @ P[u0.., :] for every projection column (its fragments in shared memory), published as tagged words;
-// the owner of a column adds the nbu partials in a fixed order, clips, and publishes h. The h exchange is the
-// general kernel's tagged words (readers poll the data; no barrier), bounded by the watchdog.
+// accumulators in shared memory; the cell update runs per (row, unit), inside the warp that did the products when
+// ks = 1. Phase B (projection): the block's partial sums m_own @ P[u0.., :] for every projection column (its
+// fragments in shared memory), published as tagged words; the owner of a column adds the nbu partials in a fixed
+// order, clips, and publishes h. The h exchange is tagged words (readers poll the data; no barrier), bounded by the
+// watchdog; from step 1 on each word already holds the fixed-point X + 2^31 of h / scale, which the readers write
+// straight into the byte planes (FetchPlanes). tools/gpu/trace_i8mma.py times the phases per block
+// (-DFUSED_RNN_I8MMA_TRACE builds only).
 #ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_I8MMA_CUH_
 #define FUSED_RNN_CUDA_FUSED_RNN_CUDA_I8MMA_CUH_
 
@@ -75,6 +78,62 @@ __device__ __forceinline__ void AtomicMaxNonNeg(float* addr, float v) {
   atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));  // v >= 0: int order is float order
 }
 
+// Steps >= 1: the owners publish h already as the fixed-point word X + 2^31 of h / scale (0 flags a row whose h
+// is NaN or infinite), so the fetch writes the byte planes directly: no float pass and no second block barrier
+// between the fetch and the products (that pass and its barrier were ~1 k of the ~10.5 k cycles of an ELMo step,
+// session 26). Tagged pairs as in FetchRows; a pair's second word past `width` is padding, never published.
+__device__ __forceinline__ void FetchPlanes(uint8_t* planes, int plane_stride, int* flag_rows, int flag_value,
+                                            const unsigned long long* tagged_rows, unsigned tag, int nrows, int width,
+                                            int src_stride, int tid, int nthreads, int* watchdog) {
+  constexpr int kBatch = 4;
+  const unsigned per_row = static_cast<unsigned>(width + 1) / 2u;
+  const unsigned total = static_cast<unsigned>(nrows) * per_row;
+#pragma unroll 1
+  for (unsigned i0 = tid; i0 < total; i0 += kBatch * nthreads) {
+    unsigned long long v[kBatch][2] = {};
+    unsigned src_off[kBatch], dst_off[kBatch], row[kBatch];
+    bool live[kBatch], two[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const unsigned i = i0 + q * nthreads;
+      live[q] = i < total;
+      const unsigned r = nrows == 1 ? 0u : i / per_row;
+      const int k = 2 * static_cast<int>(i - r * per_row);
+      two[q] = k + 1 < width;
+      row[q] = r;
+      dst_off[q] = r * 4u * static_cast<unsigned>(plane_stride) + static_cast<unsigned>(k);
+      src_off[q] = r * static_cast<unsigned>(src_stride) + static_cast<unsigned>(k);
+      if (live[q]) LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
+    }
+    long long polls = 0;
+    while (true) {  // re-issue every load that is not ready before checking any again (as FetchRows)
+      bool waiting = false;
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const bool ready = static_cast<unsigned>(v[q][0] >> 32) == tag &&
+                           (!two[q] || static_cast<unsigned>(v[q][1] >> 32) == tag);
+        if (live[q] && !ready) {
+          waiting = true;
+          LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
+        }
+      }
+      if (!waiting || WatchdogTick(polls, watchdog)) break;
+    }
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      if (live[q]) {
+        const uint32_t w0 = static_cast<uint32_t>(v[q][0]);
+        const uint32_t w1 = two[q] ? static_cast<uint32_t>(v[q][1]) : 0x80000000u;  // padding: X = 0
+        if ((w0 >> 30) == 0u || (w1 >> 30) == 0u) flag_rows[row[q]] = flag_value;  // valid: [2^30, 3 * 2^30]
+#pragma unroll
+        for (int pl = 0; pl < 4; ++pl)  // bytes pl of both words, side by side, into plane pl
+          *reinterpret_cast<uint16_t*>(planes + dst_off[q] + pl * plane_stride) =
+              static_cast<uint16_t>(__byte_perm(w0, w1, pl | ((4 + pl) << 4)));
+      }
+    }
+  }
+}
+
 template <int TA>
 __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(const KernelParams p) {
 #if __CUDA_ARCH__ >= 800
@@ -123,11 +182,45 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
   };
   if (stamping) StampGlobalTimer(p.debug_clock + kDebugSlots - 2);
   stamp(0);
+#ifdef FUSED_RNN_I8MMA_TRACE
+  // Diagnostic build only (tools/gpu/trace_i8mma.py): thread 0 of every block writes (clock64, globaltimer) pairs
+  // at the phase boundaries of the prologue and of steps [kTrS0, kTrS0 + kTrSteps), after the profile's slots.
+  constexpr int kTrS0 = 8, kTrSteps = 8, kTrSlots = 16, kTrPro = 8, kTrWarpSlots = 2 * 32;
+  long long* tr = p.debug_clock ? p.debug_clock + kDebugSlots +
+                                      (long long)blockIdx.x * (2 * (kTrPro + kTrSteps * kTrSlots) +
+                                                               kTrSteps * kTrWarpSlots) : nullptr;
+  // globaltimer only at a step's start: reading it costs up to ~1.5 k cycles at times (seen as phantom phases).
+  auto trace_at = [&](int i, bool with_gt) {
+    if (tr != nullptr && tid == 0) {
+      tr[2 * i] = clock64();
+      if (with_gt) {
+        unsigned long long gt;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt));
+        tr[2 * i + 1] = static_cast<long long>(gt);
+      }
+    }
+  };
+  auto trace_pro = [&](int slot) { trace_at(slot, false); };
+  auto trace = [&](int s, int slot) {
+    if (s >= kTrS0 && s < kTrS0 + kTrSteps) trace_at(kTrPro + (s - kTrS0) * kTrSlots + slot, slot == 0);
+  };
+  // Lane 0 of every warp: clock64 into per-warp slot (which * 32 + warp).
+  auto trace_warp = [&](int s, int which) {
+    if (tr != nullptr && lane == 0 && s >= kTrS0 && s < kTrS0 + kTrSteps)
+      tr[2 * (kTrPro + kTrSteps * kTrSlots) + (s - kTrS0) * kTrWarpSlots + which * 32 + warp] = clock64();
+  };
+#else
+  auto trace_pro = [](int) {};
+  auto trace = [](int, int) {};
+  auto trace_warp = [](int, int) {};
+#endif
+  trace_pro(0);
 
   // ---- prologue ------------------------------------------------------------------------------------------------
   for (int i = tid; i < p.union_bytes / 4; i += nthreads) reinterpret_cast<int*>(smem)[i] = 0;
   __syncthreads();
   LoadLengths(p, len_s, 0, nrows, tid, nthreads);
+  trace_pro(1);
 
   // Phase A fragments: tile i of this warp is (m-tile mt_a, k-tile ksi * TAN + i). Row r of an m-tile is unit
   // 4 mt + r / 4, gate r % 4. The block's columns are staged a pass of stage_rows_a k-rows at a time
@@ -205,6 +298,7 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
       __syncthreads();
     }
   }
+  trace_pro(2);
   // Phase B fragments: tile (mt, kt) = projection columns mt * 16.., own units kt * 32..; the own rows of P are
   // contiguous ([ucount][P] bytes), staged 32 rows at a time.
   if (P > 0) {
@@ -240,6 +334,7 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
       __syncthreads();
     }
   }
+  trace_pro(3);
   // Column sums sum_k q: the same products with every plane byte 1.
   {
     int acc[4] = {0, 0, 0, 0};
@@ -273,6 +368,7 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
     }
   }
   stamp(1);
+  trace_pro(4);
   // 1 / scale (0 for a zero row and the padding) and the fixed-point exponents: phase A from the bound on |h|
   // (the projection clip, or 1) and max 1 / scale over U's rows; phase B from |m| <= 1 and the own P rows.
   if (tid == 0) {
@@ -294,6 +390,7 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
       AtomicMaxNonNeg(reinterpret_cast<float*>(flag_s) + 5, fabsf(inv));
     }
   }
+  trace_pro(5);
   // Initial state: own h and c, and h0's own maximum of |h0 / scale| (finite values; the others are flagged).
   for (int i = tid; i < nrows * own_count; i += nthreads) {
     const int r = i / own_count, c = i - r * own_count;
@@ -345,45 +442,97 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
   }
   const int max_len = len_s[p.rb];
   stamp(2);
+  trace_pro(6);
 
   const int npairs = nrows * ucount;
   const int xs_buf = p.rb * upb * G;
-  auto prefetch_x = [&](int s) {
+  // With ks = 1 every warp holds one m-tile's whole sums (4 units x 4 gates), and the cell update of those units
+  // runs in the warp itself: no z round trip through shared memory, no block barrier between the products and the
+  // cell, 16 warps on the cell instead of 2 (session 26). Lane 4 g + t of m-tile mt holds z of (batch row t / 2,
+  // unit 4 mt + g / 4 + 2 (t % 2), gate g % 4); the gate-0 lanes (g % 4 = 0) run the cell of their unit. x_proj
+  // is prefetched by the lane that uses it (cp.async is only waited for per thread).
+  const bool fused_cell = q8.ks == 1;
+  const bool cell_lane = fused_cell && (g8 & 3) == 0;
+  const int cell_r = t4 >> 1, cell_u = mt_a * 4 + (g8 >> 2) + 2 * (t4 & 1);
+  auto prefetch_pair = [&](int s, int r, int u) {
     float* xs = xs_s + (s & 1) * xs_buf;
-#pragma unroll 1
-    for (int pi = tid; pi < npairs; pi += nthreads) {
-      const int r = pi / ucount, u = pi - r * ucount;
-      const int len = len_s[r];
-      if (s < len) {
-        const int t = reverse ? len - 1 - s : s;
-        const float* xp = p.x_proj + row_index(r, t) * xcols + (long long)d * G * H + u0 + u;
+    const int pi = r * ucount + u;
+    const int len = len_s[r];
+    if (s < len) {
+      const int t = reverse ? len - 1 - s : s;
+      const float* xp = p.x_proj + row_index(r, t) * xcols + (long long)d * G * H + u0 + u;
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(xs + pi * G + g));
-          asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(xp + (long long)g * H) : "memory");
-        }
+      for (int g = 0; g < G; ++g) {
+        const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(xs + pi * G + g));
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(xp + (long long)g * H) : "memory");
+      }
+    }
+  };
+  auto prefetch_x = [&](int s) {
+    if (fused_cell) {
+      if (cell_lane && cell_r < nrows && cell_u < ucount) prefetch_pair(s, cell_r, cell_u);
+    } else {
+#pragma unroll 1
+      for (int pi = tid; pi < npairs; pi += nthreads) {
+        const int r = pi / ucount;
+        prefetch_pair(s, r, pi - r * ucount);
       }
     }
     CpAsyncCommit();
   };
   prefetch_x(0);
-  auto publish_h = [&](int r, int col, float v, int s) {
+  // h of step s as the next step's operand word (FetchPlanes): X + 2^31 of h / scale at the scaling of steps >= 1,
+  // or 0 when h / scale is NaN, infinite or past the bound (the reader flags the row).
+  auto publish_h = [&](int r, int col, float h, int s) {
     const long long idx = (((long long)(s & 1) * D + d) * B + r) * p.ex_r + col;
-    StoreRelaxed64(p.xh_tag + idx, (static_cast<unsigned long long>(s + 1) << 32) | __float_as_uint(v));
+    const float v = h * inva_s[col];
+    const uint32_t w = fabsf(v) <= fx_s[4] ? OffsetFixed(v, fx_s[3]) : 0u;
+    StoreRelaxed64(p.xh_tag + idx, (static_cast<unsigned long long>(s + 1) << 32) | w);
+  };
+  // The cell update of (row r, own unit u) at step s from its 4 gate sums; then h published (no projection) or m
+  // into phase B's planes.
+  auto cell_pair = [&](int s, int r, int u, const float (&z)[G], const float* xs_step) {
+    const int pi = r * ucount + u;
+    const int len = len_s[r];
+    float hv = 0.f;
+    if (s < len) {
+      const int t = reverse ? len - 1 - s : s;
+      float x[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) x[g] = xs_step[pi * G + g];
+      float* rs = p.reserve ? p.reserve + (((long long)d * B + r) * T + t) * p.reserve_f + u0 + u : nullptr;
+      hv = LstmCellUpdate(x, z, &c_s[r * upb + u], p.cell_clip, rs, H);
+      if (P == 0) {
+        hown_s[r * upb + u] = hv;
+        p.out[row_index(r, t) * ocols + (long long)d * R + u0 + u] = hv;
+      }
+    } else if (P == 0) {
+      hv = hown_s[r * upb + u];  // a finished row keeps publishing its last state
+    }
+    if (P == 0) {
+      publish_h(r, u0 + u, hv, s);
+    } else {
+      float v = hv * invb_s[u];
+      if (!(fabsf(v) <= fx_s[7]) || hv != hv) {
+        if (s < len) flag_s[2 + r] = s + 1;
+        v = 0.f;
+      }
+      StorePlanes(plb_s + r * 4 * q8.plb_stride + u, q8.plb_stride, OffsetFixed(v, fx_s[6]));
+    }
   };
 
   // ---- the recurrence ------------------------------------------------------------------------------------------
   for (int s = 0; s < max_len; ++s) {
     const int sbase = s < kDebugSteps ? 3 + 5 * s : -1;
     if (sbase >= 0) stamp(sbase);
-    // ---- phase A: h_prev into shared memory, then into byte planes
-    {
-      const int prev = (s + 1) & 1;
-      FetchRows(h_s, kpad_a, p.h0 ? p.h0 + (long long)d * B * R : nullptr,
-                p.xh_tag + ((long long)prev * D + d) * B * p.ex_r, nullptr, s == 0 ? 0 : 1,
-                static_cast<unsigned>(s), nrows, R, p.ex_r, tid, nthreads, p.watchdog);
+    trace(s, 0);
+    // ---- phase A: h_prev as byte planes. Step 0: h0 (floats) through one conversion pass at step 0's scaling;
+    // later steps: the owners' fixed-point words straight into the planes.
+    if (s == 0) {
+      FetchRows(h_s, kpad_a, p.h0 ? p.h0 + (long long)d * B * R : nullptr, nullptr, nullptr, 0, 0u, nrows, R, p.ex_r,
+                tid, nthreads, p.watchdog);
       __syncthreads();
-      const float to_fixed = fx_s[s == 0 ? 0 : 3], lim = fx_s[s == 0 ? 1 : 4];
+      const float to_fixed = fx_s[0], lim = fx_s[1];
 #pragma unroll 1
       for (int i = tid; i < nrows * R; i += nthreads) {
         const int r = nrows == 1 ? 0 : i / R, k = i - r * R;
@@ -395,9 +544,15 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
         }
         StorePlanes(pla_s + r * 4 * q8.pla_stride + k, q8.pla_stride, OffsetFixed(v, to_fixed));
       }
-      __syncthreads();
-      if (sbase >= 0) stamp(sbase + 1);  // (this kernel's "fetch" stamp includes the conversion to planes)
+    } else {
+      FetchPlanes(pla_s, q8.pla_stride, flag_s, s + 1, p.xh_tag + ((long long)((s + 1) & 1) * D + d) * B * p.ex_r,
+                  static_cast<unsigned>(s), nrows, R, p.ex_r, tid, nthreads, p.watchdog);
     }
+    trace(s, 1);
+    __syncthreads();
+    trace(s, 2);
+    trace(s, 3);
+    if (sbase >= 0) stamp(sbase + 1);
     // ---- phase A products: this warp's tiles; the planes of row b are B-fragment columns 4 b .. 4 b + 3.
     // z (float) is put together in parallel here, off the cell update's serial path: by the warp itself when it
     // covers all of k (ks = 1: lanes 4 g + 2 b and 4 g + 2 b + 1 hold planes 0-1 and 2-3 of row b), else after the
@@ -422,16 +577,29 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
           MmaS8U8(acc0, wa[i], b0, b1);
         }
       }
-      if (q8.ks == 1) {
+      trace(s, 12);
+      if (fused_cell) {
         int o[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) o[e] = __shfl_xor_sync(0xffffffffu, acc0[e], 1);
-        const int r = t4 >> 1;
-        if ((t4 & 1) == 0 && r < nrows) {
-          put_z(mt_a, g8, r, acc0[0], acc0[1], o[0], o[1]);
-          put_z(mt_a, g8 + 8, r, acc0[2], acc0[3], o[2], o[3]);
+        // Even lanes hold planes 0-1 of rows g and g + 8, odd lanes planes 2-3: even lanes put row g together,
+        // odd lanes row g + 8.
+        float zv = 0.f;
+        if (cell_r < nrows) {
+          const bool nan_h = flag_s[cell_r] == s + 1;
+          zv = nan_h ? __int_as_float(0x7fc00000)
+                     : ((t4 & 1) == 0 ? FromPlanes(acc0[0], acc0[1], o[0], o[1], csa_s[mt_a * 16 + g8], from_fixed)
+                                      : FromPlanes(o[2], o[3], acc0[2], acc0[3], csa_s[mt_a * 16 + g8 + 8],
+                                                   from_fixed));
         }
-        __syncthreads();
+        // A unit's gates 1..3 sit 4, 8 and 12 lanes above its gate 0.
+        const float zg[G] = {zv, __shfl_down_sync(0xffffffffu, zv, 4), __shfl_down_sync(0xffffffffu, zv, 8),
+                             __shfl_down_sync(0xffffffffu, zv, 12)};
+        trace(s, 13);
+        CpAsyncWaitGroup<0>();  // this lane's x_proj of step s
+        if (cell_lane && cell_r < nrows && cell_u < ucount) cell_pair(s, cell_r, cell_u, zg, xs_s + (s & 1) * xs_buf);
+        // Without a projection nothing else orders this step's reads of the planes before the next fetch's writes.
+        if (P == 0) __syncthreads();
       } else {
         acc_s[(ksi * MA + mt_a) * 32 + lane] = make_int4(acc0[0], acc0[1], acc0[2], acc0[3]);
         __syncthreads();
@@ -455,77 +623,77 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
       }
     }
     if (sbase >= 0) stamp(sbase + 2);
-    // ---- cell update for this block's (row, unit) pairs
-    CpAsyncWaitGroup<0>();  // this thread's x_proj of step s
-    const float* xs_step = xs_s + (s & 1) * xs_buf;
+    trace(s, 4);
+    // ---- cell update for this block's (row, unit) pairs (k split over warps: from z in shared memory)
+    if (!fused_cell) {
+      CpAsyncWaitGroup<0>();  // this thread's x_proj of step s
+      const float* xs_step = xs_s + (s & 1) * xs_buf;
 #pragma unroll 1
-    for (int pi = tid; pi < npairs; pi += nthreads) {
-      const int r = pi / ucount, u = pi - r * ucount;
-      const int len = len_s[r];
-      float hv = 0.f;
-      if (s < len) {
-        const int t = reverse ? len - 1 - s : s;
+      for (int pi = tid; pi < npairs; pi += nthreads) {
+        const int r = pi / ucount, u = pi - r * ucount;
         const float4 z4 = *reinterpret_cast<const float4*>(z_s + (r * upb + u) * G);
         const float z[G] = {z4.x, z4.y, z4.z, z4.w};
-        float x[G];
-#pragma unroll
-        for (int g = 0; g < G; ++g) x[g] = xs_step[pi * G + g];
-        float* rs = p.reserve ? p.reserve + (((long long)d * B + r) * T + t) * p.reserve_f + u0 + u : nullptr;
-        hv = LstmCellUpdate(x, z, &c_s[r * upb + u], p.cell_clip, rs, H);
-        if (P == 0) {
-          hown_s[r * upb + u] = hv;
-          p.out[row_index(r, t) * ocols + (long long)d * R + u0 + u] = hv;
-        }
-      } else if (P == 0) {
-        hv = hown_s[r * upb + u];  // a finished row keeps publishing its last state
-      }
-      if (P == 0) {
-        publish_h(r, u0 + u, hv, s);
-      } else {
-        float v = hv * invb_s[u];
-        if (!(fabsf(v) <= fx_s[7]) || hv != hv) {
-          if (s < len) flag_s[2 + r] = s + 1;
-          v = 0.f;
-        }
-        StorePlanes(plb_s + r * 4 * q8.plb_stride + u, q8.plb_stride, OffsetFixed(v, fx_s[6]));
+        cell_pair(s, r, u, z, xs_step);
       }
     }
     if (sbase >= 0) stamp(sbase + 3);
+    trace(s, 5);
     if (s + 1 < max_len) prefetch_x(s + 1);
 
     // ---- phase B (projection) as a reduce-scatter: partial sums of the own units for every column, then the
     // owned columns summed over the nbu blocks in a fixed order
     if (P > 0) {
       __syncthreads();  // plb_s complete
+      trace(s, 6);
       const unsigned long long tag = static_cast<unsigned long long>(s + 1) << 32;
       const long long par_base = ((long long)(s & 1) * D + d) * B;
       const long long blk_stride = (long long)p.nbu * p.ex_p;
       unsigned long long* xp_own = p.xm_tag + par_base * blk_stride + (long long)ub * p.ex_p;
       const uint8_t* pb = plb_s + g8 * q8.plb_stride + t4 * 4;
+      // Two m-tiles a warp at a time (mt and mt + nwarps): two independent MMA -> shuffle -> int64 -> store chains
+      // instead of one after the other (one chain was ~1.1 k cycles of a ~2.2 k phase B, session 26).
+      const float from_fixed_b = fx_s[8];
+      const int r = t4 >> 1;
+      const bool nan_row = r < nrows && flag_s[2 + r] == s + 1;
 #pragma unroll 1
-      for (int mt = warp; mt < MB; mt += nwarps) {
-        int c[4] = {0, 0, 0, 0};
+      for (int mt0 = warp; mt0 < MB; mt0 += 2 * nwarps) {
+        const bool second = mt0 + nwarps < MB;  // warp-uniform
+        int c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
 #pragma unroll 1
         for (int kt = 0; kt < KB; ++kt) {
-          const uint4 a4 = fragb_s[(mt * KB + kt) * 32 + lane];
+          const uint32_t b0 = *reinterpret_cast<const uint32_t*>(pb + kt * 32);
+          const uint32_t b1 = *reinterpret_cast<const uint32_t*>(pb + kt * 32 + 16);
+          const uint4 a4 = fragb_s[(mt0 * KB + kt) * 32 + lane];
           const uint32_t a[4] = {a4.x, a4.y, a4.z, a4.w};
-          MmaS8U8(c, a, *reinterpret_cast<const uint32_t*>(pb + kt * 32),
-                  *reinterpret_cast<const uint32_t*>(pb + kt * 32 + 16));
+          MmaS8U8(c[0], a, b0, b1);
+          if (second) {
+            const uint4 e4 = fragb_s[((mt0 + nwarps) * KB + kt) * 32 + lane];
+            const uint32_t e[4] = {e4.x, e4.y, e4.z, e4.w};
+            MmaS8U8(c[1], e, b0, b1);
+          }
         }
-        const int o0 = __shfl_xor_sync(0xffffffffu, c[0], 1), o1 = __shfl_xor_sync(0xffffffffu, c[1], 1);
-        const int o2 = __shfl_xor_sync(0xffffffffu, c[2], 1), o3 = __shfl_xor_sync(0xffffffffu, c[3], 1);
-        const int r = t4 >> 1;
+        int o[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) o[j][q] = __shfl_xor_sync(0xffffffffu, c[j][q], 1);
+        if (mt0 == warp) trace(s, 10);
         if ((t4 & 1) == 0 && r < nrows) {
-          const bool nan_row = flag_s[2 + r] == s + 1;
-          const int col0 = mt * 16 + g8, col1 = col0 + 8;
           const float nanv = __int_as_float(0x7fc00000);
-          const float from_fixed_b = fx_s[8];
-          const float v0 = nan_row ? nanv : FromPlanes(c[0], c[1], o0, o1, csb_s[col0], from_fixed_b);
-          const float v1 = nan_row ? nanv : FromPlanes(c[2], c[3], o2, o3, csb_s[col1], from_fixed_b);
-          if (col0 < P) StoreRelaxed64(xp_own + r * blk_stride + col0, tag | __float_as_uint(v0));
-          if (col1 < P) StoreRelaxed64(xp_own + r * blk_stride + col1, tag | __float_as_uint(v1));
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            if (j == 1 && !second) break;
+            const int col0 = (mt0 + j * nwarps) * 16 + g8, col1 = col0 + 8;
+            const float v0 = nan_row ? nanv : FromPlanes(c[j][0], c[j][1], o[j][0], o[j][1], csb_s[col0], from_fixed_b);
+            const float v1 = nan_row ? nanv : FromPlanes(c[j][2], c[j][3], o[j][2], o[j][3], csb_s[col1], from_fixed_b);
+            if (col0 < P) StoreRelaxed64(xp_own + r * blk_stride + col0, tag | __float_as_uint(v0));
+            if (col1 < P) StoreRelaxed64(xp_own + r * blk_stride + col1, tag | __float_as_uint(v1));
+          }
         }
+        if (mt0 == warp) trace(s, 11);
       }
+      trace(s, 7);
+      trace_warp(s, 1);
 #pragma unroll 1
       for (int q = warp; q < nrows * pcount; q += nwarps) {
         const int r = q / pcount, pc = q - r * pcount;
@@ -552,6 +720,7 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
               }
               if (!waiting || WatchdogTick(polls, p.watchdog)) break;
             }
+            trace(s, 14);
 #pragma unroll
             for (int e = 0; e < 4; ++e)
               if (b0 + 32 * e < p.nbu) sum += __uint_as_float(static_cast<unsigned>(v[e]));
@@ -571,6 +740,7 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
         if (lane == 0) publish_h(r, pc0 + pc, h, s);
       }
     }
+    trace(s, 8);
     if (sbase >= 0) stamp(sbase + 4);
   }
   stamp(3 + 5 * kDebugSteps);

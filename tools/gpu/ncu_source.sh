@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED=1
 python3 tools/gpu/driver.py --lib "$LIB" --out "$OUT" --profile-only "$(echo $CASES | tr ' ' ',')" 2>&1 | tail -3
 for c in $CASES; do
   rep="/tmp/ncu_$c"
-  ncu --clock-control none -k regex:'Rnn(Persistent|Small)Kernel' -s 2 -c 1 --section WarpStateStats --section SourceCounters \
+  ncu --clock-control none -k regex:'Rnn(Persistent|Small|Int8Mma)Kernel' -s 2 -c 1 --section WarpStateStats --section SourceCounters \
     --section InstructionStats --section LaunchStats --import-source yes -f -o "$rep" \
     python3 tools/gpu/driver.py --lib "$LIB" --out /tmp/ncu_driver_out --ncu-case "$c" >"/tmp/ncu_$c.log" 2>&1 \
     || { tail -20 "/tmp/ncu_$c.log"; continue; }
