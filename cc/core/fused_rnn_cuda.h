@@ -71,8 +71,6 @@ struct CudaTuning {
                              // mode 5 stages only when n > 0 (unstaged was faster wherever it was timed)
   int proj_reduce = -1;      // mode 1 with an even projection width: -1 auto, 0 phase B fetches all of m, 1 phase B
                              // as a reduce-scatter of the blocks' partial sums (see KernelParams::proj_rs)
-  int cluster_size = -1;     // mode 6 (sm_90, with a projection): -1 auto (8, else 4 blocks where they fit), 0 no
-                             // clusters (two global exchanges a step), 2..8 exactly that (or no mode-6 plan)
   int64_t* debug_clock = nullptr;  // test-only: device buffer of 166 int64 phase timestamps (see the .cu)
   int test_raise_watchdog = 0;     // test-only: 1 raises the watchdog word before the launch, as a timed-out wait
                                    // would, so the harness can check that the outputs come back poisoned (NaN)

@@ -890,10 +890,8 @@ const char* TrySmall(const RnnShape& shape, int wk, const CudaDeviceLimits& limi
 // gate columns in m-tiles of 16 and split k into slices of at most TA register tiles (the smallest TA whose block
 // stays within 16 warps). Auto takes it over the general kernel where it measured faster (bench/gpu/NOTES.md,
 // session 25): with a projection (ELMo layer 0.733 -> 0.618 ms), not without (LSTM H=1024 B=1 0.282 -> 0.327).
-// max_cl: the largest cluster the automatic choice may take (a smaller one is retried when a size's clusters cannot
-// all be resident).
 const char* TryInt8Mma(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun,
-                       Plan* best, int max_cl = 8) {
+                       Plan* best) {
   using namespace cuda_impl;
   const bool forced = tun.mode == kModeInt8Mma;
   if (wk != kWeightI8 || shape.cell != CellType::kLstm || limits.cc_major < 8 || !limits.cooperative_launch)
@@ -919,27 +917,11 @@ const char* TryInt8Mma(const RnnShape& shape, int wk, const CudaDeviceLimits& li
     const int ta = static_cast<int>(CeilDiv(KA, ks));
     const int threads = 32 * MA * ks;
     if (threads > 1024 || (threads > 512 && idx + 1 < kI8MmaNumTa)) continue;
-    // The cluster variant (sm_90 code): one global exchange a step instead of two. It needs the whole k in each
-    // warp (ks = 1: the NaN flag comes from the planes a warp read), a projection whose columns split evenly over
-    // the members in groups of 4, clusters within a direction, at most 32 clusters per direction, and every
-    // cluster resident at once. Auto tries 8, then 4 members; tun.cluster_size forces one (0: never).
-    int cl = 0;
-    if (P > 0 && ks == 1 && limits.cc_major >= 9 && tun.cluster_size != 0) {
-      const int tries[2] = {tun.cluster_size > 0 ? tun.cluster_size : 8, tun.cluster_size > 0 ? 0 : 4};
-      for (int c : tries) {
-        if (c < 2 || c > 8 || (tun.cluster_size < 0 && c > max_cl) || nbu % c != 0 || P % 16 != 0 ||
-            P % (4 * c) != 0 || nbu / c > 32)
-          continue;
-        cl = c;
-        break;
-      }
-    }
-    if (tun.cluster_size > 0 && cl == 0) continue;
-    KernelFn fn = GetKernelI8MmaLstm(idx, cl > 0);
+    KernelFn fn = GetKernelI8MmaLstm(idx);
     if (!fn) continue;
     KernelFacts facts;
     if (const char* err = Facts(fn, &facts)) return err;
-    if (facts.ptx_version < (cl > 0 ? 90 : 80) || facts.max_threads < threads) continue;
+    if (facts.ptx_version < 80 || facts.max_threads < threads) continue;
     KernelParams kp;
     KernelParams::I8Mma& q = kp.q8;
     q.ma = MA;
@@ -968,18 +950,10 @@ const char* TryInt8Mma(const RnnShape& shape, int wk, const CudaDeviceLimits& li
     q.off_flags = take(32 * 4);
     kp.off_z = take(size_t(2) * upb * 16);
     kp.off_c = take(size_t(2) * upb * 4);
-    const int own_p = cl > 0 ? P / cl : ppb;  // projection columns a block owns (cluster variant: its member's)
-    kp.off_hown = take(size_t(2) * std::max(upb, own_p) * 4);
+    kp.off_hown = take(size_t(2) * std::max(upb, ppb) * 4);
     kp.off_len = take(4 * 4);
     kp.off_x = take(size_t(2) * 2 * upb * 4 * 4);
     q.off_fragb = take(size_t(MB) * KB * 32 * 16);
-    if (cl > 0) {
-      q.cl = cl;
-      q.cpm = P / cl;
-      q.ncl = nbu / cl;
-      q.off_rcv = take(size_t(cl) * 2 * q.cpm * 4);
-      kp.off_mbar = take(16);
-    }
     kp.union_bytes = static_cast<int>(off);
     const int row_bytes = 4 * upb;
     q.stage_rows_a = std::max(32, std::min(KA * 32, (32768 / row_bytes) / 32 * 32));
@@ -991,21 +965,6 @@ const char* TryInt8Mma(const RnnShape& shape, int wk, const CudaDeviceLimits& li
     int bps = 0;
     if (const char* err = BlocksPerSm(fn, threads, smem, limits, &bps)) return err;
     if (bps < 1 || grid > bps * limits.sm_count) continue;
-    if (cl > 0) {
-      int clusters = 0;
-      if (const char* err = ClustersPossible(fn, threads, smem, cl, &clusters)) return err;
-      if (clusters < grid / cl) {  // not all resident: a smaller cluster, or the plain variant
-        if (tun.cluster_size > 0) {
-          // Forced: say why (how many clusters fit depends on the GPCs' sizes, not only on the SM count).
-          std::snprintf(g_message, sizeof(g_message),
-                        "fused_rnn CUDA: the int8 tensor-core mode with clusters of %d needs %d clusters resident at "
-                        "once; this device holds %d",
-                        cl, grid / cl, clusters);
-          return g_message;
-        }
-        return TryInt8Mma(shape, wk, limits, tun, best, cl / 2);
-      }
-    }
     // Rough cycles, only to rank against the other modes when forced off: two exchanges a step (~1.3 k cycles
     // each, tagged words), the products at ~16 cycles per mma in a chain of ta, the cell update.
     const double per_step = 1300.0 * (P > 0 ? 2 : 1) + 16.0 * ta + 800.0;
@@ -1018,7 +977,7 @@ const char* TryInt8Mma(const RnnShape& shape, int wk, const CudaDeviceLimits& li
     k.rb = B;
     k.nbu = nbu;
     k.upb = upb;
-    k.ppb = own_p;
+    k.ppb = ppb;
     k.ex_p = P;
     size_t ws = 128;  // watchdog word
     pl.off_xh = Align(ws, 256);
@@ -1036,8 +995,7 @@ const char* TryInt8Mma(const RnnShape& shape, int wk, const CudaDeviceLimits& li
     pl.kc_template = TA;
     pl.blocks_per_sm = bps;
     pl.smem = smem;
-    pl.cooperative = true;  // with cl > 0 also a cluster launch (both attributes)
-    pl.cluster = cl;
+    pl.cooperative = true;
     pl.cost = cost;
     *best = pl;  // eligible and fitting: taken (the rule above says where)
     return nullptr;
@@ -1146,7 +1104,7 @@ const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDe
 
 // Plans are cached: the search above calls the occupancy calculator for every candidate, far too slow per call.
 struct PlanKey {
-  int v[25];
+  int v[24];
   bool operator<(const PlanKey& o) const { return std::memcmp(v, o.v, sizeof(v)) < 0; }
 };
 std::mutex g_plan_mutex;
@@ -1167,7 +1125,7 @@ const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDev
                   limits.sm_count, limits.max_shared_bytes_per_block_optin, limits.cooperative_launch,
                   limits.cc_major, limits.cc_minor, tun.mode, tun.units_per_block, tun.rows_per_block,
                   tun.max_reg_chunks, tun.stream_location, tun.lanes_per_unit, tun.stage_weights,
-                  tun.proj_reduce, tun.cluster_size}};
+                  tun.proj_reduce}};
   {
     std::lock_guard<std::mutex> lock(g_plan_mutex);
     auto it = g_plans.find(key);
@@ -1230,10 +1188,10 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
   if (k.exchange == cuda_impl::kModeInt8Mma) {
     std::snprintf(buf, buf_len,
                   "mode=int8mma grid=%d (D=%d x unitblocks=%d) threads=%d units/block=%d proj/block=%d A[m-tiles=%d "
-                  "k-tiles=%d slices=%d tiles/warp=%d (tmpl %d)] B[m-tiles=%d k-tiles=%d] cluster=%d smem=%zu ws=%zu "
+                  "k-tiles=%d slices=%d tiles/warp=%d (tmpl %d)] B[m-tiles=%d k-tiles=%d] smem=%zu ws=%zu "
                   "blocks/SM=%d",
                   pl.grid, k.D, k.nbu, pl.threads, k.upb, k.ppb, k.q8.ma, k.q8.ka, k.q8.ks, k.q8.ta,
-                  pl.kc_template, k.q8.mb, k.q8.kb, k.q8.cl, pl.smem, pl.ws_bytes, pl.blocks_per_sm);
+                  pl.kc_template, k.q8.mb, k.q8.kb, pl.smem, pl.ws_bytes, pl.blocks_per_sm);
     return nullptr;
   }
   if (k.exchange == cuda_impl::kModeSmall) {
@@ -1337,21 +1295,19 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
   cfg.blockDim = dim3(pl.threads);
   cfg.dynamicSmemBytes = pl.smem;
   cfg.stream = stream;
-  // Both for mode 6's cluster variant: every block resident (cooperative), in clusters.
-  cudaLaunchAttribute attr[2];
+  cudaLaunchAttribute attr[1];
   cfg.attrs = attr;
   cfg.numAttrs = 0;
   if (pl.cooperative) {
-    attr[cfg.numAttrs].id = cudaLaunchAttributeCooperative;
-    attr[cfg.numAttrs].val.cooperative = 1;
-    ++cfg.numAttrs;
-  }
-  if (pl.cluster > 0) {
-    attr[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
-    attr[cfg.numAttrs].val.clusterDim.x = pl.cluster;
-    attr[cfg.numAttrs].val.clusterDim.y = 1;
-    attr[cfg.numAttrs].val.clusterDim.z = 1;
-    ++cfg.numAttrs;
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    cfg.numAttrs = 1;
+  } else if (pl.cluster > 0) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = pl.cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.numAttrs = 1;
   }
   cudaError_t e = cudaLaunchKernelEx(&cfg, pl.fn, kp);
   if (e != cudaSuccess) return CudaMessage(pl.cooperative ? "cooperative kernel launch" : "kernel launch", e);

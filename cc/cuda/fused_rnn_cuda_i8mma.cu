@@ -3,14 +3,11 @@
 
 namespace fused_rnn {
 namespace cuda_impl {
-KernelFn GetKernelI8MmaLstm(int ta_idx, bool cluster) {
-  static const KernelFn table[2][kI8MmaNumTa] = {
-      {RnnInt8MmaKernel<2, false>, RnnInt8MmaKernel<4, false>, RnnInt8MmaKernel<8, false>,
-       RnnInt8MmaKernel<16, false>, RnnInt8MmaKernel<32, false>},
-      {RnnInt8MmaKernel<2, true>, RnnInt8MmaKernel<4, true>, RnnInt8MmaKernel<8, true>, RnnInt8MmaKernel<16, true>,
-       RnnInt8MmaKernel<32, true>}};
+KernelFn GetKernelI8MmaLstm(int ta_idx) {
+  static const KernelFn table[kI8MmaNumTa] = {RnnInt8MmaKernel<2>, RnnInt8MmaKernel<4>, RnnInt8MmaKernel<8>,
+                                              RnnInt8MmaKernel<16>, RnnInt8MmaKernel<32>};
   if (ta_idx < 0 || ta_idx >= kI8MmaNumTa) return nullptr;
-  return table[cluster ? 1 : 0][ta_idx];
+  return table[ta_idx];
 }
 }  // namespace cuda_impl
 }  // namespace fused_rnn

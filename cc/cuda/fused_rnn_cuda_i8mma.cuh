@@ -31,7 +31,6 @@
 #ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_I8MMA_CUH_
 #define FUSED_RNN_CUDA_FUSED_RNN_CUDA_I8MMA_CUH_
 
-#include "fused_rnn_cuda_small.cuh"  // the transaction-barrier helpers (st.async, mbarrier)
 #include "fused_rnn_cuda_tc.cuh"
 
 namespace fused_rnn {
@@ -75,19 +74,6 @@ __device__ __forceinline__ void StorePlanes(uint8_t* base, int stride, uint32_t 
   base[2 * stride] = static_cast<uint8_t>(w >> 16);
   base[3 * stride] = static_cast<uint8_t>(w >> 24);
 }
-// Cluster variant (sm_90): a 32-bit word into member `rank`'s shared memory at the same offset as local_addr,
-// counted on that member's transaction barrier at the offset of mbar_local.
-__device__ __forceinline__ void StoreAsyncWord(unsigned local_addr, unsigned mbar_local, unsigned rank, uint32_t w) {
-#if __CUDA_ARCH__ >= 900
-  unsigned ra, rm;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(local_addr), "r"(rank));
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rm) : "r"(mbar_local), "r"(rank));
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(ra), "r"(w), "r"(rm)
-               : "memory");
-#endif
-}
-// Nonzero when some byte of w is 0 (a plane-3 byte of 0 marks a NaN h word: valid words have 0x40..0xc0 there).
-__device__ __forceinline__ uint32_t ZeroByteMask(uint32_t w) { return (w - 0x01010101u) & ~w & 0x80808080u; }
 __device__ __forceinline__ void AtomicMaxNonNeg(float* addr, float v) {
   atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));  // v >= 0: int order is float order
 }
@@ -148,12 +134,9 @@ __device__ __forceinline__ void FetchPlanes(uint8_t* planes, int plane_stride, i
   }
 }
 
-template <int TA, bool CL>
+template <int TA>
 __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(const KernelParams p) {
 #if __CUDA_ARCH__ >= 800
-  // The cluster variant compiles to an empty body below sm_90; the planner never picks it there (ptx version).
-  constexpr bool kCl = CL && !kSmallNoClusters;
-  if constexpr (CL && !kCl) return;
   constexpr int G = 4;
   extern __shared__ __align__(16) unsigned char smem[];
   const KernelParams::I8Mma& q8 = p.q8;
@@ -164,12 +147,7 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
   const int nrows = B;  // one row group of at most 2 rows
   const int upb = p.upb;
   const int u0 = ub * upb, ucount = min(upb, H - u0);
-  // Cluster variant: member crank of cluster cidx (clusters are runs of q8.cl consecutive blocks of a direction)
-  // sums projection columns [crank * cpm, + cpm); every cluster computes the same h for them, and cluster 0's
-  // members write the outputs (writer).
-  const int crank = kCl ? ub % q8.cl : 0, cidx = kCl ? ub / q8.cl : 0;
-  const bool writer = !kCl || cidx == 0;
-  const int pc0 = kCl ? crank * p.ppb : ub * p.ppb, pcount = P > 0 ? max(0, min(p.ppb, P - pc0)) : 0;
+  const int pc0 = ub * p.ppb, pcount = P > 0 ? max(0, min(p.ppb, P - pc0)) : 0;
   const int own_cols = P > 0 ? p.ppb : upb;
   const int own0 = P > 0 ? pc0 : u0, own_count = P > 0 ? pcount : ucount;
   const bool reverse = (p.reverse_mask >> d) & 1;
@@ -422,7 +400,7 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
     const int r = i / ucount, u = i - r * ucount;
     c_s[r * upb + u] = p.c0 ? p.c0[((long long)d * B + r) * H + u0 + u] : 0.f;
   }
-  for (int r = 0; r < nrows && writer; ++r) {
+  for (int r = 0; r < nrows; ++r) {
     const int len = len_s[r];
     const int n = (T - len) * own_count;
     for (int i = tid; i < n; i += nthreads) {
@@ -463,30 +441,6 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
     }
   }
   const int max_len = len_s[p.rb];
-  // The planes' k padding [R, kpad_a) holds X = 0 (plane-3 byte 0x80), like every valid word: the cluster variant
-  // reads a zero plane-3 byte as a NaN h.
-  for (int i = tid; i < 2 * (kpad_a - R); i += nthreads) {
-    const int r = i / (kpad_a - R);
-    pla_s[(r * 4 + 3) * q8.pla_stride + R + (i - r * (kpad_a - R))] = 0x80u;
-  }
-  // Cluster variant: two transaction barriers, one for the partial sums this member receives (4 P bytes a row and
-  // step) and one for the byte planes of the next h (4 R bytes a row); each armed for its first phase here and
-  // re-armed by thread 0 right after each wait (the next phase's bytes need this block's own next contribution
-  // first, so the arm cannot come late). The cluster barrier: no member stores into a barrier not yet armed.
-  const unsigned mb_part = kCl ? SmemAddr32(smem + p.off_mbar) : 0u, mb_plane = mb_part + 8u;
-  if constexpr (kCl) {
-    if (tid == 0) {
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(mb_part) : "memory");
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(mb_plane) : "memory");
-      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
-    if (tid == 0) {
-      MbarArriveExpectTx(mb_part, 4u * P * nrows);
-      MbarArriveExpectTx(mb_plane, 4u * R * nrows);
-    }
-    ClusterSync();
-  }
   stamp(2);
   trace_pro(6);
 
@@ -567,88 +521,6 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
     }
   };
 
-  // Cluster variant, the end of phase B, in three parts: (1) this member's columns summed over the cluster's
-  // partials (received by st.async); (2) the ncl clusters' sums through global memory (tagged words: the one
-  // global exchange of a step; the general path has two); (3) h of those columns as fixed-point words into every
-  // member's byte planes (st.async), except after the last step (nothing waits for it). Lane 4 j + c of warp w:
-  // column pc0 + cb + c (cb = 4 w, 4 w + 4 nwarps, ...), cluster member j, or clusters j, j + 8, ... Every cluster
-  // adds the same words in the same order (butterfly shuffles are commutative), so all clusters compute the same h.
-  auto cluster_reduce = [&](int s, unsigned long long tag, long long par_base, int max_len) {
-    MbarWaitParity(mb_part, s & 1);
-    if (tid == 0) MbarArriveExpectTx(mb_part, 4u * P * nrows);
-    const float* rcv_s = reinterpret_cast<const float*>(smem + q8.off_rcv);
-    const unsigned pla_addr = SmemAddr32(pla_s);
-    const int j = lane >> 2, c = lane & 3;
-    const long long row_words = (long long)q8.ncl * P;
-#pragma unroll 1
-    for (int cb = 4 * warp; cb < p.ppb; cb += 4 * nwarps) {
-      const int lc = cb + c, col = pc0 + lc;
-      unsigned long long v[2][4];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float part = r < nrows && j < q8.cl ? rcv_s[(j * 2 + r) * p.ppb + lc] : 0.f;
-        part += __shfl_xor_sync(0xffffffffu, part, 4);
-        part += __shfl_xor_sync(0xffffffffu, part, 8);
-        part += __shfl_xor_sync(0xffffffffu, part, 16);
-        const unsigned long long* row_g = p.xm_tag + (par_base + r) * row_words + col;
-        if (r < nrows && j == 0)
-          StoreRelaxed64(p.xm_tag + (par_base + r) * row_words + (long long)cidx * P + col, tag | __float_as_uint(part));
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          v[r][e] = r < nrows && j + 8 * e < q8.ncl ? LoadRelaxed64(row_g + (long long)(j + 8 * e) * P) : tag;
-      }
-      long long polls = 0;
-      while (true) {  // re-issue every load that is not ready before checking any again (as FetchRows)
-        bool waiting = false;
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if ((v[r][e] >> 32) != (tag >> 32)) {
-              waiting = true;
-              v[r][e] = LoadRelaxed64(p.xm_tag + (par_base + r) * row_words + (long long)(j + 8 * e) * P + col);
-            }
-        if (!waiting || WatchdogTick(polls, p.watchdog)) break;
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (r >= nrows) break;
-        float sum = 0.f;
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (j + 8 * e < q8.ncl) sum += __uint_as_float(static_cast<unsigned>(v[r][e]));
-        sum += __shfl_xor_sync(0xffffffffu, sum, 4);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 8);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 16);
-        const int len = len_s[r];
-        float h;
-        if (s < len) {
-          h = ClipKeepNaN(sum, p.proj_clip);
-          if (writer && j == 0) {
-            const int t = reverse ? len - 1 - s : s;
-            if (p.reserve) p.reserve[(((long long)d * B + r) * T + t) * p.reserve_f + 5 * H + col] = sum;
-            p.out[row_index(r, t) * ocols + (long long)d * R + col] = h;
-          }
-        } else {
-          h = hown_s[r * p.ppb + lc];  // a finished row keeps sending its last state
-        }
-        hown_s[r * p.ppb + lc] = h;  // the same value from the 8 lanes of the column, in one instruction
-        if (s + 1 < max_len) {
-          const float hv = h * inva_s[col];
-          const uint32_t w = fabsf(hv) <= fx_s[4] ? OffsetFixed(hv, fx_s[3]) : 0u;
-          const uint32_t w0 = __shfl_sync(0xffffffffu, w, 0), w1 = __shfl_sync(0xffffffffu, w, 1),
-                         w2 = __shfl_sync(0xffffffffu, w, 2), w3 = __shfl_sync(0xffffffffu, w, 3);
-          // Lane 4 m + pl: plane pl of the 4 columns (one word) into member m.
-          const int pl = lane & 3, m = lane >> 2;
-          const uint32_t sel = pl | ((4 + pl) << 4);
-          const uint32_t pw = __byte_perm(__byte_perm(w0, w1, sel), __byte_perm(w2, w3, sel), 0x5410);
-          if (m < q8.cl)
-            StoreAsyncWord(pla_addr + (r * 4 + pl) * q8.pla_stride + pc0 + cb, mb_plane, m, pw);
-        }
-      }
-    }
-  };
-
   // ---- the recurrence ------------------------------------------------------------------------------------------
   for (int s = 0; s < max_len; ++s) {
     const int sbase = s < kDebugSteps ? 3 + 5 * s : -1;
@@ -672,16 +544,12 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
         }
         StorePlanes(pla_s + r * 4 * q8.pla_stride + k, q8.pla_stride, OffsetFixed(v, to_fixed));
       }
-    } else if constexpr (kCl) {
-      // The cluster's members stored h_{s-1}'s planes here (st.async); every thread waits for the bytes itself.
-      MbarWaitParity(mb_plane, (s - 1) & 1);
-      if (tid == 0) MbarArriveExpectTx(mb_plane, 4u * R * nrows);
     } else {
       FetchPlanes(pla_s, q8.pla_stride, flag_s, s + 1, p.xh_tag + ((long long)((s + 1) & 1) * D + d) * B * p.ex_r,
                   static_cast<unsigned>(s), nrows, R, p.ex_r, tid, nthreads, p.watchdog);
     }
     trace(s, 1);
-    if (!kCl || s == 0) __syncthreads();
+    __syncthreads();
     trace(s, 2);
     trace(s, 3);
     if (sbase >= 0) stamp(sbase + 1);
@@ -699,7 +567,6 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
       // One accumulator: with several (summed at the end) ptxas re-associated the integer sums into one chain
       // anyway, and 4 chains measured the same as 2 (session 25).
       int acc0[4] = {0, 0, 0, 0};
-      uint32_t zero_bytes = 0u;  // cluster variant: lanes 12-15 (row 0) and 28-31 (row 1) read plane 3
       const uint8_t* pb = pla_s + g8 * q8.pla_stride + t4 * 4;
 #pragma unroll
       for (int i = 0; i < TA; ++i) {
@@ -708,7 +575,6 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
           const uint32_t b0 = *reinterpret_cast<const uint32_t*>(pb + kt * 32);
           const uint32_t b1 = *reinterpret_cast<const uint32_t*>(pb + kt * 32 + 16);
           MmaS8U8(acc0, wa[i], b0, b1);
-          if constexpr (kCl) zero_bytes |= ZeroByteMask(b0) | ZeroByteMask(b1);
         }
       }
       trace(s, 12);
@@ -719,11 +585,8 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
         // Even lanes hold planes 0-1 of rows g and g + 8, odd lanes planes 2-3: even lanes put row g together,
         // odd lanes row g + 8.
         float zv = 0.f;
-        // A NaN h: flagged by the step-0 pass, or (cluster variant, ks = 1: this warp read all of k) a zero
-        // plane-3 byte in the row.
-        const unsigned zero_lanes = kCl ? __ballot_sync(0xffffffffu, zero_bytes != 0u) : 0u;
         if (cell_r < nrows) {
-          const bool nan_h = flag_s[cell_r] == s + 1 || ((zero_lanes >> (cell_r ? 28 : 12)) & 0xfu) != 0u;
+          const bool nan_h = flag_s[cell_r] == s + 1;
           zv = nan_h ? __int_as_float(0x7fc00000)
                      : ((t4 & 1) == 0 ? FromPlanes(acc0[0], acc0[1], o[0], o[1], csa_s[mt_a * 16 + g8], from_fixed)
                                       : FromPlanes(o[2], o[3], acc0[2], acc0[3], csa_s[mt_a * 16 + g8 + 8],
@@ -823,24 +686,14 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
             const int col0 = (mt0 + j * nwarps) * 16 + g8, col1 = col0 + 8;
             const float v0 = nan_row ? nanv : FromPlanes(c[j][0], c[j][1], o[j][0], o[j][1], csb_s[col0], from_fixed_b);
             const float v1 = nan_row ? nanv : FromPlanes(c[j][2], c[j][3], o[j][2], o[j][3], csb_s[col1], from_fixed_b);
-            if constexpr (kCl) {  // to the member that sums the column: [my rank][row][column - its first]
-              const int m0 = col0 / p.ppb, m1 = col1 / p.ppb;
-              const unsigned rcv = SmemAddr32(smem + q8.off_rcv) + 4u * ((crank * 2 + r) * p.ppb);
-              StoreAsyncWord(rcv + 4u * (col0 - m0 * p.ppb), mb_part, m0, __float_as_uint(v0));
-              StoreAsyncWord(rcv + 4u * (col1 - m1 * p.ppb), mb_part, m1, __float_as_uint(v1));
-            } else {
-              if (col0 < P) StoreRelaxed64(xp_own + r * blk_stride + col0, tag | __float_as_uint(v0));
-              if (col1 < P) StoreRelaxed64(xp_own + r * blk_stride + col1, tag | __float_as_uint(v1));
-            }
+            if (col0 < P) StoreRelaxed64(xp_own + r * blk_stride + col0, tag | __float_as_uint(v0));
+            if (col1 < P) StoreRelaxed64(xp_own + r * blk_stride + col1, tag | __float_as_uint(v1));
           }
         }
         if (mt0 == warp) trace(s, 11);
       }
       trace(s, 7);
       trace_warp(s, 1);
-      if constexpr (kCl) {
-        cluster_reduce(s, tag, par_base, max_len);
-      } else
 #pragma unroll 1
       for (int q = warp; q < nrows * pcount; q += nwarps) {
         const int r = q / pcount, pc = q - r * pcount;
@@ -896,7 +749,7 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
   __syncthreads();
   for (int i = tid; i < nrows * own_count; i += nthreads) {
     const int r = i / own_count, c = i - r * own_count;
-    if (p.final_h && writer) p.final_h[((long long)d * B + r) * R + own0 + c] = hown_s[r * own_cols + c];
+    if (p.final_h) p.final_h[((long long)d * B + r) * R + own0 + c] = hown_s[r * own_cols + c];
   }
   if (p.final_c) {
     for (int i = tid; i < nrows * ucount; i += nthreads) {

@@ -90,16 +90,11 @@ struct KernelParams {
   // m-tiles (16 projection columns) x kb k-tiles (32 own units), fragments in shared memory. Shared-memory offsets
   // (bytes) of the byte planes (pla_stride / plb_stride bytes per plane), the phase-A accumulators, the column
   // sums, the 1 / scale rows, the NaN flags and the phase-B fragments; stage_rows_a: k-rows per prologue pass.
-  // cl > 0 (sm_90, the cluster variant): the direction's blocks form clusters of cl; member r of a cluster sums
-  // the cluster's partials of projection columns [r cpm, (r + 1) cpm) from off_rcv ([cl][2][cpm] floats, st.async),
-  // the ncl clusters' sums meet in one global exchange, and member r sends the h words of its columns to every
-  // member's byte planes (st.async); the transaction barriers (partials, planes) are at off_mbar.
   struct I8Mma {
     int ma = 0, ka = 0, ks = 1, ta = 0, mb = 0, kb = 0;
     int pla_stride = 0, plb_stride = 0;
     int off_pla = 0, off_plb = 0, off_acc = 0, off_csa = 0, off_csb = 0, off_inva = 0, off_invb = 0, off_flags = 0,
         off_fragb = 0, stage_rows_a = 0;
-    int cl = 0, cpm = 0, ncl = 0, off_rcv = 0;
   } q8;          // row stride of the partial-sum rows (P)
   // shared-memory layout (bytes from the dynamic base)
   int off_h = 0, off_m = 0, off_z = 0, off_c = 0, off_hown = 0, off_len = 0, off_x = 0, off_stream_a = 0,
@@ -195,8 +190,7 @@ KernelFn GetKernelTcGruBF16(int nt_idx);
 KernelFn GetKernelSmallLstm(int wk, int nr, int ksl, int cluster);
 KernelFn GetKernelSmallGru(int wk, int nr, int ksl, int cluster);
 // Mode 6 (int8 LSTM, fused_rnn_cuda_i8mma.cuh) by register tiles index (kI8MmaTa); null before sm_80 builds.
-// cluster: the variant whose phase-B reduction runs in thread-block clusters (sm_90 code; q8.cl > 0).
-KernelFn GetKernelI8MmaLstm(int ta_idx, bool cluster);
+KernelFn GetKernelI8MmaLstm(int ta_idx);
 // The wide cluster variant (float32 weights only; nr one of kSmallWideNr, else nullptr).
 KernelFn GetKernelSmallWideLstm(int wk, int nr);
 KernelFn GetKernelSmallWideGru(int wk, int nr);

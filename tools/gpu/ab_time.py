@@ -37,9 +37,6 @@ CASES = {
                                           wt="f16", cell_clip=3.0, proj_clip=3.0)),
     "elmo8": ("ELMo layer int8 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                           wt="i8", cell_clip=3.0, proj_clip=3.0)),
-    # 56 blocks of 64 units a direction: 14 clusters of 8 (what fits on an H100 with one block per SM).
-    "elmo8c": ("ELMo-like layer int8 H=3584 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512,
-                                                       H=3584, P=512, wt="i8", cell_clip=3.0, proj_clip=3.0)),
     "bi100i8": ("biLSTM H=100 B=1 int8", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100,
                                               wt="i8")),
     "h512i8": ("LSTM H=512 B=1 int8", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512, wt="i8")),

@@ -88,11 +88,11 @@ class FusedRnn:
         self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
         self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
         t = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
-                 lanes_per_unit=0, stage_weights=-1, proj_reduce=-1, cluster_size=-1)
+                 lanes_per_unit=0, stage_weights=-1, proj_reduce=-1)
         t.update(tuning or {})
-        self.tuning = (ctypes.c_int * 9)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
+        self.tuning = (ctypes.c_int * 8)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
                                          t["stream_location"], t["lanes_per_unit"], t["stage_weights"],
-                                         t["proj_reduce"], t["cluster_size"])
+                                         t["proj_reduce"])
         self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], lib.limits, self.tuning)
         self.ws = torch.empty(max(self.ws_bytes, 256), dtype=torch.uint8, device="cuda")
         self.ptrs = (ctypes.c_uint64 * 15)()

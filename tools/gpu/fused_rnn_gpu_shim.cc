@@ -29,7 +29,7 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
 }
 
 // tuning (nullable): mode, units_per_block, rows_per_block, max_reg_chunks, stream_location, lanes_per_unit,
-// stage_weights, proj_reduce, cluster_size (9 ints; a library built before cluster_size reads the first 8).
+// stage_weights, proj_reduce.
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
 int g_test_raise_watchdog = 0;     // test-only: the next calls start with the watchdog raised (frg_set_test_watchdog)
 
@@ -46,7 +46,6 @@ CudaTuning MakeTuning(const int* t) {
     tun.lanes_per_unit = t[5];
     tun.stage_weights = t[6];
     tun.proj_reduce = t[7];
-    tun.cluster_size = t[8];
   }
   return tun;
 }

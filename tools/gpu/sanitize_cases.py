@@ -141,11 +141,11 @@ class Call:
         self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
         self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
         t = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
-                 lanes_per_unit=0, stage_weights=-1, proj_reduce=-1, cluster_size=-1)
+                 lanes_per_unit=0, stage_weights=-1, proj_reduce=-1)
         t.update(tuning or {})
-        self.tuning = (ctypes.c_int * 9)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
+        self.tuning = (ctypes.c_int * 8)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
                                          t["stream_location"], t["lanes_per_unit"], t["stage_weights"],
-                                         t["proj_reduce"], t["cluster_size"])
+                                         t["proj_reduce"])
         self.limits = limits if limits is not None else lib.limits
         self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], self.limits, self.tuning)
 
@@ -468,16 +468,7 @@ def sanitize_case_list(limits):
                                                                H=42, P=20, cell_clip=0.8, proj_clip=0.4, wt="i8",
                                                                tuning={"mode": 6, "units_per_block": 8})),
             ("[int8mma] lstm rev T5 B1 H256 k-slices", dict(cell="lstm", direction="reverse", T=5, B=1, H=256,
-                                                            wt="i8", tuning={"mode": 6, "units_per_block": 4})),        ]
-    # Its cluster variant (sm_90): partial sums and h planes by st.async inside clusters of 8 and 4 blocks.
-    if limits[6] >= 9:
-        extra += [
-            ("[int8mma] cluster=8 lstm+proj+clip bi T6 B2 H128 P32",
-             dict(cell="lstm", direction="bidirectional", T=6, B=2, H=128, P=32, cell_clip=0.8, proj_clip=0.4, wt="i8",
-                  tuning={"mode": 6, "units_per_block": 16, "cluster_size": 8})),
-            ("[int8mma] cluster=4 lstm+proj+clip fwd T5 B1 H64 P64",
-             dict(cell="lstm", direction="forward", T=5, B=1, H=64, P=64, proj_clip=0.6, wt="i8",
-                  tuning={"mode": 6, "units_per_block": 8, "cluster_size": 4})),
+                                                            wt="i8", tuning={"mode": 6, "units_per_block": 4})),
         ]
     for name, kw in extra:
         seed += 1
