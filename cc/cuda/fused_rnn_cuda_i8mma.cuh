@@ -223,8 +223,11 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
   trace_pro(1);
 
   // Phase A fragments: tile i of this warp is (m-tile mt_a, k-tile ksi * TAN + i). Row r of an m-tile is unit
-  // 4 mt + r / 4, gate r % 4. The block's columns are staged a pass of stage_rows_a k-rows at a time
-  // ([k][gate][upb] bytes, consecutive threads reading consecutive bytes), then each lane picks its bytes.
+  // 4 mt + r / 4, gate r % 4. A pass of stage_rows_a k-rows is staged already in fragment order
+  // ([m-tile][k-tile of the pass][lane][4 words]), so each lane takes a tile with one 16-byte load. The staging
+  // thread of (4 consecutive k, gate g, 16 consecutive units) loads the 4 rows' 16 bytes and transposes them with
+  // byte permutes into 16 words of 4 k-bytes, one per unit (session 27: the per-byte picks from a [k][g][u] stage,
+  // with their bank conflicts, were ~47 k of the ~69 k prologue cycles of an ELMo layer, session 26).
   uint32_t wa[TA][4];
 #pragma unroll
   for (int i = 0; i < TA; ++i)
@@ -232,47 +235,59 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
     for (int r = 0; r < 4; ++r) wa[i][r] = 0u;
   {
     const int8_t* w = static_cast<const int8_t*>(p.w_rec) + (long long)d * R * G * H;
-    const int row_bytes = G * upb;
-    // 16-byte loads when every row segment is 16-byte aligned (then ucount is a multiple of 16 too); byte loads
-    // otherwise (each with two divisions: ~4x the prologue of the ELMo layer, session 25).
+    // 16-byte loads when every row segment is 16-byte aligned (then ucount is a multiple of 16 too); one unit's 4
+    // bytes a thread otherwise.
     const bool vec = H % 16 == 0 && upb % 16 == 0 && (reinterpret_cast<uintptr_t>(w) & 15) == 0;
+    uint32_t* frag_w = reinterpret_cast<uint32_t*>(stage);
+    // Word (unit u, gate g, k-quad kq of the pass) in fragment order: m-tile u / 4, row (u % 4) * 4 + g (lane
+    // 4 (row % 8) + t4, register 2 (k-half) + row / 8).
+    auto frag_word = [&](int ktp, int u, int g, int kq) -> int {
+      const int row = (u & 3) * 4 + g, kk = (kq & 7) * 4;
+      return (((u >> 2) * ktp + (kq >> 3)) * 32 + (row & 7) * 4 + ((kk & 15) >> 2)) * 4 + (kk >> 4) * 2 + (row >> 3);
+    };
 #pragma unroll 1
     for (int k0 = 0; k0 < R; k0 += q8.stage_rows_a) {
       const int rows = min(q8.stage_rows_a, R - k0);
-      const int total = rows * row_bytes;
+      const int ktp = (rows + 31) / 32, nkq = ktp * 8;  // k-tiles and k-quads of this pass (zero past R)
       if (vec) {
-        const int vpg = upb / 16, vpr = G * vpg, nvec = rows * vpr;
+        const int nug = upb / 16, items = nkq * G * nug;
 #pragma unroll 1
-        for (int i0 = tid; i0 < nvec; i0 += 4 * nthreads) {
+        for (int it = tid; it < items; it += nthreads) {
+          const int kq = it % nkq, rem = it / nkq, g = rem % G, ug = rem / G;
           uint4 v[4];
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int i = i0 + j * nthreads;
-            const int kr = i / vpr, rem = i - kr * vpr, g = rem / vpg, u = (rem - g * vpg) * 16;
-            v[j] = make_uint4(0u, 0u, 0u, 0u);
-            if (i < nvec && u < ucount)
-              v[j] = __ldg(reinterpret_cast<const uint4*>(w + (long long)(k0 + kr) * G * H + (long long)g * H + u0 + u));
+          for (int e = 0; e < 4; ++e) {
+            const int k = k0 + kq * 4 + e;
+            v[e] = make_uint4(0u, 0u, 0u, 0u);
+            if (k < R && ug * 16 < ucount)
+              v[e] = __ldg(reinterpret_cast<const uint4*>(w + (long long)k * G * H + (long long)g * H + u0 + ug * 16));
           }
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int i = i0 + j * nthreads;
-            if (i < nvec) reinterpret_cast<uint4*>(stage)[i] = v[j];  // [kr][g][u]: vector i at byte 16 i
+          for (int q = 0; q < 4; ++q) {  // units 4 q .. 4 q + 3: a 4 x 4 byte transpose
+            const uint32_t x0 = (&v[0].x)[q], x1 = (&v[1].x)[q], x2 = (&v[2].x)[q], x3 = (&v[3].x)[q];
+            const uint32_t t0 = __byte_perm(x0, x1, 0x5140), t1 = __byte_perm(x0, x1, 0x7362);
+            const uint32_t t2 = __byte_perm(x2, x3, 0x5140), t3 = __byte_perm(x2, x3, 0x7362);
+            const int u = ug * 16 + q * 4;
+            frag_w[frag_word(ktp, u, g, kq)] = __byte_perm(t0, t2, 0x5410);
+            frag_w[frag_word(ktp, u + 1, g, kq)] = __byte_perm(t0, t2, 0x7632);
+            frag_w[frag_word(ktp, u + 2, g, kq)] = __byte_perm(t1, t3, 0x5410);
+            frag_w[frag_word(ktp, u + 3, g, kq)] = __byte_perm(t1, t3, 0x7632);
           }
         }
-      } else
+      } else {
+        const int items = nkq * G * upb;
 #pragma unroll 1
-      for (int i0 = tid; i0 < total; i0 += 8 * nthreads) {
-        int8_t v[8];
+        for (int it = tid; it < items; it += nthreads) {
+          const int kq = it % nkq, rem = it / nkq, g = rem % G, u = rem / G;
+          uint32_t word = 0u;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int i = i0 + j * nthreads;
-          const int kr = i / row_bytes, rem = i - kr * row_bytes, g = rem / upb, u = rem - g * upb;
-          v[j] = (i < total && u < ucount) ? w[(long long)(k0 + kr) * G * H + (long long)g * H + u0 + u] : 0;
-        }
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int i = i0 + j * nthreads;
-          if (i < total) stage[i] = static_cast<uint8_t>(v[j]);
+          for (int e = 0; e < 4; ++e) {
+            const int k = k0 + kq * 4 + e;
+            const uint32_t byte =
+                k < R && u < ucount ? static_cast<uint8_t>(w[(long long)k * G * H + (long long)g * H + u0 + u]) : 0u;
+            word |= byte << (8 * e);
+          }
+          frag_w[frag_word(ktp, u, g, kq)] = word;
         }
       }
       __syncthreads();
@@ -280,19 +295,11 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
       for (int i = 0; i < TA; ++i) {
         const int kt = ksi * TAN + i;
         if (i < TAN && kt < KA && kt * 32 >= k0 && kt * 32 < k0 + rows) {
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const int row = g8 + 8 * (r & 1);
-            const int u = mt_a * 4 + (row >> 2), g = row & 3;
-            uint32_t word = 0u;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int k = kt * 32 + t4 * 4 + 16 * (r >> 1) + e;
-              const uint32_t byte = k < k0 + rows ? stage[(k - k0) * row_bytes + g * upb + u] : 0u;
-              word |= byte << (8 * e);
-            }
-            wa[i][r] = word;
-          }
+          const uint4 f = reinterpret_cast<const uint4*>(stage)[(mt_a * ktp + (kt - k0 / 32)) * 32 + lane];
+          wa[i][0] = f.x;
+          wa[i][1] = f.y;
+          wa[i][2] = f.z;
+          wa[i][3] = f.w;
         }
       }
       __syncthreads();

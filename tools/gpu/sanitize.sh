@@ -11,7 +11,8 @@
 #    input for initcheck) that the tools must report. Writes summary.txt, build.log, cases.log, planted.log and one
 #    <tool>.log per tool (8 files at most: the device tool's limit).
 # Environment: OUT, BUILD_DIR, GPU_ARCH, BUDGET_S (default 560 s for the whole script), TOOLS (default
-# "memcheck racecheck synccheck initcheck"), CASES (comma-separated case-name substrings; default all).
+# "memcheck racecheck synccheck initcheck"), CASES (comma-separated case-name substrings; default all), SKIP_BUILD=1
+# (use a library already built into BUILD_DIR with -lineinfo).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
@@ -38,14 +39,19 @@ CASE_ARGS=(--lib "$LIB" --sanitize-cases)
 
 echo "== build (-lineinfo, $GPU_ARCH)"
 t0=$(date +%s)
-if ! NVCC_EXTRA="-lineinfo" BUILD_ONLY=1 BUILD_DIR="$BUILD_DIR" OUT="$BUILD_DIR/out" bash tools/gpu/run_all.sh \
+if [ "${SKIP_BUILD:-0}" = 1 ] && [ -f "$LIB" ]; then
+  # Built earlier in the same device call (run_all.sh with NVCC_EXTRA=-lineinfo and this BUILD_DIR), e.g. in
+  # parallel with another build.
+  echo "build: skipped, prebuilt $LIB" | tee -a "$SUMMARY"
+elif ! NVCC_EXTRA="-lineinfo" BUILD_ONLY=1 BUILD_DIR="$BUILD_DIR" OUT="$BUILD_DIR/out" bash tools/gpu/run_all.sh \
     >"$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"
   echo "BUILD FAILED" | tee -a "$SUMMARY"
   exit 2
+else
+  cat "$BUILD_DIR/out/resource_usage.txt" >>"$OUT/build.log" 2>/dev/null || true
+  echo "build: $(( $(date +%s) - t0 )) s (-lineinfo $GPU_ARCH)" | tee -a "$SUMMARY"
 fi
-cat "$BUILD_DIR/out/resource_usage.txt" >>"$OUT/build.log" 2>/dev/null || true
-echo "build: $(( $(date +%s) - t0 )) s (-lineinfo $GPU_ARCH)" | tee -a "$SUMMARY"
 
 echo "== cases without a tool"
 t0=$(date +%s)
