@@ -31,91 +31,60 @@ class TfPoolRunner : public ParallelRunner {
   tensorflow::thread::ThreadPool* pool_;
 };
 
+// Runs `fn(runner)` with TF's intra-op pool as the core's helpers.
+template <typename Fn>
+void OnTfPool(OpKernelContext* ctx, Fn fn) {
+  const tensorflow::DeviceBase::CpuWorkerThreads* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  TfPoolRunner runner(workers ? workers->workers : nullptr);
+  fn(&runner);
+}
+
+// The forward op for each kind of recurrent weights: float32 (inference or training), or, inference only, INT8
+// with per-row scales or float16/bfloat16. The same validation for all, then the narrow weights' own check.
+template <RecurrentWeights kWeights>
 class FusedRnnCpuOp : public OpKernel {
  public:
-  FusedRnnCpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) { attrs_.Read(ctx, cell); }
-
-  void Compute(OpKernelContext* ctx) override {
-    RnnInputs in;
-    RnnShape s;
-    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
-    const int32_t* lengths = in.sequence_lengths->flat<int32_t>().data();
-    OP_REQUIRES_OK(ctx, CheckLengths(lengths, s.batch, s.max_time));
-    const int64_t B = s.batch;
-
-    RnnOutputs out;
-    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, attrs_.is_training, &out));
-    if (B == 0) return;
-
-    Tensor scratch;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({CpuForwardScratchFloats(s)}), &scratch));
-
-    const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths, attrs_.is_training);
-
-    const tensorflow::DeviceBase::CpuWorkerThreads* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    TfPoolRunner runner(workers ? workers->workers : nullptr);
-    CpuForward(s, args, scratch.flat<float>().data(), &runner);
-    if (attrs_.is_training) ZeroReservePastLengths(s, lengths, out.reserve->flat<float>().data());
-  }
-
- private:
-  RnnAttrs attrs_;
-};
-
-class FusedLstmCpuOp : public FusedRnnCpuOp {
- public:
-  explicit FusedLstmCpuOp(OpKernelConstruction* ctx) : FusedRnnCpuOp(ctx, CellType::kLstm) {}
-};
-class FusedGruCpuOp : public FusedRnnCpuOp {
- public:
-  explicit FusedGruCpuOp(OpKernelConstruction* ctx) : FusedRnnCpuOp(ctx, CellType::kGru) {}
-};
-
-// Narrow recurrent weights, inference only: INT8 with per-row scales, or float16/bfloat16. The same validation as
-// the float op, then the weights' own check, then the core's narrow panels.
-enum class Narrow { kInt8, k16Bit };
-
-template <Narrow kNarrow>
-class FusedRnnNarrowCpuOp : public OpKernel {
- public:
-  FusedRnnNarrowCpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
-    attrs_.Read(ctx, cell, /*has_is_training=*/false);
+  FusedRnnCpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
+    attrs_.Read(ctx, cell, /*has_is_training=*/kWeights == RecurrentWeights::kFloat32);
   }
 
   void Compute(OpKernelContext* ctx) override {
     RnnInputs in;
     RnnShape s;
     OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
-    if (kNarrow == Narrow::kInt8) {
-      OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s));
-    } else {
-      OP_REQUIRES_OK(ctx, Validate16BitWeights(in, &s));
-    }
+    if (kWeights == RecurrentWeights::kInt8) OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s));
+    if (kWeights == RecurrentWeights::k16Bit) OP_REQUIRES_OK(ctx, Validate16BitWeights(in, &s));
     const int32_t* lengths = in.sequence_lengths->flat<int32_t>().data();
     OP_REQUIRES_OK(ctx, CheckLengths(lengths, s.batch, s.max_time));
+    const bool training = kWeights == RecurrentWeights::kFloat32 && attrs_.is_training;
+
     RnnOutputs out;
-    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, /*is_training=*/false, &out, /*has_reserve_output=*/false));
+    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, training, &out,
+                                           /*has_reserve_output=*/kWeights == RecurrentWeights::kFloat32));
     if (s.batch == 0) return;
+
     Tensor scratch;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({CpuForwardScratchFloats(s)}), &scratch));
-    const tensorflow::DeviceBase::CpuWorkerThreads* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    TfPoolRunner runner(workers ? workers->workers : nullptr);
-    CpuForward(s, MakeForwardArgs(s, in, out, lengths, false), scratch.flat<float>().data(), &runner);
+    const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths, training);
+    OnTfPool(ctx, [&](ParallelRunner* runner) { CpuForward(s, args, scratch.flat<float>().data(), runner); });
+    if (training) ZeroReservePastLengths(s, lengths, out.reserve->flat<float>().data());
   }
 
  private:
   RnnAttrs attrs_;
 };
 
-template <Narrow kNarrow, CellType kCell>
-class FusedNarrowCpuOp : public FusedRnnNarrowCpuOp<kNarrow> {
+template <RecurrentWeights kWeights, CellType kCell>
+class FusedCpuOp : public FusedRnnCpuOp<kWeights> {
  public:
-  explicit FusedNarrowCpuOp(OpKernelConstruction* ctx) : FusedRnnNarrowCpuOp<kNarrow>(ctx, kCell) {}
+  explicit FusedCpuOp(OpKernelConstruction* ctx) : FusedRnnCpuOp<kWeights>(ctx, kCell) {}
 };
-using FusedLstmInt8CpuOp = FusedNarrowCpuOp<Narrow::kInt8, CellType::kLstm>;
-using FusedGruInt8CpuOp = FusedNarrowCpuOp<Narrow::kInt8, CellType::kGru>;
-using FusedLstm16CpuOp = FusedNarrowCpuOp<Narrow::k16Bit, CellType::kLstm>;
-using FusedGru16CpuOp = FusedNarrowCpuOp<Narrow::k16Bit, CellType::kGru>;
+using FusedLstmCpuOp = FusedCpuOp<RecurrentWeights::kFloat32, CellType::kLstm>;
+using FusedGruCpuOp = FusedCpuOp<RecurrentWeights::kFloat32, CellType::kGru>;
+using FusedLstmInt8CpuOp = FusedCpuOp<RecurrentWeights::kInt8, CellType::kLstm>;
+using FusedGruInt8CpuOp = FusedCpuOp<RecurrentWeights::kInt8, CellType::kGru>;
+using FusedLstm16CpuOp = FusedCpuOp<RecurrentWeights::k16Bit, CellType::kLstm>;
+using FusedGru16CpuOp = FusedCpuOp<RecurrentWeights::k16Bit, CellType::kGru>;
 
 class FusedRnnGradCpuOp : public OpKernel {
  public:
@@ -135,9 +104,8 @@ class FusedRnnGradCpuOp : public OpKernel {
 
     Tensor scratch;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({CpuBackwardScratchFloats(s)}), &scratch));
-    const tensorflow::DeviceBase::CpuWorkerThreads* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    TfPoolRunner runner(workers ? workers->workers : nullptr);
-    CpuBackward(s, MakeBackwardArgs(s, in, g, lengths), scratch.flat<float>().data(), &runner);
+    const RnnBackwardArgs args = MakeBackwardArgs(s, in, g, lengths);
+    OnTfPool(ctx, [&](ParallelRunner* runner) { CpuBackward(s, args, scratch.flat<float>().data(), runner); });
   }
 
  private:

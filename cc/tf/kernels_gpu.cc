@@ -61,13 +61,16 @@ bool HostToDevice(void* dst, const void* src, size_t bytes, void* stream) {
          cudaSuccess;
 }
 
-// Float32 weights (inference or training), or (k16Bit) float16/bfloat16 weights (inference only): the core reads
-// the 16-bit tensors' bit patterns in place.
-template <bool k16Bit>
-class FusedRnnGpuOpT : public OpKernel {
+// The forward op for each kind of recurrent weights (see RecurrentWeights). 16-bit tensors are read in place as
+// their bit patterns. INT8: the scales stay in device memory, where a quantized model's variables live: as
+// HostMemory inputs they would cost a device-to-host copy that drains the stream on every call. So on the GPU only
+// their shapes are checked (the CPU kernel also rejects negative or non-finite values; tf_ops.quantize_rows never
+// makes them).
+template <RecurrentWeights kWeights>
+class FusedRnnGpuOp : public OpKernel {
  public:
-  FusedRnnGpuOpT(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
-    attrs_.Read(ctx, cell, /*has_is_training=*/!k16Bit);
+  FusedRnnGpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
+    attrs_.Read(ctx, cell, /*has_is_training=*/kWeights == RecurrentWeights::kFloat32);
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -75,17 +78,22 @@ class FusedRnnGpuOpT : public OpKernel {
     RnnShape s;
     OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
     WeightType weight_type = WeightType::kFloat32;
-    if (k16Bit) {
+    if (kWeights == RecurrentWeights::k16Bit) {
       OP_REQUIRES_OK(ctx, Validate16BitWeights(in, &s));
       weight_type = s.weight16 == Weight16::kFloat16 ? WeightType::kFloat16 : WeightType::kBFloat16;
+    } else if (kWeights == RecurrentWeights::kInt8) {
+      OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s, /*check_values=*/false));
+      weight_type = WeightType::kInt8;
     }
     // sequence_lengths is in host memory (see the registration): checked here, copied into the workspace below.
     const int32_t* lengths_host = in.sequence_lengths->flat<int32_t>().data();
     OP_REQUIRES_OK(ctx, CheckLengths(lengths_host, s.batch, s.max_time));
     const int64_t B = s.batch;
+    const bool training = kWeights == RecurrentWeights::kFloat32 && attrs_.is_training;
 
     RnnOutputs out;
-    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, attrs_.is_training, &out, /*has_reserve_output=*/!k16Bit));
+    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, training, &out,
+                                           /*has_reserve_output=*/kWeights == RecurrentWeights::kFloat32));
     if (B == 0) return;
 
     stream_executor::Stream* stream = ctx->op_device_context()->stream();
@@ -109,14 +117,14 @@ class FusedRnnGpuOpT : public OpKernel {
     OP_REQUIRES(ctx, HostToDevice(lengths_device, lengths_host, sizeof(int32_t) * B, raw_stream),
                 absl::InternalError("copying sequence_lengths to the GPU failed"));
 
-    if (!k16Bit && attrs_.is_training && AnyShorterThanMaxTime(s, lengths_host)) {
+    if (training && AnyShorterThanMaxTime(s, lengths_host)) {
       // The core writes the reserve only where t < length; the rest must not be the allocator's old contents.
       OP_REQUIRES(ctx,
                   cudaMemsetAsync(out.reserve->flat<float>().data(), 0, sizeof(float) * out.reserve->NumElements(),
                                   static_cast<cudaStream_t>(raw_stream)) == cudaSuccess,
                   absl::InternalError("clearing the reserve failed"));
     }
-    const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths_device, attrs_.is_training);
+    const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths_device, training);
     const char* err = CudaForward(s, args, weight_type, args.recurrent_kernel_16, args.projection_kernel_16,
                                   core_bytes ? ws : nullptr, core_bytes, raw_stream, limits);
     OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA launch: ", err ? err : "")));
@@ -126,78 +134,17 @@ class FusedRnnGpuOpT : public OpKernel {
   RnnAttrs attrs_;
 };
 
-template <bool k16Bit, CellType kCell>
-class FusedGpuOp : public FusedRnnGpuOpT<k16Bit> {
+template <RecurrentWeights kWeights, CellType kCell>
+class FusedGpuOp : public FusedRnnGpuOp<kWeights> {
  public:
-  explicit FusedGpuOp(OpKernelConstruction* ctx) : FusedRnnGpuOpT<k16Bit>(ctx, kCell) {}
+  explicit FusedGpuOp(OpKernelConstruction* ctx) : FusedRnnGpuOp<kWeights>(ctx, kCell) {}
 };
-using FusedLstmGpuOp = FusedGpuOp<false, CellType::kLstm>;
-using FusedGruGpuOp = FusedGpuOp<false, CellType::kGru>;
-using FusedLstm16GpuOp = FusedGpuOp<true, CellType::kLstm>;
-using FusedGru16GpuOp = FusedGpuOp<true, CellType::kGru>;
-
-// INT8 recurrent weights on the GPU (inference only, like the CPU kernel). The scales stay in device memory, where a
-// quantized model's variables live: as HostMemory inputs they cost a device-to-host copy that drains the stream on
-// every call. So on the GPU only their shapes are checked (the CPU kernel also rejects negative or non-finite
-// values; tf_ops.quantize_rows never makes them).
-class FusedRnnInt8GpuOp : public OpKernel {
- public:
-  FusedRnnInt8GpuOp(OpKernelConstruction* ctx, CellType cell) : OpKernel(ctx) {
-    attrs_.Read(ctx, cell, /*has_is_training=*/false);
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    RnnInputs in;
-    RnnShape s;
-    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
-    OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s, /*check_values=*/false));
-    const int32_t* lengths_host = in.sequence_lengths->flat<int32_t>().data();
-    OP_REQUIRES_OK(ctx, CheckLengths(lengths_host, s.batch, s.max_time));
-    const int64_t B = s.batch;
-    RnnOutputs out;
-    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, /*is_training=*/false, &out, /*has_reserve_output=*/false));
-    if (B == 0) return;
-
-    stream_executor::Stream* stream = ctx->op_device_context()->stream();
-    OP_REQUIRES(ctx, stream != nullptr, absl::InternalError("no GPU stream for the fused RNN op"));
-    CudaDeviceLimits limits;
-    OP_REQUIRES_OK(ctx, LimitsFor(stream->parent()->device_ordinal(), &limits));
-    const size_t core_bytes = CudaForwardWorkspaceBytes(s, WeightType::kInt8, limits);
-    char plan[256] = {0};
-    if (core_bytes == 0) {
-      const char* why = CudaDescribePlan(s, WeightType::kInt8, limits, nullptr, plan, sizeof(plan));
-      OP_REQUIRES(ctx, why == nullptr, PlanError(why));
-    }
-    // Workspace: the core's bytes, then the lengths (256-byte aligned).
-    const size_t lengths_offset = (core_bytes + 255) & ~size_t{255};
-    Tensor workspace;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8,
-                                           TensorShape({static_cast<int64_t>(lengths_offset + 4 * B)}), &workspace));
-    char* ws = reinterpret_cast<char*>(workspace.flat<int8_t>().data());
-    void* raw_stream = stream->platform_specific_handle().stream;
-    OP_REQUIRES(ctx, HostToDevice(ws + lengths_offset, lengths_host, 4 * B, raw_stream),
-                absl::InternalError("copying sequence_lengths to the GPU failed"));
-    RnnForwardArgs args =
-        MakeForwardArgs(s, in, out, reinterpret_cast<const int32_t*>(ws + lengths_offset), /*is_training=*/false);
-    args.recurrent_scale = in.recurrent_scale->flat<float>().data();
-    args.projection_scale = s.num_proj > 0 ? in.projection_scale->flat<float>().data() : nullptr;
-    const char* err = CudaForward(s, args, WeightType::kInt8, nullptr, nullptr, core_bytes ? ws : nullptr, core_bytes,
-                                  raw_stream, limits);
-    OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA launch: ", err ? err : "")));
-  }
-
- private:
-  RnnAttrs attrs_;
-};
-
-class FusedLstmInt8GpuOp : public FusedRnnInt8GpuOp {
- public:
-  explicit FusedLstmInt8GpuOp(OpKernelConstruction* ctx) : FusedRnnInt8GpuOp(ctx, CellType::kLstm) {}
-};
-class FusedGruInt8GpuOp : public FusedRnnInt8GpuOp {
- public:
-  explicit FusedGruInt8GpuOp(OpKernelConstruction* ctx) : FusedRnnInt8GpuOp(ctx, CellType::kGru) {}
-};
+using FusedLstmGpuOp = FusedGpuOp<RecurrentWeights::kFloat32, CellType::kLstm>;
+using FusedGruGpuOp = FusedGpuOp<RecurrentWeights::kFloat32, CellType::kGru>;
+using FusedLstm16GpuOp = FusedGpuOp<RecurrentWeights::k16Bit, CellType::kLstm>;
+using FusedGru16GpuOp = FusedGpuOp<RecurrentWeights::k16Bit, CellType::kGru>;
+using FusedLstmInt8GpuOp = FusedGpuOp<RecurrentWeights::kInt8, CellType::kLstm>;
+using FusedGruInt8GpuOp = FusedGpuOp<RecurrentWeights::kInt8, CellType::kGru>;
 
 // The backward (BPTT) on the GPU: the same validation as the CPU gradient kernel, every buffer from TF's
 // allocator, the core's kernels on TF's stream.

@@ -13,6 +13,10 @@
 
 namespace fused_rnn {
 
+// Which forward op a kernel serves: float32 recurrent weights (inference or training), or, inference only, INT8
+// weights with per-row scales, or float16/bfloat16 weights.
+enum class RecurrentWeights { kFloat32, kInt8, k16Bit };
+
 // The attributes of either op.
 struct RnnAttrs {
   CellType cell = CellType::kLstm;
