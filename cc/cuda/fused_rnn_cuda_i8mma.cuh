@@ -81,57 +81,22 @@ __device__ __forceinline__ void AtomicMaxNonNeg(float* addr, float v) {
 // Steps >= 1: the owners publish h already as the fixed-point word X + 2^31 of h / scale (0 flags a row whose h
 // is NaN or infinite), so the fetch writes the byte planes directly: no float pass and no second block barrier
 // between the fetch and the products (that pass and its barrier were ~1 k of the ~10.5 k cycles of an ELMo step,
-// session 26). Tagged pairs as in FetchRows; a pair's second word past `width` is padding, never published.
+// session 26). Polled as FetchRows polls (PollTaggedPairs); a pair's second word past `width` is padding, never
+// published.
 __device__ __forceinline__ void FetchPlanes(uint8_t* planes, int plane_stride, int* flag_rows, int flag_value,
                                             const unsigned long long* tagged_rows, unsigned tag, int nrows, int width,
                                             int src_stride, int tid, int nthreads, int* watchdog) {
-  constexpr int kBatch = 4;
-  const unsigned per_row = static_cast<unsigned>(width + 1) / 2u;
-  const unsigned total = static_cast<unsigned>(nrows) * per_row;
-#pragma unroll 1
-  for (unsigned i0 = tid; i0 < total; i0 += kBatch * nthreads) {
-    unsigned long long v[kBatch][2] = {};
-    unsigned src_off[kBatch], dst_off[kBatch], row[kBatch];
-    bool live[kBatch], two[kBatch];
-#pragma unroll
-    for (int q = 0; q < kBatch; ++q) {
-      const unsigned i = i0 + q * nthreads;
-      live[q] = i < total;
-      const unsigned r = nrows == 1 ? 0u : i / per_row;
-      const int k = 2 * static_cast<int>(i - r * per_row);
-      two[q] = k + 1 < width;
-      row[q] = r;
-      dst_off[q] = r * 4u * static_cast<unsigned>(plane_stride) + static_cast<unsigned>(k);
-      src_off[q] = r * static_cast<unsigned>(src_stride) + static_cast<unsigned>(k);
-      if (live[q]) LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
-    }
-    long long polls = 0;
-    while (true) {  // re-issue every load that is not ready before checking any again (as FetchRows)
-      bool waiting = false;
-#pragma unroll
-      for (int q = 0; q < kBatch; ++q) {
-        const bool ready = static_cast<unsigned>(v[q][0] >> 32) == tag &&
-                           (!two[q] || static_cast<unsigned>(v[q][1] >> 32) == tag);
-        if (live[q] && !ready) {
-          waiting = true;
-          LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
-        }
-      }
-      if (!waiting || WatchdogTick(polls, watchdog)) break;
-    }
-#pragma unroll
-    for (int q = 0; q < kBatch; ++q) {
-      if (live[q]) {
-        const uint32_t w0 = static_cast<uint32_t>(v[q][0]);
-        const uint32_t w1 = two[q] ? static_cast<uint32_t>(v[q][1]) : 0x80000000u;  // padding: X = 0
-        if ((w0 >> 30) == 0u || (w1 >> 30) == 0u) flag_rows[row[q]] = flag_value;  // valid: [2^30, 3 * 2^30]
+  PollTaggedPairs(
+      tagged_rows, tag, nrows, width, src_stride, tid, nthreads, watchdog,
+      [&](unsigned r, int k) { return r * 4u * static_cast<unsigned>(plane_stride) + static_cast<unsigned>(k); },
+      [&](unsigned dst_off, unsigned r, bool two, uint32_t w0, uint32_t w1) {
+        if (!two) w1 = 0x80000000u;  // padding: X = 0
+        if ((w0 >> 30) == 0u || (w1 >> 30) == 0u) flag_rows[r] = flag_value;  // valid: [2^30, 3 * 2^30]
 #pragma unroll
         for (int pl = 0; pl < 4; ++pl)  // bytes pl of both words, side by side, into plane pl
-          *reinterpret_cast<uint16_t*>(planes + dst_off[q] + pl * plane_stride) =
+          *reinterpret_cast<uint16_t*>(planes + dst_off + pl * plane_stride) =
               static_cast<uint16_t>(__byte_perm(w0, w1, pl | ((4 + pl) << 4)));
-      }
-    }
-  }
+      });
 }
 
 template <int TA>
@@ -707,33 +672,9 @@ __global__ void __launch_bounds__(I8MmaMaxThreads<TA>(), 1) RnnInt8MmaKernel(con
         const int len = len_s[r];
         float h;
         if (s < len) {
-          const unsigned long long* src = p.xm_tag + (par_base + r) * blk_stride + pc0 + pc;
-          float sum = 0.f;
-#pragma unroll 1
-          for (int b0 = lane; b0 < p.nbu; b0 += 4 * 32) {
-            unsigned long long v[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              v[e] = b0 + 32 * e < p.nbu ? LoadRelaxed64(src + (long long)(b0 + 32 * e) * p.ex_p) : tag;
-            long long polls = 0;
-            while (true) {  // re-issue every load that is not ready before checking any again (as FetchRows)
-              bool waiting = false;
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                if ((v[e] >> 32) != (tag >> 32)) {
-                  waiting = true;
-                  v[e] = LoadRelaxed64(src + (long long)(b0 + 32 * e) * p.ex_p);
-                }
-              }
-              if (!waiting || WatchdogTick(polls, p.watchdog)) break;
-            }
-            trace(s, 14);
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              if (b0 + 32 * e < p.nbu) sum += __uint_as_float(static_cast<unsigned>(v[e]));
-          }
-#pragma unroll
-          for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+          const float sum = WarpSumTaggedColumn(p.xm_tag + (par_base + r) * blk_stride + pc0 + pc, p.nbu, p.ex_p,
+                                                tag, lane, p.watchdog);
+          trace(s, 14);
           h = ClipKeepNaN(sum, p.proj_clip);
           if (lane == 0) {
             const int t = reverse ? len - 1 - s : s;

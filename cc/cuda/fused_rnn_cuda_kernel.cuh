@@ -570,6 +570,93 @@ __device__ __forceinline__ void LoadRelaxed128(const unsigned long long* ptr, un
   asm volatile("ld.relaxed.gpu.global.v2.u64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(ptr) : "memory");
 }
 
+// Waits for rows [0, nrows) x [0, width) of tagged words (rows of `src_stride` words, 16-byte aligned) to carry
+// `tag`, and hands each 16-byte pair to consume(locate(row, column), row, holds_two, low_word, high_word). The
+// (row, column) of each load, and its destination, are worked out once, before the first load, with one unsigned division and none for a single row
+// (B = 1): the poll loop only reads them back. Per-poll signed divisions were most of this phase's instructions
+// (ncu, session 10: 362 instructions per warp and step for one 4 KB row at H = 1024, against about 60 after).
+// Every thread keeps kBatch pairs in flight and polls them together: it re-issues every load that is not ready
+// before checking any of them again, so each wait costs one round trip for the batch (re-polling one word at a
+// time costs one round trip per word, since the other words' first reads are stale by then). A row's last pair may
+// hold one value: a pair of padding alone (width % 4 of 1 or 2) is never published.
+template <typename Locate, typename Consume>
+__device__ __forceinline__ void PollTaggedPairs(const unsigned long long* tagged_rows, unsigned tag, int nrows,
+                                                int width, int src_stride, int tid, int nthreads, int* watchdog,
+                                                Locate locate, Consume consume) {
+  constexpr int kBatch = 4;
+  const unsigned per_row = static_cast<unsigned>(width + 1) / 2u;
+  const unsigned total = static_cast<unsigned>(nrows) * per_row;
+#pragma unroll 1
+  for (unsigned i0 = tid; i0 < total; i0 += kBatch * nthreads) {
+    unsigned long long v[kBatch][2] = {};
+    decltype(locate(0u, 0)) where[kBatch];  // the consumer's destination, worked out before the first load
+    unsigned src_off[kBatch], row[kBatch];
+    bool live[kBatch], two[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const unsigned i = i0 + q * nthreads;
+      live[q] = i < total;
+      const unsigned r = nrows == 1 ? 0u : i / per_row;
+      const int k = 2 * static_cast<int>(i - r * per_row);
+      two[q] = k + 1 < width;
+      row[q] = r;
+      where[q] = locate(r, k);
+      src_off[q] = r * static_cast<unsigned>(src_stride) + static_cast<unsigned>(k);
+      if (live[q]) LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
+    }
+    long long polls = 0;
+    while (true) {
+      bool waiting = false;
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const bool ready = static_cast<unsigned>(v[q][0] >> 32) == tag &&
+                           (!two[q] || static_cast<unsigned>(v[q][1] >> 32) == tag);
+        if (live[q] && !ready) {
+          waiting = true;
+          LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
+        }
+      }
+      if (!waiting || WatchdogTick(polls, watchdog)) break;
+    }
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      if (live[q]) consume(where[q], row[q], two[q], static_cast<uint32_t>(v[q][0]), static_cast<uint32_t>(v[q][1]));
+    }
+  }
+}
+
+// Phase B's reduce-scatter: waits for one column of tagged partial sums (`count` words `stride` apart from `src`,
+// valid once a word's upper half equals tag's) and returns their sum in every lane of the warp. Lane l adds words
+// l, l + 32, ...; four loads in flight per lane, polled together as in PollTaggedPairs.
+__device__ __forceinline__ float WarpSumTaggedColumn(const unsigned long long* src, int count, long long stride,
+                                                     unsigned long long tag, int lane, int* watchdog) {
+  float sum = 0.f;
+#pragma unroll 1
+  for (int b0 = lane; b0 < count; b0 += 4 * 32) {
+    unsigned long long v[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = b0 + 32 * e < count ? LoadRelaxed64(src + (b0 + 32 * e) * stride) : tag;
+    long long polls = 0;
+    while (true) {
+      bool waiting = false;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if ((v[e] >> 32) != (tag >> 32)) {
+          waiting = true;
+          v[e] = LoadRelaxed64(src + (b0 + 32 * e) * stride);
+        }
+      }
+      if (!waiting || WatchdogTick(polls, watchdog)) break;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (b0 + 32 * e < count) sum += __uint_as_float(static_cast<unsigned>(v[e]));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  return sum;
+}
+
 // Copies rows [0, nrows) x [0, width) into the shared tile (row stride dst_stride) from
 //   source 0: the initial state h0 (rows of `width` floats, or zeros when null);
 //   source 1: tagged words (rows of `src_stride` words, 16-byte aligned) once each carries `tag`;
@@ -638,55 +725,13 @@ __device__ __forceinline__ void FetchRows(float* dst, int dst_stride, const floa
     }
 #endif
   } else {
-    // Tagged words. The (row, column) of each load is worked out once, before the first load, with one unsigned
-    // division and none for a single row (B = 1): the poll loop and the stores below only read them back. Per-poll
-    // signed divisions were most of this phase's instructions (ncu, session 10: 362 instructions per warp and
-    // step for one 4 KB row at H = 1024, against about 60 now).
-    // 16-byte pairs per row that hold values: a pair of padding alone (width % 4 of 1 or 2) is never published.
-    const unsigned per_row = static_cast<unsigned>(width + 1) / 2u;
-    const unsigned total = static_cast<unsigned>(nrows) * per_row;
-#pragma unroll 1
-    for (unsigned i0 = tid; i0 < total; i0 += kBatch * nthreads) {
-      unsigned long long v[kBatch][2] = {};
-      float* out[kBatch];
-      unsigned src_off[kBatch];  // word offset of the pair (rows src_stride words apart)
-      bool live[kBatch], two[kBatch];
-#pragma unroll
-      for (int q = 0; q < kBatch; ++q) {
-        const unsigned i = i0 + q * nthreads;
-        live[q] = i < total;
-        const unsigned r = nrows == 1 ? 0u : i / per_row;
-        const int k = 2 * static_cast<int>(i - r * per_row);
-        two[q] = k + 1 < width;  // the row's last pair may hold one value (padding is never published)
-        out[q] = dst + r * dst_stride + k;
-        src_off[q] = r * static_cast<unsigned>(src_stride) + static_cast<unsigned>(k);
-        if (live[q]) LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
-      }
-      // Poll the whole batch together: re-issue every load that is not ready before checking any of them
-      // again, so each wait costs one round trip for the batch (re-polling one word at a time costs one round
-      // trip per word, since the other words' first reads are stale by then).
-      long long polls = 0;
-      while (true) {
-        bool waiting = false;
-#pragma unroll
-        for (int q = 0; q < kBatch; ++q) {
-          const bool ready = static_cast<unsigned>(v[q][0] >> 32) == tag &&
-                             (!two[q] || static_cast<unsigned>(v[q][1] >> 32) == tag);
-          if (live[q] && !ready) {
-            waiting = true;
-            LoadRelaxed128(tagged_rows + src_off[q], v[q][0], v[q][1]);
-          }
-        }
-        if (!waiting || WatchdogTick(polls, watchdog)) break;
-      }
-#pragma unroll
-      for (int q = 0; q < kBatch; ++q) {
-        if (live[q]) {
-          out[q][0] = __uint_as_float(static_cast<unsigned>(v[q][0]));
-          if (two[q]) out[q][1] = __uint_as_float(static_cast<unsigned>(v[q][1]));
-        }
-      }
-    }
+    PollTaggedPairs(
+        tagged_rows, tag, nrows, width, src_stride, tid, nthreads, watchdog,
+        [&](unsigned r, int k) { return dst + r * dst_stride + k; },
+        [&](float* o, unsigned, bool two, uint32_t lo, uint32_t hi) {
+          o[0] = __uint_as_float(lo);
+          if (two) o[1] = __uint_as_float(hi);
+        });
   }
 }
 
@@ -1287,31 +1332,8 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
         const int len = len_s[r];
         float h;
         if (s < len) {
-          const unsigned long long* src = p.xm_tag + (par_base + b) * blk_stride + pc0 + pc;
-          float sum = 0.f;
-#pragma unroll 1
-          for (int b0 = lane; b0 < p.nbu; b0 += 4 * 32) {
-            unsigned long long v[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) v[e] = b0 + 32 * e < p.nbu ? LoadRelaxed64(src + (long long)(b0 + 32 * e) * p.ex_p) : tag;
-            long long polls = 0;
-            while (true) {  // re-issue every load that is not ready before checking any again (as FetchRows)
-              bool waiting = false;
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                if ((v[e] >> 32) != (tag >> 32)) {
-                  waiting = true;
-                  v[e] = LoadRelaxed64(src + (long long)(b0 + 32 * e) * p.ex_p);
-                }
-              }
-              if (!waiting || WatchdogTick(polls, p.watchdog)) break;
-            }
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              if (b0 + 32 * e < p.nbu) sum += __uint_as_float(static_cast<unsigned>(v[e]));
-          }
-#pragma unroll
-          for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+          const float sum = WarpSumTaggedColumn(p.xm_tag + (par_base + b) * blk_stride + pc0 + pc, p.nbu, p.ex_p,
+                                                tag, lane, p.watchdog);
           h = ClipKeepNaN(sum, p.proj_clip);
           if (lane == 0) {
             const int t = reverse ? len - 1 - s : s;

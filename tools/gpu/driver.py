@@ -25,7 +25,7 @@ if __name__ == "__main__" and any(a in sys.argv for a in TORCH_FREE_MODES):
 import torch  # noqa: E402
 
 from harness_common import (CELL, DIRECTION, TOL_16_VS_F32_WEIGHTS, TOL_F32, WEIGHT,  # noqa: E402,F401
-                            make_inputs, max_rel, numpy_reference, quantize_rows, reference, rel_err,
+                            CoreCall, declare_core_api, make_inputs, query_limits, max_rel, numpy_reference, quantize_rows, reference, rel_err,
                             reserve_reference)
 
 TORCH_16 = {"f16": torch.float16, "bf16": torch.bfloat16}
@@ -41,20 +41,7 @@ def log(*args):
 
 class Lib:
     def __init__(self, path):
-        L = ctypes.CDLL(path)
-        P64, PF, PI, PU64 = (ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
-                             ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64))
-        L.frg_query_limits.restype = ctypes.c_char_p
-        L.frg_query_limits.argtypes = [ctypes.c_int, PI]
-        L.frg_workspace_bytes.restype = ctypes.c_int64
-        L.frg_workspace_bytes.argtypes = [P64, PF, ctypes.c_int, PI, PI]
-        L.frg_describe.restype = ctypes.c_char_p
-        L.frg_describe.argtypes = [P64, PF, ctypes.c_int, PI, PI, ctypes.c_char_p, ctypes.c_int64]
-        L.frg_forward.restype = ctypes.c_char_p
-        L.frg_forward.argtypes = [P64, PF, ctypes.c_int, PU64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64,
-                                  PI, PI]
-        L.frg_watchdog.restype = ctypes.c_int
-        L.frg_watchdog.argtypes = [ctypes.c_uint64, ctypes.c_int64]
+        L = declare_core_api(ctypes.CDLL(path))
         L.frg_set_debug_clock.restype = None
         L.frg_set_debug_clock.argtypes = [ctypes.c_uint64]
         if hasattr(L, "frg_set_test_watchdog"):  # absent in builds before session 21 (A/B runs load those too)
@@ -64,10 +51,7 @@ class Lib:
             L.frg_message_is_runtime_failure.restype = ctypes.c_int
             L.frg_message_is_runtime_failure.argtypes = [ctypes.c_char_p]
         self.L = L
-        self.limits = (ctypes.c_int * 9)()
-        err = L.frg_query_limits(torch.cuda.current_device(), self.limits)
-        if err:
-            raise RuntimeError(err.decode())
+        self.limits = query_limits(L, torch.cuda.current_device())
 
 
 def ptr(t):
@@ -85,37 +69,26 @@ class FusedRnn:
         self.D = 2 if direction == "bidirectional" else 1
         self.R = P if P else H
         self.wt = wt
-        self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
-        self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
-        t = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
-                 lanes_per_unit=0, stage_weights=-1, proj_reduce=-1)
-        t.update(tuning or {})
-        self.tuning = (ctypes.c_int * 8)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
-                                         t["stream_location"], t["lanes_per_unit"], t["stage_weights"],
-                                         t["proj_reduce"])
-        self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], lib.limits, self.tuning)
+        self.call = CoreCall(lib.L, lib.limits, cell, direction, T, B, H, P, time_major, cell_clip, proj_clip, wt,
+                             tuning)
+        self.ws_bytes = self.call.ws_bytes
         self.ws = torch.empty(max(self.ws_bytes, 256), dtype=torch.uint8, device="cuda")
-        self.ptrs = (ctypes.c_uint64 * 15)()
+        self.ptrs = [0] * 15
 
     def describe(self):
-        buf = ctypes.create_string_buffer(1024)
-        err = self.lib.L.frg_describe(self.shape, self.clips, WEIGHT[self.wt], self.lib.limits, self.tuning, buf, 1024)
-        return ("ERROR: " + err.decode()) if err else buf.value.decode()
+        return self.call.describe()
 
     def bind(self, x_proj, w_rec=None, rec_bias=None, w_proj=None, lengths=None, h0=None, c0=None, out=None,
              final_h=None, final_c=None, reserve=None, w_rec16=None, w_proj16=None, rec_scale=None, proj_scale=None):
         # int8 ("i8"): w_rec16 / w_proj16 carry the int8 kernels, rec_scale / proj_scale their row scales.
         self.keep = [x_proj, w_rec, rec_bias, w_proj, lengths, h0, c0, out, final_h, final_c, reserve, w_rec16,
                      w_proj16, rec_scale, proj_scale]
-        for i, t in enumerate(self.keep):
-            self.ptrs[i] = ptr(t)
+        self.ptrs = [ptr(t) for t in self.keep]
 
     def __call__(self):
-        err = self.lib.L.frg_forward(self.shape, self.clips, WEIGHT[self.wt], self.ptrs, self.ws.data_ptr(),
-                                     self.ws_bytes, torch.cuda.current_stream().cuda_stream, self.lib.limits,
-                                     self.tuning)
+        err = self.call.forward(self.ptrs, self.ws.data_ptr(), self.ws_bytes, torch.cuda.current_stream().cuda_stream)
         if err:
-            raise RuntimeError(err.decode())
+            raise RuntimeError(err)
 
     def watchdog(self):
         return self.lib.L.frg_watchdog(self.ws.data_ptr(), self.ws_bytes) if self.ws_bytes else 0

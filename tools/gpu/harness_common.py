@@ -1,6 +1,7 @@
 """Torch-free pieces of the device harness shared by driver.py (correctness + timing through PyTorch) and
 sanitize_cases.py (compute-sanitizer mode, plain device memory through the shim): the enums of the C face, the
 tolerances, random inputs and the float64 references (tests/numpy_reference.py)."""
+import ctypes
 import math
 import os
 import sys
@@ -16,6 +17,67 @@ DIRECTION = {"forward": 0, "reverse": 1, "bidirectional": 2}
 WEIGHT = {"f32": 0, "f16": 1, "bf16": 2, "i8": 3}
 TOL_F32 = 1e-5
 TOL_16_VS_F32_WEIGHTS = 1e-2
+
+
+def declare_core_api(L):
+    """Argument and result types of the core's C face (tools/gpu/fused_rnn_gpu_shim.cc) on a loaded CDLL."""
+    P64, PF, PI = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
+    PU64 = ctypes.POINTER(ctypes.c_uint64)
+    L.frg_query_limits.restype = ctypes.c_char_p
+    L.frg_query_limits.argtypes = [ctypes.c_int, PI]
+    L.frg_workspace_bytes.restype = ctypes.c_int64
+    L.frg_workspace_bytes.argtypes = [P64, PF, ctypes.c_int, PI, PI]
+    L.frg_describe.restype = ctypes.c_char_p
+    L.frg_describe.argtypes = [P64, PF, ctypes.c_int, PI, PI, ctypes.c_char_p, ctypes.c_int64]
+    L.frg_forward.restype = ctypes.c_char_p
+    L.frg_forward.argtypes = [P64, PF, ctypes.c_int, PU64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64, PI, PI]
+    L.frg_watchdog.restype = ctypes.c_int
+    L.frg_watchdog.argtypes = [ctypes.c_uint64, ctypes.c_int64]
+    return L
+
+
+def query_limits(L, device):
+    """The device limits the planner reads (CudaDeviceLimits as 9 ints)."""
+    limits = (ctypes.c_int * 9)()
+    err = L.frg_query_limits(device, limits)
+    if err:
+        raise RuntimeError(err.decode())
+    return limits
+
+
+TUNING_FIELDS = ("mode", "units_per_block", "rows_per_block", "max_reg_chunks", "stream_location", "lanes_per_unit",
+                 "stage_weights", "proj_reduce")
+TUNING_DEFAULTS = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
+                       lanes_per_unit=0, stage_weights=-1, proj_reduce=-1)
+
+
+class CoreCall:
+    """One configured call of the core: shape, clips, weight type, tuning (CudaTuning's fields, defaults = auto)
+    and device limits, as the C face takes them."""
+
+    def __init__(self, L, limits, cell, direction, T, B, H, P=0, time_major=False, cell_clip=0.0, proj_clip=0.0,
+                 wt="f32", tuning=None):
+        unknown = set(tuning or {}) - set(TUNING_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown tuning fields {sorted(unknown)}")
+        t = dict(TUNING_DEFAULTS, **(tuning or {}))
+        self.L, self.limits, self.wt = L, limits, wt
+        self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
+        self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
+        self.tuning = (ctypes.c_int * len(TUNING_FIELDS))(*(t[f] for f in TUNING_FIELDS))
+        self.ws_bytes = L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], limits, self.tuning)
+
+    def describe(self):
+        buf = ctypes.create_string_buffer(1024)
+        err = self.L.frg_describe(self.shape, self.clips, WEIGHT[self.wt], self.limits, self.tuning, buf, 1024)
+        return ("ERROR: " + err.decode()) if err else buf.value.decode()
+
+    def forward(self, ptrs, ws, ws_bytes, stream=0):
+        """ptrs: up to 15 device addresses in the C face's order; returns the core's error message or None."""
+        arr = (ctypes.c_uint64 * 15)(*(list(ptrs) + [0] * (15 - len(ptrs))))
+        err = self.L.frg_forward(self.shape, self.clips, WEIGHT[self.wt], arr, ws, ws_bytes, stream, self.limits,
+                                 self.tuning)
+        return err.decode() if err else None
 
 
 def quantize_rows(w):

@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 
-from harness_common import (CELL, DIRECTION, TOL_16_VS_F32_WEIGHTS, TOL_F32, WEIGHT, make_inputs, max_rel,
-                            quantize_rows, reference, rel_err, reserve_reference)
+from harness_common import (TOL_16_VS_F32_WEIGHTS, TOL_F32, CoreCall, declare_core_api,
+                            make_inputs, max_rel, query_limits, quantize_rows, reference, rel_err, reserve_reference)
 
 
 def log(*args):
@@ -41,20 +41,8 @@ class DevLib:
     """The shared library: the core's C face plus plain device-memory helpers."""
 
     def __init__(self, path):
-        L = ctypes.CDLL(path)
-        P64, PF, PI, PU64 = (ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
-                             ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64))
-        L.frg_query_limits.restype = ctypes.c_char_p
-        L.frg_query_limits.argtypes = [ctypes.c_int, PI]
-        L.frg_workspace_bytes.restype = ctypes.c_int64
-        L.frg_workspace_bytes.argtypes = [P64, PF, ctypes.c_int, PI, PI]
-        L.frg_describe.restype = ctypes.c_char_p
-        L.frg_describe.argtypes = [P64, PF, ctypes.c_int, PI, PI, ctypes.c_char_p, ctypes.c_int64]
-        L.frg_forward.restype = ctypes.c_char_p
-        L.frg_forward.argtypes = [P64, PF, ctypes.c_int, PU64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64,
-                                  PI, PI]
-        L.frg_watchdog.restype = ctypes.c_int
-        L.frg_watchdog.argtypes = [ctypes.c_uint64, ctypes.c_int64]
+        L = declare_core_api(ctypes.CDLL(path))
+        PI, PU64 = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64)
         L.frg_malloc.restype = ctypes.c_int
         L.frg_malloc.argtypes = [PU64, ctypes.c_int64]
         L.frg_free.restype = ctypes.c_int
@@ -75,10 +63,7 @@ class DevLib:
         L.frg_runtime_versions.restype = ctypes.c_int
         L.frg_runtime_versions.argtypes = [PI, PI]
         self.L = L
-        self.limits = (ctypes.c_int * 9)()
-        err = L.frg_query_limits(0, self.limits)
-        if err:
-            raise RuntimeError(err.decode())
+        self.limits = query_limits(L, 0)
         self.live = {}  # device address -> bytes, to prove every allocation is freed
 
     def check(self, code, what):
@@ -132,33 +117,14 @@ class DevLib:
         self.check(self.L.frg_last_error(), "cudaGetLastError")
 
 
-class Call:
-    """One configured call of the core (shape, clips, weight type, tuning, limits)."""
+class Call(CoreCall):
+    """One configured call of the core (shape, clips, weight type, tuning, limits) on the library's device memory."""
 
     def __init__(self, lib, cell, direction, T, B, H, P=0, time_major=False, cell_clip=0.0, proj_clip=0.0, wt="f32",
                  tuning=None, limits=None):
-        self.lib, self.wt = lib, wt
-        self.shape = (ctypes.c_int64 * 7)(CELL[cell], DIRECTION[direction], T, B, H, P, int(time_major))
-        self.clips = (ctypes.c_float * 2)(cell_clip, proj_clip)
-        t = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
-                 lanes_per_unit=0, stage_weights=-1, proj_reduce=-1)
-        t.update(tuning or {})
-        self.tuning = (ctypes.c_int * 8)(t["mode"], t["units_per_block"], t["rows_per_block"], t["max_reg_chunks"],
-                                         t["stream_location"], t["lanes_per_unit"], t["stage_weights"],
-                                         t["proj_reduce"])
-        self.limits = limits if limits is not None else lib.limits
-        self.ws_bytes = lib.L.frg_workspace_bytes(self.shape, self.clips, WEIGHT[wt], self.limits, self.tuning)
-
-    def describe(self):
-        buf = ctypes.create_string_buffer(1024)
-        err = self.lib.L.frg_describe(self.shape, self.clips, WEIGHT[self.wt], self.limits, self.tuning, buf, 1024)
-        return ("ERROR: " + err.decode()) if err else buf.value.decode()
-
-    def forward(self, ptrs, ws, ws_bytes):
-        arr = (ctypes.c_uint64 * 15)(*(list(ptrs) + [0] * (15 - len(ptrs))))
-        err = self.lib.L.frg_forward(self.shape, self.clips, WEIGHT[self.wt], arr, ws, ws_bytes, 0, self.limits,
-                                     self.tuning)
-        return err.decode() if err else None
+        super().__init__(lib.L, limits if limits is not None else lib.limits, cell, direction, T, B, H, P,
+                         time_major, cell_clip, proj_clip, wt, tuning)
+        self.lib = lib
 
 
 def round16(w, wt):

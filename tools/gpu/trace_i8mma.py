@@ -6,6 +6,7 @@ buffer after the profile's slots. This prints, per phase, the distribution over 
 cross-block timeline of one step from globaltimer (ns, relative to the earliest block).
 
     python3 tools/gpu/trace_i8mma.py --lib build_trace/libfused_rnn_gpu.so [--case elmo8] [--out file.json]
+        [--raw stamps.npz]
 """
 import argparse
 import json
@@ -31,6 +32,7 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--case", default="elmo8")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--raw", default=None, help="also save every block's raw stamps (.npz: runs [3, grid, slots])")
     a = ap.parse_args()
     lib = Lib(a.lib)
     label, kw, tun = PROFILE_CASES[a.case]
@@ -49,6 +51,9 @@ def main():
         torch.cuda.synchronize()
         lib.L.frg_set_debug_clock(0)
         runs.append(dbg.cpu().numpy()[DEBUG_SLOTS:].reshape(grid, per_block))
+    if a.raw:
+        np.savez_compressed(a.raw, runs=np.stack(runs), plan=desc, tr_pro=TR_PRO, tr_steps=TR_STEPS,
+                            tr_slots=TR_SLOTS, tr_s0=TR_S0, tr_warp=TR_WARP)
     res = {"case": label, "plan": desc, "runs": []}
     for ri, flat in enumerate(runs):
         n2 = 2 * (TR_PRO + TR_STEPS * TR_SLOTS)
