@@ -51,16 +51,11 @@ class FusedRnnCpuOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     RnnInputs in;
     RnnShape s;
-    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
-    if (kWeights == RecurrentWeights::kInt8) OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s));
-    if (kWeights == RecurrentWeights::k16Bit) OP_REQUIRES_OK(ctx, Validate16BitWeights(in, &s));
-    const int32_t* lengths = in.sequence_lengths->flat<int32_t>().data();
-    OP_REQUIRES_OK(ctx, CheckLengths(lengths, s.batch, s.max_time));
-    const bool training = kWeights == RecurrentWeights::kFloat32 && attrs_.is_training;
-
     RnnOutputs out;
-    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, training, &out,
-                                           /*has_reserve_output=*/kWeights == RecurrentWeights::kFloat32));
+    const int32_t* lengths = nullptr;
+    bool training = false;
+    OP_REQUIRES_OK(ctx, PrepareForward(ctx, attrs_, kWeights, /*check_scale_values=*/true, &in, &s, &out, &lengths,
+                                       &training));
     if (s.batch == 0) return;
 
     Tensor scratch;

@@ -76,24 +76,17 @@ class FusedRnnGpuOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     RnnInputs in;
     RnnShape s;
-    OP_REQUIRES_OK(ctx, ValidateRnnInputs(ctx, attrs_, &in, &s));
-    WeightType weight_type = WeightType::kFloat32;
-    if (kWeights == RecurrentWeights::k16Bit) {
-      OP_REQUIRES_OK(ctx, Validate16BitWeights(in, &s));
-      weight_type = s.weight16 == Weight16::kFloat16 ? WeightType::kFloat16 : WeightType::kBFloat16;
-    } else if (kWeights == RecurrentWeights::kInt8) {
-      OP_REQUIRES_OK(ctx, ValidateInt8Scales(ctx, &in, &s, /*check_values=*/false));
-      weight_type = WeightType::kInt8;
-    }
-    // sequence_lengths is in host memory (see the registration): checked here, copied into the workspace below.
-    const int32_t* lengths_host = in.sequence_lengths->flat<int32_t>().data();
-    OP_REQUIRES_OK(ctx, CheckLengths(lengths_host, s.batch, s.max_time));
-    const int64_t B = s.batch;
-    const bool training = kWeights == RecurrentWeights::kFloat32 && attrs_.is_training;
-
     RnnOutputs out;
-    OP_REQUIRES_OK(ctx, AllocateRnnOutputs(ctx, s, training, &out,
-                                           /*has_reserve_output=*/kWeights == RecurrentWeights::kFloat32));
+    const int32_t* lengths_host = nullptr;  // sequence_lengths is in host memory (see the registration)
+    bool training = false;
+    // The scales stay in device memory: only their shapes are checked (see above).
+    OP_REQUIRES_OK(ctx, PrepareForward(ctx, attrs_, kWeights, /*check_scale_values=*/false, &in, &s, &out,
+                                       &lengths_host, &training));
+    const WeightType weight_type = kWeights == RecurrentWeights::kInt8    ? WeightType::kInt8
+                                   : kWeights == RecurrentWeights::kFloat32 ? WeightType::kFloat32
+                                   : s.weight16 == Weight16::kFloat16     ? WeightType::kFloat16
+                                                                          : WeightType::kBFloat16;
+    const int64_t B = s.batch;
     if (B == 0) return;
 
     stream_executor::Stream* stream = ctx->op_device_context()->stream();

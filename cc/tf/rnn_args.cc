@@ -279,4 +279,16 @@ RnnBackwardArgs MakeBackwardArgs(const RnnShape& s, const RnnInputs& in, const R
   return a;
 }
 
+Status PrepareForward(tensorflow::OpKernelContext* ctx, const RnnAttrs& attrs, RecurrentWeights weights,
+                      bool check_scale_values, RnnInputs* in, RnnShape* s, RnnOutputs* out, const int32_t** lengths,
+                      bool* training) {
+  TF_RETURN_IF_ERROR(ValidateRnnInputs(ctx, attrs, in, s));
+  if (weights == RecurrentWeights::kInt8) TF_RETURN_IF_ERROR(ValidateInt8Scales(ctx, in, s, check_scale_values));
+  if (weights == RecurrentWeights::k16Bit) TF_RETURN_IF_ERROR(Validate16BitWeights(*in, s));
+  *lengths = in->sequence_lengths->flat<int32_t>().data();
+  TF_RETURN_IF_ERROR(CheckLengths(*lengths, s->batch, s->max_time));
+  *training = weights == RecurrentWeights::kFloat32 && attrs.is_training;
+  return AllocateRnnOutputs(ctx, *s, *training, out, /*has_reserve_output=*/weights == RecurrentWeights::kFloat32);
+}
+
 }  // namespace fused_rnn

@@ -99,6 +99,14 @@ bool AnyShorterThanMaxTime(const RnnShape& shape, const int32_t* lengths);
 RnnForwardArgs MakeForwardArgs(const RnnShape& shape, const RnnInputs& in, const RnnOutputs& out,
                                const int32_t* lengths, bool is_training);
 
+// The forward kernels' common start, CPU and GPU alike: validates the inputs (and the narrow weights' own inputs:
+// INT8 scales, with their values when `check_scale_values`, which needs them in host memory; 16-bit dtypes),
+// checks the lengths (host memory), allocates the outputs. *training: whether this call keeps a reserve (float32
+// weights with is_training). Sets *lengths to the host lengths.
+absl::Status PrepareForward(tensorflow::OpKernelContext* ctx, const RnnAttrs& attrs, RecurrentWeights weights,
+                            bool check_scale_values, RnnInputs* in, RnnShape* shape, RnnOutputs* out,
+                            const int32_t** lengths, bool* training);
+
 }  // namespace fused_rnn
 
 #endif  // FUSED_RNN_TF_RNN_ARGS_H_
