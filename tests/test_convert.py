@@ -223,3 +223,28 @@ def test_stock_layer_inside_a_custom_layer_is_reported():
     stock = keras.Sequential([keras.Input((None, EMB)), Wrapper(name="wrapper")])
     with pytest.raises(ValueError, match="custom layer or a subclassed model"):
         tf_ops.fuse_model(stock)
+
+
+def test_stateful_stock_model_converts_mid_stream():
+    """A stock stateful model part-way through a stream: the converted model (fuse_model, fuse_layer, then
+    quantize_model) starts from the stock layer's current states and follows it over the next chunks."""
+    rng = np.random.default_rng(18)
+    inputs = keras.Input(batch_shape=(B, None, EMB))
+    x = keras.layers.Bidirectional(keras.layers.LSTM(6, stateful=True, return_sequences=True))(inputs)
+    stock = keras.Model(inputs, keras.layers.GRU(4, stateful=True)(x))
+    randomize(stock, rng)
+    chunks = [rng.standard_normal((B, t, EMB)).astype(np.float32) for t in (5, 3, 4)]
+    stock(chunks[0])  # the states are now non-zero
+    fused = tf_ops.fuse_model(stock)
+    assert fused_names(fused) == sorted(stock_recurrent(stock))
+    q = tf_ops.quantize_model(fused)  # states copied before any further call
+    for chunk in chunks[1:]:
+        want = np.asarray(stock(chunk))
+        assert rel_err(np.asarray(fused(chunk)), want) < 1e-5
+        assert 0 < rel_err(np.asarray(q(chunk)), want) < 0.02
+    layer = tf_ops.fuse_layer(stock.layers[1])  # one layer, with its current states
+    assert layer.stateful and layer.bidirectional
+    for s, f in zip(stock.layers[1].states, layer.states):
+        np.testing.assert_array_equal(f, s)
+    assert np.abs(np.asarray(layer.states[0])).max() > 0
+    assert rel_err(np.asarray(layer(chunks[0])), np.asarray(stock.layers[1](chunks[0]))) < 1e-5

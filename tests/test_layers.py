@@ -137,8 +137,6 @@ def test_rejects_arguments_it_cannot_honour():
         tf_ops.FusedLSTM(4, recurrent_dropout=0.1)
     with pytest.raises(ValueError, match="reset_after"):
         tf_ops.FusedGRU(4, reset_after=False)
-    with pytest.raises(ValueError, match="stateful"):
-        tf_ops.FusedLSTM(4, stateful=True)
     with pytest.raises(ValueError, match="proj_clip"):
         tf_ops.FusedLSTM(4, proj_clip=1.0)
 
@@ -386,3 +384,117 @@ def test_accepts_what_the_stock_constructor_accepts_for_the_same_cell():
     tf_ops.FusedLSTM(2, implementation=1)  # keras.layers.LSTM's; the fused op has one implementation
     with pytest.raises(ValueError, match="activation"):
         tf_ops.FusedLSTM(2, activation=tf.nn.relu)
+
+
+def stateful_pair(cell, variant, units, **kwargs):
+    """A stock stateful layer and its fused twin: one direction (forward or go_backwards), both directions in
+    keras.layers.Bidirectional, or the stock Bidirectional against the fused layer's own bidirectional=True."""
+    def make(cls, **extra):
+        return cls(units, stateful=True, **kwargs, **extra)
+
+    if variant == "forward":
+        return make(STOCK[cell]), make(FUSED[cell])
+    if variant == "go_backwards":
+        return make(STOCK[cell], go_backwards=True), make(FUSED[cell], go_backwards=True)
+    stock = keras.layers.Bidirectional(make(STOCK[cell]))
+    if variant == "keras_bidirectional":
+        return stock, keras.layers.Bidirectional(make(FUSED[cell]))
+    return stock, make(FUSED[cell], bidirectional=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("variant", ["forward", "go_backwards", "keras_bidirectional", "fused_bidirectional"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_stateful_carries_states_across_calls_as_the_stock_layer(rng, cell, variant, return_sequences):
+    """stateful=True: each call starts from the previous call's final states (per batch row, after its last valid
+    step), reset_states() zeroes them; checked against the stock stateful layer over consecutive ragged batches."""
+    batch, features, units = 3, 4, 5
+    stock, fused = stateful_pair(cell, variant, units, return_sequences=return_sequences)
+    for layer in (stock, fused):
+        layer.build((batch, None, features))
+    randomize(stock, rng)
+    fused.set_weights(stock.get_weights())  # states are not weights: the stock weight list is unchanged
+    assert len(fused.weights) == len(stock.weights)
+    assert len(fused.states) == len(stock.states) == (2 if cell == "lstm" else 1) * (1 if variant in (
+        "forward", "go_backwards") else 2)
+    for call in range(4):
+        if call == 2:
+            stock.reset_states()
+            fused.reset_states()
+            assert all(np.all(np.asarray(s) == 0) for s in fused.states)
+        max_time = int(rng.integers(1, 7))
+        x = rng.standard_normal((batch, max_time, features)).astype(np.float32)
+        mask = right_padded_mask(rng, batch, max_time)
+        assert_same(fused(x, mask=mask), stock(x, mask=mask))
+        assert_same(list(fused.states), list(stock.states))
+        assert np.abs(np.asarray(fused.states[0])).max() > 0  # something was carried
+
+
+@pytest.mark.parametrize("implementation", ["op", "reference"])
+def test_stateful_states_are_the_next_calls_initial_states(rng, implementation):
+    """The stateful layer's second call equals a stateless twin given the first call's final states, on the op and
+    on the portable reference alike."""
+    stateful = tf_ops.FusedLSTM(6, num_proj=3, cell_clip=0.5, stateful=True, bidirectional=True,
+                                return_sequences=True)
+    stateless = tf_ops.FusedLSTM(6, num_proj=3, cell_clip=0.5, bidirectional=True, return_sequences=True,
+                                 return_state=True)
+    for layer in (stateful, stateless):
+        layer.build((2, None, 4))
+    randomize(stateful, rng)
+    stateless.set_weights(stateful.get_weights())
+    x1, x2 = (rng.standard_normal((2, 5, 4)).astype(np.float32) for _ in range(2))
+    with tf_ops.implementation_scope(implementation):
+        first, *states = stateless(x1)
+        np.testing.assert_array_equal(stateful(x1), first)
+        for got, want in zip(stateful.states, states):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(stateful(x2), stateless(x2, initial_state=states)[0])
+
+
+def test_stateful_needs_a_static_batch_of_the_same_size(rng):
+    with pytest.raises(ValueError, match="static batch size"):
+        keras.Sequential([keras.Input((None, 3)), tf_ops.FusedGRU(4, stateful=True)])
+    layer = tf_ops.FusedGRU(4, stateful=True)
+    layer(rng.standard_normal((3, 2, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match="batch size 3 got a batch of 2"):
+        layer(rng.standard_normal((2, 2, 3)).astype(np.float32))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stateful_model_predict_keras_file_and_export(rng, cell, tmp_path):
+    """A streaming model: predict() over consecutive chunks equals the stock stateful model's; the .keras file and
+    a SavedModel (model.export) keep stateful and carry states between serving calls."""
+    def build(cls):
+        inputs = keras.Input(batch_shape=(2, None, 3))
+        return keras.Model(inputs, keras.layers.Dense(2)(cls(5, stateful=True, return_sequences=True)(inputs)))
+
+    stock, fused = build(STOCK[cell]), build(FUSED[cell])
+    fused.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.4 for w in stock.get_weights()])
+    stock.set_weights(fused.get_weights())
+    chunks = [rng.standard_normal((2, t, 3)).astype(np.float32) for t in (4, 1, 3)]
+    want = [stock.predict(c, batch_size=2, verbose=0) for c in chunks]
+    for c, w in zip(chunks, want):
+        assert_same(fused.predict(c, batch_size=2, verbose=0), w)
+
+    fused.layers[1].reset_states()
+    path = os.path.join(tmp_path, "m.keras")
+    fused.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.layers[1].stateful
+    for c, w in zip(chunks, want):
+        assert_same(loaded(c), w)
+
+    fused.layers[1].reset_states()
+    fused.export(os.path.join(tmp_path, "sm"), verbose=False)
+    served = tf.saved_model.load(os.path.join(tmp_path, "sm"))
+    for c, w in zip(chunks, want):
+        assert_same(served.serve(c), w)
+
+    fused.layers[1].reset_states()  # tf.saved_model.save, as export/ writes its SavedModels
+    module = tf.Module()
+    module.model = fused
+    module.run = tf.function(lambda t: fused(t), input_signature=[tf.TensorSpec([2, None, 3])])
+    tf.saved_model.save(module, os.path.join(tmp_path, "module"))
+    served = tf.saved_model.load(os.path.join(tmp_path, "module"))
+    for c, w in zip(chunks, want):
+        assert_same(served.run(c), w)

@@ -89,7 +89,8 @@ def _fused_config(layer):
 def fuse_layer(layer):
     """A fused twin of a stock layer (keras.layers.LSTM, GRU, or Bidirectional around one), with its weights if
     it is built. Raises ValueError when the stock configuration has no fused equivalent (recurrent_dropout,
-    stateful, activations other than tanh/sigmoid, GRU reset_after=False, ...), saying which."""
+    activations other than tanh/sigmoid, GRU reset_after=False, ...), saying which. A stateful layer's current
+    states come along."""
     cls, config = _fused_config(layer)
     try:
         fused = _construct(cls, config)
@@ -98,6 +99,7 @@ def fuse_layer(layer):
     if layer.built:
         fused.build(_input_shape(layer))
         fused.set_weights(layer.get_weights())
+        _copy_states(layer, fused)
     return fused
 
 
@@ -113,7 +115,16 @@ def _construct(cls, config):
 def _input_shape(layer):
     sub = layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
     kernel = sub.cell.kernel
-    return (None, None, kernel.shape[0])
+    batch = sub.states[0].shape[0] if sub.stateful and sub.states else None  # stateful: the states' batch
+    return (batch, None, kernel.shape[0])
+
+
+def _copy_states(src, dst):
+    """A stateful recurrent layer's current states into its twin (the same order: per direction h, c)."""
+    src_states, dst_states = getattr(src, "states", None), getattr(dst, "states", None)
+    if getattr(src, "stateful", False) and src_states and dst_states:
+        for s, d in zip(src_states, dst_states):
+            d.assign(s)
 
 
 def _copy_weights(src, dst, layer_weights):
@@ -123,6 +134,7 @@ def _copy_weights(src, dst, layer_weights):
             _copy_weights(s, d, layer_weights)
     else:
         dst.set_weights(layer_weights(src, dst))
+        _copy_states(src, dst)
 
 
 def clone_with(model, clone_layer, layer_weights):
@@ -164,7 +176,7 @@ def fuse_model(model, keep_unsupported=False):
 def _fused_config_or_none(layer, kept, keep_unsupported):
     try:
         cls, config = _fused_config(layer)
-        _construct(cls, config)  # the constructor's checks (activations, dropout, stateful, ...)
+        _construct(cls, config)  # the constructor's checks (activations, recurrent_dropout, ...)
         return cls, config
     except ValueError as e:
         message = f"fuse_model: {layer.name} cannot be fused: {e}"

@@ -9,11 +9,14 @@
 
 Masks (right-padded, e.g. from Embedding(mask_zero=True)) become sequence lengths. Outputs at masked steps follow
 Keras: the last valid output is carried forward (zeros with zero_output_for_mask=True, as inside Bidirectional).
-Arguments the fused op cannot honour (another activation, recurrent_dropout, GRU reset_after=False, stateful)
-raise a ValueError at construction.
+stateful=True carries each batch row's final states into the next call, as the stock layers do (a static batch size,
+states reset by layer.reset_states()). Arguments the fused op cannot honour (another activation, recurrent_dropout,
+GRU reset_after=False) raise a ValueError at construction.
 """
 import keras
+import numpy as np
 import tensorflow as tf
+from keras.src.utils import tracking  # keras.layers.RNN's own way to hold untracked state variables
 
 from tf_ops import ops
 
@@ -101,8 +104,6 @@ class _FusedRNN(keras.layers.Layer):
                f"{name}: recurrent_dropout={recurrent_dropout} needs a new mask inside every step, which the fused "
                "op does not do; use dropout (on the inputs) or a Dropout layer between recurrent layers")
         _check(0.0 <= dropout < 1.0, f"{name}: dropout must be in [0, 1), got {dropout}")
-        _check(not stateful, f"{name}: stateful=True is not supported; pass initial_state and use return_state "
-                             "to carry states between calls")
         _check(merge_mode in _SUPPORTED_MERGE, f"{name}: merge_mode must be one of {_SUPPORTED_MERGE}")
         _check(not (bidirectional and go_backwards), f"{name}: bidirectional=True already runs both directions; "
                                                      "go_backwards must be False")
@@ -123,7 +124,11 @@ class _FusedRNN(keras.layers.Layer):
         self.return_sequences = return_sequences
         self.return_state = return_state
         self.go_backwards = go_backwards
-        self.stateful = False
+        # stateful: the final states of each call are the next call's initial states, held in non-trainable
+        # variables outside the layer's weights (as the stock RNN keeps them), so get_weights()/set_weights() stay
+        # those of the stock layer.
+        self.stateful = bool(stateful)
+        self._state_variables = None
         self.unroll = unroll  # accepted for compatibility; the fused op never unrolls
         self.use_cudnn = use_cudnn  # accepted for compatibility
         self.implementation = implementation  # keras.layers.LSTM's (1 or 2): accepted, the fused op has one
@@ -144,11 +149,27 @@ class _FusedRNN(keras.layers.Layer):
 
     @property
     def states(self):
-        """Keras' stateful-RNN states (keras.layers.Bidirectional asks): never stateful, so None."""
-        return None
+        """The state variables of a stateful layer, [h, c] (LSTM) or [h] (GRU) per direction, forward first; None
+        otherwise (keras.layers.Bidirectional asks)."""
+        return self._state_variables
 
-    def reset_states(self):
-        pass
+    def reset_state(self):
+        """Zeroes a stateful layer's states (nothing to do otherwise)."""
+        for variable in self._state_variables or ():
+            variable.assign(tf.zeros(variable.shape, variable.dtype))
+
+    def reset_states(self):  # the stock layers' alias
+        self.reset_state()
+
+    @tracking.no_automatic_dependency_tracking
+    def _create_state_variables(self, batch):
+        # As keras.layers.RNN holds them: outside the layer's weights (so the stock weight list and order hold), yet
+        # saved with it (tf.saved_model.save and model.export carry them).
+        with keras.name_scope(self.name, caller=self):
+            self._state_variables = [
+                keras.Variable(np.zeros((batch, width), np.float32), trainable=False, dtype="float32",
+                               name="rnn_state")
+                for _ in range(self._num_dirs) for width in self._state_widths()]
 
     # -- subclass hooks --
     @property
@@ -175,6 +196,15 @@ class _FusedRNN(keras.layers.Layer):
         _check(input_dim is not None, f"{type(self).__name__}: the last input dimension must be known")
         prefixes = ("forward_", "backward_") if self.bidirectional else ("",)
         self._weight_names = [self._add_cell_weights(p, input_dim) for p in prefixes]
+        if self.stateful:
+            if self._state_variables is not None:
+                self.reset_state()
+            else:
+                batch = sequences_shape[0]
+                _check(batch is not None, f"{type(self).__name__}: stateful=True needs a static batch size; give "
+                       f"the model's input one (keras.Input(batch_shape=(batch, time, features))), got input "
+                       f"shape {tuple(sequences_shape)}")
+                self._create_state_variables(int(batch))
         self.built = True
 
     @property
@@ -305,11 +335,20 @@ class _FusedRNN(keras.layers.Layer):
         sequences = tf.cast(sequences, tf.float32)
         dims = tf.shape(sequences)
         batch, max_time = dims[0], dims[1]
+        if self.stateful and initial_state is None:
+            expected = self._state_variables[0].shape[0]
+            _check(sequences.shape[0] is None or sequences.shape[0] == expected,
+                   f"{type(self).__name__}: a stateful layer built for batch size {expected} got a batch of "
+                   f"{sequences.shape[0]}")
+            initial_state = self._state_variables
         lengths = self._lengths(mask, batch, max_time)
         x_proj = self._x_proj(sequences, training)
         direction = "bidirectional" if self.bidirectional else ("reverse" if self.go_backwards else "forward")
         out, finals = self._run(x_proj, lengths, self._initial_states(initial_state, batch), direction,
                                 training is True)
+        if self.stateful:
+            for variable, state in zip(self._state_variables, self._flat_states(finals)):
+                variable.assign(state)
         width = self._width
         final_h = finals[0]
         if self.return_sequences:
@@ -332,9 +371,13 @@ class _FusedRNN(keras.layers.Layer):
                       None: lambda: [fw, bw]}[self.merge_mode]()
         if not self.return_state:
             return self._to_compute_dtype(output)
-        states = [finals[k][d] for d in range(self._num_dirs) for k in range(len(finals))]
+        states = self._flat_states(finals)
         outputs = output if isinstance(output, list) else [output]
         return self._to_compute_dtype(outputs + states)
+
+    def _flat_states(self, finals):
+        """[D, B, width] per state kind -> per direction, per kind (h, c, then the backward's h, c)."""
+        return [finals[k][d] for d in range(self._num_dirs) for k in range(len(finals))]
 
     def _to_compute_dtype(self, tensors):
         # Under a mixed policy the layer's outputs follow its compute dtype, as the stock layers' do.
@@ -380,7 +423,8 @@ class _FusedRNN(keras.layers.Layer):
             "recurrent_constraint": con(self.recurrent_constraint),
             "bias_constraint": con(self.bias_constraint),
             "dropout": self.dropout, "seed": self.seed, "return_sequences": self.return_sequences,
-            "return_state": self.return_state, "go_backwards": self.go_backwards, "unroll": self.unroll,
+            "return_state": self.return_state, "go_backwards": self.go_backwards, "stateful": self.stateful,
+            "unroll": self.unroll,
             "zero_output_for_mask": self.zero_output_for_mask, "bidirectional": self.bidirectional,
             "merge_mode": self.merge_mode, "int8_weights": self.int8_weights,
             "recurrent_weight_dtype": self.recurrent_weight_dtype,
