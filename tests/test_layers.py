@@ -498,3 +498,24 @@ def test_stateful_model_predict_keras_file_and_export(rng, cell, tmp_path):
     served = tf.saved_model.load(os.path.join(tmp_path, "module"))
     for c, w in zip(chunks, want):
         assert_same(served.run(c), w)
+
+
+def test_stateful_training_follows_the_stock_model(rng):
+    """fit() on consecutive batches of a stateful model (truncated backpropagation: each batch starts from the last
+    one's states, gradients stop there): the same losses, weights and carried states as the stock model."""
+    def build(cls):
+        inputs = keras.Input(batch_shape=(4, None, 3))
+        return keras.Model(inputs, keras.layers.Dense(1)(cls(6, stateful=True)(inputs)))
+
+    stock, fused = build(STOCK["lstm"]), build(FUSED["lstm"])
+    stock.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.4 for w in stock.get_weights()])
+    fused.set_weights(stock.get_weights())
+    x = rng.standard_normal((16, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 1)).astype(np.float32)
+    losses = []
+    for model in (stock, fused):
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        losses.append(model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0).history["loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    assert_same(fused.get_weights(), stock.get_weights())
+    assert_same(list(fused.layers[1].states), list(stock.layers[1].states))
