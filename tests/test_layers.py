@@ -41,10 +41,11 @@ def assert_same(got, want, tol=1e-5):
 @pytest.mark.parametrize("return_sequences", [False, True])
 @pytest.mark.parametrize("return_state", [False, True])
 @pytest.mark.parametrize("go_backwards", [False, True])
-@pytest.mark.parametrize("masked", [False, True])
-def test_matches_stock_layer(rng, cell, return_sequences, return_state, go_backwards, masked):
-    batch, max_time, features, units = int(rng.integers(1, 6)), int(rng.integers(1, 9)), 7, int(rng.integers(1, 20))
-    kwargs = dict(return_sequences=return_sequences, return_state=return_state, go_backwards=go_backwards)
+@pytest.mark.parametrize("masked, zero_output_for_mask", [(False, False), (True, False), (True, True)])
+def test_matches_stock_layer(rng, cell, return_sequences, return_state, go_backwards, masked, zero_output_for_mask):
+    batch, max_time, features, units = int(rng.integers(2, 6)), int(rng.integers(1, 9)), 7, int(rng.integers(1, 20))
+    kwargs = dict(return_sequences=return_sequences, return_state=return_state, go_backwards=go_backwards,
+                  zero_output_for_mask=zero_output_for_mask)
     stock, fused = STOCK[cell](units, **kwargs), FUSED[cell](units, **kwargs)
     x = rng.standard_normal((batch, max_time, features)).astype(np.float32)
     stock.build(x.shape)
@@ -52,7 +53,11 @@ def test_matches_stock_layer(rng, cell, return_sequences, return_state, go_backw
     randomize(stock, rng)
     fused.set_weights(stock.get_weights())
     mask = right_padded_mask(rng, batch, max_time) if masked else None
-    assert_same(fused(x, mask=mask), stock(x, mask=mask))
+    if masked:
+        mask[1, -1] = False  # a row shorter than the batch: zero_output_for_mask zeroes its last output
+    got, want = fused(x, mask=mask), stock(x, mask=mask)
+    assert type(got) is type(want)  # a tuple with return_state, as the stock layer returns
+    assert_same(got, want)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -519,3 +524,34 @@ def test_stateful_training_follows_the_stock_model(rng):
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
     assert_same(fused.get_weights(), stock.get_weights())
     assert_same(list(fused.layers[1].states), list(stock.layers[1].states))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stock_attributes_config_keys_and_input_rank(cell):
+    """What code inspecting a recurrent layer reads: the stock layer's attributes and config keys, the same values;
+    a wrong input rank fails when the model is built, as with the stock layer."""
+    stock, fused = STOCK[cell](3), FUSED[cell](3)
+    for layer in (stock, fused):
+        layer.build((2, 4, 5))
+    assert fused.state_size == stock.state_size
+    assert fused.activation is keras.activations.tanh and fused.recurrent_activation is keras.activations.sigmoid
+    assert fused.recurrent_dropout == stock.recurrent_dropout == 0.0
+    for key in ("activation", "recurrent_activation", "recurrent_dropout", "stateful"):
+        assert fused.get_config()[key] == stock.get_config()[key], key
+    assert [s.shape for s in fused.get_initial_state(6)] == [tuple(s.shape) for s in stock.get_initial_state(6)]
+    assert all(np.all(np.asarray(s) == 0) for s in fused.get_initial_state(6))
+    for shape in ((20,), (5, 4, 3)):
+        with pytest.raises(ValueError, match="ndim=3"):
+            keras.Sequential([keras.Input(shape), FUSED[cell](4)])
+
+
+def test_stateful_partial_last_batch_is_a_clear_error(rng):
+    """predict() over a sample count that is not a multiple of a stateful model's batch: the last batch is smaller
+    than the states. The stock layer broadcasts its states over it and returns a row of garbage; the fused layer
+    says what is wrong."""
+    inputs = keras.Input(batch_shape=(2, None, 3))
+    model = keras.Model(inputs, FUSED["lstm"](4, stateful=True)(inputs))
+    np.testing.assert_array_equal(model.predict(np.zeros((4, 3, 3), np.float32), batch_size=2, verbose=0).shape,
+                                  (4, 4))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiple of the batch size"):
+        model.predict(np.zeros((5, 3, 3), np.float32), batch_size=2, verbose=0)

@@ -146,6 +146,11 @@ class _FusedRNN(keras.layers.Layer):
                f"{name}: int8_weights and recurrent_weight_dtype={recurrent_weight_dtype!r} exclude each other")
         self.recurrent_weight_dtype = recurrent_weight_dtype
         self.supports_masking = True
+        self.input_spec = keras.layers.InputSpec(ndim=3)  # as the stock layers: a wrong rank fails at build
+        # The stock layers' attributes (their only values here), for code that inspects a layer.
+        self.activation = keras.activations.tanh
+        self.recurrent_activation = keras.activations.sigmoid
+        self.recurrent_dropout = 0.0
 
     @property
     def states(self):
@@ -160,6 +165,15 @@ class _FusedRNN(keras.layers.Layer):
 
     def reset_states(self):  # the stock layers' alias
         self.reset_state()
+
+    @property
+    def state_size(self):
+        """One direction's state widths, as the stock layers give them: [R, H] (LSTM, R = num_proj or H), [H] (GRU)."""
+        return list(self._state_widths())
+
+    def get_initial_state(self, batch_size):
+        """Zero states for `batch_size` rows, in initial_state's order (h, c per direction, forward first)."""
+        return [tf.zeros([batch_size, width]) for _ in range(self._num_dirs) for width in self._state_widths()]
 
     @tracking.no_automatic_dependency_tracking
     def _create_state_variables(self, batch):
@@ -340,6 +354,10 @@ class _FusedRNN(keras.layers.Layer):
             _check(sequences.shape[0] is None or sequences.shape[0] == expected,
                    f"{type(self).__name__}: a stateful layer built for batch size {expected} got a batch of "
                    f"{sequences.shape[0]}")
+            if sequences.shape[0] is None:  # e.g. predict()/fit() batches: checked when it runs
+                tf.debugging.assert_equal(batch, expected, message=(
+                    f"{type(self).__name__}: a stateful layer built for batch size {expected} got another batch "
+                    "size (with predict/fit, make the number of samples a multiple of the batch size)"))
             initial_state = self._state_variables
         lengths = self._lengths(mask, batch, max_time)
         x_proj = self._x_proj(sequences, training)
@@ -361,8 +379,17 @@ class _FusedRNN(keras.layers.Layer):
                 out = tf.where(valid, out, last[:, None, :])
             output = out
         else:
-            # The last output of a masked sequence is its final h (zeros for an empty one, as Keras).
+            # The last output of a masked sequence is its final h (zeros for an empty one, as Keras). With
+            # zero_output_for_mask, Keras gives zeros for every row whose last processed step is masked: in the
+            # forward direction every row shorter than the batch's time dimension.
             has_steps = (lengths > 0)[None, :, None]
+            if self.zero_output_for_mask and mask is not None:
+                full = (lengths >= max_time)[None, :, None]
+                forward_rows = tf.logical_and(has_steps, full)
+                if self.bidirectional:
+                    has_steps = tf.concat([forward_rows, has_steps], axis=0)  # [forward, reverse]
+                elif not self.go_backwards:
+                    has_steps = forward_rows
             last = tf.where(has_steps, final_h, tf.zeros_like(final_h))
             output = tf.concat(tf.unstack(last, num=self._num_dirs), axis=-1) if self.bidirectional else last[0]
         if self.bidirectional and self.merge_mode != "concat":
@@ -370,10 +397,10 @@ class _FusedRNN(keras.layers.Layer):
             output = {"sum": lambda: fw + bw, "ave": lambda: (fw + bw) / 2, "mul": lambda: fw * bw,
                       None: lambda: [fw, bw]}[self.merge_mode]()
         if not self.return_state:
-            return self._to_compute_dtype(output)
+            return self._to_compute_dtype(tuple(output) if isinstance(output, list) else output)
         states = self._flat_states(finals)
         outputs = output if isinstance(output, list) else [output]
-        return self._to_compute_dtype(outputs + states)
+        return self._to_compute_dtype(tuple(outputs + states))  # a tuple, as the stock layers return
 
     def _flat_states(self, finals):
         """[D, B, width] per state kind -> per direction, per kind (h, c, then the backward's h, c)."""
@@ -427,6 +454,7 @@ class _FusedRNN(keras.layers.Layer):
             "unroll": self.unroll,
             "zero_output_for_mask": self.zero_output_for_mask, "bidirectional": self.bidirectional,
             "merge_mode": self.merge_mode, "int8_weights": self.int8_weights,
+            "activation": "tanh", "recurrent_activation": "sigmoid", "recurrent_dropout": 0.0,
             "recurrent_weight_dtype": self.recurrent_weight_dtype,
         })
         return config
