@@ -334,6 +334,61 @@ def _gru_grad(op, *grads):
     return [d_x, d_rk, d_rb, None, d_h0]
 
 
+# Second order (a gradient of the backward op: nested tapes such as a gradient penalty, forward-mode autodiff): the
+# reference recurrence, differentiated twice. The first-order gradients stay the fused backward's; only the
+# gradient of that backward re-runs the recurrence in stock TF ops (one while_loop per direction). The backward's
+# inputs `output` and `reserve` get no gradient: the recomputation already carries their dependence on the
+# primal inputs.
+def _double_backward(ggrads, primals, cotangents, forward):
+    """VJP of the first-order map (primals, cotangents) -> d(forward(primals)) . cotangents, for ggrads."""
+    with tf.GradientTape() as outer:
+        outer.watch(primals + cotangents)
+        with tf.GradientTape() as inner:
+            inner.watch(primals)
+            outputs = forward(*primals)
+        firsts = inner.gradient(outputs, primals, output_gradients=cotangents,
+                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    ggrads = [tf.zeros_like(f) if g is None else g for f, g in zip(firsts, ggrads)]
+    return outer.gradient(firsts, primals + cotangents, output_gradients=ggrads,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+@tf.RegisterGradient("FusedLSTMSequenceGrad")
+def _lstm_grad_grad(op, dd_x, dd_rk, dd_pk, dd_h0, dd_c0):
+    x, rk, pk, lengths, h0, c0 = op.inputs[:6]
+    cotangents = list(op.inputs[8:11])  # d_output, d_final_h, d_final_c
+    use_proj = op.get_attr("num_proj") > 0
+    kw = dict(direction=_attr_str(op, "direction"), time_major=op.get_attr("time_major"),
+              cell_clip=op.get_attr("cell_clip"), proj_clip=op.get_attr("proj_clip"))
+    if use_proj:
+        g = _double_backward([dd_x, dd_rk, dd_pk, dd_h0, dd_c0], [x, rk, pk, h0, c0], cotangents,
+                             lambda x, rk, pk, h0, c0: reference.lstm_sequence(x, rk, pk, lengths, h0, c0, **kw))
+        g_x, g_rk, g_pk, g_h0, g_c0 = g[:5]
+    else:
+        g = _double_backward([dd_x, dd_rk, dd_h0, dd_c0], [x, rk, h0, c0], cotangents,
+                             lambda x, rk, h0, c0: reference.lstm_sequence(x, rk, None, lengths, h0, c0, **kw))
+        (g_x, g_rk, g_h0, g_c0), g_pk = g[:4], tf.zeros_like(pk)
+    return [g_x, g_rk, g_pk, None, g_h0, g_c0, None, None] + list(g[-3:])
+
+
+@tf.RegisterGradient("FusedGRUSequenceGrad")
+def _gru_grad_grad(op, dd_x, dd_rk, dd_rb, dd_h0):
+    x, rk, rb, lengths, h0 = op.inputs[:5]
+    cotangents = list(op.inputs[7:9])  # d_output, d_final_h
+    kw = dict(direction=_attr_str(op, "direction"), time_major=op.get_attr("time_major"))
+    g = _double_backward([dd_x, dd_rk, dd_rb, dd_h0], [x, rk, rb, h0], cotangents,
+                         lambda x, rk, rb, h0: reference.gru_sequence(x, rk, rb, lengths, h0, **kw))
+    return [g[0], g[1], g[2], None, g[3], None, None] + list(g[-2:])
+
+
+@tf.RegisterGradient("FusedLSTMSequenceInt8")
+@tf.RegisterGradient("FusedGRUSequenceInt8")
+def _no_int8_grad(op, *grads):
+    # A clear error instead of TF's LookupError.
+    raise _invalid(f"{op.type} has no gradient: int8 recurrent weights are for inference; train with float32 "
+                   "weights")
+
+
 @tf.RegisterGradient("FusedLSTMSequence16")
 @tf.RegisterGradient("FusedGRUSequence16")
 def _no_16bit_grad(op, *grads):
