@@ -1112,6 +1112,9 @@ std::map<PlanKey, Plan> g_plans;
 
 const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
                     const CudaTuning* tuning, Plan* out) {
+  // The size checks come before the cache lookup: the key holds the sizes as int, which is exact only inside the
+  // checked range (a batch of 2^32 + b must not find the plan of batch b).
+  if (const char* err = CheckShapeCuda(shape)) return err;
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return CudaMessage("cudaGetDevice", e);

@@ -73,7 +73,11 @@ struct BwdParams {
   float* dr_all;           // [D, B, T, P] (projection: dr of every valid position, for dP)
 };
 
-__device__ __forceinline__ int LenOf(const BwdParams& p, int b) { return p.lengths ? p.lengths[b] : p.T; }
+// Clamped to [0, T] like the forward's lengths: the adaptors validate them on the host, and this keeps a bad copy
+// from ever indexing outside the sequence.
+__device__ __forceinline__ int LenOf(const BwdParams& p, int b) {
+  return p.lengths ? min(max(p.lengths[b], 0), p.T) : p.T;
+}
 __device__ __forceinline__ bool Rev(const BwdParams& p, int d) { return (p.reverse_mask >> d) & 1; }
 // Time position of step s of a sequence of length len (s < len).
 __device__ __forceinline__ int PosOf(const BwdParams& p, int d, int len, int s) {

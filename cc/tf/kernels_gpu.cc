@@ -50,15 +50,33 @@ absl::Status LimitsFor(int ordinal, CudaDeviceLimits* limits) {
   return absl::OkStatus();
 }
 
-// Copies host bytes (a HostMemory input) to the device on `stream`, staged through pageable heap memory: a
-// cudaMemcpyAsync from pageable memory returns only once the source has been copied to the driver's staging buffer
-// (CUDA's documented API synchronisation behaviour), so the transfer never reads the input after TensorFlow has
-// released it. (TF may place host-memory inputs in pinned memory, which an asynchronous copy would read later.)
-bool HostToDevice(void* dst, const void* src, size_t bytes, void* stream) {
-  if (bytes == 0) return true;
+// A failed CUDA call as a status; the error is also taken off the runtime's per-thread last-error slot, where the
+// core's later launch checks (cudaGetLastError) would otherwise report it as their own.
+absl::Status CudaCallFailed(const char* what, cudaError_t e) {
+  cudaGetLastError();
+  return absl::InternalError(absl::StrCat(what, " failed: ", cudaGetErrorString(e)));
+}
+
+// Copies host bytes (a HostMemory input) to the device on `stream`, staged through pageable heap memory. CUDA's API
+// synchronisation rules for an asynchronous copy from pageable memory: it "might be synchronous with respect to
+// host", or the driver stages it into pinned memory before returning; either way the source has been read when the
+// call returns (checked on an H100, driver 580: the copy returned in 8-36 us behind a 0.5 s kernel and the device
+// got the values the host buffer held at the call). So the transfer never reads the input after TensorFlow has
+// released it; from a pinned source (where TF may place host-memory inputs) the copy would be read later. The
+// kernels clamp lengths to [0, T] all the same.
+absl::Status HostToDevice(void* dst, const void* src, size_t bytes, void* stream) {
+  if (bytes == 0) return absl::OkStatus();
   std::vector<char> staged(static_cast<const char*>(src), static_cast<const char*>(src) + bytes);
-  return cudaMemcpyAsync(dst, staged.data(), bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)) ==
-         cudaSuccess;
+  const cudaError_t e =
+      cudaMemcpyAsync(dst, staged.data(), bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream));
+  return e == cudaSuccess ? absl::OkStatus() : CudaCallFailed("copying sequence_lengths to the GPU", e);
+}
+
+// The stream's CUDA handle; null would mean the legacy default stream to the core, never TensorFlow's stream.
+absl::Status RawStream(stream_executor::Stream* stream, void** raw) {
+  *raw = stream->platform_specific_handle().stream;
+  if (*raw == nullptr) return absl::InternalError("the GPU stream has no CUDA stream handle");
+  return absl::OkStatus();
 }
 
 // The forward op for each kind of recurrent weights (see RecurrentWeights). 16-bit tensors are read in place as
@@ -105,17 +123,17 @@ class FusedRnnGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8,
                                            TensorShape({static_cast<int64_t>(lengths_offset + 4 * B)}), &workspace));
     char* ws = reinterpret_cast<char*>(workspace.flat<int8_t>().data());
-    void* raw_stream = stream->platform_specific_handle().stream;
+    void* raw_stream = nullptr;
+    OP_REQUIRES_OK(ctx, RawStream(stream, &raw_stream));
     int32_t* lengths_device = reinterpret_cast<int32_t*>(ws + lengths_offset);
-    OP_REQUIRES(ctx, HostToDevice(lengths_device, lengths_host, sizeof(int32_t) * B, raw_stream),
-                absl::InternalError("copying sequence_lengths to the GPU failed"));
+    OP_REQUIRES_OK(ctx, HostToDevice(lengths_device, lengths_host, sizeof(int32_t) * B, raw_stream));
 
     if (training && AnyShorterThanMaxTime(s, lengths_host)) {
       // The core writes the reserve only where t < length; the rest must not be the allocator's old contents.
-      OP_REQUIRES(ctx,
-                  cudaMemsetAsync(out.reserve->flat<float>().data(), 0, sizeof(float) * out.reserve->NumElements(),
-                                  static_cast<cudaStream_t>(raw_stream)) == cudaSuccess,
-                  absl::InternalError("clearing the reserve failed"));
+      const cudaError_t e = cudaMemsetAsync(out.reserve->flat<float>().data(), 0,
+                                            sizeof(float) * out.reserve->NumElements(),
+                                            static_cast<cudaStream_t>(raw_stream));
+      OP_REQUIRES(ctx, e == cudaSuccess, CudaCallFailed("clearing the reserve", e));
     }
     const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths_device, training);
     const char* err = CudaForward(s, args, weight_type, args.recurrent_kernel_16, args.projection_kernel_16,
@@ -167,15 +185,17 @@ class FusedRnnGradGpuOp : public OpKernel {
                                            TensorShape({static_cast<int64_t>(lengths_offset + 4 * B + 256)}),
                                            &workspace));
     char* ws = reinterpret_cast<char*>(workspace.flat<int8_t>().data());
-    void* raw_stream = stream->platform_specific_handle().stream;
+    void* raw_stream = nullptr;
+    OP_REQUIRES_OK(ctx, RawStream(stream, &raw_stream));
     int32_t* lengths_device = reinterpret_cast<int32_t*>(ws + lengths_offset);
-    if (B > 0) {
-      OP_REQUIRES(ctx, HostToDevice(lengths_device, lengths_host, sizeof(int32_t) * B, raw_stream),
-                  absl::InternalError("copying sequence_lengths to the GPU failed"));
-    }
+    OP_REQUIRES_OK(ctx, HostToDevice(lengths_device, lengths_host, sizeof(int32_t) * B, raw_stream));
     const RnnBackwardArgs args = MakeBackwardArgs(s, in, g, lengths_device);
     const char* err = CudaBackward(s, args, core_bytes ? ws : nullptr, core_bytes, raw_stream);
-    OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA backward: ", err ? err : "")));
+    // A CUDA failure is the device's; anything else the core refuses (sizes out of its range) is the caller's.
+    OP_REQUIRES(ctx, err == nullptr,
+                err != nullptr && CudaMessageIsRuntimeFailure(err)
+                    ? absl::InternalError(absl::StrCat("fused RNN CUDA backward: ", err))
+                    : Invalid("fused RNN CUDA backward: ", err ? err : ""));
   }
 
  private:
