@@ -614,25 +614,31 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
 
 KernelFn GetTcKernel(CellType cell, int wk, int nt_idx) {
   using namespace cuda_impl;
-  if (cell == CellType::kLstm) return wk == kWeightBF16 ? GetKernelTcLstmBF16(nt_idx) : GetKernelTcLstmF16(nt_idx);
+  if (cell == CellType::kLstm) {
+    if (wk == kWeightF32) return GetKernelTcLstmF32(nt_idx);
+    return wk == kWeightBF16 ? GetKernelTcLstmBF16(nt_idx) : GetKernelTcLstmF16(nt_idx);
+  }
+  if (wk == kWeightF32) return GetKernelTcGruF32(nt_idx);
   return wk == kWeightBF16 ? GetKernelTcGruBF16(nt_idx) : GetKernelTcGruF16(nt_idx);
 }
 
-// Mode 4, the tensor-core kernel (fused_rnn_cuda_tc.cuh): 16-bit weights, no projection, sm_80+, all blocks resident.
-// A block owns upb units (G * upb <= 8 NT gate columns) of one row group (rb rows, a multiple of 16), with one warp
-// per 8 k-tiles of U. Every block reads its rows of the whole h each step, so the L2 traffic per step is
-// D * nbu * B * H * 2 bytes: fewer, wider unit blocks (with several row groups to keep the SMs busy) move less.
-// Every (row groups, NT) that fits is costed; the cheapest is kept.
+// Mode 4, the tensor-core kernel (fused_rnn_cuda_tc.cuh): 16-bit weights, or float32 weights as 3xTF32 products; no
+// projection, sm_80+, all blocks resident. A block owns upb units (G * upb <= 8 NT gate columns) of one row group
+// (rb rows, a multiple of 16), with one warp per KTW k-tiles of U. Every block reads its rows of the whole h each
+// step, so the L2 traffic per step is D * nbu * B * H * (2 or 4) bytes: fewer, wider unit blocks (with several row
+// groups to keep the SMs busy) move less. Every (row groups, NT) that fits is costed; the cheapest is kept.
 const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun,
                           Plan* best) {
   using namespace cuda_impl;
-  if (wk != kWeightF16 && wk != kWeightBF16) return nullptr;
+  if (wk != kWeightF16 && wk != kWeightBF16 && wk != kWeightF32) return nullptr;
   if (shape.num_proj > 0 || limits.cc_major < 8 || !limits.cooperative_launch) return nullptr;
+  const bool f32 = wk == kWeightF32;
   const int G = shape.num_gates();
   const int H = static_cast<int>(shape.num_units), D = shape.num_dirs();
   const int B = static_cast<int>(std::max<int64_t>(shape.batch, 1));
-  const int MTG = static_cast<int>(CeilDiv(B, 16)), KT = static_cast<int>(CeilDiv(H, 16));
-  const int warps = static_cast<int>(CeilDiv(KT, kTcKtw));
+  const int ktw = TcKtw(wk);
+  const int MTG = static_cast<int>(CeilDiv(B, 16)), KT = static_cast<int>(CeilDiv(H, TcKWidth(wk)));
+  const int warps = static_cast<int>(CeilDiv(KT, ktw));
   const int threads = 32 * warps;
   if (threads > 1024) return nullptr;
   const bool forced = tun.mode == kModeTensorCore;
@@ -643,7 +649,7 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
     if (tun.rows_per_block > 0 ? groups > 1 : nbr != groups) continue;
     const int MTL = rb / 16;
     for (int idx = 0; idx < kTcNumNt; ++idx) {
-      const int NT = TcNtValue(idx), MG = TcMgValue(NT);
+      const int NT = TcNtValue(idx), MG = TcMgValue(wk, NT);
       const int upb = tun.units_per_block > 0 ? tun.units_per_block : std::min(H, NT * 8 / G);
       if (upb < 1 || G * upb > NT * 8) continue;
       if (tun.units_per_block > 0 && idx > 0 && G * upb <= TcNtValue(idx - 1) * 8) continue;  // smallest NT only
@@ -655,7 +661,7 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
       KernelFacts facts;
       if (const char* err = Facts(fn, &facts)) return err;
       if (facts.max_threads < threads) continue;
-      const size_t stage = size_t(warps) * kTcKtw * MG * 512;
+      const size_t stage = size_t(warps) * ktw * MG * 512;
       const size_t z_bytes = size_t(MTL) * 16 * NT * 8 * 4;
       const size_t pair_bytes = size_t(rb) * upb * 4;
       const size_t len_bytes = size_t(rb + 1) * 4;
@@ -679,16 +685,18 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
       // Cycles per step, fitted to the H200 stamps of session 8 (bench/gpu/NOTES.md; LSTM H=1024 B=64, one row
       // group: fetch + products 6.7 k, cell update 1.4 k, barrier 3.7 k). The h copy is bound by the aggregate L2
       // bandwidth when every block reads the whole h (~2.8 KB per cycle for the chip, ~64 B per cycle per SM),
-      // the products by mma.sync issue (~8 cycles per m16n8k16 per scheduler); they overlap in part.
+      // the products by mma.sync issue (~8 cycles per m16n8k16 per scheduler); they overlap in part. float32
+      // issues three m16n8k8 TF32 products per 16-bit one's k-range half, plus the hi/lo splits of h and U: counted
+      // as 4x per k-tile (fits the H100 stamps of LSTM H=1024 B=64: 29.4 k cycles a step, bench/gpu/NOTES.md).
       const int passes = static_cast<int>(CeilDiv(MTL, MG));
       const int mg_eff = std::min(MTL, MG);
       const double bytes_block = double(mg_eff) * KT * 512.0;
       const double fetch = 1300.0 + std::max(bytes_block / 64.0, bytes_block * grid / 2800.0);
-      const double mma = double(kTcKtw) * mg_eff * NT * 8.0 * CeilDiv(warps, 4);
+      const double mma = double(ktw) * mg_eff * NT * 8.0 * CeilDiv(warps, 4) * (f32 ? 4.0 : 1.0);
       const double reduce = 300.0 + double(mg_eff) * 16 * NT * 8 / 4 * warps / threads * 30.0;
       const double per_step = 2500.0 + passes * (std::max(fetch, mma) + 0.5 * std::min(fetch, mma) + reduce) +
                               CeilDiv(int64_t(rb) * upb, threads) * 1000.0 + 150.0;
-      const double prologue = double(KT) * 16 * G * upb * 2 / 40.0 + 3000;
+      const double prologue = double(H) * G * upb * (f32 ? 4 : 2) / 40.0 + 3000;
       const double cost = double(shape.max_time) * per_step + prologue;
       if (cost >= best->cost && !(forced && best->kp.exchange != kModeTensorCore)) continue;
       Plan pl;
@@ -1063,12 +1071,16 @@ const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDe
       if (const char* err = TryGeometry(shape, wk, geo, limits, tun, &best)) return err;
     }
   }
-  // Mode 4: tensor cores for a batch (16-bit weights). Compared on the same cost scale as the others; auto only
-  // from 8 rows (below that a step is latency-bound and the h rounding to 16 bits buys nothing).
-  if ((tun.mode < 0 && shape.batch >= 8) || tun.mode == cuda_impl::kModeTensorCore) {
+  // Mode 4: tensor cores for a batch (16-bit weights; float32 weights as 3xTF32). Compared on the same cost scale as
+  // the others; auto only from 8 rows with 16-bit weights (below that a step is latency-bound and the h rounding to
+  // 16 bits buys nothing) and from 16 with float32 ones (H100: LSTM H=1024 B=8 0.63 ms against the general kernel's
+  // 0.56, B=16 0.69 against 0.94).
+  const int64_t tc_min_batch = wk == cuda_impl::kWeightF32 ? 16 : 8;
+  if ((tun.mode < 0 && shape.batch >= tc_min_batch) || tun.mode == cuda_impl::kModeTensorCore) {
     if (const char* err = TryTensorCore(shape, wk, limits, tun, &best)) return err;
     if (tun.mode == cuda_impl::kModeTensorCore && best.kp.exchange != cuda_impl::kModeTensorCore)
-      return "fused_rnn CUDA: the tensor-core mode needs 16-bit weights, no projection, sm_80+, and a grid that fits";
+      return "fused_rnn CUDA: the tensor-core mode needs float32 or 16-bit weights, no projection, sm_80+, and a "
+             "grid that fits";
   }
   // Mode 5: the small-hidden-size kernel (no projection; the whole recurrent kernel of a direction in one block).
   if (tun.mode < 0 || tun.mode == cuda_impl::kModeSmall) {
@@ -1184,7 +1196,7 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
     std::snprintf(buf, buf_len,
                   "mode=tensorcore grid=%d (D=%d x rowgroups=%d x unitblocks=%d) threads=%d rows/block=%d "
                   "units/block=%d NT=%d KTW=%d m-tiles=%d k-tiles=%d smem=%zu ws=%zu blocks/SM=%d est_us=%.1f",
-                  pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, pl.kc_template, cuda_impl::kTcKtw, k.tc_mt, k.tc_kt,
+                  pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, pl.kc_template, cuda_impl::TcKtw(WeightKind(weight_type)), k.tc_mt, k.tc_kt,
                   pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.cost / 1980.0);
     return nullptr;
   }

@@ -114,8 +114,8 @@ struct KernelParams {
   unsigned long long* xm_tag = nullptr;      // [2][D][B][ex_h]; proj_rs: [2][D][B][nbu][ex_p] partial sums
   float* xh = nullptr;                       // [2][D][B][ex_r]
   float* xm = nullptr;                       // [2][D][B][ex_h]
-  void* xh16 = nullptr;                      // tensor-core mode: [2][D][tc_mt][tc_kt][256] 16-bit h, fragment order
-  int tc_mt = 0, tc_kt = 0;                  // tensor-core mode: 16-row batch tiles, 16-row k tiles of U
+  void* xh16 = nullptr;                      // tensor-core mode: [2][D][tc_mt][tc_kt] 512-byte tiles of h, fragment order
+  int tc_mt = 0, tc_kt = 0;                  // tensor-core mode: 16-row batch tiles, k tiles of U (16 rows; 8 for f32)
   void* ws_stream_a = nullptr;               // per block: ws_stream_a_words uint2 words
   void* ws_stream_b = nullptr;
   long long ws_stream_a_words = 0, ws_stream_b_words = 0;
@@ -171,20 +171,25 @@ KernelFn GetKernelGruF16(int rc, int kc_idx, int proj_rs);
 KernelFn GetKernelGruBF16(int rc, int kc_idx, int proj_rs);
 KernelFn GetKernelLstmI8(int rc, int kc_idx, int proj_rs);
 KernelFn GetKernelGruI8(int rc, int kc_idx, int proj_rs);
-// The (NT, KTW = 8, MG) variants compiled per (cell, weight type): NT in {2, 3, 4, 6, 8}; MG = 4 m-tiles per pass
-// up to NT = 4, 2 above (register budget).
+// The (NT, KTW, MG) variants compiled per (cell, weight type): NT in {2, 3, 4, 6, 8}. 16-bit: KTW = 8 k-tiles of 16
+// rows per warp, MG = 4 m-tiles per pass up to NT = 4, 2 above (register budget). float32 (3xTF32): KTW = 16 k-tiles
+// of 8 rows, NT <= 4 only, MG = 2.
 constexpr int kTcNumNt = 5;
 inline int TcNtValue(int idx) {
   static const int kNt[kTcNumNt] = {2, 3, 4, 6, 8};
   return kNt[idx];
 }
-constexpr int kTcKtw = 8;
-inline int TcMgValue(int nt) { return nt <= 4 ? 4 : 2; }
-// Tensor-core kernels (mode 4) for (cell, 16-bit weight kind), by n-tile index (fused_rnn_cuda_tc.cuh).
+inline int TcKtw(int wk) { return wk == kWeightF32 ? 16 : 8; }
+inline int TcKWidth(int wk) { return wk == kWeightF32 ? 8 : 16; }  // rows of U (k) per k-tile
+inline int TcMgValue(int wk, int nt) { return wk == kWeightF32 ? 2 : (nt <= 4 ? 4 : 2); }
+// Tensor-core kernels (mode 4) for (cell, weight kind), by n-tile index (fused_rnn_cuda_tc.cuh); null where that
+// NT is not compiled.
 KernelFn GetKernelTcLstmF16(int nt_idx);
 KernelFn GetKernelTcLstmBF16(int nt_idx);
 KernelFn GetKernelTcGruF16(int nt_idx);
 KernelFn GetKernelTcGruBF16(int nt_idx);
+KernelFn GetKernelTcLstmF32(int nt_idx);
+KernelFn GetKernelTcGruF32(int nt_idx);
 // Small-hidden-size kernels (mode 5) for (cell, weight kind) by register chunks per lane (1..kSmallMaxNi) and
 // lanes per unit (4 or 8); cluster != 0: the variant whose units split over a thread-block cluster.
 KernelFn GetKernelSmallLstm(int wk, int nr, int ksl, int cluster);

@@ -1,4 +1,4 @@
-// The tensor-core variant of the persistent kernel (device code; sm_80+, 16-bit weights, no projection).
+// The tensor-core variant of the persistent kernel (device code; sm_80+, 16-bit or float32 weights, no projection).
 // Included only by the fused_rnn_cuda_tc_*.cu instantiation files.
 //
 // For a batch, the recurrent product z[B, G*H] = h_prev[B, H] @ U[H, G*H] is a real matrix product, and the
@@ -18,11 +18,19 @@
 // fragment is one 16-byte shared load. Numerics: the weights are the caller's 16-bit values exactly; h_{t-1} enters
 // the product rounded to the weight type (float16: 2^-11 relative, bfloat16: 2^-8), products and sums are float32;
 // the cell state, the gates and the outputs stay float32.
+//
+// float32 weights (WK = kWeightF32) run the same steps on m16n8k8 TF32 fragments with the product split three ways
+// (3xTF32: a = a_hi + a_lo with both parts rounded to TF32, a.b ~ a_lo.b_hi + a_hi.b_lo + a_hi.b_hi), which keeps
+// float32's accuracy (~1e-7 relative per product; the dropped a_lo.b_lo is ~2^-22 of it). U stays float32 in
+// registers and is split on the fly; h is exchanged as float32 (a 16x8 tile is 512 bytes, as a 16x16 16-bit tile
+// is, so the copy machinery is shared). Twice the registers per weight and twice the h bytes of the 16-bit path.
 #ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
 #define FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <type_traits>
 
 #include "fused_rnn_cuda_kernel.cuh"
 
@@ -40,19 +48,62 @@ template <int NT, int KTW, int MG> __host__ __device__ constexpr int TcMaxThread
                     : (65536 / (2 * NT * KTW + 4 * MG * NT + 88)) / 128 * 128);
 }
 
-// Offset (in 16-bit elements) of h[row][k] in one (parity, direction) slab of the exchange buffer: tiles of 16 rows x
-// 16 k in row-tile-major order, inside a tile the A-fragment order of mma.m16n8k16 (lane = 4 * (row % 8) + (k % 8) /
-// 2; register = (row % 16) / 8 + 2 * ((k % 16) / 8); low half = even k).
-__device__ __forceinline__ int TcFragOffset(int row, int k, int kt_total) {
-  const int mt = row >> 4, m = row & 15, kt = k >> 4, kk = k & 15;
-  const int lane = ((m & 7) << 2) + ((kk & 7) >> 1);
-  const int reg = (m >> 3) + ((kk >> 3) << 1);
-  return ((mt * kt_total + kt) << 8) + (lane << 3) + (reg << 1) + (kk & 1);
+// The exchange element (16-bit h, or float32 bits) and the k-width of one tile, by weight kind.
+template <int WK> using TcElem = typename std::conditional<WK == kWeightF32, uint32_t, uint16_t>::type;
+template <int WK> __host__ __device__ constexpr int TcKTile() { return WK == kWeightF32 ? 8 : 16; }
+
+// Offset (in elements) of h[row][k] in one (parity, direction) slab of the exchange buffer: 512-byte tiles in
+// row-tile-major order. 16-bit: tiles of 16 rows x 16 k in the A-fragment order of mma.m16n8k16 (lane = 4 * (row %
+// 8) + (k % 8) / 2; register = (row % 16) / 8 + 2 * ((k % 16) / 8); low half = even k). float32: tiles of 16 rows x
+// 8 k in the A-fragment order of mma.m16n8k8.tf32 (lane = 4 * (row % 8) + k % 4; register = (row % 16) / 8 + 2 *
+// ((k % 8) / 4)).
+template <int WK> __device__ __forceinline__ int TcFragOffset(int row, int k, int kt_total) {
+  if constexpr (WK == kWeightF32) {
+    const int mt = row >> 4, m = row & 15, kt = k >> 3, kk = k & 7;
+    const int lane = ((m & 7) << 2) + (kk & 3);
+    const int reg = (m >> 3) + ((kk >> 2) << 1);
+    return ((mt * kt_total + kt) << 7) + (lane << 2) + reg;
+  } else {
+    const int mt = row >> 4, m = row & 15, kt = k >> 4, kk = k & 15;
+    const int lane = ((m & 7) << 2) + ((kk & 7) >> 1);
+    const int reg = (m >> 3) + ((kk >> 3) << 1);
+    return ((mt * kt_total + kt) << 8) + (lane << 3) + (reg << 1) + (kk & 1);
+  }
 }
 
-template <int WK> __device__ __forceinline__ uint16_t To16(float v) {
-  if constexpr (WK == kWeightBF16) return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+template <int WK> __device__ __forceinline__ TcElem<WK> ToExchange(float v) {
+  if constexpr (WK == kWeightF32) return __float_as_uint(v);
+  else if constexpr (WK == kWeightBF16) return __bfloat16_as_ushort(__float2bfloat16_rn(v));
   else return __half_as_ushort(__float2half_rn(v));
+}
+
+// float32 -> (hi, lo) for 3xTF32: hi = v rounded to TF32 (10 mantissa bits; the integer add rounds half away from
+// zero), lo = v - hi (exact in float32, at most 2^-11 of |v|; the mma reads its top 11 significant bits). hi + lo
+// equals v to ~2^-22 relative. Three integer/float ops without predicates: cvt.rna.tf32.f32 compiles on sm_90 to a
+// compare, a predicated add and a mask whose shared predicate serialises every split (measured: the splits took
+// 0.65 of the first build's 1.83 ms at LSTM H=1024 B=64). Finite values within 2^-11 of FLT_MAX round to Inf.
+__device__ __forceinline__ void SplitTf32(uint32_t v, uint32_t& hi, uint32_t& lo) {
+  hi = (v + 0x1000u) & 0xffffe000u;
+  lo = __float_as_uint(__uint_as_float(v) - __uint_as_float(hi));
+}
+// The same for U, whose split is the same every step: the volatile add keeps it inside the time loop, since both
+// parts of every weight held at once would take twice U's registers and spill.
+__device__ __forceinline__ void SplitTf32Pinned(uint32_t v, uint32_t& hi, uint32_t& lo) {
+  uint32_t r;
+  asm volatile("add.u32 %0, %1, 0x1000;" : "=r"(r) : "r"(v));
+  hi = r & 0xffffe000u;
+  lo = __float_as_uint(__uint_as_float(v) - __uint_as_float(hi));
+}
+
+// Not volatile: a pure function of its operands, so the compiler may interleave one k-tile's products with the
+// next one's loads and splits.
+__device__ __forceinline__ void Mma1688Tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if __CUDA_ARCH__ >= 800
+  asm(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 template <int WK>
@@ -90,7 +141,7 @@ template <int N> __device__ __forceinline__ void CpAsyncWaitGroup() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 #endif
 }
-// Waits until at most n (0..9) of this thread's newest commit groups are still in flight (n folds to a constant
+// Waits until at most n (0..15) of this thread's newest commit groups are still in flight (n folds to a constant
 // in the unrolled loops that call it).
 __device__ __forceinline__ void CpAsyncWaitPending(int n) {
   switch (n) {
@@ -103,19 +154,29 @@ __device__ __forceinline__ void CpAsyncWaitPending(int n) {
     case 6: CpAsyncWaitGroup<6>(); break;
     case 7: CpAsyncWaitGroup<7>(); break;
     case 8: CpAsyncWaitGroup<8>(); break;
-    default: CpAsyncWaitGroup<9>(); break;
+    case 9: CpAsyncWaitGroup<9>(); break;
+    case 10: CpAsyncWaitGroup<10>(); break;
+    case 11: CpAsyncWaitGroup<11>(); break;
+    case 12: CpAsyncWaitGroup<12>(); break;
+    case 13: CpAsyncWaitGroup<13>(); break;
+    case 14: CpAsyncWaitGroup<14>(); break;
+    default: CpAsyncWaitGroup<15>(); break;
   }
 }
 
-// CELL 0 = LSTM (gates i, f, g, o), 1 = GRU (z, r, n); WK = kWeightF16 or kWeightBF16; NT n-tiles of 8 gate
-// columns per block (columns ordered gate-major: col = g * upb + unit); KTW k-tiles (16 rows of U) per warp; MG
-// m-tiles (16 batch rows) per pass over the batch.
+// CELL 0 = LSTM (gates i, f, g, o), 1 = GRU (z, r, n); WK = kWeightF16, kWeightBF16 or kWeightF32; NT n-tiles of 8
+// gate columns per block (columns ordered gate-major: col = g * upb + unit); KTW k-tiles (16 rows of U, 8 for
+// float32) per warp; MG m-tiles (16 batch rows) per pass over the batch.
 template <int CELL, int WK, int NT, int KTW, int MG>
 __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreKernel(const KernelParams p) {
 #if __CUDA_ARCH__ >= 800
   constexpr int G = CELL == 0 ? 4 : 3;
   constexpr bool kLstm = CELL == 0;
-  constexpr int kTileHalves = 256;               // one 16x16 tile of 16-bit values
+  constexpr bool kF32 = WK == kWeightF32;
+  using XE = TcElem<WK>;                         // exchange (and weight) element: 16-bit, or float32 bits
+  constexpr int kTileElems = 512 / sizeof(XE);   // one 16x16 tile of 16-bit values, or a 16x8 tile of float32
+  constexpr int kLaneElems = 16 / sizeof(XE);    // one lane's 16 bytes of a tile
+  constexpr int kKTile = TcKTile<WK>();
   constexpr int kWarpBufBytes = KTW * MG * 512;  // one warp's staged h tiles (and, aliased, its partial sums)
   constexpr int kNCols = NT * 8;
   static_assert(MG * kNCols * 16 * 4 <= kWarpBufBytes, "partial sums must fit the warp's staging buffer");
@@ -142,8 +203,8 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
   const long long ocols = (long long)D * H;
   const long long x_tstride = p.time_major ? (long long)B * xcols : xcols;
   const long long o_tstride = p.time_major ? (long long)B * ocols : ocols;
-  const long long slab = (long long)p.tc_mt * KT * kTileHalves;  // 16-bit elements per (parity, direction)
-  uint16_t* xh16 = static_cast<uint16_t*>(p.xh16);
+  const long long slab = (long long)p.tc_mt * KT * kTileElems;  // elements per (parity, direction)
+  XE* xh16 = static_cast<XE*>(p.xh16);
 
   unsigned char* wbuf = smem + warp * kWarpBufBytes;
   float* z_s = reinterpret_cast<float*>(smem + p.off_z);       // [MT * 16][kNCols]
@@ -165,12 +226,13 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
   LoadLengths(p, len_s, row0, NR, tid, nthreads);
 
   // This warp's slice of U as B fragments: lane (g = lane / 4, t = lane % 4) holds, for column n = nt * 8 + g,
-  // rows 2t, 2t+1 (word 0) and 2t+8, 2t+9 (word 1) of each k-tile; zero past R and past the block's columns.
+  // rows 2t, 2t+1 (word 0) and 2t+8, 2t+9 (word 1) of each k-tile (float32: row t in word 0, t+4 in word 1); zero
+  // past R and past the block's columns.
   uint32_t bw[KTW][NT][2];
   {
-    const uint16_t* w = static_cast<const uint16_t*>(p.w_rec) + (long long)d * H * G * H;
+    const XE* w = static_cast<const XE*>(p.w_rec) + (long long)d * H * G * H;
     const int g8 = lane >> 2, t4 = lane & 3;
-    if (p.upb % 8 == 0 && H % 8 == 0 && (reinterpret_cast<uintptr_t>(w) & 15) == 0) {
+    if (p.upb % kLaneElems == 0 && H % kLaneElems == 0 && (reinterpret_cast<uintptr_t>(w) & 15) == 0) {
       // Staged: the block reads rows of its columns with coalesced 16-byte loads, kBatch in flight per thread, into
       // the (still unused) staging area [0, off_z); then every lane picks its fragments out of shared memory.
       // (Gathering the 2-byte values straight from global memory took ~41 k cycles for H=1024 with 16 units per
@@ -179,9 +241,9 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
       constexpr int kCols = NT * 8;
       constexpr int kStride = kCols + 8;
       constexpr int kBatch = 8;
-      constexpr int kVecsRow = kCols / 8;
-      uint16_t* st = reinterpret_cast<uint16_t*>(smem);
-      const int rows_pass = (p.off_z / (kStride * 2)) / 16 * 16;  // whole k-tiles per pass
+      constexpr int kVecsRow = kCols / kLaneElems;
+      XE* st = reinterpret_cast<XE*>(smem);
+      const int rows_pass = (p.off_z / (kStride * (int)sizeof(XE))) / kKTile * kKTile;  // whole k-tiles per pass
 #pragma unroll
       for (int kk = 0; kk < KTW; ++kk)
 #pragma unroll
@@ -196,32 +258,40 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
 #pragma unroll
           for (int j = 0; j < kBatch; ++j) {
             const int i = i0 + j * nthreads;
-            const int r = i / kVecsRow, n = (i - r * kVecsRow) * 8;
-            const int gate = n / p.upb, u = n - gate * p.upb;  // upb % 8 == 0: a vector never straddles two gates
+            const int r = i / kVecsRow, n = (i - r * kVecsRow) * kLaneElems;
+            const int gate = n / p.upb, u = n - gate * p.upb;  // upb % kLaneElems == 0: no vector straddles two gates
             v[j] = make_uint4(0u, 0u, 0u, 0u);
-            if (i < total && gate < G && u < ucount)  // ucount is a multiple of 8 too (H % 8 == 0)
+            if (i < total && gate < G && u < ucount)  // ucount is a multiple of kLaneElems too
               v[j] = __ldg(reinterpret_cast<const uint4*>(w + (long long)(k0 + r) * G * H + (long long)gate * H + u0 + u));
           }
 #pragma unroll
           for (int j = 0; j < kBatch; ++j) {
             const int i = i0 + j * nthreads;
-            const int r = i / kVecsRow, n = (i - r * kVecsRow) * 8;
+            const int r = i / kVecsRow, n = (i - r * kVecsRow) * kLaneElems;
             if (i < total) *reinterpret_cast<uint4*>(st + r * kStride + n) = v[j];
           }
         }
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < KTW; ++kk) {
-          const int kt_row = (kt0 + kk) * 16;
+          const int kt_row = (kt0 + kk) * kKTile;
           if (kt_row >= k0 && kt_row < k0 + rows) {
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
               const int n = nt * 8 + g8;
+              if constexpr (kF32) {
 #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int kr = kt_row + 2 * t4 + (e & 1) + (e >> 1) * 8;
-                const uint32_t v = kr < k0 + rows ? static_cast<uint32_t>(st[(kr - k0) * kStride + n]) : 0u;
-                bw[kk][nt][e >> 1] |= v << (16 * (e & 1));
+                for (int e = 0; e < 2; ++e) {
+                  const int kr = kt_row + t4 + 4 * e;
+                  bw[kk][nt][e] = kr < k0 + rows ? st[(kr - k0) * kStride + n] : 0u;
+                }
+              } else {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int kr = kt_row + 2 * t4 + (e & 1) + (e >> 1) * 8;
+                  const uint32_t v = kr < k0 + rows ? static_cast<uint32_t>(st[(kr - k0) * kStride + n]) : 0u;
+                  bw[kk][nt][e >> 1] |= v << (16 * (e & 1));
+                }
               }
             }
           }
@@ -237,15 +307,24 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
         const long long col = (long long)gate * H + u0 + u;
 #pragma unroll
         for (int kk = 0; kk < KTW; ++kk) {
-          const int k = (kt0 + kk) * 16 + 2 * t4;
-          uint32_t v[4];
+          if constexpr (kF32) {
+            const int k = (kt0 + kk) * 8 + t4;
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int kr = k + (e & 1) + (e >> 1) * 8;
-            v[e] = (col_ok && kr < H) ? static_cast<uint32_t>(__ldg(w + (long long)kr * G * H + col)) : 0u;
+            for (int e = 0; e < 2; ++e) {
+              const int kr = k + 4 * e;
+              bw[kk][nt][e] = (col_ok && kr < H) ? __ldg(w + (long long)kr * G * H + col) : 0u;
+            }
+          } else {
+            const int k = (kt0 + kk) * 16 + 2 * t4;
+            uint32_t v[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int kr = k + (e & 1) + (e >> 1) * 8;
+              v[e] = (col_ok && kr < H) ? static_cast<uint32_t>(__ldg(w + (long long)kr * G * H + col)) : 0u;
+            }
+            bw[kk][nt][0] = v[0] | (v[1] << 16);
+            bw[kk][nt][1] = v[2] | (v[3] << 16);
           }
-          bw[kk][nt][0] = v[0] | (v[1] << 16);
-          bw[kk][nt][1] = v[2] | (v[3] << 16);
         }
       }
     }
@@ -257,7 +336,7 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
     const long long b = row0 + r;
     const float h = p.h0 ? p.h0[((long long)d * B + b) * H + u0 + u] : 0.f;
     hown_s[r * p.upb + u] = h;
-    xh16[(1 * D + d) * slab + TcFragOffset(row0 + r, u0 + u, KT)] = To16<WK>(h);
+    xh16[(1 * D + d) * slab + TcFragOffset<WK>(row0 + r, u0 + u, KT)] = ToExchange<WK>(h);
     if (kLstm) c_s[r * p.upb + u] = p.c0 ? p.c0[((long long)d * B + b) * H + u0 + u] : 0.f;
   }
   __syncthreads();
@@ -313,7 +392,7 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
   for (int s = 0; s < max_len; ++s) {
     const int sbase = s < kDebugSteps ? 3 + 5 * s : -1;
     if (sbase >= 0) stamp(sbase);
-    const uint16_t* hsrc = xh16 + ((long long)((s + 1) & 1) * D + d) * slab;  // written at step s - 1
+    const XE* hsrc = xh16 + ((long long)((s + 1) & 1) * D + d) * slab;  // written at step s - 1
 #pragma unroll 1
     for (int mt0 = 0; mt0 < MT; mt0 += MG) {
       // 1. this warp's h tiles, one commit group per k-tile so the products start as the first ones land.
@@ -324,7 +403,7 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
         for (int m = 0; m < MG; ++m) {
           if (kt < KT && mt0 + m < MT)
             CpAsync16(wbuf + ((kk * MG + m) * 32 + lane) * 16,
-                      hsrc + ((long long)(mtb + mt0 + m) * KT + kt) * kTileHalves + lane * 8);
+                      hsrc + ((long long)(mtb + mt0 + m) * KT + kt) * kTileElems + lane * kLaneElems);
         }
         CpAsyncCommit();
       }
@@ -341,12 +420,48 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
         CpAsyncWaitPending(KTW - 1 - kk);  // k-tile kk's copies (and the older x_proj group) have landed
         __syncwarp();
         if (kt0 + kk < KT) {
+          if constexpr (kF32) {
+            // 3xTF32: h's parts once per (k-tile, m-tile), U's once per (k-tile, n-tile); small terms first. The
+            // three terms go in three sweeps over all (m-tile, n-tile) accumulators, so consecutive mma.sync are
+            // independent (the first build issued each accumulator's three back to back, each waiting for the
+            // previous one's result: LSTM H=1024 B=64 took 2.19 ms against 1.83).
+            uint32_t ahi[MG][4], alo[MG][4], bhi[NT][2], blo[NT][2];
 #pragma unroll
-          for (int m = 0; m < MG; ++m) {
-            if (mt0 + m < MT) {
+            for (int m = 0; m < MG; ++m) {
               const uint4 a = *reinterpret_cast<const uint4*>(wbuf + ((kk * MG + m) * 32 + lane) * 16);
+              SplitTf32(a.x, ahi[m][0], alo[m][0]);
+              SplitTf32(a.y, ahi[m][1], alo[m][1]);
+              SplitTf32(a.z, ahi[m][2], alo[m][2]);
+              SplitTf32(a.w, ahi[m][3], alo[m][3]);
+            }
 #pragma unroll
-              for (int nt = 0; nt < NT; ++nt) Mma16816<WK>(acc[m][nt], a, bw[kk][nt]);
+            for (int nt = 0; nt < NT; ++nt) {
+              SplitTf32Pinned(bw[kk][nt][0], bhi[nt][0], blo[nt][0]);
+              SplitTf32Pinned(bw[kk][nt][1], bhi[nt][1], blo[nt][1]);
+            }
+#pragma unroll
+            for (int m = 0; m < MG; ++m)
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt)
+                if (mt0 + m < MT) Mma1688Tf32(acc[m][nt], alo[m], bhi[nt]);
+#pragma unroll
+            for (int m = 0; m < MG; ++m)
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt)
+                if (mt0 + m < MT) Mma1688Tf32(acc[m][nt], ahi[m], blo[nt]);
+#pragma unroll
+            for (int m = 0; m < MG; ++m)
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt)
+                if (mt0 + m < MT) Mma1688Tf32(acc[m][nt], ahi[m], bhi[nt]);
+          } else {
+#pragma unroll
+            for (int m = 0; m < MG; ++m) {
+              if (mt0 + m < MT) {
+                const uint4 a = *reinterpret_cast<const uint4*>(wbuf + ((kk * MG + m) * 32 + lane) * 16);
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) Mma16816<WK>(acc[m][nt], a, bw[kk][nt]);
+              }
             }
           }
         }
@@ -394,7 +509,7 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
     // before any store, measured no faster in session 8: the phase is not one thread's dependent chain.)
     CpAsyncWaitGroup<0>();  // this thread's x_proj of step s
     const float* xs_step = xs_s + (s & 1) * xs_buf;
-    uint16_t* hdst = xh16 + ((long long)(s & 1) * D + d) * slab;
+    XE* hdst = xh16 + ((long long)(s & 1) * D + d) * slab;
 #pragma unroll 1
     for (int pi = tid; pi < npairs; pi += nthreads) {
       const int r = pi / ucount, u = pi - r * ucount;
@@ -419,7 +534,7 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
         hown_s[r * p.upb + u] = hv;
         p.out[row * ocols + (long long)d * H + u0 + u] = hv;
       }
-      hdst[TcFragOffset(row0 + r, u0 + u, KT)] = To16<WK>(hv);  // a finished row keeps publishing its last state
+      hdst[TcFragOffset<WK>(row0 + r, u0 + u, KT)] = ToExchange<WK>(hv);  // a finished row keeps publishing its last state
     }
     if (sbase >= 0) stamp(sbase + 3);
     if (s + 1 < max_len) prefetch_x(s + 1);
@@ -448,6 +563,19 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
         RnnTensorCoreKernel<CELL, WK, 2, 8, 4>, RnnTensorCoreKernel<CELL, WK, 3, 8, 4>,              \
         RnnTensorCoreKernel<CELL, WK, 4, 8, 4>, RnnTensorCoreKernel<CELL, WK, 6, 8, 2>,              \
         RnnTensorCoreKernel<CELL, WK, 8, 8, 2>};                                                     \
+    if (nt_idx < 0 || nt_idx >= kTcNumNt) return nullptr;                                            \
+    return table[nt_idx];                                                                            \
+  }
+
+// float32 weights: 16 k-tiles of 8 rows per warp (the same k per warp as the 16-bit kernels) and 4 bytes a weight,
+// so only NT <= 4 fits the registers (NT = 4: 128 registers of U, 32 of accumulators at MG = 2), and MG = 2 keeps
+// a block's staging buffers (8 warps x KTW x MG x 512 bytes) at 128 KB of shared memory.
+#define FUSED_RNN_TC_F32_KERNEL_TABLE(NAME, CELL)                                                     \
+  KernelFn NAME(int nt_idx) {                                                                        \
+    static const KernelFn table[kTcNumNt] = {RnnTensorCoreKernel<CELL, kWeightF32, 2, 16, 2>,        \
+                                             RnnTensorCoreKernel<CELL, kWeightF32, 3, 16, 2>,        \
+                                             RnnTensorCoreKernel<CELL, kWeightF32, 4, 16, 2>,        \
+                                             nullptr, nullptr};                                      \
     if (nt_idx < 0 || nt_idx >= kTcNumNt) return nullptr;                                            \
     return table[nt_idx];                                                                            \
   }

@@ -103,7 +103,7 @@ def ref_forward64(cell, direction, x, U, Pk, rb, lengths, h0, c0, cell_clip, pro
 
 
 def check_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=0.0, time_major=False,
-               with_init=True, gru_bias=True, final_grads=True, seed=0, perturb_reference=0.0):
+               with_init=True, gru_bias=True, final_grads=True, seed=0, perturb_reference=0.0, fwd_tuning=None):
     rng = np.random.default_rng(seed)
     inp = make_inputs(rng, cell, direction, T, B, H, P, True, with_init, gru_bias)
     lstm = cell == "lstm"
@@ -119,7 +119,7 @@ def check_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_cli
     tm = (lambda a: np.ascontiguousarray(a.transpose(1, 0, 2))) if time_major else (lambda a: a)
 
     # Our forward (training: writes the reserve), then our backward.
-    fwd = FusedRnn(lib, cell, direction, T, B, H, P, time_major, cell_clip, proj_clip)
+    fwd = FusedRnn(lib, cell, direction, T, B, H, P, time_major, cell_clip, proj_clip, tuning=fwd_tuning)
     dev = {k: to_dev(v) for k, v in dict(U=inp["U"], Pk=inp["Pk"], rb=inp["rb"], lengths=lengths, h0=inp["h0"],
                                          c0=inp["c0"]).items()}
     x_dev = to_dev(tm(inp["x"]))
@@ -222,6 +222,11 @@ def correctness(lib):
         ("gru B=33 T=16 (split weight gradients)", dict(cell="gru", direction="forward", T=16, B=33, H=16)),
         ("lstm+proj B=70 H=160 P=96 (two row tiles)", dict(cell="lstm", direction="reverse", T=3, B=70, H=160,
                                                            P=96, cell_clip=1.0, proj_clip=0.6)),
+        # The training forward on float32 tensor cores (3xTF32, mode 4) writes the reserve the backward reads.
+        ("lstm B=40 H=64 bi clip, forward on tensor cores", dict(cell="lstm", direction="bidirectional", T=7, B=40,
+                                                                 H=64, cell_clip=0.8, fwd_tuning={"mode": 4})),
+        ("gru B=24 H=72 time-major, forward on tensor cores", dict(cell="gru", direction="forward", T=6, B=24, H=72,
+                                                                   time_major=True, fwd_tuning={"mode": 4})),
     ]
     results = []
     for i, (name, kw) in enumerate(cases):

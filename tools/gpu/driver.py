@@ -232,12 +232,12 @@ def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=
 def error_kind_case(lib):
     """The TF kernel reports a failed CUDA call as Internal and a shape the GPU cannot run as InvalidArgument; it
     tells them apart with CudaMessageIsRuntimeFailure. A real CUDA failure (limits of a device that does not
-    exist) must classify as runtime, a real planner refusal (the tensor-core mode forced on float32 weights, a
+    exist) must classify as runtime, a real planner refusal (the tensor-core mode forced on a projection LSTM, a
     projection in the small mode) as not, and null as not."""
     L = lib.L
     limits = (ctypes.c_int * 9)()
     cuda_err = L.frg_query_limits(4096, limits)
-    refusals = [FusedRnn(lib, "lstm", "forward", 5, 2, 32, 0, False, 0.0, 0.0, "f32", {"mode": 4}).describe(),
+    refusals = [FusedRnn(lib, "lstm", "forward", 5, 2, 32, 8, False, 0.0, 0.0, "f32", {"mode": 4}).describe(),
                 FusedRnn(lib, "lstm", "forward", 5, 2, 32, 8, False, 0.0, 0.0, "f32", {"mode": 5}).describe()]
     e = {"cuda_error": (cuda_err or b"").decode(), "cuda_error_is_runtime": L.frg_message_is_runtime_failure(cuda_err),
          "refusals": refusals,
@@ -257,7 +257,8 @@ def watchdog_poison_cases(lib):
     results = []
     cases = [("tagged", "lstm", 11, 5, 24, 16, "f32", {"mode": 1, "units_per_block": 5}),
              ("counter", "gru", 11, 5, 24, 0, "f32", {"mode": 2, "units_per_block": 7}),
-             ("tensorcore", "lstm", 9, 16, 64, 0, "f16", {"mode": 4})]
+             ("tensorcore", "lstm", 9, 16, 64, 0, "f16", {"mode": 4}),
+             ("tensorcore", "lstm", 9, 16, 64, 0, "f32", {"mode": 4})]
     for name, cell, T, B, H, P, wt, tuning in cases:
         rng = np.random.default_rng(7)
         inp = make_inputs(rng, cell, "bidirectional", T, B, H, P, True, True, True)
@@ -290,7 +291,7 @@ def watchdog_poison_cases(lib):
         e["nan_after"] = int(torch.count_nonzero(torch.isnan(out[:, :1])))  # step 0 is valid in every row here
         ok = (e["watchdog"] == 1 and e["not_nan"] == 0 and e["watchdog_after"] == 0 and e["nan_after"] == 0
               and f"mode={name}" in plan)
-        results.append({"name": f"watchdog raised -> outputs NaN ({name})", "passed": bool(ok), "errors": e,
+        results.append({"name": f"watchdog raised -> outputs NaN ({name}, {wt})", "passed": bool(ok), "errors": e,
                         "plan": plan})
     return results
 
