@@ -48,9 +48,10 @@ struct CudaTuning {
   int mode = -1;             // -1 auto; 0 one block per (direction, row group), no grid sync; 1 multi-block with
                              // tagged exchange (flag in data); 2 multi-block with a counter barrier; 3 (sm_90) a
                              // thread-block cluster of 2..8 blocks per (direction, row group), exchange through
-                             // distributed shared memory + the cluster barrier; 4 (sm_80+, 16-bit weights, no
-                             // projection) tensor cores: mma.sync with U resident as fragments, h_{t-1} rounded to
-                             // the weight type for the product (float32 accumulation and cell math); 5 the
+                             // distributed shared memory + the cluster barrier; 4 (sm_80+, 16-bit or float32
+                             // weights, no projection) tensor cores: mma.sync with U resident as fragments, h_{t-1}
+                             // rounded to the weight type for the product (float32 accumulation and cell math;
+                             // float32 weights: 3xTF32 products, float32 accuracy; auto from batch 16); 5 the
                              // small-hidden-size kernel: one block per (direction, batch row) with the whole
                              // recurrent kernel on chip (no projection; 4 or 8 lanes per unit; H up to ~100 float32, ~140
                              // 16-bit), one __syncthreads per step, blocks independent; on sm_90 also with the units
