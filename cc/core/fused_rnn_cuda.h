@@ -116,12 +116,18 @@ int CudaWatchdogFired(const void* workspace, size_t workspace_bytes);
 // Backpropagation through time for a forward that ran with a reserve (float32 weights; INT8 and 16-bit weights
 // are inference-only). Every pointer in RnnBackwardArgs is a DEVICE pointer; semantics are those of CpuBackward
 // (fused_rnn.h). d_final_h / d_final_c may be null (zero), as may initial_h / initial_c (zero initial state) and
-// sequence_lengths (all max_time). Enqueues a few kernels per timestep and a cudaMemcpyAsync/cudaMemsetAsync or
-// two on `stream` (capturable into a CUDA graph); deterministic (no atomics). Workspace: at least
-// CudaBackwardWorkspaceBytes(shape) bytes, 256-byte aligned (may be null when that is 0).
+// sequence_lengths (all max_time). Enqueues one persistent kernel for the steps when the hidden size is small (no
+// projection), else a few kernels per timestep; then the weight-gradient products and a cudaMemcpyAsync or
+// cudaMemsetAsync or two, all on `stream` (capturable into a CUDA graph); deterministic (no atomics). Workspace: at
+// least CudaBackwardWorkspaceBytes(shape) bytes, 256-byte aligned (may be null when that is 0).
 size_t CudaBackwardWorkspaceBytes(const RnnShape& shape);
+// Optional override of the backward's plan, for tests and benchmarks (null = automatic).
+struct CudaBackwardTuning {
+  int persistent = -1;  // -1 auto; 0 the per-step kernels; 1 the persistent small-H kernel (one block per
+                        // direction and row, U in shared memory; an error when the shape cannot run it)
+};
 const char* CudaBackward(const RnnShape& shape, const RnnBackwardArgs& device_args, void* workspace,
-                         size_t workspace_bytes, void* stream);
+                         size_t workspace_bytes, void* stream, const CudaBackwardTuning* tuning = nullptr);
 
 }  // namespace fused_rnn
 

@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <map>
+#include <mutex>
 
 #include "../core/fused_rnn_cuda.h"
 
@@ -301,6 +303,190 @@ __global__ void BwdCarryKernel(BwdParams p, int s) {
       if (!p.lstm) v = fmaf(p.dh_tot[hi], rows[i].res[r], v);  // dh * z flows straight to h_prev
       p.dh_carry[hi] = v;
     }
+  }
+}
+
+// ---- the persistent small-H backward: every step of one (direction, row) in one block --------------------------
+//
+// For LSTM and GRU without a projection whose U fits one block's shared memory (4H^2 floats: H <= ~112 for an
+// LSTM, ~130 for a GRU on sm_90's 227 KB). The rows of a batch are independent in the backward as in the forward
+// (dh_{t-1} of row b needs only row b's gate gradients), so one block per (direction, row) runs all of its steps
+// with two __syncthreads a step and no inter-block wait: any grid size runs (in waves), nothing can hang. It
+// replaces the per-step pair of launches (gates, carry), whose launch and tail latency (~5-8 us a step in a CUDA
+// graph) is most of a small layer's backward. Per step:
+//   1. threads j < H: dh_carry[j] = the sum of the previous step's partial sums (+ the GRU's dh * z), then the
+//      cell's backward for unit j (its loads were issued a step ahead), d_x_proj to global memory, and the carry
+//      product's input a (LSTM: d_x_proj; GRU: [da_z, da_r, da_n * r]) to shared memory;
+//   2. thread (q, sl): the partial sums of carry columns 4q..4q+3 over k-slice sl of a . U[r, :], from U^T held
+//      in shared memory as [GHp][Rp] (a 16-byte load gives 4 columns; a[k] is a broadcast); no shuffles, and the
+//      slices are summed in a fixed order (deterministic).
+// (A first version with a warp per column and shuffle reductions took ~4 us a step at B=1: the reductions'
+// latency, serialized over each warp's 13 columns.) The weight gradients stay the tiled products after the loop.
+constexpr int kBwdSmallThreads = 256;
+
+// A load issued where it is written (volatile: not sunk to its use behind the step's barriers). Only inputs the
+// kernel never writes (reserve, d_output, output, initial states).
+__device__ __forceinline__ float LdNc(const float* ptr) {
+  float v;
+  asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(ptr));
+  return v;
+}
+
+// The kernel's shared-memory geometry: U^T rows padded to Rp (a multiple of 4) columns, GHp (a multiple of 4)
+// k-rows; NQ column quads; S k-slices of KC k-rows each (a multiple of 4).
+struct BwdSmallGeom {
+  int Rp, GHp, NQ, S, KC;
+  size_t floats;  // U^T [GHp][Rp], a [GHp], partial sums [S][Rp], dh * z [Rp]
+};
+__host__ __device__ inline BwdSmallGeom BwdSmallGeometry(int R, int GH) {
+  BwdSmallGeom g;
+  g.Rp = (R + 3) / 4 * 4;
+  g.GHp = (GH + 3) / 4 * 4;
+  g.NQ = g.Rp / 4;
+  g.S = g.NQ >= kBwdSmallThreads ? 1 : kBwdSmallThreads / g.NQ;
+  g.S = g.S < g.GHp / 4 ? g.S : g.GHp / 4;  // no empty slices (small H)
+  g.KC = ((g.GHp + g.S - 1) / g.S + 3) / 4 * 4;
+  g.floats = static_cast<size_t>(g.GHp) * g.Rp + g.GHp + static_cast<size_t>(g.S) * g.Rp + g.Rp;
+  return g;
+}
+
+// Per-step inputs of one unit (thread j < H), loaded a step ahead.
+struct BwdSmallIn {
+  float d_out;           // d_output at (b, t, d, j)
+  float r0, r1, r2, r3;  // reserve: LSTM i, f, g, o; GRU z, r, n, hu_n
+  float c_pre;           // LSTM: c before the clip at t
+  float prev;            // LSTM: c_{t-1} (clipped unless initial); GRU: h_{t-1}[j]
+};
+
+template <bool kLstm>
+__device__ __forceinline__ BwdSmallIn BwdSmallLoad(const BwdParams& p, int d, int b, int len, int s, int j) {
+  BwdSmallIn in;
+  const int t = PosOf(p, d, len, s), H = p.H;
+  in.d_out = LdNc(p.d_output + RowIndex(p, b, t) * (static_cast<int64_t>(p.D) * p.R) + static_cast<int64_t>(d) * p.R + j);
+  const float* res = ResRow(p, d, b, t);
+  in.r0 = LdNc(res + j);
+  in.r1 = LdNc(res + H + j);
+  in.r2 = LdNc(res + 2 * H + j);
+  in.r3 = LdNc(res + 3 * H + j);
+  if (kLstm) {
+    in.c_pre = LdNc(res + 4 * H + j);
+    if (s == 0) {
+      in.prev = p.c0 ? LdNc(p.c0 + (static_cast<int64_t>(d) * p.B + b) * H + j) : 0.f;  // not clipped
+    } else {
+      in.prev = ClipF(LdNc(ResRow(p, d, b, Rev(p, d) ? t + 1 : t - 1) + 4 * H + j), p.cell_clip);
+    }
+  } else {
+    in.c_pre = 0.f;
+    const float* hp = HPrev(p, d, b, len, t);
+    in.prev = hp ? LdNc(hp + j) : 0.f;
+  }
+  return in;
+}
+
+template <bool kLstm>
+__global__ void __launch_bounds__(kBwdSmallThreads) BwdSmallKernel(BwdParams p) {
+  extern __shared__ __align__(16) float bwd_smem[];
+  const int d = static_cast<int>(blockIdx.x) / p.B, b = static_cast<int>(blockIdx.x) - d * p.B;
+  const int H = p.H, R = p.R, GH = p.GH;
+  const BwdSmallGeom g = BwdSmallGeometry(R, GH);
+  float* ut_s = bwd_smem;                                   // [GHp][Rp]: U^T
+  float* a_s = ut_s + static_cast<size_t>(g.GHp) * g.Rp;    // [GHp]
+  float* part_s = a_s + g.GHp;                              // [S][Rp]
+  float* dhz_s = part_s + static_cast<size_t>(g.S) * g.Rp;  // [Rp] (GRU: dh * z)
+  const int tid = threadIdx.x;
+  const int len = LenOf(p, b);
+  if (len == 0) return;  // the state gradients already hold d_final_h / d_final_c (CudaBackward's copy)
+  // U^T into shared memory, zero-padded (reads coalesced along k; the transposed stores conflict, once per call).
+  const float* u_g = p.U + static_cast<int64_t>(d) * R * GH;
+  for (int i = tid; i < g.Rp * g.GHp; i += blockDim.x) {
+    const int r = i / g.GHp, k = i - r * g.GHp;
+    ut_s[static_cast<size_t>(k) * g.Rp + r] = (r < R && k < GH) ? u_g[static_cast<int64_t>(r) * GH + k] : 0.f;
+  }
+  for (int k = GH + tid; k < g.GHp; k += blockDim.x) a_s[k] = 0.f;  // padding: 0 * 0 in every column's sum
+  for (int i = tid; i < g.S * g.Rp; i += blockDim.x) part_s[i] = 0.f;
+  for (int i = tid; i < g.Rp; i += blockDim.x) dhz_s[i] = 0.f;
+  const int64_t si = static_cast<int64_t>(d) * p.B + b;
+  const int j = tid;
+  const bool unit = j < H;  // R == H (no projection)
+  float carry = unit ? p.dh_carry[si * R + j] : 0.f;
+  float dc = (kLstm && unit) ? p.dc_carry[si * H + j] : 0.f;
+  BwdSmallIn in = {};
+  if (unit) in = BwdSmallLoad<kLstm>(p, d, b, len, len - 1, j);
+  // This thread's product work: column quad q over k-rows [k0, k1).
+  const int q = tid % g.NQ, sl = tid / g.NQ;
+  const int k0 = sl * g.KC, k1 = min(g.GHp, k0 + g.KC);
+  const bool prod = sl < g.S && k0 < k1;
+  __syncthreads();
+  for (int s = len - 1; s >= 0; --s) {
+    if (unit) {
+      if (s != len - 1) {  // the previous step's carry: its slices' partial sums, in order
+        float v = 0.f;
+        for (int i = 0; i < g.S; ++i) v += part_s[i * g.Rp + j];
+        carry = kLstm ? v : v + dhz_s[j];
+      }
+      const BwdSmallIn cur = in;
+      if (s > 0) in = BwdSmallLoad<kLstm>(p, d, b, len, s - 1, j);  // the next step's loads, behind this step
+      const int t = PosOf(p, d, len, s);
+      float* dx = DxRow(p, d, b, t);
+      const float dh = cur.d_out + carry;
+      if (kLstm) {
+        const float ig = cur.r0, fg = cur.r1, gg = cur.r2, og = cur.r3;
+        const float tc = tanhf(ClipF(cur.c_pre, p.cell_clip));
+        float dcv = fmaf(dh * og, 1.f - tc * tc, dc);
+        if (Clipped(cur.c_pre, p.cell_clip)) dcv = 0.f;
+        const float a0 = dcv * gg * (ig * (1.f - ig)), a1 = dcv * cur.prev * (fg * (1.f - fg));
+        const float a2 = dcv * ig * (1.f - gg * gg), a3 = dh * tc * (og * (1.f - og));
+        a_s[j] = a0; a_s[H + j] = a1; a_s[2 * H + j] = a2; a_s[3 * H + j] = a3;
+        dx[j] = a0; dx[H + j] = a1; dx[2 * H + j] = a2; dx[3 * H + j] = a3;
+        dc = dcv * fg;
+      } else {
+        const float zg = cur.r0, rg = cur.r1, ng = cur.r2, hu_n = cur.r3;
+        const float da_n = dh * (1.f - zg) * (1.f - ng * ng);
+        const float a0 = dh * (cur.prev - ng) * (zg * (1.f - zg)), a1 = da_n * hu_n * (rg * (1.f - rg));
+        a_s[j] = a0; a_s[H + j] = a1; a_s[2 * H + j] = da_n * rg;
+        dx[j] = a0; dx[H + j] = a1; dx[2 * H + j] = da_n;
+        dhz_s[j] = dh * zg;  // dh * z flows straight to h_prev
+      }
+    }
+    __syncthreads();
+    if (prod) {
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f), acc2 = acc;  // two chains: even and odd k-quads
+      const float4* a4 = reinterpret_cast<const float4*>(a_s);
+      const float* col = ut_s + 4 * q;
+      int k = k0;
+      for (; k + 8 <= k1; k += 8) {
+        const float4 av = a4[k >> 2], aw = a4[(k >> 2) + 1];
+        const float av_[4] = {av.x, av.y, av.z, av.w}, aw_[4] = {aw.x, aw.y, aw.z, aw.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float4 w = *reinterpret_cast<const float4*>(col + static_cast<size_t>(k + e) * g.Rp);
+          const float4 x = *reinterpret_cast<const float4*>(col + static_cast<size_t>(k + 4 + e) * g.Rp);
+          acc.x = fmaf(av_[e], w.x, acc.x); acc.y = fmaf(av_[e], w.y, acc.y);
+          acc.z = fmaf(av_[e], w.z, acc.z); acc.w = fmaf(av_[e], w.w, acc.w);
+          acc2.x = fmaf(aw_[e], x.x, acc2.x); acc2.y = fmaf(aw_[e], x.y, acc2.y);
+          acc2.z = fmaf(aw_[e], x.z, acc2.z); acc2.w = fmaf(aw_[e], x.w, acc2.w);
+        }
+      }
+      for (; k < k1; k += 4) {
+        const float4 av = a4[k >> 2];
+        const float av_[4] = {av.x, av.y, av.z, av.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float4 w = *reinterpret_cast<const float4*>(col + static_cast<size_t>(k + e) * g.Rp);
+          acc.x = fmaf(av_[e], w.x, acc.x); acc.y = fmaf(av_[e], w.y, acc.y);
+          acc.z = fmaf(av_[e], w.z, acc.z); acc.w = fmaf(av_[e], w.w, acc.w);
+        }
+      }
+      *reinterpret_cast<float4*>(part_s + sl * g.Rp + 4 * q) =
+          make_float4(acc.x + acc2.x, acc.y + acc2.y, acc.z + acc2.z, acc.w + acc2.w);
+    }
+    __syncthreads();
+  }
+  if (unit) {
+    float v = 0.f;
+    for (int i = 0; i < g.S; ++i) v += part_s[i * g.Rp + j];
+    p.dh_carry[si * R + j] = kLstm ? v : v + dhz_s[j];
+    if (kLstm) p.dc_carry[si * H + j] = dc;
   }
 }
 
@@ -613,6 +799,57 @@ cudaError_t LaunchCarry(const BwdParams& p, int s, bool vec, cudaStream_t stream
   return cudaGetLastError();
 }
 
+// Whether the persistent small-H kernel runs this backward: no projection, U^T in one block's shared memory, and
+// few enough waves of blocks (each wave runs every step once more; the per-step launches cost ~5-8 us a step
+// against ~1-2 us for a step of the persistent kernel, so up to 4 waves it is ahead). Device facts are cached per
+// device; the kernel's dynamic shared-memory cap is raised to the device's opt-in maximum once (never lowered:
+// concurrent calls never see a smaller cap than their own launch needs).
+const char* PlanBwdSmall(const RnnShape& s, const CudaBackwardTuning* tuning, bool* use) {
+  *use = false;
+  const int forced = tuning ? tuning->persistent : -1;
+  if (forced == 0) return nullptr;
+  const bool lstm = s.cell == CellType::kLstm;
+  const int64_t H = s.num_units, R = s.recurrent_width(), GH = s.num_gates() * H, D = s.num_dirs();
+  const size_t smem = sizeof(float) * BwdSmallGeometry(static_cast<int>(R), static_cast<int>(GH)).floats;
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return BwdCudaMessage("cudaGetDevice", e);
+  struct Facts { int optin = 0, sms = 0; bool raised[2] = {false, false}; };
+  static std::mutex mu;
+  static std::map<int, Facts> facts;
+  std::lock_guard<std::mutex> lock(mu);
+  Facts& f = facts[device];
+  if (f.sms == 0) {
+    if ((e = cudaDeviceGetAttribute(&f.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&f.sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) {
+      f.sms = 0;
+      return BwdCudaMessage("cudaDeviceGetAttribute", e);
+    }
+  }
+  const bool fits = s.num_proj == 0 && H <= kBwdSmallThreads && smem <= static_cast<size_t>(f.optin);
+  if (!fits) {
+    return forced == 1 ? "fused_rnn CUDA backward: the persistent small-H kernel cannot run this shape (a "
+                         "projection, or U larger than one block's shared memory)"
+                       : nullptr;
+  }
+  const void* fn = lstm ? reinterpret_cast<const void*>(&BwdSmallKernel<true>)
+                        : reinterpret_cast<const void*>(&BwdSmallKernel<false>);
+  if (!f.raised[lstm ? 1 : 0]) {
+    if ((e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, f.optin)) != cudaSuccess)
+      return BwdCudaMessage("cudaFuncSetAttribute", e);
+    f.raised[lstm ? 1 : 0] = true;
+  }
+  int per_sm = 0;
+  if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kBwdSmallThreads, smem)) != cudaSuccess)
+    return BwdCudaMessage("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
+  if (per_sm < 1) {
+    return forced == 1 ? "fused_rnn CUDA backward: the persistent small-H kernel does not fit an SM" : nullptr;
+  }
+  const int64_t waves = CeilDivL(D * s.batch, static_cast<int64_t>(per_sm) * f.sms);
+  *use = forced == 1 || waves <= 4;
+  return nullptr;
+}
+
 }  // namespace
 
 size_t CudaBackwardWorkspaceBytes(const RnnShape& shape) {
@@ -621,7 +858,7 @@ size_t CudaBackwardWorkspaceBytes(const RnnShape& shape) {
 }
 
 const char* CudaBackward(const RnnShape& s, const RnnBackwardArgs& a, void* workspace, size_t workspace_bytes,
-                         void* stream_ptr) {
+                         void* stream_ptr, const CudaBackwardTuning* tuning) {
   if (const char* err = CheckBwdShape(s)) return err;
   const bool lstm = s.cell == CellType::kLstm;
   const int64_t T = s.max_time, B = s.batch, H = s.num_units, P = s.num_proj, R = s.recurrent_width();
@@ -641,6 +878,8 @@ const char* CudaBackward(const RnnShape& s, const RnnBackwardArgs& a, void* work
   if ((B > 0 && (!a.d_initial_h || (lstm && !a.d_initial_c))) || !a.d_recurrent_kernel ||
       (P > 0 && !a.d_projection_kernel))
     return "fused_rnn CUDA backward: a gradient output pointer is null";
+  bool small = false;  // decided before anything is enqueued: a forced plan that cannot run changes nothing
+  if (const char* err = PlanBwdSmall(s, tuning, &small)) return err;
   if ((e = start_carry(a.d_initial_h, a.d_final_h, D * B * R)) != cudaSuccess) return BwdCudaMessage("copy d_final_h", e);
   if (lstm && (e = start_carry(a.d_initial_c, a.d_final_c, D * B * H)) != cudaSuccess)
     return BwdCudaMessage("copy d_final_c", e);
@@ -703,7 +942,16 @@ const char* CudaBackward(const RnnShape& s, const RnnBackwardArgs& a, void* work
   const dim3 tiled_grid(static_cast<unsigned>(CeilDivL(R, tile)), static_cast<unsigned>(CeilDivL(B, tile)),
                         static_cast<unsigned>(D * std::max(1, l.carry_splits)));
   const unsigned reduce_blocks = static_cast<unsigned>(CeilDivL(B * R, 256));
-  for (int st = p.T - 1; st >= 0; --st) {
+  if (small) {
+    const size_t smem = sizeof(float) * BwdSmallGeometry(p.R, p.GH).floats;
+    if (lstm) {
+      BwdSmallKernel<true><<<static_cast<unsigned>(D * B), kBwdSmallThreads, smem, stream>>>(p);
+    } else {
+      BwdSmallKernel<false><<<static_cast<unsigned>(D * B), kBwdSmallThreads, smem, stream>>>(p);
+    }
+    if ((e = cudaGetLastError()) != cudaSuccess) return BwdCudaMessage("persistent backward launch", e);
+  }
+  for (int st = small ? -1 : p.T - 1; st >= 0; --st) {
     if (P > 0) {
       BwdPrepProjKernel<<<dim3(static_cast<unsigned>(CeilDivL(B * P, 256)), p.D), 256, 0, stream>>>(p, st);
       BwdGatesLstmKernel<true><<<dim3(gate_blocks, p.D), 256, 0, stream>>>(p, st);

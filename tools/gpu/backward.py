@@ -56,6 +56,11 @@ class FusedBwd:
             raise RuntimeError(err.decode())
 
 
+def set_backward_plan(lib, persistent):
+    """The backward's plan for the next calls: -1 automatic, 0 the per-step kernels, 1 the persistent kernel."""
+    lib.L.frg_set_backward_persistent(ctypes.c_int(persistent))
+
+
 # ---- float64 autograd reference -----------------------------------------------------------------------------
 
 def ref_forward64(cell, direction, x, U, Pk, rb, lengths, h0, c0, cell_clip, proj_clip):
@@ -103,7 +108,8 @@ def ref_forward64(cell, direction, x, U, Pk, rb, lengths, h0, c0, cell_clip, pro
 
 
 def check_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=0.0, time_major=False,
-               with_init=True, gru_bias=True, final_grads=True, seed=0, perturb_reference=0.0, fwd_tuning=None):
+               with_init=True, gru_bias=True, final_grads=True, seed=0, perturb_reference=0.0, fwd_tuning=None,
+               bwd_persistent=-1):
     rng = np.random.default_rng(seed)
     inp = make_inputs(rng, cell, direction, T, B, H, P, True, with_init, gru_bias)
     lstm = cell == "lstm"
@@ -136,13 +142,17 @@ def check_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_cli
     bwd.bind(U=dev["U"], Pk=dev["Pk"], lengths=dev["lengths"], h0=dev["h0"], c0=dev["c0"], out=out,
              reserve=reserve, d_out=to_dev(tm(d_out)), d_fh=to_dev(d_fh), d_fc=to_dev(d_fc), **grads)
     runs = []
-    for _ in range(2):
-        for g in grads.values():
-            if g is not None:
-                g.fill_(float("nan"))
-        bwd()
-        torch.cuda.synchronize()
-        runs.append({k: v.cpu().numpy().copy() for k, v in grads.items() if v is not None})
+    set_backward_plan(lib, bwd_persistent)
+    try:
+        for _ in range(2):
+            for g in grads.values():
+                if g is not None:
+                    g.fill_(float("nan"))
+            bwd()
+            torch.cuda.synchronize()
+            runs.append({k: v.cpu().numpy().copy() for k, v in grads.items() if v is not None})
+    finally:
+        set_backward_plan(lib, -1)
     got = runs[0]
     bitwise = all(np.array_equal(runs[0][k], runs[1][k], equal_nan=True) for k in got)
     if time_major:
@@ -190,7 +200,7 @@ def check_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_cli
     return {"name": name, "passed": bool(ok), "errors": errs}
 
 
-def correctness(lib):
+def correctness(lib, only=None):
     small = dict(T=9, B=6, H=20)
     cases = []
     for direction in ("forward", "reverse", "bidirectional"):
@@ -228,8 +238,29 @@ def correctness(lib):
         ("gru B=24 H=72 time-major, forward on tensor cores", dict(cell="gru", direction="forward", T=6, B=24, H=72,
                                                                    time_major=True, fwd_tuning={"mode": 4})),
     ]
+    # The persistent small-H kernel (automatic for the small cases above): its limits, forced, and the per-step
+    # kernels forced on shapes the automatic plan now gives the persistent kernel, so both paths stay checked.
+    cases += [
+        ("persistent: lstm H=112 (U^T 200 KB of shared memory) B=5 bi clip",
+         dict(cell="lstm", direction="bidirectional", T=6, B=5, H=112, cell_clip=0.7, bwd_persistent=1)),
+        ("persistent: gru H=130 B=4 reverse", dict(cell="gru", direction="reverse", T=6, B=4, H=130,
+                                                   bwd_persistent=1)),
+        ("persistent: lstm B=300 H=24 bi (several rounds of blocks)",
+         dict(cell="lstm", direction="bidirectional", T=5, B=300, H=24, bwd_persistent=1)),
+        ("persistent: gru H=6 T=1 B=7 time-major no init", dict(cell="gru", direction="forward", T=1, B=7, H=6,
+                                                                time_major=True, with_init=False,
+                                                                bwd_persistent=1)),
+        ("per-step kernels forced: lstm bi clip", dict(cell="lstm", direction="bidirectional", cell_clip=0.8,
+                                                       bwd_persistent=0, **small)),
+        ("per-step kernels forced: gru H=13 (odd)", dict(cell="gru", direction="bidirectional", T=7, B=5, H=13,
+                                                         bwd_persistent=0)),
+        ("per-step kernels forced: lstm H=100 B=3 T=12", dict(cell="lstm", direction="bidirectional", T=12, B=3,
+                                                              H=100, bwd_persistent=0)),
+    ]
     results = []
     for i, (name, kw) in enumerate(cases):
+        if only and only not in name:
+            continue
         r = check_case(lib, name, seed=100 + i, **kw)
         results.append(r)
         e = r["errors"]
@@ -238,7 +269,10 @@ def correctness(lib):
               + " ".join(f"{k}={v:.1e}" for k, v in e.items() if isinstance(v, float))
               + f" past_len_nonzero={e['d_x_nonzero_past_len']} unwritten={e['unwritten']} "
               f"bitwise={e['bitwise_repeat']}", flush=True)
+    if only:  # a subset (e.g. under compute-sanitizer): no control cases
+        return results
     results.append(empty_case(lib))
+    results.append(refusal_case(lib))
     # Negative control: a reference whose one output gradient moved by 1e-2 must fail the same comparison.
     ctl = check_case(lib, "control", "lstm", "bidirectional", seed=99, perturb_reference=1e-2, **small)
     detected = not ctl["passed"]
@@ -246,6 +280,34 @@ def correctness(lib):
           f"d_x rel {ctl['errors']['d_x']:.1e}", flush=True)
     results.append({"name": "negative control detected", "passed": detected, "errors": ctl["errors"]})
     return results
+
+
+def refusal_case(lib):
+    """The persistent kernel forced where it cannot run (a projection; U too large): a message, no launch."""
+    msgs = []
+    for kw in (dict(cell="lstm", direction="forward", T=3, B=2, H=16, P=8), dict(cell="lstm", direction="forward",
+                                                                                T=3, B=2, H=256)):
+        D, H, P = 1, kw["H"], kw.get("P", 0)
+        R = P or H
+        bwd = FusedBwd(lib, kw["cell"], kw["direction"], kw["T"], kw["B"], H, P)
+        cu = dict(device="cuda")
+        bwd.bind(U=torch.zeros(D, R, 4 * H, **cu), Pk=torch.zeros(D, H, P, **cu) if P else None,
+                 out=torch.zeros(kw["B"], kw["T"], R, **cu), reserve=torch.zeros(D, kw["B"], kw["T"], 5 * H + P, **cu),
+                 d_out=torch.zeros(kw["B"], kw["T"], R, **cu), d_x=torch.zeros(kw["B"], kw["T"], 4 * H, **cu),
+                 d_U=torch.zeros(D, R, 4 * H, **cu), d_Pk=torch.zeros(D, H, P, **cu) if P else None,
+                 d_h0=torch.zeros(D, kw["B"], R, **cu), d_c0=torch.zeros(D, kw["B"], H, **cu))
+        set_backward_plan(lib, 1)
+        try:
+            bwd()
+            msgs.append(None)
+        except RuntimeError as e:
+            msgs.append(str(e))
+        finally:
+            set_backward_plan(lib, -1)
+        torch.cuda.synchronize()
+    ok = all(m is not None and "persistent" in m for m in msgs)
+    print(f"{'PASS' if ok else 'FAIL'} persistent backward forced where it cannot run: refused ({msgs})", flush=True)
+    return {"name": "persistent backward refusal", "passed": bool(ok), "errors": {"messages": msgs}}
 
 
 def empty_case(lib):
@@ -369,6 +431,9 @@ TIMED = [
     ("LSTM H=1024 B=64", "lstm", "forward", 64, 1024, 1024, 0, 0.0),
     ("GRU H=512 B=1", "gru", "forward", 1, 512, 512, 0, 0.0),
     ("ELMo layer (bi 4096/512, clips) B=1", "lstm", "bidirectional", 1, 512, 4096, 512, 3.0),
+    # The persistent small-H backward's range: four rounds of blocks, and a GRU near its shared-memory limit.
+    ("biLSTM H=100 B=256", "lstm", "bidirectional", 256, 100, 100, 0, 0.0),
+    ("biGRU H=128 B=16", "gru", "bidirectional", 16, 128, 128, 0, 0.0),
 ]
 
 
@@ -397,9 +462,20 @@ def timing(lib):
         r["fused bwd"] = time_ms(lay.bwd, reps)["median"]
         r["fused step plain"] = time_ms(lay.step, reps)["median"]
         try:
-            r["fused bwd graph"] = time_ms(graph_of(lay.bwd).replay, reps)["median"]
-            r["fused step graph"] = time_ms(graph_of(lay.step).replay, reps)["median"]
+            # The automatic plan and the per-step kernels forced, each captured in its own graph, alternated.
+            graphs = {}
+            for tag, plan in (("", -1), (" per-step", 0)):
+                set_backward_plan(lib, plan)
+                graphs[tag] = (graph_of(lay.bwd), graph_of(lay.step))
+            set_backward_plan(lib, -1)
+            for rnd in range(3):
+                for tag, (g_bwd, g_step) in graphs.items():
+                    r.setdefault(f"fused bwd graph{tag}", []).append(time_ms(g_bwd.replay, reps)["median"])
+                    r.setdefault(f"fused step graph{tag}", []).append(time_ms(g_step.replay, reps)["median"])
+            for k in [k for k in r if k.startswith("fused") and isinstance(r[k], list)]:
+                r[k] = float(np.median(r[k]))
         except Exception as e:  # noqa: BLE001
+            set_backward_plan(lib, -1)
             r["graph error"] = str(e)[:200]
         fn = cudnn_step(cell, direction == "bidirectional", B, T, I, H, P)
         r["cuDNN step plain"] = time_ms(fn, reps)["median"]
@@ -417,16 +493,18 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--only", default=None, help="only the correctness cases whose name contains this (no cuDNN "
+                    "agreement, controls or timing)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     lib = Lib(args.lib)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    res = correctness(lib) + cudnn_agreement(lib)
+    res = correctness(lib, args.only) + ([] if args.only else cudnn_agreement(lib))
     n_ok = sum(r["passed"] for r in res)
     print(f"== backward correctness: {n_ok}/{len(res)} passed ({time.time() - t0:.1f} s)", flush=True)
-    timed = [] if args.skip_timing else timing(lib)
+    timed = [] if (args.skip_timing or args.only) else timing(lib)
     with open(os.path.join(args.out, "backward_results.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                    "cudnn": torch.backends.cudnn.version(), "correctness": res, "timing": timed}, f, indent=1)

@@ -32,6 +32,7 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
 // stage_weights, proj_reduce.
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
 int g_test_raise_watchdog = 0;     // test-only: the next calls start with the watchdog raised (frg_set_test_watchdog)
+int g_backward_persistent = -1;  // the backward's plan (frg_set_backward_persistent)
 
 CudaTuning MakeTuning(const int* t) {
   CudaTuning tun;
@@ -154,9 +155,14 @@ const char* frg_backward(const int64_t* shape, const float* clips, const uint64_
   a.d_projection_kernel = f(13);
   a.d_initial_h = f(14);
   a.d_initial_c = f(15);
+  fused_rnn::CudaBackwardTuning tuning;
+  tuning.persistent = g_backward_persistent;
   return fused_rnn::CudaBackward(MakeShape(shape, clips), a, reinterpret_cast<void*>(workspace),
-                                 static_cast<size_t>(workspace_bytes), reinterpret_cast<void*>(stream));
+                                 static_cast<size_t>(workspace_bytes), reinterpret_cast<void*>(stream), &tuning);
 }
+
+// The backward's plan for the next frg_backward calls: -1 automatic, 0 per-step kernels, 1 the persistent kernel.
+void frg_set_backward_persistent(int persistent) { g_backward_persistent = persistent; }
 
 void frg_set_debug_clock(uint64_t device_ptr) { g_debug_clock = reinterpret_cast<int64_t*>(device_ptr); }
 
