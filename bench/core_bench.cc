@@ -21,6 +21,8 @@ bool kCpuTime = false;  // --cpu-time: single-thread column in thread CPU time
 // --cold: evict the caches before every timed call (inside TensorFlow the other ops of a step stream tens of MB
 // between two calls of the op, so its inputs and outputs no longer sit in the 32 MB L3).
 bool kCold = false;
+// --reserve: the float32 forward also writes the training reserve (what a forward inside a training step does).
+bool kReserve = false;
 std::vector<float>& EvictBuffer() {
   static std::vector<float> buf(32 << 20);  // 128 MB
   return buf;
@@ -100,6 +102,7 @@ double TimeMs(fused_rnn::CellType cell, bool bidi, int64_t H, int64_t B, int hel
   float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
   std::vector<float> dx(x.size()), drk(rk.size()), dh0(h0.size()), dc0(c0.size()), drb(D * G * H);
   fused_rnn::RnnBackwardArgs g;
+  if (kReserve && mode == Mode::kForward) a.reserve = reserve.data();
   if (mode == Mode::kBackward) {
     a.reserve = reserve.data();
     fused_rnn::CpuForward(s, a, aligned, nullptr);
@@ -147,6 +150,7 @@ int main(int argc, char** argv) {
     weights16 |= std::string(argv[i]) == "--weights16";
     kCpuTime |= std::string(argv[i]) == "--cpu-time";
     kCold |= std::string(argv[i]) == "--cold";
+    kReserve |= std::string(argv[i]) == "--reserve";
     if (std::string(argv[i]) == "--only" && i + 1 < argc) only = argv[++i];
     if (std::string(argv[i]) == "--units" && i + 1 < argc) units = std::stoll(argv[++i]);
     if (std::string(argv[i]) == "--time" && i + 1 < argc) kMaxTime = std::stoll(argv[++i]);
