@@ -125,6 +125,8 @@ size_t CudaBackwardWorkspaceBytes(const RnnShape& shape);
 struct CudaBackwardTuning {
   int persistent = -1;  // -1 auto; 0 the per-step kernels; 1 the persistent small-H kernel (one block per
                         // direction and row, U in shared memory; an error when the shape cannot run it)
+  int small_reg_rows = -1;  // the persistent kernel: k-rows of each thread's slice of U held in registers
+                            // (-1 auto; 0, 8, 16 or 32; others are an error)
 };
 const char* CudaBackward(const RnnShape& shape, const RnnBackwardArgs& device_args, void* workspace,
                          size_t workspace_bytes, void* stream, const CudaBackwardTuning* tuning = nullptr);

@@ -323,6 +323,9 @@ __global__ void BwdCarryKernel(BwdParams p, int s) {
 // (A first version with a warp per column and shuffle reductions took ~4 us a step at B=1: the reductions'
 // latency, serialized over each warp's 13 columns.) The weight gradients stay the tiled products after the loop.
 constexpr int kBwdSmallThreads = 256;
+// At most this many k-rows of a thread's slice of U^T in registers (128 floats); a_s is padded by as many zeros
+// so a short last slice reads no further than its end.
+constexpr int kBwdSmallMaxRegRows = 32;
 
 // A load issued where it is written (volatile: not sunk to its use behind the step's barriers). Only inputs the
 // kernel never writes (reserve, d_output, output, initial states).
@@ -336,7 +339,7 @@ __device__ __forceinline__ float LdNc(const float* ptr) {
 // k-rows; NQ column quads; S k-slices of KC k-rows each (a multiple of 4).
 struct BwdSmallGeom {
   int Rp, GHp, NQ, S, KC;
-  size_t floats;  // U^T [GHp][Rp], a [GHp], partial sums [S][Rp], dh * z [Rp]
+  size_t floats;  // U^T [GHp][Rp], a [GHp + kBwdSmallMaxRegRows], partial sums [S][Rp], dh * z [Rp]
 };
 __host__ __device__ inline BwdSmallGeom BwdSmallGeometry(int R, int GH) {
   BwdSmallGeom g;
@@ -346,8 +349,14 @@ __host__ __device__ inline BwdSmallGeom BwdSmallGeometry(int R, int GH) {
   g.S = g.NQ >= kBwdSmallThreads ? 1 : kBwdSmallThreads / g.NQ;
   g.S = g.S < g.GHp / 4 ? g.S : g.GHp / 4;  // no empty slices (small H)
   g.KC = ((g.GHp + g.S - 1) / g.S + 3) / 4 * 4;
-  g.floats = static_cast<size_t>(g.GHp) * g.Rp + g.GHp + static_cast<size_t>(g.S) * g.Rp + g.Rp;
+  g.floats = static_cast<size_t>(g.GHp) * g.Rp + g.GHp + kBwdSmallMaxRegRows + static_cast<size_t>(g.S) * g.Rp + g.Rp;
   return g;
+}
+
+// How many of a thread's k-rows of U^T it holds in registers (4 floats each): the most of {32, 16, 8} that its
+// slice fills, else none. The rest stay in shared memory.
+__host__ __device__ inline int BwdSmallAutoRegRows(const BwdSmallGeom& g) {
+  return g.KC >= 32 ? 32 : g.KC >= 16 ? 16 : g.KC >= 8 ? 8 : 0;
 }
 
 // Per-step inputs of one unit (thread j < H), loaded a step ahead.
@@ -355,7 +364,7 @@ struct BwdSmallIn {
   float d_out;           // d_output at (b, t, d, j)
   float r0, r1, r2, r3;  // reserve: LSTM i, f, g, o; GRU z, r, n, hu_n
   float c_pre;           // LSTM: c before the clip at t
-  float prev;            // LSTM: c_{t-1} (clipped unless initial); GRU: h_{t-1}[j]
+  float prev;            // LSTM: c_{t-1} before its clip (c0 at s = 0); GRU: h_{t-1}[j]
 };
 
 template <bool kLstm>
@@ -370,11 +379,9 @@ __device__ __forceinline__ BwdSmallIn BwdSmallLoad(const BwdParams& p, int d, in
   in.r3 = LdNc(res + 3 * H + j);
   if (kLstm) {
     in.c_pre = LdNc(res + 4 * H + j);
-    if (s == 0) {
-      in.prev = p.c0 ? LdNc(p.c0 + (static_cast<int64_t>(d) * p.B + b) * H + j) : 0.f;  // not clipped
-    } else {
-      in.prev = ClipF(LdNc(ResRow(p, d, b, Rev(p, d) ? t + 1 : t - 1) + 4 * H + j), p.cell_clip);
-    }
+    // Raw: the step clips it where it uses it (s > 0), so nothing here waits for the load.
+    in.prev = s == 0 ? (p.c0 ? LdNc(p.c0 + (static_cast<int64_t>(d) * p.B + b) * H + j) : 0.f)
+                     : LdNc(ResRow(p, d, b, Rev(p, d) ? t + 1 : t - 1) + 4 * H + j);
   } else {
     in.c_pre = 0.f;
     const float* hp = HPrev(p, d, b, len, t);
@@ -383,26 +390,55 @@ __device__ __forceinline__ BwdSmallIn BwdSmallLoad(const BwdParams& p, int d, in
   return in;
 }
 
-template <bool kLstm>
+template <bool kLstm, int kRegRows>
 __global__ void __launch_bounds__(kBwdSmallThreads) BwdSmallKernel(BwdParams p) {
+  static_assert(kRegRows % 8 == 0 && kRegRows <= kBwdSmallMaxRegRows, "register rows: groups of 8, at most the pad");
   extern __shared__ __align__(16) float bwd_smem[];
   const int d = static_cast<int>(blockIdx.x) / p.B, b = static_cast<int>(blockIdx.x) - d * p.B;
   const int H = p.H, R = p.R, GH = p.GH;
   const BwdSmallGeom g = BwdSmallGeometry(R, GH);
   float* ut_s = bwd_smem;                                   // [GHp][Rp]: U^T
   float* a_s = ut_s + static_cast<size_t>(g.GHp) * g.Rp;    // [GHp]
-  float* part_s = a_s + g.GHp;                              // [S][Rp]
+  float* part_s = a_s + g.GHp + kBwdSmallMaxRegRows;       // [S][Rp] (a_s: zero padding for register rows)
   float* dhz_s = part_s + static_cast<size_t>(g.S) * g.Rp;  // [Rp] (GRU: dh * z)
   const int tid = threadIdx.x;
   const int len = LenOf(p, b);
   if (len == 0) return;  // the state gradients already hold d_final_h / d_final_c (CudaBackward's copy)
-  // U^T into shared memory, zero-padded (reads coalesced along k; the transposed stores conflict, once per call).
+  // U^T into shared memory, zero-padded. Once per call, but a serial load-then-store loop cost ~50 us at H=100
+  // (each 4-byte load's full latency, ~156 times a thread); so 16-byte loads, 8 in flight a thread: thread i takes
+  // row r = i % R, k-quad i / R (neighbours store neighbouring columns: no bank conflicts).
   const float* u_g = p.U + static_cast<int64_t>(d) * R * GH;
-  for (int i = tid; i < g.Rp * g.GHp; i += blockDim.x) {
-    const int r = i / g.GHp, k = i - r * g.GHp;
-    ut_s[static_cast<size_t>(k) * g.Rp + r] = (r < R && k < GH) ? u_g[static_cast<int64_t>(r) * GH + k] : 0.f;
+  if (GH % 4 == 0 && (reinterpret_cast<uintptr_t>(u_g) & 15) == 0) {
+    const int n = R * (GH / 4);
+    for (int i0 = tid; i0 < n; i0 += 8 * kBwdSmallThreads) {
+      float4 v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = i0 + u * kBwdSmallThreads, r = i % R, kq = i / R;
+        v[u] = i < n ? __ldg(reinterpret_cast<const float4*>(u_g + static_cast<int64_t>(r) * GH + 4 * kq))
+                     : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = i0 + u * kBwdSmallThreads, r = i % R, kq = i / R;
+        if (i < n) {
+          float* dst = ut_s + static_cast<size_t>(4 * kq) * g.Rp + r;
+          dst[0] = v[u].x; dst[g.Rp] = v[u].y; dst[2 * g.Rp] = v[u].z; dst[3 * g.Rp] = v[u].w;
+        }
+      }
+    }
+    for (int i = tid; i < (g.Rp - R) * GH; i += kBwdSmallThreads) {  // padding columns (GHp == GH here)
+      const int k = i / (g.Rp - R), r = R + i - k * (g.Rp - R);
+      ut_s[static_cast<size_t>(k) * g.Rp + r] = 0.f;
+    }
+  } else {
+    for (int i = tid; i < g.Rp * g.GHp; i += kBwdSmallThreads) {
+      const int r = i / g.GHp, k = i - r * g.GHp;
+      ut_s[static_cast<size_t>(k) * g.Rp + r] = (r < R && k < GH) ? u_g[static_cast<int64_t>(r) * GH + k] : 0.f;
+    }
   }
-  for (int k = GH + tid; k < g.GHp; k += blockDim.x) a_s[k] = 0.f;  // padding: 0 * 0 in every column's sum
+  // Padding: 0 * 0 in every column's sum (also the register rows past a short last slice).
+  for (int k = GH + tid; k < g.GHp + kBwdSmallMaxRegRows; k += blockDim.x) a_s[k] = 0.f;
   for (int i = tid; i < g.S * g.Rp; i += blockDim.x) part_s[i] = 0.f;
   for (int i = tid; i < g.Rp; i += blockDim.x) dhz_s[i] = 0.f;
   const int64_t si = static_cast<int64_t>(d) * p.B + b;
@@ -410,22 +446,31 @@ __global__ void __launch_bounds__(kBwdSmallThreads) BwdSmallKernel(BwdParams p) 
   const bool unit = j < H;  // R == H (no projection)
   float carry = unit ? p.dh_carry[si * R + j] : 0.f;
   float dc = (kLstm && unit) ? p.dc_carry[si * H + j] : 0.f;
-  BwdSmallIn in = {};
-  if (unit) in = BwdSmallLoad<kLstm>(p, d, b, len, len - 1, j);
   // This thread's product work: column quad q over k-rows [k0, k1).
   const int q = tid % g.NQ, sl = tid / g.NQ;
   const int k0 = sl * g.KC, k1 = min(g.GHp, k0 + g.KC);
   const bool prod = sl < g.S && k0 < k1;
   __syncthreads();
-  for (int s = len - 1; s >= 0; --s) {
+  // The first kRegRows k-rows of this thread's slice, in registers (zero past the slice's end): a step then reads
+  // only the rest of U from shared memory.
+  float4 u_reg[kRegRows > 0 ? kRegRows : 1];
+#pragma unroll
+  for (int e = 0; e < kRegRows; ++e) {
+    u_reg[e] = (prod && k0 + e < k1) ? *reinterpret_cast<const float4*>(ut_s + static_cast<size_t>(k0 + e) * g.Rp + 4 * q)
+                                     : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  // One step. Its inputs `cur` were loaded a step ahead, and it issues the next step's loads into `next`. The
+  // loop below runs steps in pairs with the two buffers swapped: with one buffer copied `in -> cur` every step, the
+  // compiler moved each fresh load's register into the loop-carried one at once, waiting for the load there (ncu:
+  // a third of the stall samples at H=100 and 128).
+  auto step = [&](const int s, const BwdSmallIn& cur, BwdSmallIn& next) {
     if (unit) {
       if (s != len - 1) {  // the previous step's carry: its slices' partial sums, in order
         float v = 0.f;
         for (int i = 0; i < g.S; ++i) v += part_s[i * g.Rp + j];
         carry = kLstm ? v : v + dhz_s[j];
       }
-      const BwdSmallIn cur = in;
-      if (s > 0) in = BwdSmallLoad<kLstm>(p, d, b, len, s - 1, j);  // the next step's loads, behind this step
+      if (s > 0) next = BwdSmallLoad<kLstm>(p, d, b, len, s - 1, j);  // the next step's loads, behind this step
       const int t = PosOf(p, d, len, s);
       float* dx = DxRow(p, d, b, t);
       const float dh = cur.d_out + carry;
@@ -434,7 +479,8 @@ __global__ void __launch_bounds__(kBwdSmallThreads) BwdSmallKernel(BwdParams p) 
         const float tc = tanhf(ClipF(cur.c_pre, p.cell_clip));
         float dcv = fmaf(dh * og, 1.f - tc * tc, dc);
         if (Clipped(cur.c_pre, p.cell_clip)) dcv = 0.f;
-        const float a0 = dcv * gg * (ig * (1.f - ig)), a1 = dcv * cur.prev * (fg * (1.f - fg));
+        const float c_prev = s == 0 ? cur.prev : ClipF(cur.prev, p.cell_clip);  // c0 is not clipped
+        const float a0 = dcv * gg * (ig * (1.f - ig)), a1 = dcv * c_prev * (fg * (1.f - fg));
         const float a2 = dcv * ig * (1.f - gg * gg), a3 = dh * tc * (og * (1.f - og));
         a_s[j] = a0; a_s[H + j] = a1; a_s[2 * H + j] = a2; a_s[3 * H + j] = a3;
         dx[j] = a0; dx[H + j] = a1; dx[2 * H + j] = a2; dx[3 * H + j] = a3;
@@ -453,7 +499,20 @@ __global__ void __launch_bounds__(kBwdSmallThreads) BwdSmallKernel(BwdParams p) 
       float4 acc = make_float4(0.f, 0.f, 0.f, 0.f), acc2 = acc;  // two chains: even and odd k-quads
       const float4* a4 = reinterpret_cast<const float4*>(a_s);
       const float* col = ut_s + 4 * q;
-      int k = k0;
+#pragma unroll
+      for (int e = 0; e < kRegRows; e += 8) {  // register rows: 8 a step, even quad into acc, odd into acc2
+        const float4 av = a4[(k0 + e) >> 2], aw = a4[((k0 + e) >> 2) + 1];
+        const float av_[4] = {av.x, av.y, av.z, av.w}, aw_[4] = {aw.x, aw.y, aw.z, aw.w};
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+          const float4 w = u_reg[e + f], x = u_reg[e + 4 + f];
+          acc.x = fmaf(av_[f], w.x, acc.x); acc.y = fmaf(av_[f], w.y, acc.y);
+          acc.z = fmaf(av_[f], w.z, acc.z); acc.w = fmaf(av_[f], w.w, acc.w);
+          acc2.x = fmaf(aw_[f], x.x, acc2.x); acc2.y = fmaf(aw_[f], x.y, acc2.y);
+          acc2.z = fmaf(aw_[f], x.z, acc2.z); acc2.w = fmaf(aw_[f], x.w, acc2.w);
+        }
+      }
+      int k = k0 + kRegRows;
       for (; k + 8 <= k1; k += 8) {
         const float4 av = a4[k >> 2], aw = a4[(k >> 2) + 1];
         const float av_[4] = {av.x, av.y, av.z, av.w}, aw_[4] = {aw.x, aw.y, aw.z, aw.w};
@@ -481,7 +540,15 @@ __global__ void __launch_bounds__(kBwdSmallThreads) BwdSmallKernel(BwdParams p) 
           make_float4(acc.x + acc2.x, acc.y + acc2.y, acc.z + acc2.z, acc.w + acc2.w);
     }
     __syncthreads();
+  };
+  BwdSmallIn in_a = {}, in_b = {};
+  if (unit) in_a = BwdSmallLoad<kLstm>(p, d, b, len, len - 1, j);
+  int s = len - 1;
+  for (; s >= 1; s -= 2) {
+    step(s, in_a, in_b);
+    step(s - 1, in_b, in_a);
   }
+  if (s == 0) step(0, in_a, in_b);
   if (unit) {
     float v = 0.f;
     for (int i = 0; i < g.S; ++i) v += part_s[i * g.Rp + j];
@@ -742,27 +809,61 @@ int WeightGradSplits(int64_t M, int64_t K, int64_t D, int64_t positions) {
   return static_cast<int>(std::max<int64_t>(1, std::min(splits, positions / 256)));
 }
 
-// GRU recurrent bias: d_rb[d][k] = sum over valid positions of d(h_prev @ U)[k]. A thread per (direction, k).
-__global__ void BwdGruBiasKernel(BwdParams p, float* d_rb) {
-  const int d = blockIdx.y;
-  const int k = blockIdx.x * blockDim.x + threadIdx.x;
-  if (k >= p.GH) return;
+// GRU recurrent bias: d_rb[d][k] = sum over valid positions of d(h_prev @ U)[k] ([da_z, da_r, da_n * r]).
+// Block (column tile, direction, position split): 8 lanes of positions for each of 32 columns, each lane's
+// positions in order, then the lanes in order (deterministic); 4 loads in flight a lane. (A thread per column
+// walking every position one load at a time took ~0.2 ms at B=16, T=100: 1600 load latencies in a row.) With
+// more than one split, each writes out + split * D * GH and BwdSumSplitsKernel adds them in order.
+constexpr int kBiasCols = 32, kBiasLanes = 8;
+__device__ __forceinline__ float GruBiasTerm(const BwdParams& p, int d, int64_t n, int k) {
+  const int b = static_cast<int>(n / p.T), t = static_cast<int>(n % p.T);
+  if (t >= LenOf(p, b)) return 0.f;
+  float v = DxRow(p, d, b, t)[k];
+  if (k >= 2 * p.H) v *= ResRow(p, d, b, t)[k - p.H];
+  return v;
+}
+__global__ void __launch_bounds__(kBiasCols * kBiasLanes) BwdGruBiasKernel(BwdParams p, float* out,
+                                                                          int64_t n_per_split) {
+  const int d = blockIdx.y, split = blockIdx.z;
+  const int c = threadIdx.x % kBiasCols, lane = threadIdx.x / kBiasCols;
+  const int k = blockIdx.x * kBiasCols + c;
+  __shared__ float red_s[kBiasLanes][kBiasCols];
+  const int64_t all = static_cast<int64_t>(p.B) * p.T;
+  const int64_t n_begin = split * n_per_split;
+  const int64_t n_end = all < n_begin + n_per_split ? all : n_begin + n_per_split;
   float acc = 0.f;
-  for (int b = 0; b < p.B; ++b) {
-    const int len = LenOf(p, b);
-    for (int t = 0; t < len; ++t) {
-      float v = DxRow(p, d, b, t)[k];
-      if (k >= 2 * p.H) v *= ResRow(p, d, b, t)[k - p.H];
-      acc += v;
+  if (k < p.GH) {
+    int64_t n = n_begin + lane;
+    for (; n + 3 * kBiasLanes < n_end; n += 4 * kBiasLanes) {
+      float v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = GruBiasTerm(p, d, n + u * kBiasLanes, k);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc += v[u];
     }
+    for (; n < n_end; n += kBiasLanes) acc += GruBiasTerm(p, d, n, k);
   }
-  d_rb[static_cast<int64_t>(d) * p.GH + k] = acc;
+  red_s[lane][c] = acc;
+  __syncthreads();
+  if (lane == 0 && k < p.GH) {
+    float v = 0.f;
+#pragma unroll
+    for (int i = 0; i < kBiasLanes; ++i) v += red_s[i][c];
+    out[(static_cast<int64_t>(split) * p.D + d) * p.GH + k] = v;
+  }
+}
+// Position splits of the GRU bias reduction: about 256 blocks, >= 64 positions each.
+int GruBiasSplits(int64_t GH, int64_t D, int64_t positions) {
+  const int64_t tiles = (GH + kBiasCols - 1) / kBiasCols * D;
+  return static_cast<int>(std::max<int64_t>(1, std::min((256 + tiles - 1) / tiles, positions / 64)));
 }
 
 struct BwdLayout {
   size_t dh_tot = 0, dr_all = 0, partial = 0, wg_partial = 0, total = 0;
   int carry_splits = 0;  // 0: the small-batch carry kernel; else the tiled carry with this many K splits
   int u_splits = 1, p_splits = 1;  // position splits of the dU and dP products
+  size_t rb_partial = 0;           // the GRU bias's partial sums (rb_splits > 1)
+  int rb_splits = 1;
 };
 BwdLayout LayoutFor(const RnnShape& s) {
   const size_t D = s.num_dirs(), B = s.batch, T = s.max_time, H = s.num_units, P = s.num_proj;
@@ -782,6 +883,9 @@ BwdLayout LayoutFor(const RnnShape& s) {
                                     l.p_splits > 1 ? l.p_splits * D * H * P : 0);
   l.wg_partial = off;
   off += Align256(wg_floats * sizeof(float));
+  l.rb_splits = s.cell == CellType::kGru ? GruBiasSplits(GH, D, B * T) : 1;
+  l.rb_partial = off;
+  off += Align256(l.rb_splits > 1 ? l.rb_splits * D * GH * sizeof(float) : 0);
   l.total = off;
   return l;
 }
@@ -804,17 +908,40 @@ cudaError_t LaunchCarry(const BwdParams& p, int s, bool vec, cudaStream_t stream
 // against ~1-2 us for a step of the persistent kernel, so up to 4 waves it is ahead). Device facts are cached per
 // device; the kernel's dynamic shared-memory cap is raised to the device's opt-in maximum once (never lowered:
 // concurrent calls never see a smaller cap than their own launch needs).
-const char* PlanBwdSmall(const RnnShape& s, const CudaBackwardTuning* tuning, bool* use) {
-  *use = false;
+using BwdSmallFn = void (*)(BwdParams);
+constexpr int kBwdSmallRegChoices[] = {0, 8, 16, 32};
+constexpr int kBwdSmallRegCount = 4;
+BwdSmallFn BwdSmallKernelFor(bool lstm, int reg_rows) {
+  static const BwdSmallFn table[2][kBwdSmallRegCount] = {
+      {BwdSmallKernel<false, 0>, BwdSmallKernel<false, 8>, BwdSmallKernel<false, 16>, BwdSmallKernel<false, 32>},
+      {BwdSmallKernel<true, 0>, BwdSmallKernel<true, 8>, BwdSmallKernel<true, 16>, BwdSmallKernel<true, 32>}};
+  for (int i = 0; i < kBwdSmallRegCount; ++i)
+    if (kBwdSmallRegChoices[i] == reg_rows) return table[lstm ? 1 : 0][i];
+  return nullptr;
+}
+
+// Whether the persistent small-H kernel runs this backward (*fn: which one; null for the per-step kernels): no
+// projection, U^T in one block's shared memory, and few enough waves of blocks (each wave runs every step once
+// more; the per-step launches cost ~5-8 us a step against ~1-2 us for a step of the persistent kernel, so up to 4
+// waves it is ahead). Device facts are cached per device; each kernel's dynamic shared-memory cap is raised to the
+// device's opt-in maximum once (never lowered: concurrent calls never see a smaller cap than their own launch
+// needs).
+const char* PlanBwdSmall(const RnnShape& s, const CudaBackwardTuning* tuning, BwdSmallFn* use) {
+  *use = nullptr;
   const int forced = tuning ? tuning->persistent : -1;
   if (forced == 0) return nullptr;
   const bool lstm = s.cell == CellType::kLstm;
   const int64_t H = s.num_units, R = s.recurrent_width(), GH = s.num_gates() * H, D = s.num_dirs();
-  const size_t smem = sizeof(float) * BwdSmallGeometry(static_cast<int>(R), static_cast<int>(GH)).floats;
+  const BwdSmallGeom geom = BwdSmallGeometry(static_cast<int>(R), static_cast<int>(GH));
+  const size_t smem = sizeof(float) * geom.floats;
+  const int want_regs = tuning ? tuning->small_reg_rows : -1;
+  const int reg_rows = want_regs < 0 ? BwdSmallAutoRegRows(geom) : want_regs;
+  const BwdSmallFn fn = BwdSmallKernelFor(lstm, reg_rows);
+  if (fn == nullptr) return "fused_rnn CUDA backward: the persistent kernel's small_reg_rows must be -1, 0, 8, 16 or 32";
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return BwdCudaMessage("cudaGetDevice", e);
-  struct Facts { int optin = 0, sms = 0; bool raised[2] = {false, false}; };
+  struct Facts { int optin = 0, sms = 0; bool raised[2][kBwdSmallRegCount] = {}; };
   static std::mutex mu;
   static std::map<int, Facts> facts;
   std::lock_guard<std::mutex> lock(mu);
@@ -832,21 +959,42 @@ const char* PlanBwdSmall(const RnnShape& s, const CudaBackwardTuning* tuning, bo
                          "projection, or U larger than one block's shared memory)"
                        : nullptr;
   }
-  const void* fn = lstm ? reinterpret_cast<const void*>(&BwdSmallKernel<true>)
-                        : reinterpret_cast<const void*>(&BwdSmallKernel<false>);
-  if (!f.raised[lstm ? 1 : 0]) {
-    if ((e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, f.optin)) != cudaSuccess)
-      return BwdCudaMessage("cudaFuncSetAttribute", e);
-    f.raised[lstm ? 1 : 0] = true;
-  }
+  // Blocks per SM of a variant, its shared-memory cap raised first.
+  auto blocks_per_sm = [&](int rows, int* per_sm) -> const char* {
+    int ri = 0;
+    while (kBwdSmallRegChoices[ri] != rows) ++ri;
+    const void* k = reinterpret_cast<const void*>(BwdSmallKernelFor(lstm, rows));
+    cudaError_t err;
+    if (!f.raised[lstm ? 1 : 0][ri]) {
+      if ((err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, f.optin)) != cudaSuccess)
+        return BwdCudaMessage("cudaFuncSetAttribute", err);
+      f.raised[lstm ? 1 : 0][ri] = true;
+    }
+    if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, k, kBwdSmallThreads, smem)) != cudaSuccess)
+      return BwdCudaMessage("cudaOccupancyMaxActiveBlocksPerMultiprocessor", err);
+    return nullptr;
+  };
   int per_sm = 0;
-  if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kBwdSmallThreads, smem)) != cudaSuccess)
-    return BwdCudaMessage("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
+  if (const char* err = blocks_per_sm(reg_rows, &per_sm)) return err;
+  BwdSmallFn chosen = fn;
+  if (want_regs < 0 && reg_rows > 0) {
+    // The register rows cost occupancy (up to ~240 registers a thread: one block per SM). Where shared memory
+    // would let more blocks share an SM and the grid needs more than one wave of the register variant, the
+    // shared-memory variant runs fewer waves.
+    int per_sm0 = 0;
+    if (const char* err = blocks_per_sm(0, &per_sm0)) return err;
+    const int64_t blocks = D * s.batch;
+    if (per_sm > 0 && CeilDivL(blocks, static_cast<int64_t>(per_sm) * f.sms) >
+                          CeilDivL(blocks, static_cast<int64_t>(per_sm0) * f.sms)) {
+      chosen = BwdSmallKernelFor(lstm, 0);
+      per_sm = per_sm0;
+    }
+  }
   if (per_sm < 1) {
     return forced == 1 ? "fused_rnn CUDA backward: the persistent small-H kernel does not fit an SM" : nullptr;
   }
   const int64_t waves = CeilDivL(D * s.batch, static_cast<int64_t>(per_sm) * f.sms);
-  *use = forced == 1 || waves <= 4;
+  if (forced == 1 || waves <= 4) *use = chosen;
   return nullptr;
 }
 
@@ -878,8 +1026,9 @@ const char* CudaBackward(const RnnShape& s, const RnnBackwardArgs& a, void* work
   if ((B > 0 && (!a.d_initial_h || (lstm && !a.d_initial_c))) || !a.d_recurrent_kernel ||
       (P > 0 && !a.d_projection_kernel))
     return "fused_rnn CUDA backward: a gradient output pointer is null";
-  bool small = false;  // decided before anything is enqueued: a forced plan that cannot run changes nothing
-  if (const char* err = PlanBwdSmall(s, tuning, &small)) return err;
+  BwdSmallFn small_fn = nullptr;  // decided before anything is enqueued: a forced plan that cannot run changes nothing
+  if (const char* err = PlanBwdSmall(s, tuning, &small_fn)) return err;
+  const bool small = small_fn != nullptr;
   if ((e = start_carry(a.d_initial_h, a.d_final_h, D * B * R)) != cudaSuccess) return BwdCudaMessage("copy d_final_h", e);
   if (lstm && (e = start_carry(a.d_initial_c, a.d_final_c, D * B * H)) != cudaSuccess)
     return BwdCudaMessage("copy d_final_c", e);
@@ -944,11 +1093,7 @@ const char* CudaBackward(const RnnShape& s, const RnnBackwardArgs& a, void* work
   const unsigned reduce_blocks = static_cast<unsigned>(CeilDivL(B * R, 256));
   if (small) {
     const size_t smem = sizeof(float) * BwdSmallGeometry(p.R, p.GH).floats;
-    if (lstm) {
-      BwdSmallKernel<true><<<static_cast<unsigned>(D * B), kBwdSmallThreads, smem, stream>>>(p);
-    } else {
-      BwdSmallKernel<false><<<static_cast<unsigned>(D * B), kBwdSmallThreads, smem, stream>>>(p);
-    }
+    small_fn<<<static_cast<unsigned>(D * B), kBwdSmallThreads, smem, stream>>>(p);
     if ((e = cudaGetLastError()) != cudaSuccess) return BwdCudaMessage("persistent backward launch", e);
   }
   for (int st = small ? -1 : p.T - 1; st >= 0; --st) {
@@ -998,7 +1143,16 @@ const char* CudaBackward(const RnnShape& s, const RnnBackwardArgs& a, void* work
   } else {
     e = weight_grad(BwdWeightGradKernel<kAHPrev, kBGruDhu>, a.d_recurrent_kernel, p.R, p.GH, l.u_splits);
     if (e == cudaSuccess && a.d_recurrent_bias) {
-      BwdGruBiasKernel<<<dim3(static_cast<unsigned>(CeilDivL(GH, 256)), p.D), 256, 0, stream>>>(p, a.d_recurrent_bias);
+      const int splits = l.rb_splits;
+      float* rb_out = splits > 1 ? reinterpret_cast<float*>(ws + l.rb_partial) : a.d_recurrent_bias;
+      const int64_t per = CeilDivL(positions, splits);
+      BwdGruBiasKernel<<<dim3(static_cast<unsigned>(CeilDivL(GH, kBiasCols)), p.D, static_cast<unsigned>(splits)),
+                         kBiasCols * kBiasLanes, 0, stream>>>(p, rb_out, per);
+      if (splits > 1) {
+        BwdSumSplitsKernel<<<static_cast<unsigned>(CeilDivL(D * GH, 256)), 256, 0, stream>>>(rb_out, a.d_recurrent_bias,
+                                                                                          D * GH, splits);
+      }
+      e = cudaGetLastError();
     }
   }
   if (e == cudaSuccess && P > 0) {

@@ -56,9 +56,11 @@ class FusedBwd:
             raise RuntimeError(err.decode())
 
 
-def set_backward_plan(lib, persistent):
-    """The backward's plan for the next calls: -1 automatic, 0 the per-step kernels, 1 the persistent kernel."""
+def set_backward_plan(lib, persistent, reg_rows=-1):
+    """The backward's plan for the next calls: -1 automatic, 0 the per-step kernels, 1 the persistent kernel; and
+    the persistent kernel's k-rows of U per thread in registers (-1 automatic, 0, 8, 16, 32)."""
     lib.L.frg_set_backward_persistent(ctypes.c_int(persistent))
+    lib.L.frg_set_backward_reg_rows(ctypes.c_int(reg_rows))
 
 
 # ---- float64 autograd reference -----------------------------------------------------------------------------
@@ -109,7 +111,7 @@ def ref_forward64(cell, direction, x, U, Pk, rb, lengths, h0, c0, cell_clip, pro
 
 def check_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=0.0, time_major=False,
                with_init=True, gru_bias=True, final_grads=True, seed=0, perturb_reference=0.0, fwd_tuning=None,
-               bwd_persistent=-1):
+               bwd_persistent=-1, bwd_regs=-1):
     rng = np.random.default_rng(seed)
     inp = make_inputs(rng, cell, direction, T, B, H, P, True, with_init, gru_bias)
     lstm = cell == "lstm"
@@ -142,7 +144,7 @@ def check_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_cli
     bwd.bind(U=dev["U"], Pk=dev["Pk"], lengths=dev["lengths"], h0=dev["h0"], c0=dev["c0"], out=out,
              reserve=reserve, d_out=to_dev(tm(d_out)), d_fh=to_dev(d_fh), d_fc=to_dev(d_fc), **grads)
     runs = []
-    set_backward_plan(lib, bwd_persistent)
+    set_backward_plan(lib, bwd_persistent, bwd_regs)
     try:
         for _ in range(2):
             for g in grads.values():
@@ -250,6 +252,18 @@ def correctness(lib, only=None):
         ("persistent: gru H=6 T=1 B=7 time-major no init", dict(cell="gru", direction="forward", T=1, B=7, H=6,
                                                                 time_major=True, with_init=False,
                                                                 bwd_persistent=1)),
+        # U rows held in registers (auto: 32 a thread where a slice has them): a short last slice (GRU H=110:
+        # 12 of 32 rows), register rows past every slice's end (H=20 forced to 32), and each size forced.
+        ("persistent: gru H=110 B=3 bi (short last slice, auto registers)",
+         dict(cell="gru", direction="bidirectional", T=7, B=3, H=110, bwd_persistent=1)),
+        ("persistent regs=32 forced: lstm H=20 (register rows past every slice)",
+         dict(cell="lstm", direction="bidirectional", cell_clip=0.8, bwd_persistent=1, bwd_regs=32, **small)),
+        ("persistent regs=0 forced: lstm H=100 B=3 T=12",
+         dict(cell="lstm", direction="bidirectional", T=12, B=3, H=100, bwd_persistent=1, bwd_regs=0)),
+        ("persistent regs=8 forced: gru H=64 B=5", dict(cell="gru", direction="reverse", T=8, B=5, H=64,
+                                                         bwd_persistent=1, bwd_regs=8)),
+        ("persistent regs=16 forced: lstm H=48 B=4 time-major",
+         dict(cell="lstm", direction="forward", T=8, B=4, H=48, time_major=True, bwd_persistent=1, bwd_regs=16)),
         ("per-step kernels forced: lstm bi clip", dict(cell="lstm", direction="bidirectional", cell_clip=0.8,
                                                        bwd_persistent=0, **small)),
         ("per-step kernels forced: gru H=13 (odd)", dict(cell="gru", direction="bidirectional", T=7, B=5, H=13,
@@ -286,7 +300,8 @@ def refusal_case(lib):
     """The persistent kernel forced where it cannot run (a projection; U too large): a message, no launch."""
     msgs = []
     for kw in (dict(cell="lstm", direction="forward", T=3, B=2, H=16, P=8), dict(cell="lstm", direction="forward",
-                                                                                T=3, B=2, H=256)):
+                                                                                T=3, B=2, H=256),
+               dict(cell="lstm", direction="forward", T=3, B=2, H=16, regs=12)):  # not a register-row size
         D, H, P = 1, kw["H"], kw.get("P", 0)
         R = P or H
         bwd = FusedBwd(lib, kw["cell"], kw["direction"], kw["T"], kw["B"], H, P)
@@ -296,7 +311,7 @@ def refusal_case(lib):
                  d_out=torch.zeros(kw["B"], kw["T"], R, **cu), d_x=torch.zeros(kw["B"], kw["T"], 4 * H, **cu),
                  d_U=torch.zeros(D, R, 4 * H, **cu), d_Pk=torch.zeros(D, H, P, **cu) if P else None,
                  d_h0=torch.zeros(D, kw["B"], R, **cu), d_c0=torch.zeros(D, kw["B"], H, **cu))
-        set_backward_plan(lib, 1)
+        set_backward_plan(lib, 1, kw.get("regs", -1))
         try:
             bwd()
             msgs.append(None)
@@ -450,10 +465,12 @@ def cudnn_step(cell, bi, B, T, I, H, P):
     return fn
 
 
-def timing(lib):
+def timing(lib, only=None):
     rows = []
     T = 100
     for label, cell, direction, B, I, H, P, clip in TIMED:
+        if only and not any(o in label for o in only.split(",")):
+            continue
         lay = Layer(lib, cell, direction, T, B, I, H, P, clip, clip)
         r = {"case": label}
         fwd_only = time_ms(lay.fwd, 50)["median"]
@@ -464,8 +481,11 @@ def timing(lib):
         try:
             # The automatic plan and the per-step kernels forced, each captured in its own graph, alternated.
             graphs = {}
-            for tag, plan in (("", -1), (" per-step", 0)):
-                set_backward_plan(lib, plan)
+            variants = [("", -1, -1), (" per-step", 0, -1)]
+            if H <= 130 and P == 0:  # the persistent kernel's range: also with no U rows in registers
+                variants.append((" regs=0", 1, 0))
+            for tag, plan, regs in variants:
+                set_backward_plan(lib, plan, regs)
                 graphs[tag] = (graph_of(lay.bwd), graph_of(lay.step))
             set_backward_plan(lib, -1)
             for rnd in range(3):
@@ -495,7 +515,26 @@ def main():
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--only", default=None, help="only the correctness cases whose name contains this (no cuDNN "
                     "agreement, controls or timing)")
+    ap.add_argument("--timed", default=None, help="only the timed cases whose label contains one of these "
+                    "comma-separated strings")
+    ap.add_argument("--profile", action="store_true", help="only run the persistent backward of the timed small-H "
+                    "cases, automatic and with no U rows in registers, twice each (for Nsight Compute)")
     args = ap.parse_args()
+    if args.profile:
+        lib = Lib(args.lib)
+        for label, cell, direction, B, I, H, P, clip in TIMED:
+            if H > 130 or P or (args.timed and not any(o in label for o in args.timed.split(","))):
+                continue
+            lay = Layer(lib, cell, direction, 100, B, I, H, P, clip, clip)
+            lay.fwd()
+            for regs in (-1, 0):
+                set_backward_plan(lib, 1, regs)
+                for _ in range(2):
+                    lay.bwd()
+                torch.cuda.synchronize()
+                print(f"profiled {label} regs={regs}", flush=True)
+        set_backward_plan(lib, -1)
+        return 0
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     lib = Lib(args.lib)
@@ -504,7 +543,7 @@ def main():
     res = correctness(lib, args.only) + ([] if args.only else cudnn_agreement(lib))
     n_ok = sum(r["passed"] for r in res)
     print(f"== backward correctness: {n_ok}/{len(res)} passed ({time.time() - t0:.1f} s)", flush=True)
-    timed = [] if (args.skip_timing or args.only) else timing(lib)
+    timed = [] if (args.skip_timing or args.only) else timing(lib, args.timed)
     with open(os.path.join(args.out, "backward_results.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                    "cudnn": torch.backends.cudnn.version(), "correctness": res, "timing": timed}, f, indent=1)

@@ -33,6 +33,7 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
 int g_test_raise_watchdog = 0;     // test-only: the next calls start with the watchdog raised (frg_set_test_watchdog)
 int g_backward_persistent = -1;  // the backward's plan (frg_set_backward_persistent)
+int g_backward_reg_rows = -1;    // the persistent backward's register rows (frg_set_backward_reg_rows)
 
 CudaTuning MakeTuning(const int* t) {
   CudaTuning tun;
@@ -157,12 +158,15 @@ const char* frg_backward(const int64_t* shape, const float* clips, const uint64_
   a.d_initial_c = f(15);
   fused_rnn::CudaBackwardTuning tuning;
   tuning.persistent = g_backward_persistent;
+  tuning.small_reg_rows = g_backward_reg_rows;
   return fused_rnn::CudaBackward(MakeShape(shape, clips), a, reinterpret_cast<void*>(workspace),
                                  static_cast<size_t>(workspace_bytes), reinterpret_cast<void*>(stream), &tuning);
 }
 
 // The backward's plan for the next frg_backward calls: -1 automatic, 0 per-step kernels, 1 the persistent kernel.
 void frg_set_backward_persistent(int persistent) { g_backward_persistent = persistent; }
+// The persistent backward's U rows per thread held in registers for the next calls: -1 automatic, 0, 8, 16, 32.
+void frg_set_backward_reg_rows(int rows) { g_backward_reg_rows = rows; }
 
 void frg_set_debug_clock(uint64_t device_ptr) { g_debug_clock = reinterpret_cast<int64_t*>(device_ptr); }
 
