@@ -1,4 +1,8 @@
-"""Reproduces an open compute-sanitizer synccheck report (session 32). On the small kernel's 8-lane cluster plan
+"""Reproduces a compute-sanitizer synccheck report of session 32, explained in session 33 as the tool's: the same
+report comes from a 60-line copy of the exchange protocol (tools/gpu/mbarrier_probe.cu), only in cluster ranks >= 8
+(non-portable sizes) on SMs shared with another cluster's block, never with portable clusters of 8 under the same
+sharing; values right, memcheck and racecheck clean (bench/gpu/sanitizer/synccheck_cluster_probe_session33.txt).
+Session 32's description follows. On the small kernel's 8-lane cluster plan
 (GRU H=200 B=10 bidirectional T=4, the automatic plan: clusters of 16) synccheck reports "Barrier error detected.
 Missing wait" at the prologue's mbarrier.arrive.expect_tx, in thread 0 of a few members of most clusters, and the
 process then ends with an illegal-address error. Not about short rows: with every length T (variant "full") the
