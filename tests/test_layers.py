@@ -144,6 +144,14 @@ def test_rejects_arguments_it_cannot_honour():
         tf_ops.FusedGRU(4, reset_after=False)
     with pytest.raises(ValueError, match="proj_clip"):
         tf_ops.FusedLSTM(4, proj_clip=1.0)
+    # units and num_proj: positive integers only (int(4.5) would build a smaller layer without a word).
+    for bad in (0, -3, 4.5, 4.0, "4", True, None):
+        with pytest.raises(ValueError, match="units must be a positive integer"):
+            tf_ops.FusedGRU(bad)
+    for bad in (0, 2.5, "2"):
+        with pytest.raises(ValueError, match="num_proj must be a positive integer"):
+            tf_ops.FusedLSTM(4, num_proj=bad)
+    assert tf_ops.FusedLSTM(np.int64(4), num_proj=np.int32(2)).num_proj == 2
 
 
 def test_left_padded_mask_is_an_error(rng):

@@ -67,6 +67,14 @@ def _check(condition, message):
         raise ValueError(message)
 
 
+def _positive_int(value, what):
+    """value as an int when it is a positive integer (Python or NumPy; not a bool, a float or a string), else a
+    ValueError naming the argument: int(4.5) would quietly build a 4-unit layer."""
+    _check(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0,
+           f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class _FusedRNN(keras.layers.Layer):
     """Shared machinery of FusedLSTM and FusedGRU; subclasses set _GATES and implement _run."""
 
@@ -95,7 +103,7 @@ class _FusedRNN(keras.layers.Layer):
         # No XLA kernel exists for the fused ops. Keras 3 compiles model.fit/predict with XLA by default when a GPU
         # is present (jit_compile="auto"); this makes it fall back to the graph executor instead of failing.
         self.supports_jit = False
-        _check(int(units) > 0, f"{name}: units must be a positive integer, got {units}")
+        units = _positive_int(units, f"{name}: units")
         _check(_is_one_of(activation, _TANH),
                f"{name}: the fused op computes activation='tanh' only, got {activation!r}")
         _check(_is_one_of(recurrent_activation, _SIGMOID),
@@ -474,7 +482,8 @@ class FusedLSTM(_FusedRNN):
                  projection_initializer="glorot_uniform", projection_regularizer=None, projection_constraint=None,
                  **kwargs):
         super().__init__(units, **kwargs)
-        _check(num_proj is None or int(num_proj) > 0, f"FusedLSTM: num_proj must be positive, got {num_proj}")
+        if num_proj is not None:
+            num_proj = _positive_int(num_proj, "FusedLSTM: num_proj")
         _check(proj_clip is None or num_proj, "FusedLSTM: proj_clip needs num_proj")
         _check(cell_clip is None or cell_clip >= 0, "FusedLSTM: cell_clip must be >= 0")
         _check(proj_clip is None or proj_clip >= 0, "FusedLSTM: proj_clip must be >= 0")
