@@ -11,6 +11,11 @@ cuda_status=$?
 shared="$(cd .. && pwd)/shared"
 bazel test -c opt --noshow_progress --test_env=FUSED_RNN_SHARED="$shared" //... "$@"
 status=$?
+# The TF Serving recipe's Bazel part: our serving target built as an external repository of a TF-Serving-like
+# workspace, every op registered with a CPU kernel in a program that links it (export/SERVING.md).
+bash tools/check_serving_build.sh
+serving_status=$?
 .venv/bin/python tools/summarize_tests.py .
 [ "$cuda_status" != 0 ] && echo "CUDA compile check FAILED (see above)" && status=1
+[ "$serving_status" != 0 ] && echo "serving build check FAILED (see above)" && status=1
 exit $status
