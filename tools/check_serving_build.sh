@@ -73,8 +73,23 @@ local_repository(name = "org_tensorflow", path = "stubs/org_tensorflow")
 
 local_repository(name = "com_google_absl", path = "stubs/com_google_absl")
 EOF
+# TensorFlow's C++ runtime (sessions, SavedModel loading, the standard kernels) for serve_once: in TF Serving it is
+# linked statically; the pip package has it as libtensorflow_cc.so.2.
+tf_lib_dir=$(sed -n 's/.*--repo_env=TF_SHARED_LIBRARY_DIR="\(.*\)"/\1/p' "$repo/.tf_configure.bazelrc")
+cat >> "$ws/WORKSPACE" <<EOF
+
+new_local_repository(
+    name = "pip_tf_cc",
+    path = "$tf_lib_dir",
+    build_file_content = """cc_import(
+    name = "tensorflow_cc",
+    shared_library = "libtensorflow_cc.so.2",
+    visibility = ["//visibility:public"],
+)""",
+)
+EOF
 cp "$repo/tools/serving_check/BUILD.scratch" "$ws/BUILD"
-cp "$repo/tools/serving_check/ops_registered.cc" "$ws/ops_registered.cc"
+cp "$repo/tools/serving_check/ops_registered.cc" "$repo/tools/serving_check/serve_once.cc" "$ws/"
 {
   echo "# Written by tools/check_serving_build.sh: the pip TensorFlow's paths, as in .tf_configure.bazelrc."
   grep -- '--repo_env=TF_' "$repo/.tf_configure.bazelrc"
@@ -85,7 +100,8 @@ cp "$repo/tools/serving_check/ops_registered.cc" "$ws/ops_registered.cc"
 
 cd "$ws" || exit 1
 # FUSED_RNN_NVCC unset, as in a TF Serving build of this recipe: @fused_rnn_cuda says CUDA_CONFIGURED = False.
-if ! env -u FUSED_RNN_NVCC -u FUSED_RNN_CUDA_ROOT bazel build --noshow_progress //:ops_registered //:ops_absent \
+if ! env -u FUSED_RNN_NVCC -u FUSED_RNN_CUDA_ROOT bazel build --noshow_progress //:ops_registered //:ops_absent //:serve_once \
+    //:serve_once_without_ops \
     > "$ws/build.log" 2>&1; then
   tail -40 "$ws/build.log"
   echo "serving build check: FAILED to build @fused_rnn//cc:serving_ops in the TF-Serving-like workspace"
@@ -98,10 +114,31 @@ TF_CPP_MIN_LOG_LEVEL=2 bazel-bin/ops_registered present $ops 2> "$ws/present.err
 # shellcheck disable=SC2086
 TF_CPP_MIN_LOG_LEVEL=2 bazel-bin/ops_absent absent $ops > "$ws/absent.log" 2>&1 || { cat "$ws/absent.log"; status=1; }
 tail -1 "$ws/absent.log"
+# A fused SavedModel loaded and run by a C++ program with the ops linked in (a model server's path), against the
+# portable export's outputs in Python.
+rm -rf "$ws/case"
+mkdir -p "$ws/case"
+if "$repo/.venv/bin/python" "$repo/tools/serving_check/make_case.py" "$ws/case" > "$ws/case.log" 2>&1; then
+  tail -1 "$ws/case.log"
+  TF_CPP_MIN_LOG_LEVEL=2 bazel-bin/serve_once "$ws/case" || status=1
+  if TF_CPP_MIN_LOG_LEVEL=2 bazel-bin/serve_once_without_ops "$ws/case" > "$ws/without.log" 2>&1 ||
+      ! grep -q "FusedLSTMSequence" "$ws/without.log"; then
+    cat "$ws/without.log"
+    echo "serving build check: the program without the ops did not fail on the fused op as it must"
+    status=1
+  else
+    echo "ok: without the ops the same program fails: $(grep -o "Op type not registered '[A-Za-z0-9]*'" "$ws/without.log" | head -1)"
+  fi
+else
+  tail -20 "$ws/case.log"
+  echo "serving build check: making the SavedModel case FAILED"
+  status=1
+fi
 bazel shutdown > /dev/null 2>&1
 if [ $status = 0 ]; then
   echo "serving build check: ok (@fused_rnn//cc:serving_ops built as an external repository with the recipe's" \
-    "repo_mapping; $(echo $ops | wc -w) ops and CPU kernels registered; $(( $(date +%s) - t0 )) s)"
+    "repo_mapping; $(echo $ops | wc -w) ops and CPU kernels registered; a fused ELMo SavedModel loaded and run" \
+    "from C++ as a model server would, matching the portable export; $(( $(date +%s) - t0 )) s)"
 else
   echo "serving build check: FAILED"
 fi
