@@ -119,9 +119,10 @@ tail -1 "$ws/absent.log"
 rm -rf "$ws/case"
 mkdir -p "$ws/case"
 if "$repo/.venv/bin/python" "$repo/tools/serving_check/make_case.py" "$ws/case" > "$ws/case.log" 2>&1; then
-  tail -1 "$ws/case.log"
-  TF_CPP_MIN_LOG_LEVEL=2 bazel-bin/serve_once "$ws/case" || status=1
-  if TF_CPP_MIN_LOG_LEVEL=2 bazel-bin/serve_once_without_ops "$ws/case" > "$ws/without.log" 2>&1 ||
+  tail -2 "$ws/case.log"
+  TF_CPP_MIN_LOG_LEVEL=2 bazel-bin/serve_once "$ws/case/case_elmo.txt" || status=1
+  TF_CPP_MIN_LOG_LEVEL=2 bazel-bin/serve_once "$ws/case/case_nmt.txt" "$(cat "$ws/case/oplibs_nmt.txt")" || status=1
+  if TF_CPP_MIN_LOG_LEVEL=2 bazel-bin/serve_once_without_ops "$ws/case/case_elmo.txt" > "$ws/without.log" 2>&1 ||
       ! grep -q "FusedLSTMSequence" "$ws/without.log"; then
     cat "$ws/without.log"
     echo "serving build check: the program without the ops did not fail on the fused op as it must"
@@ -137,8 +138,8 @@ fi
 bazel shutdown > /dev/null 2>&1
 if [ $status = 0 ]; then
   echo "serving build check: ok (@fused_rnn//cc:serving_ops built as an external repository with the recipe's" \
-    "repo_mapping; $(echo $ops | wc -w) ops and CPU kernels registered; a fused ELMo SavedModel loaded and run" \
-    "from C++ as a model server would, matching the portable export; $(( $(date +%s) - t0 )) s)"
+    "repo_mapping; $(echo $ops | wc -w) ops and CPU kernels registered; fused ELMo and NMT SavedModels loaded and run" \
+    "from C++ as a model server would, matching the portable exports; $(( $(date +%s) - t0 )) s)"
 else
   echo "serving build check: FAILED"
 fi
