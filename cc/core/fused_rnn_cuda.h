@@ -78,6 +78,13 @@ struct CudaTuning {
   // cuDNN's CUDNN_DEFAULT_MATH does for float32 on sm_80+; 0 (the default) keeps float32 products exact to ~1e-7
   // (3xTF32). TensorFlow's kernels pass tensor_float_32_execution_enabled() (TensorFlow's default: on).
   int allow_tf32 = 0;
+  // With allow_tf32, float32 weights and a tensor-core plan: -1 auto (by the planner's cost), 0 never, 1 always
+  // where it applies: run the float16 tensor-core kernel on a copy of U made per call (each column scaled by a power
+  // of two, so the 10-bit mantissa of TF32 is kept and nothing overflows) with h exchanged as float16 (half the
+  // bytes of the float32 exchange; |h| < 1 for every h the recurrence makes). An initial state with a finite value
+  // beyond float16's range (|h0| > 65504) is detected on the device, and the float32-exchange TF32 kernel, launched
+  // too, runs instead. Needs workspace for the copy (D * R * G * H * 2 bytes).
+  int tf32_exchange16 = -1;
   int64_t* debug_clock = nullptr;  // test-only: device buffer of 166 int64 phase timestamps (see the .cu)
   int test_raise_watchdog = 0;     // test-only: 1 raises the watchdog word before the launch, as a timed-out wait
                                    // would, so the harness can check that the outputs come back poisoned (NaN)

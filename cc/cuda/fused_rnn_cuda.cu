@@ -234,6 +234,16 @@ struct Plan {
   size_t ws_bytes = 0, ws_memset_bytes = 0;
   size_t off_counters = 0, off_xh = 0, off_xm = 0, off_stream_a = 0, off_stream_b = 0;
   double cost = 1e300;
+  // Tensor-core TF32 through float16 (CudaTuning::tf32_exchange16): this plan is the float16 kernel on the scaled
+  // copy of U; fb_* is the float32-exchange TF32 plan launched after it, which runs only when the copy kernel
+  // finds an initial state beyond float16's range (KernelParams::tc_gate). Both lay out the workspace from 0 (the
+  // watchdog word shared); the gate, the column scales and the copy follow the larger of the two.
+  bool tc_emu = false;
+  KernelParams fb_kp;
+  KernelFn fb_fn = nullptr;
+  int fb_threads = 0, fb_grid = 0;
+  size_t fb_smem = 0, fb_off_counters = 0, fb_off_xh = 0;
+  size_t off_gate = 0, off_col_scale = 0, off_w16 = 0;
 };
 
 struct Geometry {  // what a mode fixes before the per-thread layout is chosen
@@ -627,13 +637,13 @@ KernelFn GetTcKernel(CellType cell, int wk, int nt_idx) {
 // (rb rows, a multiple of 16), with one warp per KTW k-tiles of U. Every block reads its rows of the whole h each
 // step, so the L2 traffic per step is D * nbu * B * H * (2 or 4) bytes: fewer, wider unit blocks (with several row
 // groups to keep the SMs busy) move less. Every (row groups, NT) that fits is costed; the cheapest is kept.
-const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun,
-                          Plan* best) {
+const char* TryTensorCoreKind(const RnnShape& shape, int wk, bool allow_tf32, const CudaDeviceLimits& limits,
+                              const CudaTuning& tun, Plan* best) {
   using namespace cuda_impl;
   if (wk != kWeightF16 && wk != kWeightBF16 && wk != kWeightF32) return nullptr;
   if (shape.num_proj > 0 || limits.cc_major < 8 || !limits.cooperative_launch) return nullptr;
   const bool f32 = wk == kWeightF32;
-  const bool tf32 = f32 && tun.allow_tf32;  // one TF32 product instead of three, no splits
+  const bool tf32 = f32 && allow_tf32;  // one TF32 product instead of three, no splits
   const int G = shape.num_gates();
   const int H = static_cast<int>(shape.num_units), D = shape.num_dirs();
   const int B = static_cast<int>(std::max<int64_t>(shape.batch, 1));
@@ -678,6 +688,8 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
       off += Align(len_bytes, 16);
       const size_t off_x = off;
       off += Align(x_bytes, 16);
+      const size_t off_cs = off;  // column scales (TF32 through float16)
+      off += Align(size_t(NT) * 8 * 4, 16);
       const size_t smem = off;
       if (smem > static_cast<size_t>(limits.max_shared_bytes_per_block_optin)) continue;
       int bps = 0;
@@ -717,6 +729,7 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
       kp.off_hown = static_cast<int>(off_hown);
       kp.off_len = static_cast<int>(off_len);
       kp.off_x = static_cast<int>(off_x);
+      kp.off_cs = static_cast<int>(off_cs);
       size_t ws = 128;  // watchdog word
       pl.off_counters = ws;
       ws += size_t(D) * nbr * 128;
@@ -738,6 +751,51 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
       *best = pl;
     }
   }
+  return nullptr;
+}
+
+// Mode 4 for the weight kind wk. float32 weights with TF32 allowed may also run as TF32 through float16
+// (CudaTuning::tf32_exchange16; fused_rnn_cuda_tc_f16copy.cu says why it keeps TF32's precision): the float16 kernel
+// on a per-call copy of U, plus the float32-exchange TF32 plan as the fallback for initial states beyond float16's
+// range. Costed as the float16 plan, the copy (read U twice, write half of it) and the fallback's empty launch.
+const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun,
+                          Plan* best) {
+  using namespace cuda_impl;
+  const bool emu_possible = wk == kWeightF32 && tun.allow_tf32 && tun.tf32_exchange16 != 0;
+  if (!emu_possible) return TryTensorCoreKind(shape, wk, tun.allow_tf32 != 0, limits, tun, best);
+  Plan direct, emu;
+  if (const char* err = TryTensorCoreKind(shape, wk, true, limits, tun, &direct)) return err;
+  if (const char* err = TryTensorCoreKind(shape, kWeightF16, false, limits, tun, &emu)) return err;
+  const bool forced = tun.mode == kModeTensorCore;
+  Plan chosen = direct;
+  if (direct.fn && emu.fn) {
+    const int G = shape.num_gates(), D = shape.num_dirs();
+    const double GH = double(G) * shape.num_units, K = double(shape.num_units);
+    const double copy_bytes = D * K * GH * (4 + 4 + 2);
+    emu.cost += 3000.0 + copy_bytes / 1000.0 + 4000.0;  // ~1 KB per cycle from HBM/L2; the fallback's launch
+    if (tun.tf32_exchange16 == 1 || emu.cost < direct.cost) {
+      chosen = emu;
+      chosen.tc_emu = true;
+      chosen.fb_kp = direct.kp;
+      chosen.fb_fn = direct.fn;
+      chosen.fb_threads = direct.threads;
+      chosen.fb_grid = direct.grid;
+      chosen.fb_smem = direct.smem;
+      chosen.fb_off_counters = direct.off_counters;
+      chosen.fb_off_xh = direct.off_xh;
+      size_t ws = Align(std::max(emu.ws_bytes, direct.ws_bytes), 256);
+      chosen.off_gate = ws;
+      ws += 256;
+      chosen.ws_memset_bytes = ws;  // both layouts' counters and h padding, and the gate word
+      chosen.off_col_scale = ws;
+      ws += Align(size_t(D) * size_t(GH) * 4, 256);
+      chosen.off_w16 = ws;
+      ws += Align(size_t(D) * size_t(K) * size_t(GH) * 2, 256);
+      chosen.ws_bytes = ws;
+    }
+  }
+  if (!chosen.fn) return nullptr;
+  if (chosen.cost < best->cost || (forced && best->kp.exchange != kModeTensorCore)) *best = chosen;
   return nullptr;
 }
 
@@ -1119,7 +1177,7 @@ const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDe
 
 // Plans are cached: the search above calls the occupancy calculator for every candidate, far too slow per call.
 struct PlanKey {
-  int v[25];
+  int v[26];
   bool operator<(const PlanKey& o) const { return std::memcmp(v, o.v, sizeof(v)) < 0; }
 };
 std::mutex g_plan_mutex;
@@ -1143,7 +1201,7 @@ const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDev
                   limits.sm_count, limits.max_shared_bytes_per_block_optin, limits.cooperative_launch,
                   limits.cc_major, limits.cc_minor, tun.mode, tun.units_per_block, tun.rows_per_block,
                   tun.max_reg_chunks, tun.stream_location, tun.lanes_per_unit, tun.stage_weights,
-                  tun.proj_reduce, tun.allow_tf32 ? 1 : 0}};
+                  tun.proj_reduce, tun.allow_tf32 ? 1 : 0, tun.tf32_exchange16}};
   {
     std::lock_guard<std::mutex> lock(g_plan_mutex);
     auto it = g_plans.find(key);
@@ -1199,7 +1257,7 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
     std::snprintf(buf, buf_len,
                   "mode=tensorcore%s grid=%d (D=%d x rowgroups=%d x unitblocks=%d) threads=%d rows/block=%d "
                   "units/block=%d NT=%d KTW=%d m-tiles=%d k-tiles=%d smem=%zu ws=%zu blocks/SM=%d est_us=%.1f",
-                  k.tc_tf32 ? "(tf32)" : "", pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, pl.kc_template, cuda_impl::TcKtw(WeightKind(weight_type)), k.tc_mt, k.tc_kt,
+                  pl.tc_emu ? "(tf32 via f16, f32-exchange fallback)" : (k.tc_tf32 ? "(tf32)" : ""), pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, pl.kc_template, cuda_impl::TcKtw(pl.tc_emu ? cuda_impl::kWeightF16 : WeightKind(weight_type)), k.tc_mt, k.tc_kt,
                   pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.cost / 1980.0);
     return nullptr;
   }
@@ -1307,28 +1365,76 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
   {
     std::lock_guard<std::mutex> lock(g_facts_mutex);
     if (const char* err = RaiseSmemCapLocked(reinterpret_cast<const void*>(pl.fn))) return err;
+    if (pl.tc_emu)
+      if (const char* err = RaiseSmemCapLocked(reinterpret_cast<const void*>(pl.fb_fn))) return err;
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(pl.grid);
-  cfg.blockDim = dim3(pl.threads);
-  cfg.dynamicSmemBytes = pl.smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  cfg.attrs = attr;
-  cfg.numAttrs = 0;
-  if (pl.cooperative) {
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    cfg.numAttrs = 1;
-  } else if (pl.cluster > 0) {
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = pl.cluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.numAttrs = 1;
+  KernelParams fb;  // TF32 through float16: the float32-exchange kernel that runs instead for a large h0
+  if (pl.tc_emu) {
+    char* ws = static_cast<char*>(workspace);
+    int* gate = reinterpret_cast<int*>(ws + pl.off_gate);
+    const int G = shape.num_gates(), D = shape.num_dirs();
+    const int H = static_cast<int>(shape.num_units);
+    // Geometry from the fallback plan; everything the call binds (pointers, sizes, clips) from this one.
+    fb = kp;
+    const KernelParams& g = pl.fb_kp;
+    fb.exchange = g.exchange;
+    fb.nbr = g.nbr;
+    fb.rb = g.rb;
+    fb.nbu = g.nbu;
+    fb.upb = g.upb;
+    fb.ppb = g.ppb;
+    fb.tc_mt = g.tc_mt;
+    fb.tc_kt = g.tc_kt;
+    fb.tc_tf32 = g.tc_tf32;
+    fb.off_z = g.off_z;
+    fb.off_c = g.off_c;
+    fb.off_hown = g.off_hown;
+    fb.off_len = g.off_len;
+    fb.off_x = g.off_x;
+    fb.off_cs = g.off_cs;
+    fb.w_rec = args.recurrent_kernel;
+    fb.tc_col_scale = nullptr;
+    fb.counters = reinterpret_cast<unsigned*>(ws + pl.fb_off_counters);
+    fb.xh16 = ws + pl.fb_off_xh;
+    fb.tc_gate = gate;
+    fb.tc_gate_run_if = 1;
+    kp.w_rec = ws + pl.off_w16;
+    kp.tc_col_scale = reinterpret_cast<const float*>(ws + pl.off_col_scale);
+    kp.tc_gate = gate;
+    kp.tc_gate_run_if = 0;
+    cudaError_t e = cuda_impl::LaunchTcF16Copy(
+        args.recurrent_kernel, D, H, G * H, reinterpret_cast<uint16_t*>(ws + pl.off_w16),
+        reinterpret_cast<float*>(ws + pl.off_col_scale), args.initial_h,
+        args.initial_h ? static_cast<long long>(D) * shape.batch * H : 0, gate, stream);
+    if (e != cudaSuccess) return CudaMessage("kernel launch (TF32 through float16: the copy of U)", e);
   }
-  cudaError_t e = cudaLaunchKernelEx(&cfg, pl.fn, kp);
-  if (e != cudaSuccess) return CudaMessage(pl.cooperative ? "cooperative kernel launch" : "kernel launch", e);
+  auto launch = [&](KernelFn fn, int grid, int threads, size_t smem, const KernelParams& params) -> const char* {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    cfg.attrs = attr;
+    cfg.numAttrs = 0;
+    if (pl.cooperative) {
+      attr[0].id = cudaLaunchAttributeCooperative;
+      attr[0].val.cooperative = 1;
+      cfg.numAttrs = 1;
+    } else if (pl.cluster > 0) {
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = pl.cluster;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = 1;
+      cfg.numAttrs = 1;
+    }
+    cudaError_t e = cudaLaunchKernelEx(&cfg, fn, params);
+    if (e != cudaSuccess) return CudaMessage(pl.cooperative ? "cooperative kernel launch" : "kernel launch", e);
+    return nullptr;
+  };
+  if (const char* err = launch(pl.fn, pl.grid, pl.threads, pl.smem, kp)) return err;
+  if (pl.tc_emu)
+    if (const char* err = launch(pl.fb_fn, pl.fb_grid, pl.fb_threads, pl.fb_smem, fb)) return err;
   return nullptr;
 }
 

@@ -117,6 +117,14 @@ struct KernelParams {
   void* xh16 = nullptr;                      // tensor-core mode: [2][D][tc_mt][tc_kt] 512-byte tiles of h, fragment order
   int tc_mt = 0, tc_kt = 0;                  // tensor-core mode: 16-row batch tiles, k tiles of U (16 rows; 8 for f32)
   int tc_tf32 = 0;                           // tensor-core mode, float32 weights: one TF32 product (CudaTuning::allow_tf32)
+  // Tensor-core mode, TF32 products through float16 (CudaTuning::tf32_exchange16): the float16 kernel runs on a
+  // copy of U with every column scaled by a power of two, and multiplies each column's sums by the inverse.
+  const float* tc_col_scale = nullptr;       // [D][G*H] 2^-e of each column, or null (no scaling)
+  int off_cs = 0;                            // shared memory: [NT * 8] column scales of this block
+  // Tensor-core mode: a device word written before the launch (by the float16-copy prologue kernel) that says which
+  // of two launched kernels does the work: the kernel returns at once unless (*tc_gate != 0) == tc_gate_run_if.
+  const int* tc_gate = nullptr;
+  int tc_gate_run_if = 0;
   void* ws_stream_a = nullptr;               // per block: ws_stream_a_words uint2 words
   void* ws_stream_b = nullptr;
   long long ws_stream_a_words = 0, ws_stream_b_words = 0;
@@ -191,6 +199,11 @@ KernelFn GetKernelTcGruF16(int nt_idx);
 KernelFn GetKernelTcGruBF16(int nt_idx);
 KernelFn GetKernelTcLstmF32(int nt_idx);
 KernelFn GetKernelTcGruF32(int nt_idx);
+// TF32 through float16 (fused_rnn_cuda_tc_f16copy.cu): w [D][K][GH] float32 -> w16 (each column times 2^e, float16
+// bits) and col_scale [D][GH] (2^-e); sets *gate (zeroed by the caller) when a finite |h0| exceeds 65504. stream
+// is a cudaStream_t.
+cudaError_t LaunchTcF16Copy(const float* w, int D, int K, int GH, uint16_t* w16, float* col_scale, const float* h0,
+                            long long h0_count, int* gate, void* stream);
 // Small-hidden-size kernels (mode 5) for (cell, weight kind) by register chunks per lane (1..kSmallMaxNi) and
 // lanes per unit (4 or 8); cluster != 0: the variant whose units split over a thread-block cluster.
 KernelFn GetKernelSmallLstm(int wk, int nr, int ksl, int cluster);

@@ -26,6 +26,10 @@
 // is, so the copy machinery is shared). Twice the registers per weight and twice the h bytes of the 16-bit path.
 // With CudaTuning::allow_tf32 (TensorFlow's TF32 policy) the same kernel rounds U once and each published h to TF32
 // and takes one product per k-tile instead of three: TF32 accuracy (~1e-3 relative), cuDNN's default for float32.
+// Usually the planner runs TF32 on the float16 kernel instead (CudaTuning::tf32_exchange16): U copied to float16 per
+// call with power-of-two column scales (tc_col_scale, undone where the partial sums are added), h exchanged as
+// float16; this float32-exchange kernel is then launched too, as the fallback for an initial state beyond float16's
+// range (tc_gate; fused_rnn_cuda_tc_f16copy.cu).
 #ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
 #define FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
 
@@ -188,6 +192,9 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
   constexpr int kNCols = NT * 8;
   static_assert(MG * kNCols * 16 * 4 <= kWarpBufBytes, "partial sums must fit the warp's staging buffer");
   extern __shared__ __align__(16) unsigned char smem[];
+  // Two kernels launched for one call (TF32 through float16 and its float32 fallback): the gate word says which
+  // one runs; the other returns before touching anything. Uniform over the grid, so no barrier is left waiting.
+  if (p.tc_gate != nullptr && ((*p.tc_gate != 0) ? 1 : 0) != p.tc_gate_run_if) return;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nthreads = blockDim.x;
   // Block (direction d, row group rg, unit block ub): rows [row0, row0 + NR) (row0 a multiple of 16), units
@@ -218,6 +225,7 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
   float* c_s = reinterpret_cast<float*>(smem + p.off_c);       // [rb][upb]
   float* hown_s = reinterpret_cast<float*>(smem + p.off_hown); // [rb][upb] float32 h of this block's units
   int* len_s = reinterpret_cast<int*>(smem + p.off_len);       // [rb] lengths, then (at rb) their max
+  float* cs_s = reinterpret_cast<float*>(smem + p.off_cs);     // [kNCols] column scales (tc_col_scale only)
   float* xs_s = reinterpret_cast<float*>(smem + p.off_x);      // [2][rb * upb][G] x_proj by step parity
 
   // Test-only phase stamps (block 0, thread 0), the general kernel's slots: per step s < kDebugSteps: start,
@@ -231,6 +239,13 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
 
   // ---- prologue ------------------------------------------------------------------------------------------------
   LoadLengths(p, len_s, row0, NR, tid, nthreads);
+  const bool col_scaled = p.tc_col_scale != nullptr;
+  if (col_scaled) {
+    for (int c = tid; c < kNCols; c += nthreads) {
+      const int gate = c / p.upb, u = c - gate * p.upb;
+      cs_s[c] = (gate < G && u < ucount) ? p.tc_col_scale[((long long)d * G + gate) * H + u0 + u] : 1.f;
+    }
+  }
 
   // This warp's slice of U as B fragments: lane (g = lane / 4, t = lane % 4) holds, for column n = nt * 8 + g,
   // rows 2t, 2t+1 (word 0) and 2t+8, 2t+9 (word 1) of each k-tile (float32: row t in word 0, t+4 in word 1); zero
@@ -547,6 +562,13 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
             sum.y += v.y;
             sum.z += v.z;
             sum.w += v.w;
+          }
+          if (col_scaled) {  // undo the columns' power-of-two scales (exact)
+            const float4 cs = *reinterpret_cast<const float4*>(cs_s + (i * 4) % kNCols);
+            sum.x *= cs.x;
+            sum.y *= cs.y;
+            sum.z *= cs.z;
+            sum.w *= cs.w;
           }
           *reinterpret_cast<float4*>(z_s + mt0 * 16 * kNCols + i * 4) = sum;
         }

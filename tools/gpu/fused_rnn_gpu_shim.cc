@@ -29,7 +29,7 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
 }
 
 // tuning (nullable): mode, units_per_block, rows_per_block, max_reg_chunks, stream_location, lanes_per_unit,
-// stage_weights, proj_reduce, allow_tf32.
+// stage_weights, proj_reduce, allow_tf32, tf32_exchange16.
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
 int g_test_raise_watchdog = 0;     // test-only: the next calls start with the watchdog raised (frg_set_test_watchdog)
 int g_backward_persistent = -1;  // the backward's plan (frg_set_backward_persistent)
@@ -49,6 +49,7 @@ CudaTuning MakeTuning(const int* t) {
     tun.stage_weights = t[6];
     tun.proj_reduce = t[7];
     tun.allow_tf32 = t[8];
+    tun.tf32_exchange16 = t[9];
   }
   return tun;
 }

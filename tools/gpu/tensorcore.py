@@ -59,6 +59,20 @@ def round16(a, wt):
     return np.where(np.isfinite(a32), out, a32.astype(np.float64))
 
 
+def colscaled_f16(U):
+    """U [D, K, GH] as the TF32-through-float16 plans use it (fused_rnn_cuda_tc_f16copy.cu), as float64: each column
+    times 2^e (e = 15 - the exponent of its largest finite magnitude, at most 126; 0 for a zero column), rounded to
+    float16, times 2^-e."""
+    U32 = np.asarray(U, np.float32)
+    a = np.abs(U32.astype(np.float64))
+    m = np.where(np.isfinite(a), a, 0.0).max(axis=1, keepdims=True)  # [D, 1, GH]
+    _, ex = np.frexp(m)
+    e = np.where(m > 0, np.minimum(15 - ex, 126), 0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.ldexp(U32.astype(np.float64), e).astype(np.float16).astype(np.float64)
+    return np.ldexp(scaled, -e)
+
+
 def reference(cell, direction, inp, U, cell_clip, wt=None, teacher=None):
     """Float64 recurrence, vectorised over the batch. wt: round h_{t-1} to that 16-bit type before each product
     (None: no rounding). teacher: the kernel's output [B, T, D*H]; each step then starts from the kernel's own
@@ -112,17 +126,33 @@ def reference(cell, direction, inp, U, cell_clip, wt=None, teacher=None):
 
 
 def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragged=True, time_major=False,
-                with_init=True, gru_bias=True, cell_clip=0.0, seed=0, negative=False, inject_nan=False):
+                with_init=True, gru_bias=True, cell_clip=0.0, seed=0, negative=False, inject_nan=False,
+                h0_big=None, col_spread=False):
+    """wt: "f16", "bf16", "f32" (exact, 3xTF32), or float32 weights with TF32 allowed: "tf32" (the float32-exchange
+    kernel; tf32_exchange16 = 0), "tf32h" (TF32 through float16 forced: tf32_exchange16 = 1; the plan must say so),
+    "tf32a" (the planner's choice). h0_big: a value put into h0 (beyond 65504: the float32-exchange fallback must
+    run). col_spread: U's columns scaled by 2^-30 .. 2^12 (or 2^col_spread) (the float16 copy's per-column scales).
+    TF32 rows are held to the 16-bit tolerance against the float32 weights, or to twice the error that exact TF32
+    arithmetic (the float64 oracle on TF32-rounded U and h, free running) has on the same inputs, if larger: weights
+    with a large gain make the recurrence amplify any 10-bit rounding, whichever kernel does it."""
     rng = np.random.default_rng(seed)
     inp = make_inputs(rng, cell, direction, T, B, H, 0, ragged, with_init, gru_bias)
     if inject_nan:
         inp["x"][0, T // 2, 0] = np.nan
         inp["x"][B - 1, 1, -1] = np.inf
+    if col_spread:  # True: up to 2^12; a number: up to 2^that (beyond float16's range without the scales)
+        top = 12 if col_spread is True else int(col_spread)
+        inp["U"] = (inp["U"] * np.exp2(rng.integers(-30, top + 1, size=(1, 1, inp["U"].shape[2])))).astype(np.float32)
+    if h0_big is not None:
+        inp["h0"][0, B // 2, H // 3] = h0_big
+        inp["h0"][-1, B - 1, H - 1] = -h0_big
     D = 2 if direction == "bidirectional" else 1
-    tf32 = wt == "tf32"  # float32 weights, TF32 products allowed
+    tf32_mode = {"tf32": 0, "tf32h": 1, "tf32a": -1}.get(wt)
+    tf32 = tf32_mode is not None  # float32 weights, TF32 products allowed
+    wt = "tf32" if tf32 else wt
     f32 = wt == "f32" or tf32
     if tf32:
-        U_used, U16 = round16(inp["U"], "tf32"), None
+        U_used, U16 = round16(inp["U"], "tf32"), None  # replaced below if the float16 exchange runs
     else:
         U_used, U16 = round_weights(inp["U"], wt)
     U_kernel = torch.from_numpy(np.ascontiguousarray(inp["U"])) if f32 else U16
@@ -130,9 +160,13 @@ def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragg
         U_kernel = U_kernel.clone()
         U_kernel[:, [1, H - 2]] = U_kernel[:, [H - 2, 1]]
     wround = "tf32" if tf32 else (None if f32 else wt)  # float32: h enters the product unrounded
-    tun = dict(tuning if tuning else TC, **({"allow_tf32": 1} if tf32 else {}))
+    tun = dict(tuning if tuning else TC, **({"allow_tf32": 1, "tf32_exchange16": tf32_mode} if tf32 else {}))
     f = FusedRnn(lib, cell, direction, T, B, H, 0, time_major, cell_clip, 0.0, "f32" if f32 else wt, tun)
     plan = f.describe()
+    via16 = "via f16" in plan
+    h0_fits = inp["h0"] is None or not np.any(np.isfinite(inp["h0"]) & (np.abs(inp["h0"]) > 65504))
+    if tf32 and via16 and h0_fits:  # the float16 kernel on the column-scaled copy, h exchanged as float16
+        U_used, wround = colscaled_f16(inp["U"]), "f16"
     x_dev = to_dev(inp["x"].transpose(1, 0, 2) if time_major else inp["x"])
     out = poisoned((T, B, D * H) if time_major else (B, T, D * H))
     fh = poisoned((D, B, H))
@@ -157,6 +191,8 @@ def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragg
     o, gh, gc = results[0]
     emu_o, emu_h, emu_c = reference(cell, direction, inp, U_used, cell_clip, wt=wround, teacher=o)
     e = {"watchdog": f.watchdog(), "moving": int(not (np.array_equal(o, results[1][0], equal_nan=True)))}
+    if tf32:
+        e["path"] = "f16 exchange" if (via16 and h0_fits) else "f32 exchange"
     lengths = inp["lengths"] if inp["lengths"] is not None else np.full(B, T)
     past = np.zeros(o.shape[:2], bool)
     for b in range(B):
@@ -178,10 +214,15 @@ def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragg
         e["free_running_emulated"] = rel_err(o, free_o)
         e["vs_fp32_math_16bit_weights"] = rel_err(o, plain_o)
         e["vs_f32_weights"] = rel_err(o, f32_o)
+        if tf32:
+            tf32_o, _, _ = reference(cell, direction, inp, round16(inp["U"], "tf32"), cell_clip, wt="tf32")
+            e["tf32_oracle_vs_f32"] = rel_err(tf32_o, f32_o)
     ok = (e["emulated"] <= TOL_EMULATED and e["emulated_final_h"] <= TOL_EMULATED
           and e.get("emulated_final_c", 0) <= TOL_EMULATED
-          and e.get("vs_f32_weights", 0) <= (TOL_F32 if f32 and not tf32 else TOL_VS_F32)
+          and e.get("vs_f32_weights", 0) <= (TOL_F32 if f32 and not tf32
+                                             else max(TOL_VS_F32, 2 * e.get("tf32_oracle_vs_f32", 0)))
           and (not tf32 or "tf32" in plan)
+          and (tf32_mode != 1 or via16) and (tf32_mode != 0 or not via16)
           and e["unwritten"] == 0 and e["nonzero_past_len"] == 0 and e["watchdog"] == 0 and not e["moving"]
           and e.get("nan_mismatch", 0) == 0)
     return {"name": name, "passed": bool(ok), "errors": e, "plan": plan, "negative_control": negative}
@@ -259,6 +300,43 @@ def correctness(lib):
                                             wt="tf32", inject_nan=True)),
         ("tf32 NaN/Inf input gru fwd", dict(cell="gru", direction="forward", T=9, B=18, H=40, wt="tf32",
                                             inject_nan=True)),
+        # TF32 through float16 (tf32_exchange16 = 1): the float16 kernel on the column-scaled float16 copy of U, h
+        # exchanged as float16; checked against a float64 oracle on exactly those values (the plan must say so).
+        ("tf32h lstm fwd B5 H40 ragged", dict(cell="lstm", direction="forward", T=13, B=5, H=40, wt="tf32h")),
+        ("tf32h lstm bi B37 H100 time-major clip", dict(cell="lstm", direction="bidirectional", T=12, B=37, H=100,
+                                                        wt="tf32h", time_major=True, cell_clip=0.7)),
+        ("tf32h gru rev B20 H72", dict(cell="gru", direction="reverse", T=11, B=20, H=72, wt="tf32h")),
+        ("tf32h gru fwd B40 H203 NT=3 (k-tail, direct prologue)", dict(cell="gru", direction="forward", T=8, B=40,
+                                                                        H=203, wt="tf32h",
+                                                                        tuning={"mode": 4, "units_per_block": 7})),
+        ("tf32h lstm fwd B70 H64 NT=3 (2 passes)", dict(cell="lstm", direction="forward", T=9, B=70, H=64,
+                                                        wt="tf32h", tuning={"mode": 4, "units_per_block": 6})),
+        ("tf32h lstm fwd B70 3 row groups of 32", dict(cell="lstm", direction="forward", T=12, B=70, H=96,
+                                                      wt="tf32h", tuning={"mode": 4, "rows_per_block": 32})),
+        ("tf32h lstm fwd B16 H256 no init no lengths", dict(cell="lstm", direction="forward", T=10, B=16, H=256,
+                                                            wt="tf32h", ragged=False, with_init=False)),
+        ("tf32h lstm fwd B64 H1024 T30 (timed shape)", dict(cell="lstm", direction="forward", T=30, B=64, H=1024,
+                                                            wt="tf32h")),
+        ("tf32h gru bi B64 H512 T20", dict(cell="gru", direction="bidirectional", T=20, B=64, H=512, wt="tf32h")),
+        ("tf32h lstm fwd B24 H96 columns scaled 2^-30..2^12", dict(cell="lstm", direction="forward", T=10, B=24,
+                                                                   H=96, wt="tf32h", col_spread=True)),
+        ("tf32h gru bi B24 H80 columns scaled 2^-30..2^17", dict(cell="gru", direction="bidirectional", T=10, B=24,
+                                                                 H=80, wt="tf32h", col_spread=17)),
+        ("tf32h lstm fwd B16 H64 h0 60000 (fits float16)", dict(cell="lstm", direction="forward", T=8, B=16, H=64,
+                                                                wt="tf32h", h0_big=60000.0)),
+        ("tf32h gru bi B16 H64 h0 60000 (fits float16)", dict(cell="gru", direction="bidirectional", T=8, B=16,
+                                                              H=64, wt="tf32h", h0_big=60000.0)),
+        ("tf32h lstm bi B16 H64 h0 1e5 (float32-exchange fallback)", dict(cell="lstm", direction="bidirectional",
+                                                                          T=8, B=16, H=64, wt="tf32h",
+                                                                          h0_big=1e5)),
+        ("tf32h gru fwd B20 H72 h0 1e5 (float32-exchange fallback)", dict(cell="gru", direction="forward", T=8,
+                                                                          B=20, H=72, wt="tf32h", h0_big=1e5)),
+        ("tf32h NaN/Inf input lstm bi", dict(cell="lstm", direction="bidirectional", T=9, B=18, H=40,
+                                             cell_clip=0.9, wt="tf32h", inject_nan=True)),
+        ("tf32h NaN/Inf input gru fwd", dict(cell="gru", direction="forward", T=9, B=18, H=40, wt="tf32h",
+                                             inject_nan=True)),
+        ("tf32 auto lstm fwd B64 H1024 T30", dict(cell="lstm", direction="forward", T=30, B=64, H=1024,
+                                                  wt="tf32a")),
     ]
     results = []
     for i, (name, kw) in enumerate(cases):
@@ -271,7 +349,7 @@ def correctness(lib):
         log(f"{'PASS' if r['passed'] else 'FAIL'} {name}: " +
             " ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in r["errors"].items()) +
             f" | {r['plan']}")
-    for wt in ("f16", "f32", "tf32"):
+    for wt in ("f16", "f32", "tf32", "tf32h"):
         neg = run_tc_case(lib, f"negative control ({wt}): two k-rows of U swapped", "lstm", "forward", T=10, B=16,
                           H=64, wt=wt, seed=999, negative=True)
         neg["passed_as_control"] = not neg["passed"]
@@ -300,12 +378,13 @@ def timing(lib):
             for key, wt, tun in (("tc_f16", "f16", TC), ("tc_bf16", "bf16", TC), ("simt_f16", "f16", {"mode": 2}),
                                  ("auto_f16", "f16", None), ("auto_f32", "f32", None), ("tc_f32", "f32", TC),
                                  ("simt_f32", "f32", {"mode": 2}), ("auto_tf32", "f32", {"allow_tf32": 1}),
-                                 ("tc_tf32", "f32", dict(TC, allow_tf32=1))):
+                                 ("tc_tf32", "f32", dict(TC, allow_tf32=1, tf32_exchange16=0)),
+                                 ("tc_tf32h", "f32", dict(TC, allow_tf32=1, tf32_exchange16=1))):
                 if key == "tc_bf16" and not (H == 1024 and B == 64):
                     continue
                 if key in ("simt_f16", "simt_f32") and bi and H <= 100:
                     tun = {"mode": 0}
-                tf32 = key.endswith("tf32")  # the input GEMM (cuBLAS) in TF32 too, as TensorFlow's would be
+                tf32 = "tf32" in key  # the input GEMM (cuBLAS) in TF32 too, as TensorFlow's would be
                 torch.backends.cuda.matmul.allow_tf32 = tf32
                 try:
                     lay = FusedLayer(lib, cell, direction, 100, B, H, H, wt=wt, tuning=tun, seed=B)
@@ -330,10 +409,10 @@ def timing(lib):
                              and "kernel" in row[k] else str(row.get(k, {}).get("error", "-"))[:40])
             log(f"{row['case']:<22} tc_f16 {fmt('tc_f16')} simt_f16 {fmt('simt_f16')} auto_f16 {fmt('auto_f16')} "
                 f"tc_bf16 {fmt('tc_bf16')} | tc_f32 {fmt('tc_f32')} simt_f32 {fmt('simt_f32')} auto_f32 "
-                f"{fmt('auto_f32')} tc_tf32 {fmt('tc_tf32')} auto_tf32 {fmt('auto_tf32')} | cuDNN f32 "
+                f"{fmt('auto_f32')} tc_tf32 {fmt('tc_tf32')} tc_tf32h {fmt('tc_tf32h')} auto_tf32 {fmt('auto_tf32')} | cuDNN f32 "
                 f"{row['cudnn_f32']:.4f} tf32 {row['cudnn_tf32']:.4f} f16 {row['cudnn_f16']:.4f} | auto_f16 plan: "
                 f"{row['auto_f16'].get('plan', '')[:50]} | auto_f32 plan: {row['auto_f32'].get('plan', '')[:50]} | "
-                f"auto_tf32 plan: {row['auto_tf32'].get('plan', '')[:50]}")
+                f"auto_tf32 plan: {row['auto_tf32'].get('plan', '')[:60]}")
             torch.cuda.empty_cache()
     return rows
 
@@ -398,9 +477,14 @@ def main():
     driver.PROFILE_CASES["tcf32_1024_b64"] = ("LSTM H=1024 B=64 f32 tensor cores (3xTF32)", dict(
         cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024, wt="f32"), TC)
     driver.PROFILE_CASES["tctf32_1024_b64"] = ("LSTM H=1024 B=64 f32 tensor cores, TF32", dict(
-        cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024, wt="f32"), dict(TC, allow_tf32=1))
+        cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024, wt="f32"), dict(TC, allow_tf32=1,
+                                                                                  tf32_exchange16=0))
+    driver.PROFILE_CASES["tctf32h_1024_b64"] = ("LSTM H=1024 B=64 f32 tensor cores, TF32 through float16", dict(
+        cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024, wt="f32"), dict(TC, allow_tf32=1,
+                                                                                  tf32_exchange16=1))
     summary["profiles"] = []
-    for key in ("tc1024_b64", "tc1024_b16", "simt1024_b64", "tcf32_1024_b64", "tctf32_1024_b64"):
+    for key in ("tc1024_b64", "tc1024_b16", "simt1024_b64", "tcf32_1024_b64", "tctf32_1024_b64",
+                "tctf32h_1024_b64"):
         try:
             summary["profiles"].append(driver.phase_profile(lib, key))
         except Exception:  # noqa: BLE001

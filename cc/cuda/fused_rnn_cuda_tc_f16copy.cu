@@ -1,0 +1,150 @@
+// The prologue kernel of the tensor-core mode's TF32-through-float16 plans (CudaTuning::tf32_exchange16): float32 U
+// copied to float16 with each column scaled by a power of two, and the check of the initial state that picks which
+// of the two launched recurrence kernels runs (fused_rnn_cuda_tc.cuh, KernelParams::tc_gate).
+//
+// Why float16 can stand in for TF32 here: both keep 10 explicit mantissa bits; float16 lacks the exponent range.
+// A power-of-two scale per column (exact) puts the column's largest magnitude in [2^14, 2^15), so no weight
+// overflows and every weight within 2^-28 of its column's largest keeps a normal float16 (smaller ones round with an
+// absolute error below 2^-25 of it). h needs no scale: without a projection every h the recurrence makes has |h| < 1
+// (LSTM: o * tanh(c); GRU: a convex mix of tanh(.) and h_{t-1}), so only an initial state can leave float16's range.
+// An initial state with a finite |h0| > 65504 sets the gate word, and the float32-exchange TF32 kernel runs instead.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "fused_rnn_cuda_params.h"
+
+namespace fused_rnn {
+namespace cuda_impl {
+namespace {
+
+constexpr int kCols = 32;      // columns per block
+constexpr int kThreads = 256;
+
+// Block (d, 32 columns): threads split into VEC-wide column groups x k-slices; the columns' max over k, then their
+// scaled float16 copy (the second pass reads U from L2). VEC = 4 (GH % 4 == 0 and 16-byte aligned U): 16-byte
+// loads, eight in flight per thread; the first build's 4-byte loads (32 columns x 8 slices, four in flight) took
+// ~50 us for H=1024 (16 MB) against a ~10 us floor at HBM speed. Every block also checks a grid-strided share of h0.
+template <int VEC>
+__global__ void __launch_bounds__(kThreads) TcF16CopyKernel(const float* __restrict__ w, int K, int GH, int col_blocks,
+                                                            uint16_t* __restrict__ w16, float* __restrict__ col_scale,
+                                                            const float* __restrict__ h0, long long h0_count,
+                                                            int* gate) {
+  constexpr int kGroups = kCols / VEC;           // column groups per block
+  constexpr int kSlices = kThreads / kGroups;    // k-slices
+  __shared__ float max_s[kSlices][kCols];
+  __shared__ int exp_s[kCols];
+  const int tx = threadIdx.x % kGroups, ty = threadIdx.x / kGroups;
+  const int d = blockIdx.x / col_blocks;
+  const int col0 = (blockIdx.x - d * col_blocks) * kCols + tx * VEC;  // GH % VEC == 0: a group is all in or out
+  const bool ok = col0 < GH;
+  const float* wd = w + (long long)d * K * GH + col0;
+  using V = typename std::conditional<VEC == 4, float4, float>::type;
+  auto load = [&](int k) -> V { return __ldg(reinterpret_cast<const V*>(wd + (long long)k * GH)); };
+  auto lanes = [](const V& v, float (&o)[VEC]) {
+    if constexpr (VEC == 4) {
+      o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w;
+    } else {
+      o[0] = v;
+    }
+  };
+  float m[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) m[j] = 0.f;
+  constexpr int kBatch = 8;  // loads issued before any is used
+  if (ok) {
+    for (int k0 = ty; k0 < K; k0 += kBatch * kSlices) {
+      V vb[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+        if (k0 + b * kSlices < K) vb[b] = load(k0 + b * kSlices);
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        if (k0 + b * kSlices >= K) break;
+        float v[VEC];
+        lanes(vb[b], v);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const float a = fabsf(v[j]);
+          if (a <= 3.402823466e38f) m[j] = fmaxf(m[j], a);  // finite only: Inf and NaN pass through unchanged
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) max_s[ty][tx * VEC + j] = m[j];
+  __syncthreads();
+  if (threadIdx.x < kCols) {
+    const int c = threadIdx.x;
+    float mc = 0.f;
+    for (int sl = 0; sl < kSlices; ++sl) mc = fmaxf(mc, max_s[sl][c]);
+    int e = 0;
+    if (mc > 0.f) {
+      int ex = 0;
+      frexpf(mc, &ex);        // mc = f * 2^ex, f in [0.5, 1)
+      e = min(15 - ex, 126);  // mc * 2^e in [2^14, 2^15); 2^-e stays a normal float
+    }
+    exp_s[c] = e;
+    const int col = (blockIdx.x - d * col_blocks) * kCols + c;
+    if (col < GH) col_scale[(long long)d * GH + col] = ldexpf(1.f, -e);
+  }
+  __syncthreads();
+  if (ok) {
+    int e[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) e[j] = exp_s[tx * VEC + j];
+    uint16_t* o = w16 + (long long)d * K * GH + col0;
+    for (int k0 = ty; k0 < K; k0 += kBatch * kSlices) {
+      V vb[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+        if (k0 + b * kSlices < K) vb[b] = load(k0 + b * kSlices);
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int k = k0 + b * kSlices;
+        if (k >= K) break;
+        float v[VEC];
+        lanes(vb[b], v);
+        uint16_t h[VEC];
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) h[j] = __half_as_ushort(__float2half_rn(ldexpf(v[j], e[j])));
+        if constexpr (VEC == 4) {
+          *reinterpret_cast<uint2*>(o + (long long)k * GH) =
+              make_uint2(h[0] | (uint32_t(h[1]) << 16), h[2] | (uint32_t(h[3]) << 16));
+        } else {
+          o[(long long)k * GH] = h[0];
+        }
+      }
+    }
+  }
+  // h0: any finite value outside float16's range sends the call to the float32-exchange kernel.
+  if (h0 != nullptr) {
+    bool big = false;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < h0_count;
+         i += (long long)gridDim.x * blockDim.x) {
+      const float a = fabsf(h0[i]);
+      big |= a > 65504.f && a <= 3.402823466e38f;
+    }
+    if (__syncthreads_or(big) && threadIdx.x == 0) atomicOr(gate, 1);
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchTcF16Copy(const float* w, int D, int K, int GH, uint16_t* w16, float* col_scale, const float* h0,
+                            long long h0_count, int* gate, void* stream) {
+  const int col_blocks = (GH + kCols - 1) / kCols;
+  const bool vec4 = GH % 4 == 0 && (reinterpret_cast<uintptr_t>(w) & 15) == 0 &&
+                    (reinterpret_cast<uintptr_t>(w16) & 7) == 0;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (vec4)
+    TcF16CopyKernel<4><<<D * col_blocks, kThreads, 0, s>>>(w, K, GH, col_blocks, w16, col_scale, h0, h0_count, gate);
+  else
+    TcF16CopyKernel<1><<<D * col_blocks, kThreads, 0, s>>>(w, K, GH, col_blocks, w16, col_scale, h0, h0_count, gate);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda_impl
+}  // namespace fused_rnn
