@@ -32,6 +32,7 @@ exported (flavour, model, decoding settings, the ops the graph needs).
 import argparse
 import datetime
 import json
+import math
 import os
 import shutil
 import sys
@@ -71,17 +72,26 @@ class _Module(tf.Module):
 
 
 class NmtServing(_Module):
-    def __init__(self, model, spm_src_path, spm_tgt_path, beam_size=5, n_best=None, max_length=200,
-                 length_penalty=0.6):
-        import tensorflow_text as text
-        from models.nmt_model import Translator
-        super().__init__(model)
+    @staticmethod
+    def check_settings(beam_size=5, n_best=None, max_length=200, length_penalty=0.6):
+        """Refuses decoding settings that would make every request fail (or mean nothing); returns n_best."""
         if n_best is None:
             n_best = beam_size
         if not 1 <= n_best <= beam_size:
             raise ValueError(f"n_best must be in [1, beam_size={beam_size}], got {n_best}")
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
+        # The beam search checks this at run time: a bad value would be exported and then fail every request.
+        if not (length_penalty >= 0 and math.isfinite(length_penalty)):
+            raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty}")
+        return n_best
+
+    def __init__(self, model, spm_src_path, spm_tgt_path, beam_size=5, n_best=None, max_length=200,
+                 length_penalty=0.6):
+        import tensorflow_text as text
+        from models.nmt_model import Translator
+        n_best = self.check_settings(beam_size, n_best, max_length, length_penalty)
+        super().__init__(model)
         self.settings = {"beam_size": int(beam_size), "n_best": int(n_best), "max_length": int(max_length),
                          "length_penalty": float(length_penalty)}
         self.config = model.config
@@ -250,9 +260,15 @@ def write_server_files(base_dir, batching=None):
     b = {"max_batch_size": 32, "batch_timeout_micros": 2000, "max_enqueued_batches": 64,
          "num_batch_threads": os.cpu_count() or 2, **(batching or {})}
     with open(os.path.join(base_dir, BATCHING_PARAMETERS), "w") as f:
-        # Requests are batched along dimension 0; pad_variable_length_inputs lets requests of different
-        # lengths (tokens [B, T], src_ids [B, S]) share a batch: padding is "" / 0, which the graphs ignore.
-        f.write("".join(f"{k} {{ value: {v} }}\n" for k, v in b.items()) + "pad_variable_length_inputs: true\n")
+        # Requests are batched along dimension 0. pad_variable_length_inputs is left off on purpose: TF Serving's
+        # padding (tensorflow_serving/batching/batching_util.cc, PadTensor) fills with each tensor's FIRST
+        # ELEMENT, not with 0 / "", and the id signatures read every non-zero id as a token (translate_ids'
+        # src_ids, ELMo embed_char_ids' char_ids), so a request batched with a longer one would get a different
+        # answer. With padding off, requests to a rank > 1 input whose widths differ cannot share a batch (TF
+        # Serving fails such a batch with "padding is turned off"): clients pad to a fixed width themselves (0 for
+        # src_ids / char_ids, "" with sequence_len for ELMo tokens), as export/SERVING.md says. The NMT
+        # serving_default (text [B]) is rank 1 and batches freely.
+        f.write("".join(f"{k} {{ value: {v} }}\n" for k, v in b.items()))
 
 
 def _text_proto_string(value):
@@ -314,6 +330,7 @@ def export(module, out, flavour="fused", warmup_sentences=None, version=None):
 def export_nmt(model_dir, out, flavour="fused", checkpoint="best", beam_size=5, n_best=None, max_length=200,
                length_penalty=0.6, warmup_sentences=None, version=None):
     from models import nmt
+    NmtServing.check_settings(beam_size, n_best, max_length, length_penalty)  # before the slow load
     model, _, _, _ = nmt.load_model(model_dir, checkpoint)
     module = NmtServing(model, os.path.join(model_dir, nmt.SPM_SRC + ".model"),
                         os.path.join(model_dir, nmt.SPM_TGT + ".model"), beam_size=beam_size, n_best=n_best,
@@ -365,7 +382,16 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Exit status: 0 written; 2 a bad argument, model directory or --out (one line on stderr, no traceback)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except (ValueError, OSError) as e:  # OSError: FileNotFoundError, FileExistsError, NotADirectoryError, ...
+        parser.exit(2, f"{parser.prog} {args.model}: error: {e}\n")
+
+
+def _main(args):
     flavour = "portable" if args.portable else "fused"
     if flavour == "fused" and not tf_ops.op_library_available():
         raise SystemExit("the fused flavour needs the op library: run tools/setup.sh, or pass --portable")

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -83,9 +84,19 @@ def train_sentencepiece(files, prefix, vocab_size, model_type, seed_sentences=2_
 
 
 def load_sentencepiece(model_dir):
-    src = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, SPM_SRC + ".model"))
-    tgt = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, SPM_TGT + ".model"))
-    return src, tgt
+    """The (source, target) SentencePiece models of a model directory; a missing or damaged one is a one-line
+    FileNotFoundError / ValueError naming the file (SentencePiece itself raises OSError or RuntimeError)."""
+    models = []
+    for name in (SPM_SRC, SPM_TGT):
+        path = os.path.join(model_dir, name + ".model")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"SentencePiece model {path!r} is missing from --model-dir {model_dir!r}")
+        try:
+            models.append(spm.SentencePieceProcessor(model_file=path))
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"SentencePiece model {path!r} cannot be loaded (damaged?): "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    return tuple(models)
 
 
 # ---- batches --------------------------------------------------------------------------------------------------
@@ -133,6 +144,17 @@ def save_checkpoint(path, model, optimizer, meta):
 
 
 def load_checkpoint(path, model, optimizer=None):
+    """Restores a checkpoint written by save_checkpoint; returns its meta. A truncated or damaged file, or one
+    from another model config, is a one-line ValueError naming the file."""
+    try:
+        return _load_checkpoint(path, model, optimizer)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, tf.errors.OpError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {path!r} cannot be loaded (truncated, damaged, or not from this model's "
+                         f"config): {detail}") from None
+
+
+def _load_checkpoint(path, model, optimizer=None):
     with np.load(path) as data:
         for i, v in enumerate(model.weights):
             v.assign(data[f"model_{i:04d}"])
@@ -142,15 +164,32 @@ def load_checkpoint(path, model, optimizer=None):
         return json.loads(str(data["meta"]))
 
 
+def read_config(config_path):
+    """A model directory's config.json; unreadable or damaged ones are a one-line ValueError naming the file."""
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{config_path!r} cannot be read as a model config (damaged?): {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or \
+            not isinstance(config.get("train", {}), dict):
+        raise ValueError(f"{config_path!r} is not a model config (no 'model' section)")
+    return config
+
+
 def load_model(model_dir, checkpoint="best"):
     """(model, config dict, src SentencePiece, tgt SentencePiece) from a model directory."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ValueError(f"--model-dir {model_dir!r} is not a directory")
     config_path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"--model-dir {model_dir!r} holds no trained model (no {CONFIG_FILE}; train one with "
                                 "python -m models.nmt train)")
-    with open(config_path) as f:
-        config = json.load(f)
-    model = NMTModel(NMTConfig.from_dict(config["model"]))
+    config = read_config(config_path)
+    try:
+        model = NMTModel(NMTConfig.from_dict(config["model"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{config_path!r} holds no valid model config: {type(e).__name__}: {e}") from None
     path = os.path.join(model_dir, f"ckpt-{checkpoint}.npz")
     if checkpoint == "best" and not os.path.exists(path):
         path = os.path.join(model_dir, "ckpt-last.npz")
@@ -298,12 +337,32 @@ def check_train_settings(args):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    # Written as `not (x > 0)` so that nan is refused too. --clip-norm 0 would zero every gradient
+    # (tf.clip_by_global_norm scales by clip_norm / max(norm, clip_norm)), --lr <= 0 never (or wrongly) moves a weight.
+    for name in ("lr", "clip_norm"):
+        value = getattr(args, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    if not (args.min_lr >= 0 and math.isfinite(args.min_lr)):
+        raise ValueError(f"--min-lr must be a finite number >= 0 (a fraction of --lr), got {args.min_lr}")
+    if args.decay_start is not None and args.decay_start < 0:
+        raise ValueError(f"--decay-start must be >= 0, got {args.decay_start}")
+    if args.time_budget is not None and not (args.time_budget > 0 and math.isfinite(args.time_budget)):
+        raise ValueError(f"--time-budget must be a finite duration > 0, got {args.time_budget}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
 
 
 def train(args, log=print):
     """The train command; returns the final meta (step, elapsed, best BLEU, history)."""
     start_wall = time.time()
-    os.makedirs(args.model_dir, exist_ok=True)
+    if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
+        raise ValueError(f"--model-dir {args.model_dir!r} is a file, not a directory")
+    try:
+        os.makedirs(args.model_dir, exist_ok=True)
+    except OSError as e:  # a file there, or a file on the way to it, or no permission
+        raise ValueError(f"--model-dir {args.model_dir!r} cannot be created as a directory: "
+                         f"{e.strerror or e}") from None
     config_path = os.path.join(args.model_dir, CONFIG_FILE)
     last_path = os.path.join(args.model_dir, "ckpt-last.npz")
     best_path = os.path.join(args.model_dir, "ckpt-best.npz")
@@ -312,8 +371,9 @@ def train(args, log=print):
 
     resuming = os.path.exists(config_path) and os.path.exists(last_path)
     if resuming:
-        with open(config_path) as f:
-            saved = json.load(f)
+        saved = read_config(config_path)
+        if not isinstance(saved.get("train"), dict):
+            raise ValueError(f"{config_path!r} has no 'train' section to resume from")
         # The saved recipe wins: a resumed run must continue the same one. Only budgets may change.
         train_args = dict(saved["train"])
         # Directories from before decay_end was saved: the first run's --max-steps is the saved one.
@@ -324,7 +384,10 @@ def train(args, log=print):
             if train_args.get(key) is None and getattr(args, key):
                 train_args[key] = getattr(args, key)
         args = argparse.Namespace(**{**vars(args), **train_args})
-        model_cfg = NMTConfig.from_dict(saved["model"])
+        try:
+            model_cfg = NMTConfig.from_dict(saved["model"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{config_path!r} holds no valid model config: {type(e).__name__}: {e}") from None
         log(f"resuming from {last_path}")
     check_train_files(args)  # the (saved) recipe's files, before anything is written or trained
     if not resuming:

@@ -382,3 +382,46 @@ def test_load_names_an_unknown_op(exports, tmp_path):
         export.load(str(copy))
     with pytest.raises(FileNotFoundError):
         export.load(str(tmp_path / "nothing_here"))
+
+
+def test_nmt_serving_refuses_a_length_penalty_every_request_would_fail_on():
+    from export import saved_model
+    model = NMTModel(NMTConfig(src_vocab_size=11, tgt_vocab_size=11, emb_dim=4, hidden=4, enc_layers=1,
+                               dec_layers=1))
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="length_penalty"):
+            saved_model.NmtServing(model, "unused_src.model", "unused_tgt.model", length_penalty=bad)
+
+
+def test_export_cli_mistakes_are_one_line_errors(tmp_path, capsys):
+    from export import saved_model
+    model_dir = str(tmp_path / "run")
+    _make_nmt_dir(model_dir)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["nmt", "--portable", "--model-dir", model_dir]
+    cases = [
+        (["nmt", "--portable", "--model-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "s" / "m")],
+         "holds no trained model"),
+        (base + ["--out", str(tmp_path / "s" / "m"), "--length-penalty", "-1"], "length_penalty"),
+        (base + ["--out", str(tmp_path / "s" / "m"), "--length-penalty", "nan"], "length_penalty"),
+        (base + ["--out", str(tmp_path / "s" / "m"), "--beam-size", "2", "--n-best", "3"], "n_best"),
+        (base + ["--out", str(a_file / "m")], "a_file"),
+        (base + ["--out", "/"], "--out"),
+    ]
+    for argv, needle in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            saved_model.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (argv, err)
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "s" / "m").exists()  # nothing written for a refused export
+
+
+def test_batching_parameters_leave_tf_servings_first_element_padding_off(tmp_path):
+    # TF Serving pads variable-length inputs with each tensor's first element (batching_util.cc PadTensor), which
+    # the id signatures would read as tokens: the server files must not turn that padding on.
+    from export import saved_model
+    saved_model.write_server_files(str(tmp_path))
+    text = (tmp_path / saved_model.BATCHING_PARAMETERS).read_text()
+    assert "max_batch_size" in text and "pad_variable_length_inputs" not in text

@@ -379,6 +379,71 @@ def test_cli_mistakes_are_one_line_errors(tmp_path, capsys):
         assert not os.path.exists(tmp_path / model_dir / nmt.CONFIG_FILE)
 
 
+def test_cli_refuses_settings_that_silently_break_training(tmp_path, capsys):
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 20, seed=12)
+    base = ["train", "--src", src, "--tgt", tgt, "--src-vocab-size", "20", "--tgt-vocab-size", "20",
+            "--max-steps", "1", "--emb-dim", "8", "--hidden", "8", "--layers", "1"]  # (short, were one accepted)
+    cases = [(["--clip-norm", "0"], "--clip-norm"), (["--clip-norm", "-1"], "--clip-norm"),
+             (["--clip-norm", "nan"], "--clip-norm"), (["--lr", "0"], "--lr"), (["--lr", "-1"], "--lr"),
+             (["--lr", "nan"], "--lr"), (["--min-lr", "-2"], "--min-lr"), (["--decay-start", "-5"], "--decay-start"),
+             (["--time-budget", "nan"], "--time-budget"), (["--time-budget=-1m"], "--time-budget"),
+             (["--seed", "-1"], "--seed")]
+    for i, (extra, needle) in enumerate(cases):
+        model_dir = tmp_path / f"m{i}"
+        with pytest.raises(SystemExit) as exit_info:
+            nmt.main(base + ["--model-dir", str(model_dir)] + extra)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (extra, err)
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not os.path.exists(model_dir)  # refused before anything was written
+
+
+def test_damaged_model_directories_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    import io
+    import shutil
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=13)
+    good = tmp_path / "good"
+    nmt.main(["train", "--src", src, "--tgt", tgt, "--src-vocab-size", "20", "--tgt-vocab-size", "20",
+              "--emb-dim", "8", "--hidden", "8", "--layers", "1", "--max-steps", "1", "--log-every", "1",
+              "--model-dir", str(good)])
+    capsys.readouterr()
+
+    def truncate(path):
+        with open(path, "r+b") as f:
+            f.truncate(100)
+
+    damage = {
+        "spm_src.model": lambda d: os.remove(d / "spm_src.model"),
+        "spm_tgt.model": lambda d: (d / "spm_tgt.model").write_bytes(b"garbage"),
+        "ckpt-last.npz": lambda d: truncate(d / "ckpt-last.npz"),
+        "config.json": lambda d: (d / "config.json").write_text("{not json"),
+    }
+    for name, mutate in damage.items():
+        d = tmp_path / ("bad_" + name)
+        shutil.copytree(good, d)
+        mutate(d)
+        commands = [["translate", "--model-dir", str(d), "--checkpoint", "last"]]
+        if name != "spm_src.model":  # (a resume with a missing SentencePiece model is not checked up front)
+            commands.append(["train", "--src", src, "--tgt", tgt, "--model-dir", str(d), "--max-steps", "2"])
+        for argv in commands:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a b\n")))
+            with pytest.raises(SystemExit) as exit_info:
+                nmt.main(argv)
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2, (name, argv[0], err)
+            assert name in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (name, err)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for model_dir in (a_file, a_file / "sub"):
+        for argv in (["train", "--src", src, "--tgt", tgt, "--model-dir", str(model_dir), "--max-steps", "1"],
+                     ["translate", "--model-dir", str(model_dir)]):
+            with pytest.raises(SystemExit) as exit_info:
+                nmt.main(argv)
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2, (argv, err)
+            assert "--model-dir" in err and "Traceback" not in err, (argv, err)
+
+
 # ---- the command line -----------------------------------------------------------------------------------------
 def _run(args, stdin=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
