@@ -70,9 +70,15 @@ def _max_lengths(value, batch):
     """max_length as a [batch] int32 vector: a Python int or a scalar tensor (every sentence's cap), or a [batch]
     vector (a cap per sentence, e.g. from its source length); every cap >= 1 (checked now or when the graph
     runs)."""
+    # An integer only: a float cap would be truncated (3.7 -> 3) or fail in a conversion naming no argument.
     if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        if not isinstance(value, numbers.Integral):
+            raise ValueError(f"beam_search: max_length must be an integer, got {value!r}")
         return tf.fill([batch], _scalar(value, tf.int32, "max_length", 1))
     tensor = tf.convert_to_tensor(value)
+    if not tensor.dtype.is_integer:
+        raise ValueError(f"beam_search: max_length must be an integer (a Python or NumPy int, an int32/int64 "
+                         f"tensor), got a {tensor.dtype.name} tensor")
     if tensor.shape.rank not in (None, 0, 1):
         raise ValueError(f"beam_search: max_length must be a scalar or [batch], got shape {tensor.shape}")
     tensor = tf.cast(tensor, tf.int32)
@@ -101,7 +107,8 @@ def beam_search(symbols_to_logits_fn, initial_ids, initial_state, beam_size, max
 
     See the module docstring for the contract. beam_size and eos_id are Python ints; max_length (a scalar, or
     [batch]: a cap per sentence) and length_penalty (the GNMT alpha, >= 0; 0 ranks by the plain sum of
-    log-probabilities) may be Python numbers or tensors (e.g. SavedModel signature inputs).
+    log-probabilities) may be Python numbers or tensors (e.g. SavedModel signature inputs); max_length an integer
+    (a float one is a ValueError).
     """
     beam_size = _check_int(beam_size, "beam_size", 1)
     eos_id = _check_int(eos_id, "eos_id", 0)

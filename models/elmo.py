@@ -447,6 +447,21 @@ class ElmoCharacterEncoder(keras.layers.Layer):
         self.built = True
 
     def call(self, char_ids):
+        # TF's (oneDNN) Conv2D returns an empty input as it is, which the conv layers' bias add then rejects (in a
+        # graph, only grappler's conv + bias fusion hides it): no tokens give empty embeddings, the network unrun.
+        # They are the (empty) ids reshaped, not tf.zeros: grappler rewrites a constant zeros times a broadcast
+        # mask (ElmoModel's outputs) and divides by zero on an empty one (SIGFPE).
+        dims = tf.shape(char_ids)
+
+        def empty():
+            return tf.reshape(tf.cast(char_ids, tf.float32), [dims[0], dims[1], self.projection_dim])
+
+        tokens = char_ids.shape[:2].num_elements()
+        if tokens is None:
+            return tf.cond(dims[0] * dims[1] > 0, lambda: self._encode(char_ids), empty)
+        return self._encode(char_ids) if tokens else empty()
+
+    def _encode(self, char_ids):
         chars_bxtxcxe = self.char_embedding(char_ids)
         activation = tf.nn.relu if self.activation == "relu" else tf.nn.tanh
         # Max over positions, then the activation (bilm-tf's order; equal for these monotone activations anyway).

@@ -472,3 +472,34 @@ def test_hypotheses_of_every_length_are_ranked_by_normalized_score():
         assert_same_hyps(ids[0], scores[0], (want + [(-np.inf, None)] * 48)[:48])
     # The scenario matters: the best hypothesis under alpha=3 is longer than the best under alpha=0.
     assert len(exhaustive(model, 0, 3.0)[0][1]) > len(exhaustive(model, 0, 0.0)[0][1])
+
+
+def test_max_length_and_beam_size_must_be_integers():
+    """A float max_length (a Python float, even 3.0, or a float tensor, scalar or [batch]) is an error naming it,
+    not a cap silently truncated (3.7 -> 3); Python, NumPy and int32/int64 tensor caps work alike. beam_size is a
+    Python or NumPy int."""
+    model = ToyModel(num_sentences=2, vocab=4, max_length=3, seed=0)
+    fn, state, ids = model.tf_fn(), model.initial_state([0, 1]), tf.zeros([2], tf.int32)
+
+    def search(max_length, beam_size=2):
+        return beam_search(fn, ids, state, beam_size, max_length, EOS, 0.6)
+
+    for bad in (3.0, 3.7, np.float32(3.0), tf.constant(3.7), tf.constant([3.0, 2.0]), tf.constant(3, tf.float64),
+                True, tf.constant(True)):
+        with pytest.raises(ValueError, match="max_length must be an integer"):
+            search(bad)
+        with pytest.raises(ValueError, match="max_length must be an integer"):
+            tf.function(search)(bad)
+    traced = tf.function(search, input_signature=[tf.TensorSpec([], tf.float32)])
+    with pytest.raises(ValueError, match="max_length must be an integer"):
+        traced(tf.constant(3.0))
+    want = [t.numpy() for t in search(3)]
+    for good in (np.int32(3), np.int64(3), tf.constant(3), tf.constant(3, tf.int64), tf.constant([3, 3], tf.int64),
+                 np.array([3, 3])):
+        for got in (search(good), tf.function(search)(good)):
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(search(3, np.int64(2))[0], want[0])
+    for bad in (2.0, np.float32(2.0), tf.constant(2), True):
+        with pytest.raises(ValueError, match="beam_size must be"):
+            search(3, bad)

@@ -1,5 +1,6 @@
 """tf_ops.fuse_model / fuse_layer: a trained stock Keras model converted to the fused layers gives the stock
 model's outputs (the stock model is the oracle, run in the same process on the same ragged batch)."""
+import re
 import warnings
 
 import keras
@@ -131,15 +132,15 @@ def test_sequential_saved_weights_file_workflow(tmp_path):
 
 def test_rnn_around_stock_cells_converts_too():
     """keras.layers.RNN(LSTMCell / GRUCell), alone and inside Bidirectional, as older code builds its layers;
-    an RNN over other cells (StackedRNNCells) is left as it is, without an error."""
+    an RNN over other cells (StackedRNNCells of SimpleRNNCells) is left as it is, without an error."""
     rng = np.random.default_rng(18)
     ids = keras.Input((None,), dtype="int32")
     x = keras.layers.Embedding(VOCAB, EMB, mask_zero=True)(ids)
     x = keras.layers.Bidirectional(keras.layers.RNN(keras.layers.GRUCell(6), return_sequences=True), name="bi")(x)
     x = keras.layers.RNN(keras.layers.LSTMCell(7, unit_forget_bias=False), return_sequences=True,
                          go_backwards=True, name="rnn_lstm")(x)
-    x = keras.layers.RNN(keras.layers.StackedRNNCells([keras.layers.GRUCell(3), keras.layers.GRUCell(3)]),
-                         name="stacked")(x)
+    x = keras.layers.RNN(keras.layers.StackedRNNCells([keras.layers.SimpleRNNCell(3),
+                                                        keras.layers.SimpleRNNCell(3)]), name="stacked")(x)
     stock = keras.Model(ids, x)
     randomize(stock, rng)
     fused = tf_ops.fuse_model(stock)
@@ -261,3 +262,42 @@ def test_stateful_stock_model_converts_mid_stream():
         np.testing.assert_array_equal(f, s)
     assert np.abs(np.asarray(layer.states[0])).max() > 0
     assert rel_err(np.asarray(layer(chunks[0])), np.asarray(stock.layers[1](chunks[0]))) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["stacked_lstm_cells", "stacked_gru_cells", "bidirectional_stacked",
+                                  "time_distributed_lstm", "time_distributed_bidirectional"])
+def test_wrappers_left_stock_are_reported_with_their_reason(case):
+    """An RNN over StackedRNNCells of LSTM/GRU cells and a TimeDistributed wrapper around a stock recurrent layer
+    are not converted: fuse_model names the layer and the real reason (an error, or with keep_unsupported=True a
+    warning), not the custom-layer message nor silence; the kept model's outputs are the stock model's."""
+    rng = np.random.default_rng(22)
+    if "stacked" in case:
+        cell = keras.layers.GRUCell if case == "stacked_gru_cells" else keras.layers.LSTMCell
+        layer = keras.layers.RNN(keras.layers.StackedRNNCells([cell(5), cell(4)]), return_sequences=True,
+                                 name="stacked")
+        if case == "bidirectional_stacked":
+            layer = keras.layers.Bidirectional(layer, name="bi_stacked")
+        inputs, why = keras.Input((None, EMB)), r"RNN over StackedRNNCells is not converted"
+        x = rng.standard_normal((B, T, EMB)).astype(np.float32)
+    else:
+        inner = keras.layers.LSTM(4, name="inner")
+        if case == "time_distributed_bidirectional":
+            inner = keras.layers.Bidirectional(inner, name="inner")
+        layer = keras.layers.TimeDistributed(inner, name="td")
+        inputs, why = keras.Input((3, None, EMB)), r"TimeDistributed wrapper .*inner.* is not converted"
+        x = rng.standard_normal((B, 3, T, EMB)).astype(np.float32)
+    stock = keras.Model(inputs, keras.layers.Dense(2)(layer(inputs)))
+    randomize(stock, rng)
+    with pytest.raises(ValueError, match=f"{layer.name} cannot be fused: {why}") as raised:
+        tf_ops.fuse_model(stock)
+    assert "custom layer" not in str(raised.value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = tf_ops.fuse_model(stock, keep_unsupported=True)
+    messages = [str(w.message) for w in caught]
+    assert any(layer.name in m and re.search(why, m) for m in messages), messages
+    assert not any("custom layer" in m for m in messages), messages
+    assert type(kept.get_layer(layer.name)) is type(layer) and fused_names(kept) == []
+    assert_same_outputs(stock, kept, x)
+    with pytest.raises(ValueError, match=why):
+        tf_ops.fuse_layer(layer)

@@ -600,3 +600,30 @@ def test_cli_errors_name_the_file_and_the_problem(tmp_path, rng, capsys):
         elmo.load_elmo(missing, weight_file)
     with pytest.raises(elmo.ElmoFileError, match="garbage.hdf5"):
         elmo.load_elmo(options_file, str(garbage))
+
+
+@pytest.mark.parametrize("implementation", ["fused", "keras"])
+@pytest.mark.parametrize("stateful", [False, True])
+def test_empty_batch_gives_empty_outputs(tmp_path, rng, implementation, stateful):
+    """0 sentences (TF's Conv2D returns an empty batch's input as it is, which the conv bias add rejects): empty
+    outputs of the right shapes, eagerly and in a tf.function; a batch after it gives what it gives alone."""
+    cfg = CONFIGS["plain"]
+    options_file, weight_file = write_random_model(str(tmp_path), rng, cfg)
+    model = elmo.load_elmo(options_file, weight_file, stateful=stateful, max_batch_size=4,
+                           implementation=implementation)
+    embed = elmo.embed_function(model)
+    sentences = random_sentences(rng, 3)
+    ids = elmo.batch_to_ids(sentences, cfg["max_chars"])
+    want = {key: np.asarray(value) for key, value in model(ids).items()}
+    model.reset_states()
+    empty = np.zeros((0, 7, cfg["max_chars"]), np.int32)
+    for run in (model, embed, tf.function(model)):
+        out = run(tf.constant(empty))
+        assert sorted(out) == ["layer_0", "layer_1", "layer_2", "mask"]
+        for k in range(3):
+            assert out[f"layer_{k}"].shape == (0, 5, 2 * cfg["projection_dim"])
+            assert out[f"layer_{k}"].dtype == tf.float32
+        assert out["mask"].shape == (0, 5) and out["mask"].dtype == tf.bool
+    assert model.char_encoder(empty).shape == (0, 7, cfg["projection_dim"])
+    for key, value in model(ids).items():  # the empty batches left the (stateful) state alone
+        np.testing.assert_array_equal(value, want[key])

@@ -566,3 +566,88 @@ def test_stateful_partial_last_batch_is_a_clear_error(rng):
                                   (4, 4))
     with pytest.raises(tf.errors.InvalidArgumentError, match="multiple of the batch size"):
         model.predict(np.zeros((5, 3, 3), np.float32), batch_size=2, verbose=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("return_sequences, go_backwards, zero_output_for_mask",
+                         [(False, False, False), (True, False, False), (True, True, False), (False, False, True)])
+def test_mask_with_a_trailing_unit_axis_as_the_stock_layer(rng, cell, return_sequences, go_backwards,
+                                                           zero_output_for_mask):
+    """A [B, T, 1] mask (stock keras.layers.LSTM/GRU take it as the [B, T] one): the stock layer's outputs, eagerly
+    and in a tf.function with unknown batch and time."""
+    kwargs = dict(return_sequences=return_sequences, go_backwards=go_backwards,
+                  zero_output_for_mask=zero_output_for_mask)
+    stock, fused = STOCK[cell](5, **kwargs), FUSED[cell](5, **kwargs)
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    for layer in (stock, fused):
+        layer.build(x.shape)
+    randomize(stock, rng)
+    fused.set_weights(stock.get_weights())
+    mask = right_padded_mask(rng, 4, 6)
+    mask[1, -1] = False
+    want = stock(x, mask=mask[:, :, None])
+    assert_same(want, stock(x, mask=mask))  # the stock layer reads both alike
+    assert_same(fused(x, mask=mask[:, :, None]), want)
+    traced = tf.function(lambda t, m: fused(t, mask=m),
+                         input_signature=[tf.TensorSpec([None, None, 3]), tf.TensorSpec([None, None, 1], tf.bool)])
+    assert_same(traced(x, mask[:, :, None]), want)
+
+
+def test_mask_of_another_shape_is_an_error_naming_it(rng):
+    """A mask whose shape is not the inputs' [batch, time] (or [batch, time, 1]): an error naming mask and the
+    expected shape, when the shapes are known (eager, a static trace) and when they are checked as the graph runs,
+    rather than an error from inside the reductions."""
+    layer = tf_ops.FusedLSTM(4, return_sequences=True)
+    x = rng.standard_normal((3, 5, 2)).astype(np.float32)
+    layer(x)
+    named = r"mask must have the shape \[batch, time\] of the inputs"
+    for bad in ((3, 6), (3,), (3, 5, 2), (2, 5), (3, 5, 1, 1), (5, 3)):
+        mask = np.ones(bad, bool)
+        with pytest.raises(ValueError, match=named + r", \[3, 5\]"):
+            layer(x, mask=mask)
+        with pytest.raises(ValueError, match=named + r", \[3, 5\]"):
+            tf.function(lambda t, m: layer(t, mask=m))(x, mask)
+        traced = tf.function(lambda t, m: layer(t, mask=m), input_signature=[
+            tf.TensorSpec([None, None, 2]), tf.TensorSpec([None] * len(bad), tf.bool)])
+        with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=named):
+            traced(x, mask)
+    # Unknown rank, checked when it runs: [B, T] and [B, T, 1] pass, another shape is the same error.
+    traced = tf.function(lambda t, m: layer(t, mask=m), input_signature=[
+        tf.TensorSpec([None, None, 2]), tf.TensorSpec(None, tf.bool)])
+    want = layer(x, mask=np.ones((3, 5), bool))
+    for good in ((3, 5), (3, 5, 1)):
+        np.testing.assert_array_equal(traced(x, np.ones(good, bool)), want)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=named):
+        traced(x, np.ones((3, 6), bool))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stateful_initial_state_of_another_batch_is_a_clear_error(rng, cell, bidirectional):
+    """initial_state for a stateful layer of another batch size than its states: an error naming initial_state
+    and both sizes (eager; when the graph runs with an unknown batch), not the state variables' assign error. With
+    the states' batch size, initial_state is used and carried as the stock stateful layer does."""
+    n = (2 if cell == "lstm" else 1) * (2 if bidirectional else 1)
+    if bidirectional:
+        stock = keras.layers.Bidirectional(STOCK[cell](4, stateful=True, return_sequences=True))
+        fused = FUSED[cell](4, stateful=True, return_sequences=True, bidirectional=True)
+    else:
+        stock, fused = (cls(4, stateful=True, return_sequences=True) for cls in (STOCK[cell], FUSED[cell]))
+    x = rng.standard_normal((3, 5, 2)).astype(np.float32)
+    for layer in (stock, fused):
+        layer.build(x.shape)
+    randomize(stock, rng)
+    fused.set_weights(stock.get_weights())
+    states = [rng.standard_normal((3, 4)).astype(np.float32) for _ in range(n)]
+    assert_same(fused(x, initial_state=states), stock(x, initial_state=states))
+    assert_same(list(fused.states), list(stock.states))
+    for batch in (2, 4):
+        other = [s[:1].repeat(batch, axis=0) for s in states]
+        for inputs in (x, rng.standard_normal((batch, 5, 2)).astype(np.float32)):
+            with pytest.raises(ValueError, match=f"initial_state has batch size {batch}.* states have batch size 3"):
+                fused(inputs, initial_state=other)
+        traced = tf.function(lambda t, *s: fused(t, initial_state=list(s)),
+                             input_signature=[tf.TensorSpec([None, None, 2])] + [tf.TensorSpec([None, 4])] * n)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="initial_state has another batch size.* 3"):
+            traced(x[:1].repeat(batch, axis=0), *other)
+    assert_same(list(fused.states), list(stock.states))  # the failed calls left the states alone

@@ -40,6 +40,22 @@ def _layer_config(layer):
     return config
 
 
+def _left_stock_reason(layer):
+    """Why fuse_model leaves a layer around stock LSTM/GRU math stock, for the wrappers it does not convert; None
+    for any other layer."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        return _left_stock_reason(layer.forward_layer)
+    if type(layer) is keras.layers.RNN and isinstance(layer.cell, keras.layers.StackedRNNCells):
+        cells = [type(c).__name__ for c in layer.cell.cells]
+        if any(type(c) in (keras.layers.LSTMCell, keras.layers.GRUCell) for c in layer.cell.cells):
+            return (f"RNN over StackedRNNCells is not converted: a fused layer runs one cell ({cells} here); "
+                    "one LSTM/GRU layer per cell (return_sequences=True below the top) converts")
+    if isinstance(layer, keras.layers.TimeDistributed) and is_stock_recurrent(layer.layer):
+        return (f"TimeDistributed wrapper around {type(layer.layer).__name__} {layer.layer.name!r} is not "
+                "converted by fuse_model; TimeDistributed(tf_ops.fuse_layer(inner layer)) is its fused twin")
+    return None
+
+
 def is_stock_recurrent(layer):
     """True for a stock keras.layers.LSTM / GRU / RNN(LSTMCell|GRUCell), or a keras.layers.Bidirectional around
     one."""
@@ -62,6 +78,9 @@ def stock_recurrent_layers(model):
 
 def _fused_config(layer):
     """The fused class and its config for a stock layer; ValueError saying why one cannot be made."""
+    reason = _left_stock_reason(layer)
+    if reason:
+        raise ValueError(reason)
     if not isinstance(layer, keras.layers.Bidirectional):
         cls = _stock_type(layer)
         if cls is None:
@@ -153,11 +172,13 @@ def fuse_model(model, keep_unsupported=False):
     are tf_ops.FusedLSTM / FusedGRU layers with the
     same weights, names and outputs. A stock layer whose configuration has no fused equivalent is an error naming
     it and why, or, with keep_unsupported=True, stays stock (with a warning). Stock layers inside custom layers
-    or subclassed models cannot be reached by Keras' cloning: an error, or a warning with keep_unsupported."""
+    or subclassed models cannot be reached by Keras' cloning: an error, or a warning with keep_unsupported. So is
+    an RNN over StackedRNNCells of LSTM/GRU cells, or a TimeDistributed wrapper around a stock layer: not converted,
+    reported with the reason."""
     kept = []
 
     def clone(layer):
-        if is_stock_recurrent(layer):
+        if is_stock_recurrent(layer) or _left_stock_reason(layer):
             cls, config = _fused_config_or_none(layer, kept, keep_unsupported)
             if cls is not None:
                 return cls.from_config(config)
@@ -184,5 +205,5 @@ def _fused_config_or_none(layer, kept, keep_unsupported):
         if not keep_unsupported:
             raise ValueError(message) from None
         warnings.warn(message + "; it stays a stock layer", stacklevel=3)
-        kept.append(layer.name)
+        kept.extend([layer.name] + stock_recurrent_layers(layer))  # a wrapper's inner layer is reported here
         return None, None

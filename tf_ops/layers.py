@@ -322,10 +322,28 @@ class _FusedRNN(keras.layers.Layer):
     def _input_bias(self):
         return _concat([self._dir_input_bias(w) for w in self._dir_weights], axis=0)
 
-    def _lengths(self, mask, batch, max_time):
+    def _lengths(self, mask, batch, max_time, inputs_shape):
         if mask is None:
             return tf.fill([batch], max_time)
         mask = tf.cast(mask, tf.bool)
+        # The shape is checked here: a wrong one otherwise fails inside the reductions below, naming no argument.
+        expected = (f"{type(self).__name__}: mask must have the shape [batch, time] of the inputs, "
+                    f"{list(inputs_shape[:2])} (or [batch, time, 1])")
+        shape = mask.shape
+        if shape.rank is not None:
+            _check(shape.rank == 2 or (shape.rank == 3 and shape[2] in (1, None)), f"{expected}, got {shape}")
+            _check(all(m is None or i is None or m == i for m, i in zip(shape[:2], inputs_shape[:2])),
+                   f"{expected}, got {shape}")
+            if shape.rank == 3 and shape[2] == 1:
+                mask = mask[:, :, 0]  # as the stock layers, which read a [B, T, 1] mask as the [B, T] one
+        if not mask.shape.is_fully_defined() or None in inputs_shape[:2]:  # checked when the graph runs
+            dims = tf.concat([tf.shape(mask), [1, 1]], axis=0)[:3]
+            ok = tf.logical_and(tf.reduce_all(tf.equal(dims, tf.stack([batch, max_time, 1]))),
+                                tf.equal(tf.size(mask), batch * max_time))
+            check = tf.debugging.Assert(ok, [expected + ", got", tf.shape(mask), "for inputs [batch, time] =",
+                                             tf.stack([batch, max_time])])
+            with tf.control_dependencies([check]):
+                mask = tf.reshape(mask, [batch, max_time])
         lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
         right_padded = tf.reduce_all(tf.equal(mask, tf.sequence_mask(lengths, max_time)))
         tf.debugging.assert_equal(right_padded, True, message=(
@@ -358,7 +376,9 @@ class _FusedRNN(keras.layers.Layer):
         sequences = tf.cast(sequences, tf.float32)
         dims = tf.shape(sequences)
         batch, max_time = dims[0], dims[1]
-        if self.stateful and initial_state is None:
+        if self.stateful:
+            if initial_state is not None:
+                initial_state = self._check_state_batch(initial_state)
             expected = self._state_variables[0].shape[0]
             _check(sequences.shape[0] is None or sequences.shape[0] == expected,
                    f"{type(self).__name__}: a stateful layer built for batch size {expected} got a batch of "
@@ -367,8 +387,9 @@ class _FusedRNN(keras.layers.Layer):
                 tf.debugging.assert_equal(batch, expected, message=(
                     f"{type(self).__name__}: a stateful layer built for batch size {expected} got another batch "
                     "size (with predict/fit, make the number of samples a multiple of the batch size)"))
-            initial_state = self._state_variables
-        lengths = self._lengths(mask, batch, max_time)
+            if initial_state is None:
+                initial_state = self._state_variables
+        lengths = self._lengths(mask, batch, max_time, sequences.shape)
         x_proj = self._x_proj(sequences, training)
         direction = "bidirectional" if self.bidirectional else ("reverse" if self.go_backwards else "forward")
         out, finals = self._run(x_proj, lengths, self._initial_states(initial_state, batch), direction,
@@ -406,6 +427,27 @@ class _FusedRNN(keras.layers.Layer):
         states = self._flat_states(finals)
         outputs = output if isinstance(output, list) else [output]
         return self._to_compute_dtype(tuple(outputs + states))  # a tuple, as the stock layers return
+
+    def _check_state_batch(self, initial_state):
+        """initial_state of a stateful layer, each tensor checked to have the states' batch size (now, or when the
+        graph runs): the final states are assigned to the state variables, whose own error names neither."""
+        expected = self._state_variables[0].shape[0]
+        name = type(self).__name__
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        checked = []
+        for state in states:
+            state = tf.convert_to_tensor(state)
+            got = state.shape[0] if state.shape.rank else None
+            _check(got is None or got == expected,
+                   f"{name}: initial_state has batch size {got}, but this stateful layer's states have batch size "
+                   f"{expected}")
+            if got is None:
+                check = tf.debugging.assert_equal(tf.shape(state)[0], expected, message=(
+                    f"{name}: initial_state has another batch size than this stateful layer's states, {expected}"))
+                with tf.control_dependencies([check]):
+                    state = tf.identity(state)
+            checked.append(state)
+        return checked
 
     def _flat_states(self, finals):
         """[D, B, width] per state kind -> per direction, per kind (h, c, then the backward's h, c)."""
