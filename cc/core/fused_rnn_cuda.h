@@ -4,8 +4,9 @@
 //
 // The core never allocates device memory: the caller passes a workspace of CudaForwardWorkspaceBytes() bytes
 // (any alignment of 256 bytes or more; contents need not be initialised) and the stream to run on. Everything the
-// call enqueues (at most one cudaMemsetAsync on the workspace and one kernel) goes on that stream and can be
-// captured into a CUDA graph.
+// call enqueues goes on that stream and can be captured into a CUDA graph: at most one cudaMemsetAsync on the
+// workspace and one kernel, except for TF32 through float16 (CudaTuning::tf32_exchange16): a memset, the kernel that
+// copies U to float16, and two recurrence kernels of which one returns at entry.
 //
 // Weights: the recurrent kernel [D, R, G*H] and the projection kernel [D, H, P] are read either as float32
 // (args.recurrent_kernel / args.projection_kernel) or, for WeightType kFloat16 / kBFloat16, from the 16-bit copies
@@ -81,9 +82,11 @@ struct CudaTuning {
   // With allow_tf32, float32 weights and a tensor-core plan: -1 auto (by the planner's cost), 0 never, 1 always
   // where it applies: run the float16 tensor-core kernel on a copy of U made per call (each column scaled by a power
   // of two, so the 10-bit mantissa of TF32 is kept and nothing overflows) with h exchanged as float16 (half the
-  // bytes of the float32 exchange; |h| < 1 for every h the recurrence makes). An initial state with a finite value
-  // beyond float16's range (|h0| > 65504) is detected on the device, and the float32-exchange TF32 kernel, launched
-  // too, runs instead. Needs workspace for the copy (D * R * G * H * 2 bytes).
+  // bytes of the float32 exchange; |h| <= 1 for every h the recurrence makes, and an h below 2^-14 becomes a float16
+  // subnormal, absolute error at most 2^-25, far under TF32's rounding of the larger ones). An initial state with a
+  // finite value beyond float16's range (|h0| > 65504) is detected on the device, and the float32-exchange TF32
+  // kernel, launched too, runs instead. Workspace: the larger of the two plans' own, plus 256 bytes, D * G * H * 4
+  // (column scales) and D * R * G * H * 2 (the copy); CudaForwardWorkspaceBytes says it all.
   int tf32_exchange16 = -1;
   int64_t* debug_clock = nullptr;  // test-only: device buffer of 166 int64 phase timestamps (see the .cu)
   int test_raise_watchdog = 0;     // test-only: 1 raises the watchdog word before the launch, as a timed-out wait

@@ -62,11 +62,15 @@ struct KernelFacts {
   int local_bytes = 0;
   int ptx_version = 0;  // the virtual architecture the code running on this device was compiled for (90: sm_90)
 };
-std::mutex g_facts_mutex;
-std::map<std::pair<int, const void*>, KernelFacts> g_facts;  // (device, fn): the SASS differs by architecture
-std::map<std::tuple<int, const void*, int, size_t>, int> g_occupancy;  // (device, fn, threads, smem) -> blocks/SM
-std::set<std::pair<int, const void*>> g_smem_raised;                    // (device, fn) at the opt-in maximum
-std::set<std::pair<int, const void*>> g_nonportable;                    // (device, fn) allowed clusters > 8
+// The caches below are leaked on purpose (never destroyed): TensorFlow does not join its executor threads at exit,
+// and an op still running then must not lock a destroyed mutex or walk a destroyed map.
+std::mutex& g_facts_mutex = *new std::mutex;
+std::map<std::pair<int, const void*>, KernelFacts>& g_facts =  // (device, fn): the SASS differs by architecture
+    *new std::map<std::pair<int, const void*>, KernelFacts>;
+std::map<std::tuple<int, const void*, int, size_t>, int>& g_occupancy =  // (device, fn, threads, smem) -> blocks/SM
+    *new std::map<std::tuple<int, const void*, int, size_t>, int>;
+std::set<std::pair<int, const void*>>& g_smem_raised = *new std::set<std::pair<int, const void*>>;  // at the opt-in max
+std::set<std::pair<int, const void*>>& g_nonportable = *new std::set<std::pair<int, const void*>>;  // clusters > 8 ok
 
 // Raises a kernel's dynamic shared-memory cap on the current device to the device's opt-in maximum, once, and never
 // lowers it. The cap is per (function, device) and process-wide, so a value set per launch or per candidate plan
@@ -1180,8 +1184,8 @@ struct PlanKey {
   int v[26];
   bool operator<(const PlanKey& o) const { return std::memcmp(v, o.v, sizeof(v)) < 0; }
 };
-std::mutex g_plan_mutex;
-std::map<PlanKey, Plan> g_plans;
+std::mutex& g_plan_mutex = *new std::mutex;  // leaked, as the caches above
+std::map<PlanKey, Plan>& g_plans = *new std::map<PlanKey, Plan>;
 
 const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
                     const CudaTuning* tuning, Plan* out) {
@@ -1402,10 +1406,10 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
     kp.tc_col_scale = reinterpret_cast<const float*>(ws + pl.off_col_scale);
     kp.tc_gate = gate;
     kp.tc_gate_run_if = 0;
-    cudaError_t e = cuda_impl::LaunchTcF16Copy(
+    const cudaError_t e = static_cast<cudaError_t>(cuda_impl::LaunchTcF16Copy(
         args.recurrent_kernel, D, H, G * H, reinterpret_cast<uint16_t*>(ws + pl.off_w16),
         reinterpret_cast<float*>(ws + pl.off_col_scale), args.initial_h,
-        args.initial_h ? static_cast<long long>(D) * shape.batch * H : 0, gate, stream);
+        args.initial_h ? static_cast<long long>(D) * shape.batch * H : 0, gate, stream));
     if (e != cudaSuccess) return CudaMessage("kernel launch (TF32 through float16: the copy of U)", e);
   }
   auto launch = [&](KernelFn fn, int grid, int threads, size_t smem, const KernelParams& params) -> const char* {

@@ -942,8 +942,8 @@ const char* PlanBwdSmall(const RnnShape& s, const CudaBackwardTuning* tuning, Bw
   cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return BwdCudaMessage("cudaGetDevice", e);
   struct Facts { int optin = 0, sms = 0; bool raised[2][kBwdSmallRegCount] = {}; };
-  static std::mutex mu;
-  static std::map<int, Facts> facts;
+  static std::mutex& mu = *new std::mutex;  // leaked: see fused_rnn_cuda.cu's caches
+  static std::map<int, Facts>& facts = *new std::map<int, Facts>;
   std::lock_guard<std::mutex> lock(mu);
   Facts& f = facts[device];
   if (f.sms == 0) {

@@ -201,8 +201,8 @@ KernelFn GetKernelTcLstmF32(int nt_idx);
 KernelFn GetKernelTcGruF32(int nt_idx);
 // TF32 through float16 (fused_rnn_cuda_tc_f16copy.cu): w [D][K][GH] float32 -> w16 (each column times 2^e, float16
 // bits) and col_scale [D][GH] (2^-e); sets *gate (zeroed by the caller) when a finite |h0| exceeds 65504. stream
-// is a cudaStream_t.
-cudaError_t LaunchTcF16Copy(const float* w, int D, int K, int GH, uint16_t* w16, float* col_scale, const float* h0,
+// is a cudaStream_t. Returns the launch's cudaError_t as an int (this header has no CUDA types).
+int LaunchTcF16Copy(const float* w, int D, int K, int GH, uint16_t* w16, float* col_scale, const float* h0,
                             long long h0_count, int* gate, void* stream);
 // Small-hidden-size kernels (mode 5) for (cell, weight kind) by register chunks per lane (1..kSmallMaxNi) and
 // lanes per unit (4 or 8); cluster != 0: the variant whose units split over a thread-block cluster.

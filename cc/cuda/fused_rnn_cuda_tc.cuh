@@ -142,6 +142,14 @@ __device__ __forceinline__ void CpAsync16(void* smem_dst, const void* gmem_src) 
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem_src) : "memory");
 #endif
 }
+// 16 bytes, or 16 zero bytes when !valid (src-size 0: nothing is read).
+__device__ __forceinline__ void CpAsync16ZeroFill(void* smem_dst, const void* gmem_src, bool valid) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem_src), "r"(valid ? 16 : 0)
+               : "memory");
+#endif
+}
 __device__ __forceinline__ void CpAsyncCommit() {
 #if __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;" ::: "memory");
@@ -262,7 +270,6 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
       // of 8 columns, and with a stride that is a multiple of 64 values its 32 lanes fell on 4 banks.
       constexpr int kCols = NT * 8;
       constexpr int kStride = kCols + 8;
-      constexpr int kBatch = 8;
       constexpr int kVecsRow = kCols / kLaneElems;
       XE* st = reinterpret_cast<XE*>(smem);
       const int rows_pass = (p.off_z / (kStride * (int)sizeof(XE))) / kKTile * kKTile;  // whole k-tiles per pass
@@ -274,25 +281,19 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
       for (int k0 = 0; k0 < H; k0 += rows_pass) {
         const int rows = min(rows_pass, H - k0);
         const int total = rows * kVecsRow;
+        // Every vector of the pass in flight at once (cp.async, no registers; zero-filled outside the block's
+        // columns). Session 35: the register-staged copy with 8 loads in flight per thread took ~36 k cycles for
+        // H=1024 (128 KB a block), several DRAM round trips per pass.
 #pragma unroll 1
-        for (int i0 = tid; i0 < total; i0 += kBatch * nthreads) {
-          uint4 v[kBatch];
-#pragma unroll
-          for (int j = 0; j < kBatch; ++j) {
-            const int i = i0 + j * nthreads;
-            const int r = i / kVecsRow, n = (i - r * kVecsRow) * kLaneElems;
-            const int gate = n / p.upb, u = n - gate * p.upb;  // upb % kLaneElems == 0: no vector straddles two gates
-            v[j] = make_uint4(0u, 0u, 0u, 0u);
-            if (i < total && gate < G && u < ucount)  // ucount is a multiple of kLaneElems too
-              v[j] = __ldg(reinterpret_cast<const uint4*>(w + (long long)(k0 + r) * G * H + (long long)gate * H + u0 + u));
-          }
-#pragma unroll
-          for (int j = 0; j < kBatch; ++j) {
-            const int i = i0 + j * nthreads;
-            const int r = i / kVecsRow, n = (i - r * kVecsRow) * kLaneElems;
-            if (i < total) *reinterpret_cast<uint4*>(st + r * kStride + n) = v[j];
-          }
+        for (int i = tid; i < total; i += nthreads) {
+          const int r = i / kVecsRow, n = (i - r * kVecsRow) * kLaneElems;
+          const int gate = n / p.upb, u = n - gate * p.upb;  // upb % kLaneElems == 0: no vector straddles two gates
+          const bool ok = gate < G && u < ucount;            // ucount is a multiple of kLaneElems too
+          const XE* src = ok ? w + (long long)(k0 + r) * G * H + (long long)gate * H + u0 + u : w;
+          CpAsync16ZeroFill(st + r * kStride + n, src, ok);
         }
+        CpAsyncCommit();
+        CpAsyncWaitGroup<0>();
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < KTW; ++kk) {

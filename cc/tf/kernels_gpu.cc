@@ -36,7 +36,7 @@ absl::Status PlanError(const char* why) {
 
 // Device limits of each CUDA device, read once (cudaGetDeviceProperties is slow).
 absl::Status LimitsFor(int ordinal, CudaDeviceLimits* limits) {
-  static std::mutex mu;
+  static std::mutex& mu = *new std::mutex;  // leaked with the cache (no destruction at exit)
   static std::map<int, CudaDeviceLimits>* cache = new std::map<int, CudaDeviceLimits>();
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache->find(ordinal);
@@ -143,7 +143,11 @@ class FusedRnnGpuOp : public OpKernel {
     const RnnForwardArgs args = MakeForwardArgs(s, in, out, lengths_device, training);
     const char* err = CudaForward(s, args, weight_type, args.recurrent_kernel_16, args.projection_kernel_16,
                                   core_bytes ? ws : nullptr, core_bytes, raw_stream, limits, &policy);
-    OP_REQUIRES(ctx, err == nullptr, absl::InternalError(absl::StrCat("fused RNN CUDA launch: ", err ? err : "")));
+    // As the backward: a CUDA failure is the device's; anything else the core refuses is the caller's.
+    OP_REQUIRES(ctx, err == nullptr,
+                err != nullptr && CudaMessageIsRuntimeFailure(err)
+                    ? absl::InternalError(absl::StrCat("fused RNN CUDA launch: ", err))
+                    : Invalid("fused RNN CUDA launch: ", err ? err : ""));
   }
 
  private:
