@@ -261,3 +261,117 @@ def test_second_order_gradients_match_the_reference(rng, cell, config):
     for g, w in zip(got, want):  # measured: 1e-8 to 3e-7
         assert np.abs(w).max() > 0
         assert rel_err(g, w) < 1e-5
+
+
+# ---- narrow (int8, 16-bit) recurrent weights: no gradient for them, but gradients through them ----------------
+def _narrow(w, kind):
+    """(the op's weight arguments, the float32 weights they stand for) for a float [D, K, N] kernel."""
+    w = np.asarray(w, np.float32)
+    if kind == "int8":
+        q, scale = zip(*(tf_ops.quantize_rows(w_d) for w_d in w))
+        q, scale = np.stack(q), np.stack(scale)
+        return (tf.constant(q), tf.constant(scale)), tf_ops.dequantize_rows(q, scale).astype(np.float32)
+    narrow = tf.constant(w, dtype=kind)
+    return (narrow,), tf.cast(narrow, tf.float32).numpy()
+
+
+@pytest.mark.parametrize("kind", ["int8", "bfloat16", "float16"])
+@pytest.mark.parametrize("cell,proj,clips,direction", [
+    ("lstm", 0, (0.0, 0.0), "forward"), ("lstm", 0, (0.0, 0.0), "bidirectional"), ("lstm", 3, (0.5, 0.25), "reverse"),
+    ("gru", 0, (0.0, 0.0), "forward"), ("gru", 0, (0.0, 0.0), "bidirectional")])
+def test_narrow_weight_ops_pass_gradients_to_their_float_inputs(rng, kind, cell, proj, clips, direction):
+    """A frozen int8/16-bit layer sits in models that train other layers (a head on a frozen int8 ELMo, an
+    embedding below it): gradients for x_proj, the initial states and the GRU's recurrent bias must flow. Oracle:
+    TF autodiff through the pure-TF reference recurrence on the same dequantized weights (float32)."""
+    p, lengths = _problem(rng, cell, direction, batch=5, max_time=6, units=4, proj=proj)
+    rk_args, rk = _narrow(p["recurrent_kernel"], kind)
+    pk_args, pk = _narrow(p["projection_kernel"], kind) if proj else ((), None)
+    floats = {k: tf.constant(v, tf.float32) for k, v in p.items()
+              if k in ("x_proj", "initial_h", "initial_c", "recurrent_bias")}
+    cot = None
+
+    def run(narrow_op):
+        nonlocal cot
+        with tf.GradientTape() as tape:
+            tape.watch(list(floats.values()))
+            a = floats
+            if narrow_op and cell == "lstm":
+                if kind == "int8":
+                    kw = dict(projection_kernel_q8=pk_args[0], projection_scale=pk_args[1]) if proj else {}
+                    outs = tf_ops.lstm_sequence_int8(a["x_proj"], *rk_args, lengths, a["initial_h"], a["initial_c"],
+                                                     direction=direction, cell_clip=clips[0], proj_clip=clips[1],
+                                                     implementation="op", **kw)
+                else:
+                    outs = tf_ops.lstm_sequence(a["x_proj"], rk_args[0], lengths, a["initial_h"], a["initial_c"],
+                                                projection_kernel=pk_args[0] if proj else None, direction=direction,
+                                                cell_clip=clips[0], proj_clip=clips[1], implementation="op")
+            elif narrow_op:
+                if kind == "int8":
+                    outs = tf_ops.gru_sequence_int8(a["x_proj"], *rk_args, a["recurrent_bias"], lengths,
+                                                    a["initial_h"], direction=direction, implementation="op")
+                else:
+                    outs = tf_ops.gru_sequence(a["x_proj"], rk_args[0], a["recurrent_bias"], lengths, a["initial_h"],
+                                               direction=direction, implementation="op")
+            elif cell == "lstm":
+                outs = reference.lstm_sequence(a["x_proj"], tf.constant(rk), None if pk is None else tf.constant(pk),
+                                               lengths, a["initial_h"], a["initial_c"], direction, False, *clips)
+            else:
+                outs = reference.gru_sequence(a["x_proj"], tf.constant(rk), a["recurrent_bias"], lengths,
+                                              a["initial_h"], direction)
+            if cot is None:
+                cot = [tf.constant(rng.standard_normal(o.shape), tf.float32) for o in outs]
+            loss = tf.add_n([tf.reduce_sum(o * c) for o, c in zip(outs, cot)])
+        return tape.gradient(loss, list(floats.values()))
+
+    want = run(narrow_op=False)
+    got = run(narrow_op=True)
+    for name, g, w in zip(floats, got, want):
+        assert g is not None, name
+        assert rel_err(g, w) < 1e-5, name
+
+
+@pytest.mark.parametrize("kind", ["int8", "bfloat16"])
+def test_a_frozen_narrow_layer_lets_the_layers_around_it_train(rng, kind):
+    """Embedding -> frozen int8/16-bit FusedLSTM -> Dense trains (it raised 'has no gradient'); the trainable
+    layers' gradients equal those of the same model with a stock keras.layers.LSTM holding the dequantized weights."""
+    vocab, dim, units, batch, max_time = 11, 5, 6, 4, 7
+
+    def build(rnn):
+        inp = keras.Input((None,), dtype="int32")
+        h = keras.layers.Embedding(vocab, dim, mask_zero=True, name="emb")(inp)
+        h = rnn(h)
+        return keras.Model(inp, keras.layers.Dense(2, name="head")(h))
+
+    float_model = build(tf_ops.FusedLSTM(units, name="rnn"))
+    for layer in float_model.layers:
+        layer.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.5 for w in layer.get_weights()])
+    model = tf_ops.quantize_model(float_model, kind)
+    model.get_layer("rnn").trainable = False
+    layer = model.get_layer("rnn")
+    named = {v.path.split("/")[-1]: v.numpy() for v in layer.weights}
+    if kind == "int8":
+        rec = tf_ops.dequantize_rows(named["recurrent_kernel_q8"], named["recurrent_scale"])
+    else:
+        rec = named["recurrent_kernel"].astype(np.float32)
+    stock_model = build(keras.layers.LSTM(units, name="rnn"))
+    stock_model.get_layer("emb").set_weights(model.get_layer("emb").get_weights())
+    stock_model.get_layer("head").set_weights(model.get_layer("head").get_weights())
+    stock_model.get_layer("rnn").set_weights([named["kernel"], rec, named["bias"]])
+    stock_model.get_layer("rnn").trainable = False
+    ids = rng.integers(1, vocab, (batch, max_time)).astype(np.int32)
+    ids[1, 4:] = 0  # ragged
+    y = rng.standard_normal((batch, 2)).astype(np.float32)
+    grads = []
+    for m in (model, stock_model):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum((m(ids) - y) ** 2)
+        names = [v.path for v in m.trainable_weights]
+        assert not any("rnn" in n for n in names), names
+        grads.append(tape.gradient(loss, m.trainable_weights))
+    assert len(grads[0]) == len(grads[1]) == 3  # embedding, head kernel and bias
+    for g, w in zip(grads[0], grads[1]):
+        assert rel_err(tf.convert_to_tensor(g), tf.convert_to_tensor(w)) < 1e-5
+    model.compile("sgd", "mse")
+    before = model.get_layer("emb").get_weights()[0].copy()
+    model.fit(ids, y, epochs=1, verbose=0)
+    assert not np.allclose(model.get_layer("emb").get_weights()[0], before)

@@ -212,6 +212,97 @@ def test_quantize_model_refuses_fused_layers_it_cannot_reach():
         tf_ops.quantize_model(model)
 
 
+@pytest.mark.parametrize("weights", ["int8", "bfloat16"])
+def test_quantize_model_refuses_fused_layers_in_a_subclassed_model(weights):
+    """A subclassed model's clone is rebuilt from its config with a float fused layer: the documented error naming
+    it, not set_weights' complaint about the weight count (the quantized list was once copied into the float twin)."""
+    class Sub(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.rnn = tf_ops.FusedLSTM(3, name="inner_rnn")
+
+        def call(self, x):
+            return self.rnn(x)
+
+    inputs = keras.Input((None, 2))
+    model = keras.Model(inputs, Sub(name="sub")(inputs))
+    with pytest.raises(ValueError, match=r"could not convert the fused layers \['inner_rnn'\].*subclassed model"):
+        tf_ops.quantize_model(model, weights)
+
+
+def test_quantize_model_without_fused_layers_is_an_error(rng):
+    """A stock model (tf_ops.fuse_model not run) has nothing to convert: an error, not a float copy passed off as
+    a quantized one. Stock layers beside fused ones stay float, the fused ones are converted."""
+    inputs = keras.Input((None, 4))
+    stock = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.LSTM(5, name="lstm")(inputs)))
+    with pytest.raises(ValueError, match=r"no FusedLSTM/FusedGRU layers.*\['lstm'\].*tf_ops.fuse_model"):
+        tf_ops.quantize_model(stock)
+    with pytest.raises(ValueError, match="no FusedLSTM/FusedGRU layers"):
+        tf_ops.quantize_model(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), "bfloat16")
+
+    inputs = keras.Input((None, 4))
+    h = keras.layers.LSTM(5, return_sequences=True, name="lstm")(inputs)
+    mixed = keras.Model(inputs, tf_ops.FusedGRU(6, name="gru")(h))
+    mixed.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.5 for w in mixed.get_weights()])
+    converted = tf_ops.quantize_model(mixed)
+    assert converted.get_layer("gru").int8_weights and type(converted.get_layer("lstm")) is keras.layers.LSTM
+    # Independent reference: stock LSTM + stock GRU, the GRU given the dequantized int8 weights.
+    kernel, bias, q, scale = converted.get_layer("gru").get_weights()
+    ref_in = keras.Input((None, 4))
+    ref_h = keras.layers.LSTM(5, return_sequences=True)(ref_in)
+    ref = keras.Model(ref_in, keras.layers.GRU(6)(ref_h))
+    ref.set_weights(mixed.get_layer("lstm").get_weights() + [kernel, tf_ops.dequantize_rows(q, scale), bias])
+    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    assert rel_err(converted(x), ref(x).numpy()) < 1e-5
+
+
+def test_quantize_model_names_the_layer_holding_nan_weights(rng):
+    inputs = keras.Input((None, 3))
+    layer = tf_ops.FusedLSTM(4, num_proj=2, bidirectional=True, name="rnn")
+    model = keras.Model(inputs, layer(inputs))
+    values = layer.get_weights()
+    names = [v.name for v in layer.weights]
+    values[names.index("backward_projection_kernel")][1, 0] = np.inf
+    layer.set_weights(values)
+    with pytest.raises(ValueError, match="quantize_model: layer 'rnn' backward_projection_kernel .*NaN or Inf"):
+        tf_ops.quantize_model(model)
+    values[names.index("backward_projection_kernel")][1, 0] = 0.0
+    values[names.index("forward_recurrent_kernel")][0, 1] = np.nan
+    layer.set_weights(values)
+    with pytest.raises(ValueError, match="quantized_weights: layer 'rnn' forward_recurrent_kernel .*NaN or Inf"):
+        tf_ops.quantized_weights(layer)
+
+
+def test_quantized_weights_needs_a_built_layer():
+    with pytest.raises(ValueError, match="layer 'unbuilt' is not built"):
+        tf_ops.quantized_weights(tf_ops.FusedLSTM(4, name="unbuilt"))
+
+
+@pytest.mark.parametrize("first,second", [("int8", "bfloat16"), ("bfloat16", "int8"), ("float16", "bfloat16")])
+def test_quantize_model_refuses_to_requantize_to_another_narrow_type(first, second):
+    """Narrow weights are not rounded again: converting int8 to bfloat16 (say) is the clear error, not the
+    constructor's TypeError with the whole layer config."""
+    inputs = keras.Input((None, 3))
+    model = keras.Model(inputs, tf_ops.FusedGRU(4, name="rnn")(inputs))
+    narrow = tf_ops.quantize_model(model, first)
+    with pytest.raises(ValueError, match=f"layer 'rnn' already holds narrow recurrent weights \\({first}\\)"):
+        tf_ops.quantize_model(narrow, second)
+
+
+@pytest.mark.parametrize("weights", ["int8", "bfloat16"])
+def test_quantize_model_again_to_the_same_type_keeps_the_weights(rng, weights):
+    inputs = keras.Input((None, 3))
+    model = keras.Model(inputs, tf_ops.FusedLSTM(4, num_proj=3, bidirectional=True)(inputs))
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.get_weights()])
+    once = tf_ops.quantize_model(model, weights)
+    twice = tf_ops.quantize_model(once, weights)
+    for a, b in zip(once.get_weights(), twice.get_weights()):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(twice(x), once(x))
+
+
 # ---- the scheme on the real ELMo fixtures (../shared) ----------------------------------------------------------
 @pytest.mark.parametrize("fixture,sentences_file", [("model-a-bilm-tf", "lm_embeddings_sentences.json"),
                                                     ("model-b-allennlp", "sentences.json")])

@@ -96,7 +96,7 @@ def test_16bit_ops_reject_bad_inputs_by_name(rng):
     with pytest.raises(tf.errors.InvalidArgumentError, match="recurrent_kernel must be float32, float16 or bf"):
         tf_ops.lstm_sequence(a["x"], tf.cast(a["rk"], tf.float64), a["lengths"], a["h0"], a["c0"],
                              implementation="op")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="inference"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no gradient"):
         tf_ops.lstm_sequence(a["x"], rk16, a["lengths"], a["h0"], a["c0"], projection_kernel=pk16, training=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="sequence_lengths"):
         tf_ops.lstm_sequence(a["x"], rk16, np.array([9, 1], np.int32), a["h0"], a["c0"], projection_kernel=pk16,
@@ -111,15 +111,22 @@ def test_16bit_ops_reject_bad_inputs_by_name(rng):
                                   num_proj=3)
 
 
-def test_gradient_through_16bit_op_is_a_clear_error(rng):
+def test_gradient_through_16bit_op_reaches_x_but_not_the_16bit_kernel(rng):
+    # The 16-bit kernel is a fixed (non-trainable) weight: no gradient for it; x's is the float32 op's on the
+    # widened weights (tests/test_grad.py checks it against the reference recurrence).
     a = make_inputs(rng, "gru", "forward", 2, 4, 5)
     x = tf.constant(a["x"])
+    rk16 = _round16(a["rk"], tf.float16)
+    with tf.GradientTape() as tape:
+        tape.watch([x, rk16])
+        out, _ = tf_ops.gru_sequence(x, rk16, a["rb"], a["lengths"], a["h0"], implementation="op")
+    d_x, d_rk = tape.gradient(out, [x, rk16])
+    assert d_rk is None
     with tf.GradientTape() as tape:
         tape.watch(x)
-        out, _ = tf_ops.gru_sequence(x, _round16(a["rk"], tf.float16), a["rb"], a["lengths"], a["h0"],
-                                     implementation="op")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="no gradient"):
-        tape.gradient(out, x)
+        want, _ = tf_ops.gru_sequence(x, tf.cast(rk16, tf.float32), a["rb"], a["lengths"], a["h0"],
+                                      implementation="op")
+    assert rel_err(d_x, tape.gradient(want, x)) < 1e-6
 
 
 def test_shape_inference_of_16bit_ops():
@@ -211,6 +218,81 @@ def test_layer_options_are_checked():
         tf_ops.FusedGRU(4, int8_weights=True, recurrent_weight_dtype="float16")
     with pytest.raises(ValueError, match="weights must be one of"):
         tf_ops.quantize_model(keras.Sequential([keras.Input((3, 2)), tf_ops.FusedGRU(2)]), "fp8")
+
+
+def _lstm_model(rng, units=4, **kwargs):
+    inputs = keras.Input((None, 3))
+    layer = tf_ops.FusedLSTM(units, name="rnn", **kwargs)
+    model = keras.Model(inputs, layer(inputs))
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.4 for w in model.get_weights()])
+    return model, layer
+
+
+@pytest.mark.parametrize("weights", ["float16", "bfloat16"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_quantize_model_refuses_non_finite_weights(rng, weights, bad):
+    """NaN/Inf recurrent weights are refused by name, as the int8 path refuses them (they were once rounded and
+    stored, and the converted model's outputs were all NaN)."""
+    model, layer = _lstm_model(rng, num_proj=2)
+    values = layer.get_weights()
+    values[-1][0, 1] = bad  # projection_kernel, the last weight
+    layer.set_weights(values)
+    with pytest.raises(ValueError, match="quantize_model: layer 'rnn' projection_kernel .*NaN or Inf"):
+        tf_ops.quantize_model(model, weights)
+    with pytest.raises(ValueError, match="quantized_weights: layer 'rnn' projection_kernel .*NaN or Inf"):
+        tf_ops.quantized_weights(layer, weights)
+
+
+def test_float16_refuses_weights_beyond_its_range(rng):
+    """float16 rounds |w| >= 65520 to Inf (once silently: every output NaN); bfloat16 holds them. The largest
+    finite float16, 65504, is kept exactly."""
+    model, layer = _lstm_model(rng)
+    kernel, rec, bias = layer.get_weights()
+    rec[1, 2] = 1e6
+    layer.set_weights([kernel, rec, bias])
+    message = (r"quantize_model: layer 'rnn' recurrent_kernel has values beyond float16's range "
+               r"\(max \|w\| = 1e\+06 > 65504\); use 'bfloat16' or 'int8'")
+    with pytest.raises(ValueError, match=message):
+        tf_ops.quantize_model(model, "float16")
+    rec[1, 2] = -65520.0  # just past the rounding boundary
+    layer.set_weights([kernel, rec, bias])
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        tf_ops.quantized_weights(layer, "float16")
+
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    for weights, value in (("float16", 65504.0), ("bfloat16", 1e6)):
+        rec[1, 2] = value
+        layer.set_weights([kernel, rec, bias])
+        converted = tf_ops.quantize_model(model, weights)
+        stored = converted.get_layer("rnn").get_weights()[-1]
+        assert float(stored[1, 2]) == float(tf.cast(tf.cast(value, weights), tf.float32))
+        # Independent reference: a stock LSTM given the same weights rounded to 16 bits.
+        stock = keras.layers.LSTM(4)
+        stock.build((None, None, 3))
+        stock.set_weights([kernel, _exact(_round16(rec, weights)).astype(np.float32), bias])
+        assert rel_err(converted(x), stock(x).numpy()) < 1e-5
+
+
+@pytest.mark.parametrize("dtype,name", [(np.dtype("float16"), "float16"), (np.float16, "float16"),
+                                        (tf.float16, "float16"), (tf.bfloat16, "bfloat16"),
+                                        (tf.bfloat16.as_numpy_dtype, "bfloat16"), ("bfloat16", "bfloat16")],
+                         ids=lambda v: repr(v) if not isinstance(v, str) else v)
+def test_recurrent_weight_dtype_accepts_dtype_objects_and_saves(rng, tmp_path, dtype, name):
+    """NumPy/TF dtype objects name the 16-bit type too, normalized to the string: np.dtype("float16") was once
+    accepted and then failed model.save ("Cannot serialize object float16"), np.float16 refused."""
+    inputs = keras.Input((None, 3))
+    layer = tf_ops.FusedGRU(4, recurrent_weight_dtype=dtype)
+    model = keras.Model(inputs, layer(inputs))
+    assert layer.recurrent_weight_dtype == name
+    assert [v.dtype for v in layer.weights if not v.trainable] == [name]
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    want = model(x).numpy()
+    path = os.path.join(tmp_path, "dtype.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    assert reloaded.layers[1].recurrent_weight_dtype == name
+    np.testing.assert_array_equal(reloaded(x).numpy(), want)
+    assert type(layer.get_config()["recurrent_weight_dtype"]) is str  # the config Keras writes: JSON
 
 
 # ---- ELMo on the real fixtures (../shared) with bfloat16 biLM weights -----------------------------------------

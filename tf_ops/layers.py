@@ -144,11 +144,19 @@ class _FusedRNN(keras.layers.Layer):
         self.zero_output_for_mask = zero_output_for_mask
         self.bidirectional = bidirectional
         self.merge_mode = merge_mode
-        # INT8 recurrent (and projection) weights with per-row scales (tf_ops.quantize): inference only; they are
-        # non-trainable, and tf_ops.quantize_model fills them from a trained float layer.
+        # INT8 recurrent (and projection) weights with per-row scales (tf_ops.quantize): non-trainable, no gradient
+        # (gradients still flow through the op to the inputs, states, input kernel and biases), and
+        # tf_ops.quantize_model fills them from a trained float layer.
         self.int8_weights = bool(int8_weights)
         # float16 / bfloat16 recurrent (and projection) kernels: half the weight bytes per step, float32 math on the
-        # exact 16-bit values; inference only (non-trainable; tf_ops.quantize_model(model, "bfloat16") converts).
+        # exact 16-bit values; non-trainable, as the int8 ones (tf_ops.quantize_model(model, "bfloat16") converts).
+        # A NumPy/TF dtype (np.float16, np.dtype("float16"), tf.bfloat16) becomes its name: the config must be
+        # JSON for model.save, and the code compares against the strings.
+        if recurrent_weight_dtype is not None and not isinstance(recurrent_weight_dtype, str):
+            try:
+                recurrent_weight_dtype = keras.backend.standardize_dtype(recurrent_weight_dtype)
+            except (TypeError, ValueError):
+                pass  # not a dtype: the check below names it
         _check(recurrent_weight_dtype in _WEIGHT_DTYPES,
                f"{name}: recurrent_weight_dtype must be one of {_WEIGHT_DTYPES}, got {recurrent_weight_dtype!r}")
         _check(not (self.int8_weights and recurrent_weight_dtype != "float32"),
@@ -366,8 +374,8 @@ class _FusedRNN(keras.layers.Layer):
         raise NotImplementedError
 
     def _op_training(self, training):
-        # 16-bit weights are inference-only: no reserve to keep (a frozen 16-bit layer in a model that trains
-        # other layers runs as at inference).
+        # The 16-bit op keeps no reserve: its gradient (to the inputs and states) re-runs the float32 forward on the
+        # widened weights, as the int8 op's does.
         return bool(training) and self.recurrent_weight_dtype == "float32"
 
     def call(self, sequences, initial_state=None, mask=None, training=None):

@@ -57,9 +57,9 @@ def _weights(value, name, dtype=None):
 
 def _check_16bit_inference(recurrent_kernel, training):
     if recurrent_kernel.dtype != tf.float32 and training:
-        raise _invalid(f"{recurrent_kernel.dtype.name} recurrent weights are for inference (there is no gradient "
-                       "through them); train with float32 weights and convert (tf_ops.FusedLSTM/FusedGRU "
-                       "recurrent_weight_dtype=...)")
+        raise _invalid(f"{recurrent_kernel.dtype.name} recurrent weights get no gradient (training=True keeps a "
+                       "reserve for one); train with float32 weights and convert (tf_ops.FusedLSTM/FusedGRU "
+                       "recurrent_weight_dtype=...); gradients for x_proj and the states flow without it")
 
 
 def _lengths(value, name="sequence_lengths"):
@@ -269,7 +269,8 @@ def lstm_sequence(x_proj, recurrent_kernel, sequence_lengths=None, initial_h=Non
     training=True makes the op keep what its fused gradient needs (as cuDNN's reserve space); without it a
     gradient still works, at the cost of one more forward pass.
     float16 or bfloat16 kernels (both of the same dtype) run the 16-bit weight op: half the weight bytes per step,
-    float32 arithmetic on the exact 16-bit values; inference only.
+    float32 arithmetic on the exact 16-bit values; the 16-bit weights get no gradient (gradients flow to x_proj and
+    the initial states).
     """
     with tf.name_scope(name or "lstm_sequence"):
         x_proj, recurrent_kernel, lengths, batch = _common(x_proj, recurrent_kernel, sequence_lengths, direction,
@@ -388,7 +389,8 @@ def lstm_sequence_int8(x_proj, recurrent_kernel_q8, recurrent_scale, sequence_le
                        initial_c=None, projection_kernel_q8=None, projection_scale=None, direction="forward",
                        time_major=False, cell_clip=0.0, proj_clip=0.0, implementation="auto", name=None):
     """lstm_sequence with INT8 recurrent (and projection) weights: kernels [D, R, 4H] / [D, H, P] int8, scales
-    [D, R] / [D, H] from tf_ops.quantize_rows. Float32 arithmetic; inference only. Returns (output, h, c)."""
+    [D, R] / [D, H] from tf_ops.quantize_rows. Float32 arithmetic. The int8 weights get no gradient; x_proj and the
+    initial states do. Returns (output, h, c)."""
     with tf.name_scope(name or "lstm_sequence_int8"):
         recurrent_kernel_q8 = _int8(recurrent_kernel_q8, "recurrent_kernel_q8")
         recurrent_scale = _float32(recurrent_scale, "recurrent_scale")
@@ -540,17 +542,68 @@ def _gru_grad_grad(op, dd_x, dd_rk, dd_rb, dd_h0):
     return [g[0], g[1], g[2], None, g[3], None, None] + list(g[-2:])
 
 
+# int8 and 16-bit recurrent weights are fixed (non-trainable variables), but gradients still flow through the op
+# to what is float: x_proj (so the input kernel and bias, and any layer below), the initial states and the GRU's
+# recurrent bias. A frozen narrow layer inside a model that trains other layers is the common case (a head on a
+# frozen int8 ELMo, an embedding under it). The gradient is the float32 backward run on the dequantized (int8: q /
+# scale) or widened (16-bit) weights, after a float32 forward that makes its reserve: the function the narrow op
+# computes, up to float32 rounding (the int8 CPU kernel may use VNNI fixed point: within ~1e-6 of it).
+def _narrow_lstm_grads(op, grads, recurrent_kernel, projection_kernel):
+    lib = _loader.load()
+    d_output, d_final_h, d_final_c = _grads_or_zeros(op, grads)
+    attrs = dict(direction=_attr_str(op, "direction"), time_major=op.get_attr("time_major"),
+                 num_proj=op.get_attr("num_proj"), cell_clip=op.get_attr("cell_clip"),
+                 proj_clip=op.get_attr("proj_clip"))
+    x, lengths, h0, c0 = op.inputs[0], op.inputs[3], op.inputs[4], op.inputs[5]
+    inputs = (x, recurrent_kernel, projection_kernel, lengths, h0, c0)
+    output, _, _, reserve = lib.fused_lstm_sequence(*inputs, is_training=True, **attrs)
+    d_x, _, _, d_h0, d_c0 = lib.fused_lstm_sequence_grad(*inputs, output, reserve, d_output, d_final_h, d_final_c,
+                                                         **attrs)
+    return d_x, d_h0, d_c0
+
+
+def _narrow_gru_grads(op, grads, recurrent_kernel):
+    lib = _loader.load()
+    d_output, d_final_h = _grads_or_zeros(op, grads)
+    attrs = dict(direction=_attr_str(op, "direction"), time_major=op.get_attr("time_major"))
+    x, rb, lengths, h0 = op.inputs[0], op.inputs[2], op.inputs[3], op.inputs[4]
+    inputs = (x, recurrent_kernel, rb, lengths, h0)
+    output, _, reserve = lib.fused_gru_sequence(*inputs, is_training=True, **attrs)
+    d_x, _, d_rb, d_h0 = lib.fused_gru_sequence_grad(*inputs, output, reserve, d_output, d_final_h, **attrs)
+    return d_x, d_rb, d_h0
+
+
+def _no_projection(recurrent_kernel):
+    """The empty [D, H, 0] float projection kernel of an LSTM without one (recurrent_kernel [D, H, 4H])."""
+    shape = tf.shape(recurrent_kernel)
+    return tf.zeros(tf.stack([shape[0], shape[2] // 4, 0]))
+
+
 @tf.RegisterGradient("FusedLSTMSequenceInt8")
+def _lstm_int8_grad(op, *grads):
+    q, pq, rs, ps = op.inputs[1], op.inputs[2], op.inputs[6], op.inputs[7]
+    rk = _dequantize(q, rs)
+    pk = _dequantize(pq, ps) if op.get_attr("num_proj") > 0 else _no_projection(q)
+    d_x, d_h0, d_c0 = _narrow_lstm_grads(op, grads, rk, pk)
+    return [d_x, None, None, None, d_h0, d_c0, None, None]
+
+
 @tf.RegisterGradient("FusedGRUSequenceInt8")
-def _no_int8_grad(op, *grads):
-    # A clear error instead of TF's LookupError.
-    raise _invalid(f"{op.type} has no gradient: int8 recurrent weights are for inference; train with float32 "
-                   "weights")
+def _gru_int8_grad(op, *grads):
+    d_x, d_rb, d_h0 = _narrow_gru_grads(op, grads, _dequantize(op.inputs[1], op.inputs[5]))
+    return [d_x, None, d_rb, None, d_h0, None]
 
 
 @tf.RegisterGradient("FusedLSTMSequence16")
+def _lstm_16bit_grad(op, *grads):
+    rk, pk = tf.cast(op.inputs[1], tf.float32), tf.cast(op.inputs[2], tf.float32)
+    if op.get_attr("num_proj") == 0:
+        pk = _no_projection(rk)
+    d_x, d_h0, d_c0 = _narrow_lstm_grads(op, grads, rk, pk)
+    return [d_x, None, None, None, d_h0, d_c0]
+
+
 @tf.RegisterGradient("FusedGRUSequence16")
-def _no_16bit_grad(op, *grads):
-    # A clear error instead of TF's "no gradient defined": the 16-bit ops are inference only.
-    raise _invalid(f"{op.type} has no gradient: 16-bit recurrent weights are for inference; train "
-                   "with float32 weights")
+def _gru_16bit_grad(op, *grads):
+    d_x, d_rb, d_h0 = _narrow_gru_grads(op, grads, tf.cast(op.inputs[1], tf.float32))
+    return [d_x, None, d_rb, None, d_h0]

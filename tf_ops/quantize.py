@@ -12,6 +12,7 @@ recurrent and projection kernels are quantized; input kernels, biases, inputs, o
 """
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def quantize_rows(w):
@@ -46,26 +47,63 @@ def _check_narrow(weights):
         raise ValueError(f"weights must be one of {_NARROW}, got {weights!r}")
 
 
+def _narrow_kind(layer):
+    """The narrow type a fused layer's recurrent weights have ("int8", "float16", "bfloat16"), None for float32."""
+    if layer.int8_weights:
+        return "int8"
+    return None if layer.recurrent_weight_dtype == "float32" else layer.recurrent_weight_dtype
+
+
+def _already_narrow(caller, layer, kind, weights):
+    return ValueError(f"{caller}: layer {layer.name!r} already holds narrow recurrent weights ({kind}); convert "
+                      f"the float model to {weights!r} instead (narrow weights are not converted again)")
+
+
+def _narrow(value, weights, where):
+    """One float32 recurrent/projection kernel in the twin's form: [q, scale] (int8) or [value] (16-bit: assigning
+    it to the 16-bit variable rounds to nearest even). Refuses what the narrow type would turn into NaN/Inf."""
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{where} contains NaN or Inf")
+    if weights == "int8":
+        return list(quantize_rows(value))
+    dtype = tf.as_dtype(weights)
+    with np.errstate(over="ignore"):  # the same rounding as the variable's assignment
+        overflows = np.isinf(value.astype(dtype.as_numpy_dtype)).any()
+    if overflows:  # float16 beyond +-65504 (bfloat16 only near float32's own limit): Inf, every output NaN
+        alternatives = "'bfloat16' or 'int8'" if weights == "float16" else "'int8'"
+        raise ValueError(f"{where} has values beyond {weights}'s range (max |w| = {np.max(np.abs(value)):.6g} > "
+                         f"{dtype.max:.6g}); use {alternatives}")
+    return [value]
+
+
 def quantized_weights(layer, weights="int8"):
     """The weights of `layer` (a built float FusedLSTM/FusedGRU) in the order of its twin with narrow recurrent
-    weights (int8_weights=True, or recurrent_weight_dtype=weights for "float16"/"bfloat16")."""
+    weights (int8_weights=True, or recurrent_weight_dtype=weights for "float16"/"bfloat16"). NaN/Inf recurrent or
+    projection weights, and float16 ones beyond its range, are a ValueError naming the weight."""
+    return _quantized_weights(layer, weights, "quantized_weights")
+
+
+def _quantized_weights(layer, weights, caller):
     from tf_ops import layers  # noqa: avoid an import cycle at module load
 
     _check_narrow(weights)
     if not isinstance(layer, layers._FusedRNN):
         raise ValueError(f"quantized_weights takes a FusedLSTM or FusedGRU, got {type(layer).__name__}")
-    if (weights == "int8" and layer.int8_weights) or layer.recurrent_weight_dtype == weights:
+    if not layer.built:  # no weights yet (nothing to convert): say so, not AttributeError '_weight_names'
+        raise ValueError(f"{caller}: layer {layer.name!r} is not built; build it (layer.build(input_shape)) or "
+                         "call it once first")
+    kind = _narrow_kind(layer)
+    if kind == weights:
         return layer.get_weights()
-    if layer.int8_weights or layer.recurrent_weight_dtype != "float32":
-        raise ValueError(f"quantized_weights: {layer.name} already holds narrow recurrent weights")
+    if kind is not None:
+        raise _already_narrow(caller, layer, kind, weights)
     # Keras orders a layer's weights trainable first, then non-trainable (the int8 kernels and their scales).
     trainable, frozen = [], []
     for names in layer._weight_names:
         for role, name in names.items():
             value = keras.ops.convert_to_numpy(getattr(layer, name))
             if role in ("recurrent_kernel", "projection_kernel"):
-                # 16-bit: the float32 values; assigning them to the 16-bit variable rounds to nearest even.
-                frozen.extend(quantize_rows(value) if weights == "int8" else [value])
+                frozen.extend(_narrow(value, weights, f"{caller}: layer {layer.name!r} {name}"))
             else:
                 trainable.append(value)
     return trainable + frozen
@@ -73,16 +111,30 @@ def quantized_weights(layer, weights="int8"):
 
 def quantize_model(model, weights="int8"):
     """A copy of `model` whose FusedLSTM/FusedGRU layers hold narrow recurrent (and projection) weights: "int8"
-    (per-row scales), "float16" or "bfloat16". Inference only; the input kernels and biases stay float32. Fused
+    (per-row scales), "float16" or "bfloat16", non-trainable (gradients still flow through them to everything float); the input kernels
+    and biases stay float32. Fused
     layers inside nested functional or Sequential models are converted too; one that cannot be (inside a custom
-    layer or a subclassed model, or wrapped in keras.layers.Bidirectional) is an error, never left float."""
+    layer or a subclassed model, or wrapped in keras.layers.Bidirectional) is an error, never left float.
+    Other layers are copied as they are: stock keras.layers.LSTM/GRU beside fused layers stay float, and a model
+    with no fused layer at all is an error (run tf_ops.fuse_model first). A layer already narrow is copied when
+    `weights` is its type, an error for another (narrow weights are not converted again). NaN/Inf recurrent
+    weights, and float16 ones beyond its range, are an error naming the layer and the weight."""
     from tf_ops import convert
     from tf_ops import layers
 
     _check_narrow(weights)
+    if not any(isinstance(layer, layers._FusedRNN) for layer in model._flatten_layers(include_self=False)):
+        # Nothing to convert: a float copy would pass for a quantized model (typically fuse_model was not run).
+        stock = convert.stock_recurrent_layers(model)
+        found = f" (its stock recurrent layers {stock} are not converted)" if stock else ""
+        raise ValueError(f"quantize_model: the model has no FusedLSTM/FusedGRU layers to convert{found}; run "
+                         "tf_ops.fuse_model(model) first to fuse its keras.layers.LSTM/GRU layers")
 
     def clone(layer):
         if isinstance(layer, layers._FusedRNN):
+            kind = _narrow_kind(layer)
+            if kind is not None and kind != weights:  # else the constructor's TypeError, with the whole config
+                raise _already_narrow("quantize_model", layer, kind, weights)
             config = layer.get_config()
             if weights == "int8":
                 config["int8_weights"] = True
@@ -98,7 +150,11 @@ def quantize_model(model, weights="int8"):
         return layer.int8_weights if weights == "int8" else layer.recurrent_weight_dtype == weights
 
     def layer_weights(src, dst):
-        return quantized_weights(src, weights) if isinstance(src, layers._FusedRNN) else src.get_weights()
+        if isinstance(src, layers._FusedRNN) and is_narrow(dst):
+            return _quantized_weights(src, weights, "quantize_model")
+        # Not a fused layer, or a float twin rebuilt from a subclassed model's config: its own weights fit it, and
+        # the check below names it (the narrow list made set_weights fail on the weight count instead).
+        return src.get_weights()
 
     copy = convert.clone_with(model, clone, layer_weights)
     missed = [layer.name for layer in copy._flatten_layers(include_self=False)
