@@ -3,7 +3,7 @@ against ONNX Runtime's LSTM (Microsoft's DeepCPU) and PyTorch's nn.LSTM when tho
 dependency of the package). T=100, float32, input width = H, median of warm runs, milliseconds. The last
 columns: the same fused layer with bfloat16 recurrent weights (float32 math on the rounded weights; inference).
 
-    .venv/bin/python bench/cpu_bench.py [--repeats 50] [--threads 2] [--markdown]
+    .venv/bin/python bench/cpu_bench.py [--repeats 50] [--threads 2]
 """
 import argparse
 import os
