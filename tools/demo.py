@@ -1,4 +1,5 @@
-"""The main job's end-to-end demo (tools/main.sh runs it after the set-up), in a few minutes on 2 cores (README: about 100 s on the development VM):
+"""The main job's end-to-end demo (tools/main.sh runs it after the set-up), in a few minutes on 2 cores (the
+README: about 100 s on the development VM):
 
  1. generate a translation task (tools/toy_task.py: reordering, a made-up lexicon) and train a small NMT model on
     it with the fused ops (python -m models.nmt train);
