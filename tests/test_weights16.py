@@ -333,3 +333,31 @@ def test_elmo_fixtures_with_bfloat16_weights(fixture, sentences_file):
         err = np.linalg.norm(out - np.asarray(want[key])) / np.linalg.norm(np.asarray(want[key]))
         print(f"{fixture} {key}: bfloat16 relative L2 error {err:.2e} (kernel {kernel_err:.1e})")
         assert 0 < err < 0.02
+
+
+@pytest.mark.parametrize("cell,units", [("lstm", 3), ("gru", 2), ("gru", 5)])
+def test_weights_files_load_into_their_own_form_only(rng, tmp_path, cell, units):
+    """A .weights.h5 file round-trips within one weight form (float32, int8, float16, bfloat16); loaded into another
+    form it is an error that says so. Keras matches entries by position and the forms order their weights
+    differently: FusedGRU(units=2)'s float file fits a 16-bit layer's shapes and used to load silently, the bias
+    into the recurrent kernel."""
+    layer_cls = tf_ops.FusedLSTM if cell == "lstm" else tf_ops.FusedGRU
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    inp = keras.Input((None, 3))
+    float_model = keras.Model(inp, layer_cls(units, name="rnn")(inp))
+    float_model.get_layer("rnn").set_weights(
+        [rng.standard_normal(w.shape).astype(np.float32) * 0.5 for w in float_model.get_layer("rnn").get_weights()])
+    models = {"float32": float_model}
+    for form in ("int8", "float16", "bfloat16"):
+        models[form] = tf_ops.quantize_model(float_model, form)
+    for form, model in models.items():
+        path = str(tmp_path / f"{form}.weights.h5")
+        model.save_weights(path)
+        for other, target in models.items():
+            fresh = keras.Model.from_config(target.get_config())
+            if other == form:
+                fresh.load_weights(path)
+                np.testing.assert_array_equal(fresh(x), model(x))
+            else:
+                with pytest.raises(ValueError, match="another weight form|expected|variables"):
+                    fresh.load_weights(path)

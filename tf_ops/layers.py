@@ -457,6 +457,33 @@ class _FusedRNN(keras.layers.Layer):
             checked.append(state)
         return checked
 
+    def load_own_variables(self, store):
+        # Keras matches a weights file to the variables by position. A file from another weight form of this layer
+        # (float32, int8, float16/bfloat16 recurrent kernels) has its entries in another order and dtype: matched
+        # by position it fails on a shape that names neither, or (FusedGRU(units=2): every shape alike) loads the
+        # bias into the recurrent kernel silently. The stored dtypes' sizes tell the forms apart.
+        variables = self._trainable_variables + self._non_trainable_variables
+        for i, variable in enumerate(variables):
+            key = str(i)
+            try:
+                stored = store[key]
+            except (KeyError, ValueError):
+                break  # a count mismatch: Keras' own check below says so
+            attrs = getattr(stored, "attrs", None)  # h5: bfloat16 is stored opaque (|V2) with a dtype attribute
+            stored_dtype = attrs["dtype"] if attrs is not None and "dtype" in attrs else None
+            if stored_dtype is None:
+                stored_dtype = np.dtype(getattr(stored, "dtype", np.float32)).name
+            stored_dtype = stored_dtype.decode() if isinstance(stored_dtype, bytes) else str(stored_dtype)
+            want = keras.backend.standardize_dtype(variable.dtype)
+            if stored_dtype != want:
+                form = "int8" if self.int8_weights else self.recurrent_weight_dtype
+                raise ValueError(
+                    f"{type(self).__name__} {self.name!r} ({form} recurrent weights): the weights being loaded hold "
+                    f"another weight form (entry {i} is {stored_dtype}, the layer's {variable.path} is {want}). "
+                    "Load a float file into the float model and convert it with tf_ops.quantize_model, or load the "
+                    "file saved from a model of this form")
+        super().load_own_variables(store)
+
     def _flat_states(self, finals):
         """[D, B, width] per state kind -> per direction, per kind (h, c, then the backward's h, c)."""
         return [finals[k][d] for d in range(self._num_dirs) for k in range(len(finals))]
