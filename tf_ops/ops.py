@@ -45,7 +45,8 @@ _WEIGHT_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
 
 def _weights(value, name, dtype=None):
-    """A recurrent or projection kernel: float32, or 16-bit (float16/bfloat16: the 16-bit ops, inference only).
+    """A recurrent or projection kernel: float32, or 16-bit (float16/bfloat16: the 16-bit ops; no gradient for the
+    kernel itself).
     With `dtype`, it must be that dtype (the projection kernel follows the recurrent kernel)."""
     t = _to_tensor(value, tf.float32)
     if dtype is not None and t.dtype != dtype:
