@@ -651,3 +651,41 @@ def test_stateful_initial_state_of_another_batch_is_a_clear_error(rng, cell, bid
         with pytest.raises(tf.errors.InvalidArgumentError, match="initial_state has another batch size.* 3"):
             traced(x[:1].repeat(batch, axis=0), *other)
     assert_same(list(fused.states), list(stock.states))  # the failed calls left the states alone
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("stateful", [False, True])
+def test_building_a_built_layer_again_keeps_its_weights_as_the_stock_layer(rng, cell, stateful):
+    """layer.build() on a built layer: the stock layer keeps its weights (its cell is built once) and a stateful one
+    zeroes its states. The fused layer added its weights a second time, which Keras' state lock refused with an
+    error about adding state to a built layer."""
+    x = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    stock, fused = STOCK[cell](5, stateful=stateful), FUSED[cell](5, stateful=stateful)
+    for layer in (stock, fused):
+        layer.build(x.shape)
+    randomize(stock, rng)
+    fused.set_weights(stock.get_weights())
+    assert_same(fused(x), stock(x))  # stateful: the states are no longer zero
+    for layer in (stock, fused):
+        layer.build(x.shape)
+    assert len(fused.weights) == len(stock.weights)
+    assert_same(fused.get_weights(), stock.get_weights())
+    if stateful:
+        assert_same(list(fused.states), list(stock.states))
+        assert all(not np.any(np.asarray(s)) for s in fused.states)
+    assert_same(fused(x), stock(x))
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_get_initial_state_in_the_compute_dtype_as_the_stock_layer(global_policy, policy, cell):
+    """get_initial_state gives the stock layer's dtype: the compute dtype (float16 under mixed_float16), where the
+    fused layer gave float32 whatever the policy, so code combining it with the layer's outputs failed on dtypes."""
+    global_policy(policy)
+    stock, fused = STOCK[cell](3), FUSED[cell](3)
+    for layer in (stock, fused):
+        layer.build((2, 4, 5))
+    want, got = stock.get_initial_state(6), fused.get_initial_state(6)
+    dtypes = [[keras.backend.standardize_dtype(s.dtype) for s in states] for states in (got, want)]
+    assert dtypes[0] == dtypes[1] == [keras.DTypePolicy(policy).compute_dtype] * len(want)
+    assert [tuple(s.shape) for s in got] == [tuple(s.shape) for s in want]

@@ -189,8 +189,10 @@ class _FusedRNN(keras.layers.Layer):
         return list(self._state_widths())
 
     def get_initial_state(self, batch_size):
-        """Zero states for `batch_size` rows, in initial_state's order (h, c per direction, forward first)."""
-        return [tf.zeros([batch_size, width]) for _ in range(self._num_dirs) for width in self._state_widths()]
+        """Zero states for `batch_size` rows, in initial_state's order (h, c per direction, forward first), in the
+        compute dtype as the stock layers give them (float16 under mixed_float16)."""
+        return [tf.zeros([batch_size, width], self.compute_dtype) for _ in range(self._num_dirs)
+                for width in self._state_widths()]
 
     @tracking.no_automatic_dependency_tracking
     def _create_state_variables(self, batch):
@@ -226,7 +228,10 @@ class _FusedRNN(keras.layers.Layer):
         input_dim = sequences_shape[-1]
         _check(input_dim is not None, f"{type(self).__name__}: the last input dimension must be known")
         prefixes = ("forward_", "backward_") if self.bidirectional else ("",)
-        self._weight_names = [self._add_cell_weights(p, input_dim) for p in prefixes]
+        # Building a built layer again keeps its weights, as the stock layers (whose cell is built once) do: adding
+        # them again failed on Keras' state lock, and a stateful layer never reached the reset below.
+        if getattr(self, "_weight_names", None) is None:
+            self._weight_names = [self._add_cell_weights(p, input_dim) for p in prefixes]
         if self.stateful:
             if self._state_variables is not None:
                 self.reset_state()
