@@ -73,6 +73,23 @@ CASES = {
                                             wt="bf16")),
     "elmo32": ("ELMo layer f32 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                           cell_clip=3.0, proj_clip=3.0)),
+    # Tensor-core plans (mode 4) at larger batches; "base" tuning fields apply under --tune-a / --tune-b.
+    "tc1024b16": ("LSTM H=1024 B=16 f16", dict(cell="lstm", direction="forward", T=100, B=16, I=1024, H=1024,
+                                               wt="f16")),
+    "tc1024b32": ("LSTM H=1024 B=32 f16", dict(cell="lstm", direction="forward", T=100, B=32, I=1024, H=1024,
+                                               wt="f16")),
+    "tc1024b128": ("LSTM H=1024 B=128 f16", dict(cell="lstm", direction="forward", T=100, B=128, I=1024, H=1024,
+                                                 wt="f16")),
+    "tc512b64": ("LSTM H=512 B=64 f16", dict(cell="lstm", direction="forward", T=100, B=64, I=512, H=512,
+                                             wt="f16")),
+    "tcgru1024b64": ("GRU H=1024 B=64 f16", dict(cell="gru", direction="forward", T=100, B=64, I=1024, H=1024,
+                                                 wt="f16")),
+    "tcbi512b64": ("biLSTM H=512 B=64 f16", dict(cell="lstm", direction="bidirectional", T=100, B=64, I=512,
+                                                 H=512, wt="f16")),
+    "tf32h1024b64": ("LSTM H=1024 B=64 f32, TF32", dict(cell="lstm", direction="forward", T=100, B=64, I=1024,
+                                                        H=1024, base={"allow_tf32": 1})),
+    "tf32h512b64": ("LSTM H=512 B=64 f32, TF32", dict(cell="lstm", direction="forward", T=100, B=64, I=512,
+                                                      H=512, base={"allow_tf32": 1})),
 }
 # The ELMo biLM: two layers in one graph, the second reading the first's output (as driver.py times it), so each
 # layer's weights are evicted from L2 by the other's, as in the model.
@@ -84,7 +101,9 @@ for _wt, _name in (("f16", "f16"), ("i8", "int8"), ("f32", "f32")):
 
 def make_layers(lib, kw, tuning=None):
     """The FusedLayers of a case (two for a biLM) and the function that runs their kernels."""
-    kw = dict(kw, tuning=tuning)
+    base = kw.get("base")
+    kw = {k: v for k, v in kw.items() if k != "base"}
+    kw["tuning"] = dict(base, **(tuning or {})) if base else tuning
     if kw.pop("bilm", False):
         l1 = FusedLayer(lib, seed=3, **kw)
         kw2 = dict(kw, I=2 * kw["P"])

@@ -40,6 +40,7 @@ TOL_EMULATED = 1e-5
 TOL_VS_F32 = 1e-2
 TOL_F32 = 1e-5  # float32 weights (3xTF32): the general kernel's float32 tolerance, free running
 TC = {"mode": 4}
+EXTRA_TUNING = {}  # --extra-tuning: CudaTuning fields added to every correctness case
 
 
 def round16(a, wt):
@@ -161,6 +162,7 @@ def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragg
         U_kernel[:, [1, H - 2]] = U_kernel[:, [H - 2, 1]]
     wround = "tf32" if tf32 else (None if f32 else wt)  # float32: h enters the product unrounded
     tun = dict(tuning if tuning else TC, **({"allow_tf32": 1, "tf32_exchange16": tf32_mode} if tf32 else {}))
+    tun.update(EXTRA_TUNING)
     f = FusedRnn(lib, cell, direction, T, B, H, 0, time_major, cell_clip, 0.0, "f32" if f32 else wt, tun)
     plan = f.describe()
     via16 = "via f16" in plan
@@ -452,7 +454,9 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--extra-tuning", default="{}", help="CudaTuning fields (JSON) added to every correctness case")
     args = ap.parse_args()
+    EXTRA_TUNING.update(json.loads(args.extra_tuning))
     os.makedirs(args.out, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
