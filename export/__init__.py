@@ -29,7 +29,7 @@ def resolve_version(path):
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no SavedModel at {path!r}")
     versions = sorted((int(v) for v in os.listdir(path)
-                       if v.isdigit() and os.path.exists(os.path.join(path, v, "saved_model.pb"))))
+                       if v.isascii() and v.isdigit() and os.path.exists(os.path.join(path, v, "saved_model.pb"))))
     if not versions:
         raise FileNotFoundError(f"{path!r} holds neither saved_model.pb nor a numbered version directory")
     return os.path.join(path, str(versions[-1]))

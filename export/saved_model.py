@@ -75,6 +75,8 @@ class NmtServing(_Module):
     @staticmethod
     def check_settings(beam_size=5, n_best=None, max_length=200, length_penalty=0.6):
         """Refuses decoding settings that would make every request fail (or mean nothing); returns n_best."""
+        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+            raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
         if n_best is None:
             n_best = beam_size
         if not 1 <= n_best <= beam_size:
@@ -224,8 +226,14 @@ class ElmoServing(_Module):
 
 
 # ---- writing ----------------------------------------------------------------------------------------------------
+def _is_version_name(name):
+    # ASCII digits only: str.isdigit() also accepts e.g. "²", which int() refuses (and TF Serving ignores).
+    return name.isascii() and name.isdigit()
+
+
 def _next_version(model_base):
-    versions = [int(name) for name in os.listdir(model_base) if name.isdigit()] if os.path.isdir(model_base) else []
+    versions = [int(name) for name in os.listdir(model_base) if _is_version_name(name)] \
+        if os.path.isdir(model_base) else []
     return max(versions, default=0) + 1
 
 
@@ -250,7 +258,7 @@ def write_server_files(base_dir, batching=None):
     base_dir = os.path.abspath(base_dir)
     names = sorted(name for name in os.listdir(base_dir)
                    if os.path.isdir(os.path.join(base_dir, name)) and
-                   any(v.isdigit() and os.path.exists(os.path.join(base_dir, name, v, "saved_model.pb"))
+                   any(_is_version_name(v) and os.path.exists(os.path.join(base_dir, name, v, "saved_model.pb"))
                        for v in os.listdir(os.path.join(base_dir, name))))
     entries = "".join(f"  config {{\n    name: {_text_proto_string(name)}\n"
                       f"    base_path: {_text_proto_string(os.path.join(base_dir, name))}\n"
@@ -347,10 +355,16 @@ def export_elmo(options_file, weight_file, out, flavour="fused", warmup_sentence
 def _read_warmup(path):
     if path is None:
         return None
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f if line.strip()]
+    # A mistake here is a bad argument (exit 2 naming --warmup-text), as every other one.
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--warmup-text {path!r} is not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise ValueError(f"--warmup-text {path!r} cannot be read: {e.strerror or e}") from None
     if not lines:
-        raise SystemExit(f"--warmup-text {path!r} holds no sentences")
+        raise ValueError(f"--warmup-text {path!r} holds no sentences")
     return lines[:8]
 
 

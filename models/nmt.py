@@ -11,7 +11,10 @@ logs sacreBLEU, and checkpoints (ckpt-last.npz, and ckpt-best.npz for the best B
 when the run's total time (across resumes) reaches --time-budget, saving a checkpoint; SIGINT/SIGTERM also save
 one and stop. Run the same command again to resume: the model directory holds the config, the SentencePiece
 models and the checkpoint (weights, optimizer state, step, elapsed time); the batch order and every dropout mask
-are functions of (seed, step), so a resumed run continues exactly as an uninterrupted one would.
+are functions of (seed, step), so a resumed run continues exactly as an uninterrupted one would. The saved
+settings win on resume: an option given on the command line that contradicts them (another --hidden, --lr, --src,
+...) is refused (exit 2); only --max-steps, --time-budget, --eval-every, --log-every and --save-every may change. A
+directory without ckpt-last.npz (a run killed before its first checkpoint) starts from scratch, with a fresh log.
 train_log.jsonl in the model directory has one line per log/eval event (step, time, loss, BLEU, load average).
 
 translate: raw text lines on stdin, detokenised translations on stdout (n lines per input with --n-best n, best
@@ -312,6 +315,49 @@ def _drop_log_records_after(path, step):
         os.replace(path + ".tmp", path)
 
 
+# Settings a resumed run takes from the model directory; a different value given on the command line is refused.
+# Budgets (--max-steps, --time-budget, --eval-every, --log-every, --save-every) may change on resume.
+_MODEL_OPTIONS = {"emb_dim": ("emb_dim", None), "hidden": ("hidden", None), "layers": ("enc_layers", None),
+                  "attention": ("attention", None), "no_input_feed": ("input_feed", lambda v: not v),
+                  "no_tie": ("tie_output", lambda v: not v), "dropout": ("dropout", None),
+                  "label_smoothing": ("label_smoothing", None)}
+_RECIPE_OPTIONS = ("shared_vocab", "src_vocab_size", "tgt_vocab_size", "spm_type", "batch_tokens", "max_len", "lr",
+                   "warmup_steps", "decay_start", "min_lr", "clip_norm", "seed", "valid_beam_size",
+                   "valid_batch_size", "valid_length_penalty")
+_PATH_OPTIONS = ("src", "tgt", "valid_src", "valid_tgt")
+
+
+def _check_resume_settings(args, saved, config_path):
+    """A resumed run continues the saved recipe. An option given on the command line (not a default) that the
+    saved one contradicts is a one-line ValueError: silently training another model than the one asked for, or
+    ignoring the asked-for setting, would be worse."""
+    explicit = getattr(args, "explicit_options", None) or ()
+    conflicts = []
+    for name in explicit:
+        given = getattr(args, name)
+        if name in _MODEL_OPTIONS:
+            key, to_saved = _MODEL_OPTIONS[name]
+            if key not in saved["model"]:
+                continue
+            want, have = (to_saved(given) if to_saved else given), saved["model"][key]
+        elif name in _RECIPE_OPTIONS and name in saved["train"]:
+            want, have = given, saved["train"][name]
+        elif name in _PATH_OPTIONS and saved["train"].get(name) is not None and given is not None:
+            # The saved path is the one the run reads (relative to the current directory, as on the first run).
+            if os.path.realpath(given) == os.path.realpath(saved["train"][name]):
+                continue
+            want, have = given, saved["train"][name]
+        else:
+            continue
+        if want != have:
+            conflicts.append(f"--{name.replace('_', '-')} {given!r} (the saved run has {have!r})")
+    if conflicts:
+        raise ValueError(f"--model-dir {os.path.dirname(config_path)!r} holds a run with other settings: "
+                         f"{', '.join(sorted(conflicts))}; a resumed run continues its saved settings (only "
+                         "--max-steps, --time-budget, --eval-every, --log-every and --save-every may change): "
+                         "use a new --model-dir for a new model")
+
+
 def check_train_files(args):
     """The training and validation files exist, are UTF-8 and line-aligned, and validation comes in pairs."""
     if bool(args.valid_src) != bool(args.valid_tgt):
@@ -351,6 +397,14 @@ def check_train_settings(args):
         raise ValueError(f"--time-budget must be a finite duration > 0, got {args.time_budget}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.decay_start is not None and args.max_steps is None and not _resumable(args.model_dir):
+        # The decay ends at the first run's --max-steps: without one it would silently never happen.
+        raise ValueError("--decay-start needs --max-steps on the first run (the cosine decay ends at the first "
+                         "run's --max-steps)")
+
+
+def _resumable(model_dir):
+    return all(os.path.isfile(os.path.join(model_dir, name)) for name in (CONFIG_FILE, "ckpt-last.npz"))
 
 
 def train(args, log=print):
@@ -369,11 +423,12 @@ def train(args, log=print):
     import keras
     keras.utils.set_random_seed(args.seed)  # initial weights
 
-    resuming = os.path.exists(config_path) and os.path.exists(last_path)
+    resuming = _resumable(args.model_dir)
     if resuming:
         saved = read_config(config_path)
         if not isinstance(saved.get("train"), dict):
             raise ValueError(f"{config_path!r} has no 'train' section to resume from")
+        _check_resume_settings(args, saved, config_path)
         # The saved recipe wins: a resumed run must continue the same one. Only budgets may change.
         train_args = dict(saved["train"])
         # Directories from before decay_end was saved: the first run's --max-steps is the saved one.
@@ -392,6 +447,11 @@ def train(args, log=print):
     check_train_files(args)  # the (saved) recipe's files, before anything is written or trained
     if not resuming:
         _model_config_from_args(args, 1, 1)  # bad model settings fail now, not after the SentencePiece training
+        # A run stopped before its first checkpoint (kill -9) left a log of steps this run does again, and perhaps a
+        # ckpt-best.npz of the old settings: this run starts from scratch, so do they.
+        for stale in (os.path.join(args.model_dir, LOG_FILE), best_path):
+            if os.path.exists(stale):
+                os.remove(stale)
         if args.shared_vocab:
             path = train_sentencepiece([args.src, args.tgt], os.path.join(args.model_dir, "spm_shared"),
                                        args.src_vocab_size, args.spm_type)
@@ -547,10 +607,22 @@ def translate_main(args):
     out.flush()
 
 
+def _recording(action_class):
+    """An argparse action class that also adds its dest to namespace.explicit_options."""
+    class Recording(action_class):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            namespace.explicit_options = sorted(set(getattr(namespace, "explicit_options", None) or ()) | {self.dest})
+    return Recording
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m models.nmt", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (or resume) a model")
+    # Record which options the command line gave (a resumed run refuses those that contradict its saved settings).
+    for registry_name in (None, "store", "store_true"):
+        t.register("action", registry_name, _recording(t._registry_get("action", registry_name)))
     t.add_argument("--src", required=True, help="training source text, one sentence a line")
     t.add_argument("--tgt", required=True, help="training target text, line-aligned with --src")
     t.add_argument("--valid-src", help="validation source text")

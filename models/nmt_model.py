@@ -344,7 +344,10 @@ class Translator:
     def __call__(self, src_ids_bs, max_length, length_penalty=0.0):
         """max_length: one cap for every sentence, or [B], one per sentence (decode_lengths)."""
         src_ids_bs = tf.convert_to_tensor(src_ids_bs, tf.int32)
-        max_length_b = tf.broadcast_to(tf.constant(max_length, tf.int32), tf.shape(src_ids_bs)[:1])
+        max_length = tf.convert_to_tensor(max_length)
+        if not max_length.dtype.is_integer:  # int64 (or NumPy ints) are fine; a float length is a mistake
+            raise TypeError(f"max_length must be an integer (or [B] integers), got {max_length.dtype.name}")
+        max_length_b = tf.broadcast_to(tf.cast(max_length, tf.int32), tf.shape(src_ids_bs)[:1])
         return self._fn(src_ids_bs, max_length_b, tf.constant(length_penalty, tf.float32))
 
     def _lstm_step(self, i, x_nd, h_nh, c_nh):

@@ -488,3 +488,113 @@ def test_cli_on_toy_ende(tmp_path):
     lines = [line.strip() for line in open(os.path.join(d, "src-val.txt"), encoding="utf-8")][:4]
     _cli_smoke(tmp_path, os.path.join(d, "src-train.txt"), os.path.join(d, "tgt-train.txt"),
                os.path.join(d, "src-val.txt"), os.path.join(d, "tgt-val.txt"), lines, vocab=500)
+
+
+# ---- resuming with other settings, restarting without a checkpoint ----------------------------------------------
+def _tiny_train_argv(src, tgt, model_dir, *extra):
+    return ["train", "--src", src, "--tgt", tgt, "--model-dir", str(model_dir), "--src-vocab-size", "20",
+            "--tgt-vocab-size", "20", "--emb-dim", "8", "--hidden", "8", "--layers", "1", "--log-every", "1",
+            "--eval-every", "1000", *extra]
+
+
+def test_resume_refuses_settings_that_contradict_the_saved_run(tmp_path, capsys):
+    """A model directory holding a run of --hidden 8: a command asking for --hidden 16 (or another --lr, --no-tie,
+    --src) must not silently go on training the 8-unit model with its saved recipe."""
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=20)
+    other_src, _, _, _ = reversal_data(tmp_path / "other", 30, seed=21)
+    model_dir = tmp_path / "m"
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "1"))
+    capsys.readouterr()
+    cases = [(["--hidden", "16", "--emb-dim", "16"], "--hidden 16"), (["--lr", "0.01"], "--lr 0.01"),
+             (["--no-tie"], "--no-tie"), (["--dropout", "0.1"], "--dropout 0.1"), (["--layers", "2"], "--layers 2")]
+    for extra, needle in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "2", *extra))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (extra, err)
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (extra, err)
+    argv = _tiny_train_argv(src, tgt, model_dir, "--max-steps", "2")
+    argv[argv.index(src)] = other_src
+    with pytest.raises(SystemExit) as exit_info:
+        nmt.main(argv)
+    assert exit_info.value.code == 2 and "--src" in capsys.readouterr().err
+    with open(model_dir / nmt.CONFIG_FILE) as f:
+        assert json.load(f)["model"]["hidden"] == 8
+    _, meta = _checkpoint_arrays(model_dir)
+    assert meta["step"] == 1  # nothing trained by the refused commands
+    # The same command, or one that changes budgets only, or leaves settings out, resumes.
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "2", "--save-every", "5"))
+    nmt.main(["train", "--src", src, "--tgt", tgt, "--model-dir", str(model_dir), "--max-steps", "3"])
+    _, meta = _checkpoint_arrays(model_dir)
+    assert meta["step"] == 3
+
+
+def test_restart_without_a_checkpoint_starts_a_fresh_log(tmp_path):
+    """A first run killed (-9) before its first checkpoint: the rerun starts from scratch, so its log must list each
+    step once (not the dead run's steps followed by its own), and a stale ckpt-best.npz must not outlive it."""
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=22)
+    model_dir = tmp_path / "m"
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "2"))
+    os.remove(model_dir / "ckpt-last.npz")  # as if killed before it was written
+    (model_dir / "ckpt-best.npz").write_bytes(b"stale")
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "2"))
+    steps = [json.loads(line)["step"] for line in open(model_dir / nmt.LOG_FILE)
+             if json.loads(line)["event"] == "train"]
+    assert steps == [1, 2], steps
+    assert not os.path.exists(model_dir / "ckpt-best.npz")
+
+
+def test_decay_start_without_max_steps_is_refused(tmp_path, capsys):
+    """The cosine decay ends at the first run's --max-steps; without one --decay-start would silently do nothing."""
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=23)
+    with pytest.raises(SystemExit) as exit_info:
+        nmt.main(_tiny_train_argv(src, tgt, tmp_path / "m", "--decay-start", "1", "--time-budget", "3s"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--decay-start" in err and "Traceback" not in err, err
+    assert not os.path.exists(tmp_path / "m")
+
+
+def test_export_cli_mistakes_are_exit_2_naming_the_option(tmp_path, capsys):
+    """python -m export.saved_model nmt: a bad --warmup-text or --beam-size is a bad argument (exit 2, one line
+    naming it), refused before the model is loaded or anything is written."""
+    from export import saved_model
+    empty, not_utf8 = tmp_path / "empty.txt", tmp_path / "latin1.txt"
+    empty.write_text("\n  \n")
+    not_utf8.write_bytes(b"caf\xe9\n")
+    base = ["nmt", "--model-dir", str(tmp_path / "no_model"), "--out", str(tmp_path / "exports" / "m")]
+    cases = [(["--warmup-text", str(empty)], "--warmup-text"), (["--warmup-text", str(not_utf8)], "--warmup-text"),
+             (["--warmup-text", str(tmp_path / "missing.txt")], "--warmup-text"),
+             (["--beam-size", "0"], "beam_size"), (["--beam-size", "0", "--n-best", "1"], "beam_size")]
+    for extra, needle in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            saved_model.main(base + extra)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (extra, err)
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert not os.path.exists(tmp_path / "exports")
+
+
+def test_export_next_version_ignores_non_numeric_entries(tmp_path):
+    """TF Serving reads versions from directories named by ASCII digits; anything else beside them (notes, a
+    README, "v2", "²", which str.isdigit() accepts but int() refuses) must neither crash the export nor count."""
+    from export import saved_model
+    base = tmp_path / "m"
+    for name in ("notes", "v2", "0042abc", "\u00b2", "\u0663", "7"):
+        (base / name).mkdir(parents=True)
+    (base / "README").write_text("x")
+    assert saved_model._next_version(str(base)) == 8
+    assert saved_model._next_version(str(tmp_path / "absent")) == 1
+
+
+def test_translator_takes_int64_max_length_and_refuses_a_float_one():
+    # An int64 tensor (as a tf.data pipeline gives) means the same cap as a Python int; a float is a mistake, not a
+    # length to truncate.
+    model = small_model(seed=4)
+    src = _pad([[5, 6, 7], [8, 9]])
+    tr = Translator(model, beam_size=2, decoder="fused")
+    ids_int, scores_int = tr(src, 9, 0.6)
+    ids_64, scores_64 = tr(src, tf.constant([9, 9], tf.int64), 0.6)
+    np.testing.assert_array_equal(ids_int.numpy(), ids_64.numpy())
+    np.testing.assert_array_equal(scores_int.numpy(), scores_64.numpy())
+    with pytest.raises(TypeError, match="max_length"):
+        tr(src, 9.0, 0.6)
