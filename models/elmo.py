@@ -26,6 +26,7 @@ Python API
         #    row, tf_ops.quantize_rows; float32 arithmetic): the float weights are quantized when loaded.
         # implementation="fused_bf16": the fused biLM with bfloat16 recurrent and projection kernels (float32
         #    arithmetic on the rounded weights: half the bytes a step streams).
+        # model.save("x.keras") and keras.models.load_model read back an ElmoModel (or a model holding one).
         # Layers: model.char_encoder (ElmoCharacterEncoder: char ids [B, T, 50] -> [B, T, P]) and model.bilm
         #    (ElmoBiLM: (token embeddings [B, T, P], mask=[B, T]) -> list of n_layers [B, T, 2P]), callable alone.
 
@@ -264,10 +265,14 @@ def validate_options(options, source="<options>"):
         },
     }
     lstm = normalised["lstm"]
-    if _lstm_width(lstm) != lstm["projection_dim"] and (lstm["use_skip_connections"] or lstm["n_layers"] > 1):
+    if lstm["projection_dim"] > lstm["dim"]:
+        # Even one layer without skip connections does not work: layer_0 (the token embedding, twice) would be
+        # 2 * projection_dim wide and the LSTM layers 2 * dim, so the layers cannot be stacked (embed_sentences,
+        # the embed command, bilm-tf's own output) or mixed (ScalarMix).
         raise ElmoFileError(f"options file {source}: lstm.projection_dim={lstm['projection_dim']} > "
                             f"lstm.dim={lstm['dim']} gives LSTM outputs of width {lstm['dim']}, which cannot "
-                            "feed the next layer or its skip connection")
+                            "feed the next layer or its skip connection, nor match the token layer's width "
+                            f"{lstm['projection_dim']} (projection_dim must be <= dim)")
     if normalised["char_cnn"]["n_characters"] < 262:
         # The file holds 261 rows for training (bilm-tf README); inference needs 262 (id 0 = no token).
         raise ElmoFileError(f"options file {source}: 'char_cnn.n_characters' is "
@@ -817,6 +822,7 @@ class ScalarMix(keras.layers.Layer):
 
 
 # ---- the model ----------------------------------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="elmo")
 class ElmoModel(keras.Model):
     """Functional Keras model: char ids [B, T + 2, C] -> {"layer_0".."layer_N": [B, T, 2P], "mask": [B, T]}.
 
@@ -857,6 +863,21 @@ class ElmoModel(keras.Model):
     def reset_states(self):
         """Zeroes the LSTM state carried between calls (stateful=True)."""
         self.bilm.reset_states()
+
+    def get_config(self):
+        # The constructor's arguments (not the functional graph, which the constructor builds): without this a
+        # .keras file saved from an ElmoModel, or from a model holding one, could not be loaded again.
+        return {"options": self.options, "stateful": self.stateful,
+                "max_batch_size": self.bilm.max_batch_size or 128, "implementation": self.implementation,
+                "name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        trainable = config.pop("trainable", True)
+        model = cls(**config)
+        model.trainable = trainable
+        return model
 
 
 def build_elmo(options, *, stateful=False, max_batch_size=128, implementation="fused", trainable=False,
@@ -1014,6 +1035,8 @@ def embed_sentences(model, sentences, batch_size=32, embed=None):
 
     With a stateful model the state carries from batch to batch (row k of each batch continues row k).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"embed_sentences: batch_size must be a positive integer, got {batch_size!r}")
     embed = embed or embed_function(model)
     max_chars = model.options["char_cnn"]["max_characters_per_token"]
     results = []
@@ -1065,8 +1088,11 @@ def _read_sentences(stream, source):
         text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
         raise _UsageError(f"input {source} is not UTF-8 text (byte {e.start + bom}: {e.reason})") from None
-    # One sentence per '\n' (or '\r\n') line, as AllenNLP reads the file; str.splitlines would also split at
-    # U+0085, U+2028, form feeds, ... inside a line, and every later sentence's key would be off by one.
+    # One sentence per line, lines ended by '\n', '\r\n' or a lone '\r' (Python's universal newlines, as
+    # AllenNLP's text-mode file reads them: a file with classic Mac line endings is not one long sentence);
+    # str.splitlines would also split at U+0085, U+2028, form feeds, ... inside a line, and every later
+    # sentence's key would be off by one.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text.endswith("\n"):
         text = text[:-1]
     lines = [line.strip() for line in text.split("\n")] if text else []
@@ -1125,7 +1151,11 @@ def _embed_command(args, stdin, stdout, stderr):
         # Written next to the output and renamed when complete: an interrupted run never leaves a file that
         # looks finished (and an existing output stays as it was).
         out_dir = os.path.dirname(os.path.abspath(args.output))
-        handle, path = tempfile.mkstemp(suffix=".hdf5.part", prefix=".elmo_embed_", dir=out_dir)
+        try:
+            handle, path = tempfile.mkstemp(suffix=".hdf5.part", prefix=".elmo_embed_", dir=out_dir)
+        except OSError as e:  # else the message names the temporary file, not the user's --output
+            raise _UsageError(f"--output {args.output!r} cannot be written: its directory {out_dir!r}: "
+                              f"{e.strerror or e}") from None
         os.close(handle)
     try:
         with h5py.File(path, "w") as out:

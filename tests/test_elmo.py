@@ -627,3 +627,82 @@ def test_empty_batch_gives_empty_outputs(tmp_path, rng, implementation, stateful
     assert model.char_encoder(empty).shape == (0, 7, cfg["projection_dim"])
     for key, value in model(ids).items():  # the empty batches left the (stateful) state alone
         np.testing.assert_array_equal(value, want[key])
+
+
+def test_cli_classic_mac_line_endings_are_lines(tmp_path, rng, capsys):
+    """A lone '\\r' ends a line (universal newlines, as AllenNLP's text-mode read): a file with classic Mac line
+    endings is three sentences, not one sentence of all their tokens."""
+    cfg = CONFIGS["plain"]
+    options_file, weight_file = write_random_model(str(tmp_path), rng, cfg)
+    path, out = tmp_path / "in.txt", tmp_path / "out.hdf5"
+    path.write_bytes(b"a b c\rhello world\r\nx\r")
+    status = elmo.main(["embed", "--options", options_file, "--weights", weight_file, "--input", str(path),
+                        "--output", str(out), "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    sentences = [["a", "b", "c"], ["hello", "world"], ["x"]]
+    reference = NumpyElmo(options_file, weight_file, max_batch=1)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f["sentence_to_index"][0]) == {"a b c": "0", "hello world": "1", "x": "2"}
+        assert sorted(k for k in f if k != "sentence_to_index") == ["0", "1", "2"]
+        for i, sentence in enumerate(sentences):
+            want = reference(elmo.batch_to_ids([sentence], cfg["max_chars"]), stateful=False)[0]
+            np.testing.assert_allclose(f[str(i)][...], want, rtol=1e-5, atol=1e-5)
+    path.write_bytes(b"a\r\rb\n")  # an empty line between CRs is an empty line
+    status = elmo.main(["embed", "--options", options_file, "--weights", weight_file, "--input", str(path),
+                        "--output", str(out), "--quiet"])
+    assert status == 2 and "line 2" in capsys.readouterr().err
+
+
+def test_projection_wider_than_the_cell_is_refused(tmp_path, rng):
+    # One layer, no skip connections: the LSTM layers would be 2 * dim wide and layer_0 2 * projection_dim, so
+    # embed_sentences and the embed command crashed stacking them (numpy's "all input arrays must have the same
+    # shape"). Refused when the options are read, naming both values.
+    cfg = dict(CONFIGS["plain"], dim=6, projection_dim=9, n_layers=1)
+    options_file, weight_file = write_random_model(str(tmp_path), rng, cfg)
+    with pytest.raises(elmo.ElmoFileError, match=r"projection_dim=9 > lstm.dim=6"):
+        elmo.read_options(options_file)
+    with pytest.raises(elmo.ElmoFileError, match="options.json"):
+        elmo.load_elmo(options_file, weight_file)
+
+
+def test_embed_sentences_rejects_a_bad_batch_size(tmp_path, rng):
+    options_file, weight_file = write_random_model(str(tmp_path), rng, CONFIGS["plain"])
+    model = elmo.load_elmo(options_file, weight_file)
+    for bad in (-1, 0, 2.5, True):  # -1 used to return [] silently
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            elmo.embed_sentences(model, [["a"], ["b"]], batch_size=bad)
+
+
+def test_cli_output_in_a_missing_directory_names_the_output(tmp_path, rng, capsys):
+    options_file, weight_file = write_random_model(str(tmp_path), rng, CONFIGS["plain"])
+    target = str(tmp_path / "no_such_dir" / "out.hdf5")
+    path = tmp_path / "in.txt"
+    path.write_text("a b\n")
+    status = elmo.main(["embed", "--options", options_file, "--weights", weight_file, "--input", str(path),
+                        "--output", target, "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and repr(target) in err and ".part" not in err, err
+
+
+def test_elmo_model_and_a_tagger_on_it_load_from_keras_files(tmp_path, rng):
+    """model.save wrote a .keras file that keras.models.load_model could not read back ("Could not locate class
+    'ElmoModel'"), alone or inside a tagger: ElmoModel is registered and its config is its constructor's."""
+    import keras
+    cfg = CONFIGS["plain"]
+    options_file, weight_file = write_random_model(str(tmp_path), rng, cfg)
+    model = elmo.load_elmo(options_file, weight_file, stateful=True, max_batch_size=3)
+    ids = elmo.batch_to_ids([["a", "b"], ["c"]], cfg["max_chars"])
+    model(ids)  # a carried state, saved with the weights
+    model.save(tmp_path / "elmo.keras")
+    loaded = keras.models.load_model(tmp_path / "elmo.keras")
+    assert isinstance(loaded, elmo.ElmoModel) and loaded.stateful and not loaded.trainable
+    np.testing.assert_array_equal(loaded(ids)["layer_2"], model(ids)["layer_2"])
+    stateless = elmo.load_elmo(options_file, weight_file)
+    char_ids = keras.Input((None, cfg["max_chars"]), dtype="int32")
+    out = stateless(char_ids)
+    mixed = elmo.ScalarMix(3)([out["layer_0"], out["layer_1"], out["layer_2"]], mask=out["mask"])
+    tagger = keras.Model(char_ids, keras.layers.Dense(2)(mixed))
+    tagger.save(tmp_path / "tagger.keras")
+    tagger_loaded = keras.models.load_model(tmp_path / "tagger.keras")
+    assert len(tagger_loaded.trainable_weights) == 4
+    np.testing.assert_array_equal(tagger_loaded(ids), tagger(ids))
