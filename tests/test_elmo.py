@@ -706,3 +706,13 @@ def test_elmo_model_and_a_tagger_on_it_load_from_keras_files(tmp_path, rng):
     tagger_loaded = keras.models.load_model(tmp_path / "tagger.keras")
     assert len(tagger_loaded.trainable_weights) == 4
     np.testing.assert_array_equal(tagger_loaded(ids), tagger(ids))
+
+
+def test_quantize_model_on_elmo_points_to_the_int8_implementation(tmp_path, rng):
+    # quantize_model cannot reach the biLM's layers (ElmoBiLM builds them itself); its message must name the route
+    # that works for ELMo, not the generic one.
+    import tf_ops
+    options_file, weight_file = write_random_model(str(tmp_path), rng, CONFIGS["plain"])
+    model = elmo.load_elmo(options_file, weight_file)
+    with pytest.raises(ValueError, match='implementation="fused_int8"'):
+        tf_ops.quantize_model(model)

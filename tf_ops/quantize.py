@@ -160,8 +160,14 @@ def quantize_model(model, weights="int8"):
     missed = [layer.name for layer in copy._flatten_layers(include_self=False)
               if isinstance(layer, layers._FusedRNN) and not is_narrow(layer)]
     if missed:
+        # models.elmo builds its biLM itself: its own switch is the way there (duck-typed: tf_ops does not import
+        # models).
+        elmo = any(hasattr(m, "bilm") and hasattr(m, "implementation")
+                   for m in [model] + list(model._flatten_layers(include_self=False)))
+        hint = ("; for an ELMo model load it with models.elmo.load_elmo(..., implementation=\"fused_int8\") (or "
+                "\"fused_bf16\")" if elmo else "")
         raise ValueError(f"quantize_model: could not convert the fused layers {missed} (inside a custom layer or a "
                          "subclassed model, whose config rebuilds them as they were); convert them with "
                          "tf_ops.quantized_weights and a layer built with int8_weights=True or "
-                         "recurrent_weight_dtype=...")
+                         f"recurrent_weight_dtype=...{hint}")
     return copy
