@@ -401,6 +401,8 @@ def check_train_settings(args):
         # The decay ends at the first run's --max-steps: without one it would silently never happen.
         raise ValueError("--decay-start needs --max-steps on the first run (the cosine decay ends at the first "
                          "run's --max-steps)")
+    if not _resumable(args.model_dir):
+        _model_config_from_args(args, 1, 1)  # model settings that cannot work, before the model directory exists
 
 
 def _resumable(model_dir):

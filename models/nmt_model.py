@@ -73,7 +73,8 @@ class NMTConfig:
         need(self.attention in ATTENTION_TYPES, f"attention must be one of {ATTENTION_TYPES}, got "
                                                 f"{self.attention!r}")
         need(not self.tie_output or self.emb_dim == self.hidden,
-             f"tie_output needs emb_dim == hidden, got {self.emb_dim} and {self.hidden}")
+             f"tie_output needs emb_dim == hidden, got {self.emb_dim} and {self.hidden} (the command line: "
+             f"--emb-dim equal to --hidden, or --no-tie)")
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 

@@ -387,7 +387,7 @@ def test_cli_refuses_settings_that_silently_break_training(tmp_path, capsys):
              (["--clip-norm", "nan"], "--clip-norm"), (["--lr", "0"], "--lr"), (["--lr", "-1"], "--lr"),
              (["--lr", "nan"], "--lr"), (["--min-lr", "-2"], "--min-lr"), (["--decay-start", "-5"], "--decay-start"),
              (["--time-budget", "nan"], "--time-budget"), (["--time-budget=-1m"], "--time-budget"),
-             (["--seed", "-1"], "--seed")]
+             (["--seed", "-1"], "--seed"), (["--emb-dim", "6"], "--no-tie")]  # tied output: the fix is named
     for i, (extra, needle) in enumerate(cases):
         model_dir = tmp_path / f"m{i}"
         with pytest.raises(SystemExit) as exit_info:
