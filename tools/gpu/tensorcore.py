@@ -489,6 +489,8 @@ def main():
     summary["profiles"] = []
     for key in ("tc1024_b64", "tc1024_b16", "simt1024_b64", "tcf32_1024_b64", "tctf32_1024_b64",
                 "tctf32h_1024_b64"):
+        label, kw, tun = driver.PROFILE_CASES[key]
+        driver.PROFILE_CASES[key] = (label, kw, dict(tun, **EXTRA_TUNING))  # --extra-tuning reaches the profiles
         try:
             summary["profiles"].append(driver.phase_profile(lib, key))
         except Exception:  # noqa: BLE001
