@@ -8,19 +8,25 @@ train: SentencePiece models trained on the training text (separate, or one share
 Adam with warm-up and a cosine decay to --max-steps, gradient clipping, length-bucketed batches of about
 --batch-tokens tokens. Every --eval-every steps it translates the validation set (beam search, fused decoder),
 logs sacreBLEU, and checkpoints (ckpt-last.npz, and ckpt-best.npz for the best BLEU). It stops on --max-steps or
-when the run's total time (across resumes) reaches --time-budget, saving a checkpoint; SIGINT/SIGTERM also save
-one and stop. Run the same command again to resume: the model directory holds the config, the SentencePiece
-models and the checkpoint (weights, optimizer state, step, elapsed time); the batch order and every dropout mask
-are functions of (seed, step), so a resumed run continues exactly as an uninterrupted one would. The saved
-settings win on resume: an option given on the command line that contradicts them (another --hidden, --lr, --src,
-...) is refused (exit 2); only --max-steps, --time-budget, --eval-every, --log-every and --save-every may change. A
-directory without ckpt-last.npz (a run killed before its first checkpoint) starts from scratch, with a fresh log.
-train_log.jsonl in the model directory has one line per log/eval event (step, time, loss, BLEU, load average).
+before the run's total time (across resumes) would pass --time-budget, saving a checkpoint (one of the two is
+required: a run without either is refused); SIGINT/SIGTERM also save one and stop. The time budget is a bound
+on the run's wall clock: no training step or evaluation starts that the longest ones so far say would not end,
+with the final evaluation and checkpoint, within it (the run's first evaluation, which nothing predicts, starts
+only while training goes on). Run the same command again to resume: the model directory holds the config, the
+SentencePiece models and the checkpoint (weights, optimizer state, step, elapsed time); the batch order and every
+dropout mask are functions of (seed, step), so a resumed run continues exactly as an uninterrupted one would. The
+saved settings win on resume: an option given on the command line that contradicts them (another --hidden, --lr,
+--src, ...) is refused (exit 2); only --max-steps, --time-budget, --eval-every, --log-every and --save-every may
+change. A directory without ckpt-last.npz (a run killed before its first checkpoint) starts from scratch, with a
+fresh log. train_log.jsonl in the model directory has one line per log/eval event (step, time, loss, BLEU, load
+average); a train line averages the loss over the "steps" since the line before (--log-every, or fewer: the first
+line after a resume, the last before a stop), and its tokens_per_s counts training time only.
 
 translate: raw text lines on stdin, detokenised translations on stdout (n lines per input with --n-best n, best
 first; --with-scores prefixes "score<TAB>").
 """
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -146,25 +152,57 @@ def save_checkpoint(path, model, optimizer, meta):
     os.replace(tmp, path)
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint whose arrays do not fit the model (or optimizer) it is loaded into: another config."""
+
+
 def load_checkpoint(path, model, optimizer=None):
-    """Restores a checkpoint written by save_checkpoint; returns its meta. A truncated or damaged file, or one
-    from another model config, is a one-line ValueError naming the file."""
+    """Restores a checkpoint written by save_checkpoint; returns its meta. A truncated or damaged file is a one-line
+    ValueError naming the file; one from another model config (another number of arrays than the model has weights,
+    or other shapes) is a one-line CheckpointMismatch (a ValueError) naming the file, both counts and the shapes that
+    differ. Nothing is assigned unless every array fits: a failed load leaves the model and optimizer as they were."""
     try:
         return _load_checkpoint(path, model, optimizer)
+    except CheckpointMismatch:
+        raise
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, tf.errors.OpError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"checkpoint {path!r} cannot be loaded (truncated, damaged, or not from this model's "
                          f"config): {detail}") from None
 
 
+def _checkpoint_group(path, data, prefix, variables, what):
+    """The arrays prefix_0000.. of an open checkpoint, checked against the variables they are for."""
+    names = sorted(k for k in data.files if k.startswith(prefix + "_"))
+    if names != [f"{prefix}_{i:04d}" for i in range(len(names))]:
+        raise ValueError(f"its {prefix} arrays are not numbered 0..{len(names) - 1}")
+    arrays = [data[name] for name in names]
+    mismatches = [f"#{i} {getattr(v, 'path', None) or v.name} {tuple(v.shape)} in the {what}, "
+                  f"{tuple(a.shape)} in the checkpoint"
+                  for i, (v, a) in enumerate(zip(variables, arrays)) if tuple(v.shape) != tuple(a.shape)]
+    if len(arrays) != len(variables) or mismatches:
+        shapes = ""
+        if len(mismatches) == 1:
+            shapes = f"; the shapes differ at one position: {mismatches[0]}"
+        elif mismatches:
+            shapes = (f"; the shapes differ at {len(mismatches)} positions, the first "
+                      f"{min(len(mismatches), 3)}: {'; '.join(mismatches[:3])}")
+        raise CheckpointMismatch(
+            f"checkpoint {path!r} does not fit this {what} (saved from another config?): it holds {len(arrays)} "
+            f"{prefix} arrays, the {what} has {len(variables)} variables{shapes}")
+    return arrays
+
+
 def _load_checkpoint(path, model, optimizer=None):
     with np.load(path) as data:
-        for i, v in enumerate(model.weights):
-            v.assign(data[f"model_{i:04d}"])
+        pairs = list(zip(model.weights, _checkpoint_group(path, data, "model", model.weights, "model")))
         if optimizer is not None:
-            for i, v in enumerate(optimizer.variables):
-                v.assign(data[f"optimizer_{i:04d}"])
-        return json.loads(str(data["meta"]))
+            pairs += zip(optimizer.variables, _checkpoint_group(path, data, "optimizer", optimizer.variables,
+                                                                "optimizer"))
+        meta = json.loads(str(data["meta"]))
+    for v, array in pairs:  # every shape checked first: a mismatch assigns nothing
+        v.assign(array)
+    return meta
 
 
 def read_config(config_path):
@@ -301,15 +339,68 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
+class _TimeBudget:
+    """Whether the next training step, or an evaluation, still ends within --time-budget together with what the
+    run must do after it (the final evaluation, when one can be predicted, and the final checkpoint), predicted
+    from the longest ones timed so far. timing (saved in the checkpoint's meta, so a resumed run predicts too):
+    "first_step" (a session's first step, which traces the training function), "eval" and "save", the longest
+    seconds each. Later steps are predicted by the longest of this session's last 50 (the first excluded)."""
+
+    def __init__(self, budget, timing=None):
+        self.budget = budget
+        self.timing = dict(timing or {})
+        self._first_step = None
+        self._recent_steps = collections.deque(maxlen=50)
+
+    def record(self, kind, seconds):
+        if kind == "step" and self._first_step is None:
+            self._first_step = seconds
+            kind = "first_step"
+        elif kind == "step":
+            self._recent_steps.append(seconds)
+            return
+        self.timing[kind] = max(seconds, self.timing.get(kind) or 0.0)
+
+    def step_seconds(self):
+        if self._recent_steps:
+            return max(self._recent_steps)
+        return self._first_step if self._first_step is not None else self.timing.get("first_step")
+
+    def _after_eval(self):
+        return self.timing["eval"] + 2 * (self.timing.get("save") or 0.0)  # ckpt-best.npz and ckpt-last.npz
+
+    def step_fits(self, elapsed, validating):
+        if self.budget is None:
+            return True
+        end = self._after_eval() if validating and self.timing.get("eval") is not None else \
+            (self.timing.get("save") or 0.0)
+        return elapsed + (self.step_seconds() or 0.0) + end <= self.budget
+
+    def eval_fits(self, elapsed):
+        """True or False; None when no evaluation has been timed yet (its time cannot be predicted)."""
+        if self.budget is None:
+            return True
+        if self.timing.get("eval") is None:
+            return None
+        return elapsed + self._after_eval() <= self.budget
+
+
 def _drop_log_records_after(path, step):
     """A run killed between checkpoints logged steps that the resumed run does again: keep the log to what the
     checkpoint holds, so every step appears once."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        records = [line for line in f if line.strip()]
-    kept = [line for line in records if json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(records):
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    kept = []
+    for line in text.split("\n"):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:  # a line cut short by a kill -9 while it was written
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    if "".join(kept) != text:  # (also when the last line lost its newline: the next record would join it)
         with open(path + ".tmp", "w") as f:
             f.writelines(kept)
         os.replace(path + ".tmp", path)
@@ -383,6 +474,7 @@ def check_train_settings(args):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    _check_a_budget_is_given(args)
     # Written as `not (x > 0)` so that nan is refused too. --clip-norm 0 would zero every gradient
     # (tf.clip_by_global_norm scales by clip_norm / max(norm, clip_norm)), --lr <= 0 never (or wrongly) moves a weight.
     for name in ("lr", "clip_norm"):
@@ -405,6 +497,12 @@ def check_train_settings(args):
         _model_config_from_args(args, 1, 1)  # model settings that cannot work, before the model directory exists
 
 
+def _check_a_budget_is_given(args):
+    if args.max_steps is None and args.time_budget is None:
+        raise ValueError("give --max-steps or --time-budget (or both; on a resume too): without either, training "
+                         "would only stop on a signal")
+
+
 def _resumable(model_dir):
     return all(os.path.isfile(os.path.join(model_dir, name)) for name in (CONFIG_FILE, "ckpt-last.npz"))
 
@@ -412,6 +510,7 @@ def _resumable(model_dir):
 def train(args, log=print):
     """The train command; returns the final meta (step, elapsed, best BLEU, history)."""
     start_wall = time.time()
+    _check_a_budget_is_given(args)
     if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
         raise ValueError(f"--model-dir {args.model_dir!r} is a file, not a directory")
     try:
@@ -498,7 +597,7 @@ def train(args, log=print):
     optimizer.build(model.trainable_variables)
     meta = {"step": 0, "elapsed": 0.0, "best_bleu": None, "best_step": None}
     if resuming:
-        meta = load_checkpoint(last_path, model, optimizer)
+        meta = {**meta, **load_checkpoint(last_path, model, optimizer)}
         _drop_log_records_after(os.path.join(args.model_dir, LOG_FILE), meta["step"])
     log(f"{len(keep)} training pairs, {len(batches)} batches/epoch, vocab {model_cfg.src_vocab_size}/"
         f"{model_cfg.tgt_vocab_size}, {sum(int(np.prod(v.shape)) for v in model.trainable_variables)} parameters")
@@ -530,60 +629,121 @@ def train(args, log=print):
         with open(os.path.join(args.model_dir, LOG_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    budget = _TimeBudget(args.time_budget, meta.get("timing"))
+    validating = bool(valid_src)
+
+    # The budget is the run's wall clock: this session's start-up (and on a first run the SentencePiece training)
+    # counts, as do evaluations and checkpoints.
     session_start = time.time()
-    elapsed_before = meta["elapsed"] + (session_start - start_wall if not resuming else 0.0)
-    loss_sum, token_sum, window_start = 0.0, 0, time.time()
+    elapsed_before = meta["elapsed"] + (session_start - start_wall)
+
+    def clock():
+        return elapsed_before + time.time() - session_start
+
+    def timed_save(path):
+        meta["timing"] = dict(budget.timing)  # the longest step, evaluation and save so far, for a resumed run
+        meta["elapsed"] = clock() + (budget.timing.get("save") or 0.0)  # (at the end of this save, as predicted)
+        t0 = time.time()
+        save_checkpoint(path, model, optimizer, meta)
+        budget.record("save", time.time() - t0)
+
+    if args.time_budget is not None and budget.timing.get("save") is None:
+        # The final checkpoint must fit in the budget too: time one (to a scratch file) before any is needed.
+        probe = os.path.join(args.model_dir, "ckpt-probe.npz")
+        timed_save(probe)
+        os.remove(probe)
+
+    # The steps since the last train log line: token-weighted loss, tokens, and their training time (the steps
+    # only: evaluations and checkpoints in between are not training time).
+    window = {"steps": 0, "loss": 0.0, "tokens": 0, "seconds": 0.0, "lr": None, "norm": None}
+
+    def log_window(step):
+        record = {"event": "train", "step": step, "epoch": round(step / len(batches), 3),
+                  "elapsed": round(clock(), 1), "loss": round(window["loss"] / max(window["tokens"], 1), 4),
+                  "steps": window["steps"], "tokens": window["tokens"],
+                  "tokens_per_s": round(window["tokens"] / max(window["seconds"], 1e-9), 1), "lr": window["lr"],
+                  "grad_norm": round(window["norm"], 3), "loadavg": os.getloadavg()[0]}
+        log(" ".join(f"{k} {v}" for k, v in record.items() if k != "event"))
+        write_log(record)
+        window.update(steps=0, loss=0.0, tokens=0, seconds=0.0)
+
     step = meta["step"]
     with _StopSignal() as stopper:
         while True:
-            elapsed = elapsed_before + time.time() - session_start
-            out_of_time = args.time_budget is not None and elapsed >= args.time_budget
-            finished = (args.max_steps is not None and step >= args.max_steps) or out_of_time or stopper.stop
-            eval_due = step > meta["step"] and (finished or step % args.eval_every == 0)
-            if (eval_due or meta.get("eval_due")) and valid_src and not stopper.stop:
-                bleu, eval_seconds = evaluate()
-                elapsed = elapsed_before + time.time() - session_start
-                record = {"event": "eval", "step": step, "elapsed": round(elapsed, 1), "bleu": round(bleu.score, 2),
-                          "eval_seconds": round(eval_seconds, 1), "loadavg": os.getloadavg()[0]}
-                log(f"step {step} valid BLEU {bleu.score:.2f} ({bleu}) eval {eval_seconds:.0f}s")
-                write_log(record)
-                meta.update(step=step, elapsed=elapsed, eval_due=False)
-                if meta["best_bleu"] is None or bleu.score > meta["best_bleu"]:
-                    meta.update(best_bleu=bleu.score, best_step=step)
-                    save_checkpoint(best_path, model, optimizer, meta)
-                save_checkpoint(last_path, model, optimizer, meta)
-            elif step > meta["step"] and (finished or step % args.save_every == 0):
-                # A stop signal that skipped an evaluation an uninterrupted run makes here (an eval step, the
-                # step budget, the time budget): the resumed run does it first.
-                would_eval = (step % args.eval_every == 0 or out_of_time or
-                              (args.max_steps is not None and step >= args.max_steps))
-                meta.update(step=step, elapsed=elapsed, eval_due=bool(stopper.stop and would_eval and valid_src))
-                save_checkpoint(last_path, model, optimizer, meta)
+            elapsed = clock()
+            at_max = args.max_steps is not None and step >= args.max_steps
+            # Out of time: the next step, then the final evaluation and checkpoint, would not end in the budget.
+            out_of_time = not at_max and not budget.step_fits(elapsed, validating)
+            finished = at_max or out_of_time or stopper.stop
+            if finished and window["steps"]:
+                log_window(step)  # the steps since the last line (fewer than --log-every), so that each is logged
+            new_steps = step > meta["step"]
+            periodic = new_steps and step % args.eval_every == 0
+            # What an uninterrupted run with room in its budget evaluates here (a stop signal or the budget may
+            # skip it: then the resumed run does it first).
+            would_eval = validating and ((new_steps and (periodic or at_max or out_of_time)) or
+                                         bool(meta.get("eval_due")))
+            evaluated = skipped = False
+            if would_eval and not stopper.stop:
+                fits = budget.eval_fits(elapsed)
+                # An evaluation none before can predict (the run's first) starts only while training goes on.
+                if fits or (fits is None and not finished):
+                    bleu, eval_seconds = evaluate()
+                    budget.record("eval", eval_seconds)
+                    elapsed = clock()
+                    record = {"event": "eval", "step": step, "elapsed": round(elapsed, 1),
+                              "bleu": round(bleu.score, 2), "eval_seconds": round(eval_seconds, 1),
+                              "loadavg": os.getloadavg()[0]}
+                    log(f"step {step} valid BLEU {bleu.score:.2f} ({bleu}) eval {eval_seconds:.0f}s")
+                    write_log(record)
+                    meta.update(step=step, eval_due=False)
+                    if meta["best_bleu"] is None or bleu.score > meta["best_bleu"]:
+                        meta.update(best_bleu=bleu.score, best_step=step)
+                        timed_save(best_path)
+                    timed_save(last_path)
+                    evaluated = True
+                    if not finished:
+                        continue  # the evaluation took time: whether a step still fits is decided again
+                else:
+                    skipped = True
+                    need = "no evaluation has been timed yet" if fits is None else \
+                        f"evaluations take up to {budget.timing['eval']:.0f}s"
+                    log(f"step {step}: no evaluation, it would not end within --time-budget "
+                        f"{args.time_budget:.0f}s ({elapsed:.0f}s spent, {need})")
+            if not evaluated and ((new_steps and (finished or step % args.save_every == 0)) or
+                                  (finished and not os.path.exists(last_path))):
+                # An evaluation skipped by a stop signal, or by the budget at a step where one was due, is done
+                # first by the resumed run (with a larger budget), as an uninterrupted run would have done it.
+                due = would_eval and (stopper.stop or (skipped and (periodic or at_max or
+                                                                    bool(meta.get("eval_due")))))
+                meta.update(step=step, eval_due=bool(due))
+                timed_save(last_path)
             if finished:
-                why = "interrupted" if stopper.stop else ("time budget" if out_of_time else "max steps")
+                why = "interrupted" if stopper.stop else ("max steps" if at_max else "time budget")
                 meta["interrupted_by"] = getattr(stopper, "signum", None) if stopper.stop else None
-                log(f"stopped at step {step} ({why}), {elapsed:.0f}s in total")
+                elapsed = clock()
+                of_budget = f" of --time-budget {args.time_budget:.0f}s" if args.time_budget is not None else ""
+                log(f"stopped at step {step} ({why}), {elapsed:.0f}s in total{of_budget}")
                 write_log({"event": "stop", "step": step, "elapsed": round(elapsed, 1), "why": why})
                 break
+            t0 = time.time()
             epoch, position = divmod(step, len(batches))
             perm = np.random.default_rng([args.seed, epoch]).permutation(len(batches))
             src, tgt_in, tgt_out = batch_arrays(batches[perm[position]], src_ids, tgt_ids)
             lr = learning_rate(step, args)
             loss, tokens, norm = train_step(src, tgt_in, tgt_out, tf.constant([args.seed, step], tf.int64),
                                             tf.constant(lr, tf.float32))
+            loss, tokens, norm = float(loss), int(tokens), float(norm)
             step += 1
-            loss_sum += float(loss) * int(tokens)
-            token_sum += int(tokens)
+            seconds = time.time() - t0
+            budget.record("step", seconds)
+            window["steps"] += 1
+            window["loss"] += loss * tokens
+            window["tokens"] += tokens
+            window["seconds"] += seconds
+            window.update(lr=lr, norm=norm)
             if step % args.log_every == 0:
-                now = time.time()
-                record = {"event": "train", "step": step, "epoch": round(step / len(batches), 3),
-                          "elapsed": round(elapsed_before + now - session_start, 1),
-                          "loss": round(loss_sum / max(token_sum, 1), 4), "lr": lr,
-                          "tokens_per_s": round(token_sum / (now - window_start), 1),
-                          "grad_norm": round(float(norm), 3), "loadavg": os.getloadavg()[0]}
-                log(" ".join(f"{k} {v}" for k, v in record.items() if k != "event"))
-                write_log(record)
-                loss_sum, token_sum, window_start = 0.0, 0, now
+                log_window(step)
     return meta
 
 
@@ -650,9 +810,16 @@ def build_parser():
     t.add_argument("--min-lr", type=float, default=0.05, help="final learning rate, as a fraction of --lr")
     t.add_argument("--clip-norm", type=float, default=5.0)
     t.add_argument("--seed", type=int, default=1234)
-    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many training steps (counted across resumes); --max-steps or "
+                        "--time-budget (or both) is required")
     t.add_argument("--time-budget", type=parse_duration, default=None,
-                   help="total training time across resumes, e.g. 3600, 60m, 1h")
+                   help="the run's total wall-clock time across resumes, e.g. 3600, 60m, 1h: SentencePiece "
+                        "training, start-up, training steps, evaluations and checkpoints all count (not the time "
+                        "a killed run lost after its last checkpoint). No step or evaluation starts that the "
+                        "longest ones so far say would not end, with the final evaluation and checkpoint, within "
+                        "it; the run's first evaluation, which nothing predicts, starts only while training goes "
+                        "on")
     t.add_argument("--eval-every", type=int, default=1000)
     t.add_argument("--save-every", type=int, default=200)
     t.add_argument("--log-every", type=int, default=50)

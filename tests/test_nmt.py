@@ -11,9 +11,11 @@
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -356,7 +358,8 @@ def test_cli_mistakes_are_one_line_errors(tmp_path, capsys):
     vsrc, vtgt, _, _ = reversal_data(tmp_path / "valid", 6, seed=11)
     short_vtgt = tmp_path / "short.txt"
     short_vtgt.write_text("a\nb\n")
-    base = ["train", "--src", src, "--tgt", tgt, "--src-vocab-size", "20", "--tgt-vocab-size", "20"]
+    base = ["train", "--src", src, "--tgt", tgt, "--src-vocab-size", "20", "--tgt-vocab-size", "20",
+            "--max-steps", "1"]
     cases = [
         (base + ["--model-dir", str(tmp_path / "m1"), "--valid-src", vsrc], "go together"),
         (base + ["--model-dir", str(tmp_path / "m2"), "--valid-src", vsrc, "--valid-tgt", str(short_vtgt)],
@@ -598,3 +601,244 @@ def test_translator_takes_int64_max_length_and_refuses_a_float_one():
     np.testing.assert_array_equal(scores_int.numpy(), scores_64.numpy())
     with pytest.raises(TypeError, match="max_length"):
         tr(src, 9.0, 0.6)
+
+
+# ---- the time budget, the train log, checkpoints of another config -----------------------------------------------
+class _VirtualClock:
+    """models.nmt's clock (it reads time.time() only) with seconds added by the pieces _virtual_time patches: a run
+    whose steps, evaluations and saves "take" whole seconds, while the test takes a few."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def time(self):
+        return time.time() + self.offset
+
+
+def _virtual_time(monkeypatch, step, evaluation, save):
+    clock = _VirtualClock()
+    monkeypatch.setattr(nmt, "time", clock)
+    real = {name: getattr(nmt, name) for name in ("batch_arrays", "corpus_bleu", "save_checkpoint")}
+
+    def taking(name, seconds):
+        def run(*args, **kwargs):
+            clock.offset += seconds
+            return real[name](*args, **kwargs)
+        return run
+    monkeypatch.setattr(nmt, "batch_arrays", taking("batch_arrays", step))  # once per training step
+    monkeypatch.setattr(nmt, "corpus_bleu", taking("corpus_bleu", evaluation))  # once per evaluation
+    monkeypatch.setattr(nmt, "save_checkpoint", taking("save_checkpoint", save))
+    return clock
+
+
+def _log_records(model_dir, event):
+    with open(os.path.join(model_dir, nmt.LOG_FILE)) as f:
+        return [r for r in map(json.loads, f) if r["event"] == event]
+
+
+def test_time_budget_is_an_honest_bound(tmp_path, monkeypatch, capsys):
+    """--time-budget bounds the run's wall clock: no evaluation starts once the budget is spent (the old loop
+    evaluated at the budget stop, ending an evaluation late), and training stops early enough for the final
+    evaluation (predicted from the run's longest) and the checkpoint saves to end within it. Steps take 5 s,
+    evaluations 50 s and saves 2 s of a virtual clock (plus the real time)."""
+    reversal_data(tmp_path / "data", 200, seed=30)
+    vsrc, vtgt, _, _ = reversal_data(tmp_path / "valid", 4, seed=31)
+    clock = _virtual_time(monkeypatch, step=5.0, evaluation=50.0, save=2.0)
+    real_jitter = 2.0  # seconds: a real step may take a little longer than the longest before it
+
+    def run(model_dir, budget, *extra):
+        messages = []
+        args = train_args(tmp_path / "data", model_dir, "--time-budget", str(budget), "--emb-dim", "16",
+                          "--hidden", "16", "--valid-beam-size", "2", *extra)
+        start = clock.time()
+        meta = nmt.train(args, log=messages.append)
+        return meta, clock.time() - start, messages
+
+    # Evaluations every 10 steps: the first (nothing predicts it) runs mid-run; the budget then keeps room for a
+    # final one, which runs at the stop and ends within the budget, with its checkpoints.
+    valid = ("--valid-src", vsrc, "--valid-tgt", vtgt, "--eval-every", "10")
+    meta, seconds, _ = run(tmp_path / "a", 300, *valid)
+    assert seconds <= 300 + real_jitter, seconds
+    stop = _log_records(tmp_path / "a", "stop")[-1]
+    assert stop["why"] == "time budget" and stop["elapsed"] <= 300 + real_jitter, stop
+    evals = [r["step"] for r in _log_records(tmp_path / "a", "eval")]
+    assert evals[:2] == [10, 20] and evals[-1] == stop["step"] == meta["step"], (evals, stop)
+    _, saved = _checkpoint_arrays(tmp_path / "a")
+    assert saved["step"] == stop["step"]
+
+    # Resumed with a larger budget: the resumed session predicts its first step and the final evaluation from the
+    # times the checkpoint saved, and its start-up counts.
+    before = stop["elapsed"]
+    meta, seconds, _ = run(tmp_path / "a", 400, *valid)
+    stop = _log_records(tmp_path / "a", "stop")[-1]
+    assert before + seconds <= 400 + real_jitter and stop["elapsed"] <= 400 + real_jitter, (before, seconds, stop)
+    assert _log_records(tmp_path / "a", "eval")[-1]["step"] == stop["step"] == meta["step"] > evals[-1]
+
+    # No evaluation before the budget ends: none can predict the final one, so it is not started (the old loop
+    # started it after the budget was spent); the checkpoint is saved, within the budget.
+    meta, seconds, messages = run(tmp_path / "b", 60, "--valid-src", vsrc, "--valid-tgt", vtgt)
+    stop = _log_records(tmp_path / "b", "stop")[-1]
+    assert seconds <= 60 + real_jitter and stop["elapsed"] <= 60 + real_jitter, (seconds, stop)
+    assert _log_records(tmp_path / "b", "eval") == []
+    assert any("no evaluation" in m and "--time-budget" in m for m in messages), messages
+    assert _checkpoint_arrays(tmp_path / "b")[1]["step"] == stop["step"] == meta["step"] > 0
+
+    # --help says what the budget covers.
+    with pytest.raises(SystemExit):
+        nmt.main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "wall-clock time across resumes" in help_text and "evaluations and checkpoints" in help_text
+
+
+def test_train_without_a_step_or_time_budget_is_refused(tmp_path, capsys, monkeypatch):
+    """Neither --max-steps nor --time-budget: a run that would only stop on a signal. Refused (exit 2, one line
+    naming both options) before anything is written, on a first run and on a resume; nmt.train refuses too."""
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=24)
+    model_dir = tmp_path / "m"
+
+    def no_training(*args, **kwargs):  # the old command went on to train, forever
+        raise AssertionError("training started without a budget")
+
+    def refused(argv):
+        with monkeypatch.context() as patch:
+            patch.setattr(nmt, "train", no_training)
+            with pytest.raises(SystemExit) as exit_info:
+                nmt.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, err
+        assert "--max-steps" in err and "--time-budget" in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+
+    refused(_tiny_train_argv(src, tgt, model_dir))
+    assert not os.path.exists(model_dir)
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "1"))
+    capsys.readouterr()
+    refused(_tiny_train_argv(src, tgt, model_dir))  # a resume
+    assert _checkpoint_arrays(model_dir)[1]["step"] == 1
+
+    def no_log(message):
+        raise AssertionError(f"nmt.train without a budget got as far as: {message}")
+    with pytest.raises(ValueError, match="--time-budget"):
+        nmt.train(nmt.build_parser().parse_args(_tiny_train_argv(src, tgt, tmp_path / "api")), log=no_log)
+    assert not os.path.exists(tmp_path / "api")
+
+
+def test_train_log_lines_say_how_many_steps_they_average(tmp_path):
+    """The first line after a resume averages the steps run since the resume (fewer than --log-every) and says
+    how many, with their tokens; the steps before a stop that no line covered get a line at the stop."""
+    reversal_data(tmp_path / "data", 300, seed=32)
+    nmt.train(train_args(tmp_path / "data", tmp_path / "every", "--max-steps", "7"), log=lambda m: None)
+    per_step = {r["step"]: r for r in _log_records(tmp_path / "every", "train")}
+    assert sorted(per_step) == list(range(1, 8)) and all(r["steps"] == 1 for r in per_step.values())
+    nmt.train(train_args(tmp_path / "data", tmp_path / "r", "--max-steps", "3", "--log-every", "5"),
+              log=lambda m: None)
+    nmt.train(train_args(tmp_path / "data", tmp_path / "r", "--max-steps", "7", "--log-every", "5"),
+              log=lambda m: None)
+    got = {r["step"]: r for r in _log_records(tmp_path / "r", "train")}
+    assert sorted(got) == [3, 5, 7], got
+    for last, first in ((3, 1), (5, 4), (7, 6)):  # at the stop, the first line after the resume, at the stop
+        steps = range(first, last + 1)
+        tokens = sum(per_step[s]["tokens"] for s in steps)
+        loss = sum(per_step[s]["loss"] * per_step[s]["tokens"] for s in steps) / tokens
+        assert got[last]["steps"] == len(steps) and got[last]["tokens"] == tokens, (last, got[last])
+        assert got[last]["loss"] == pytest.approx(loss, abs=2e-4), (last, got[last], loss)
+
+
+def test_tokens_per_second_counts_training_time_only(tmp_path, monkeypatch):
+    """An evaluation (and its checkpoint saves) between two log lines is not training time: the old throughput
+    divided the window's tokens by the evaluation's time too."""
+    reversal_data(tmp_path / "data", 200, seed=33)
+    vsrc, vtgt, _, _ = reversal_data(tmp_path / "valid", 4, seed=34)
+    _virtual_time(monkeypatch, step=5.0, evaluation=50.0, save=2.0)
+    nmt.train(train_args(tmp_path / "data", tmp_path / "m", "--max-steps", "4", "--log-every", "2",
+                         "--eval-every", "2", "--valid-src", vsrc, "--valid-tgt", vtgt, "--valid-beam-size", "2",
+                         "--emb-dim", "16", "--hidden", "16"), log=lambda m: None)
+    after_eval = _log_records(tmp_path / "m", "train")[-1]
+    assert after_eval["step"] == 4 and [r["step"] for r in _log_records(tmp_path / "m", "eval")] == [2, 4]
+    seconds = after_eval["tokens"] / after_eval["tokens_per_s"]  # two 5 s steps, and their real time
+    assert 10 <= seconds < 12, after_eval
+
+
+def test_checkpoint_of_another_config_is_a_one_line_error_with_the_counts(tmp_path, capsys):
+    """load_checkpoint checks the number of arrays, and their shapes, against the model's weights (and the
+    optimizer's) before it assigns any: a checkpoint with more arrays used to load silently, one with fewer or
+    other shapes failed with KeyError / assign messages and left the model partly overwritten."""
+    import keras
+
+    class NoOptimizer:
+        variables = []
+
+    def save(model, name, optimizer=NoOptimizer()):
+        path = str(tmp_path / name)
+        nmt.save_checkpoint(path, model, optimizer, {"step": 0})
+        return path
+
+    def error(path, model, optimizer=None):
+        with pytest.raises(ValueError) as info:
+            nmt.load_checkpoint(path, model, optimizer)
+        message = str(info.value)
+        assert path in message and "\n" not in message, message
+        return message
+
+    two, one = small_model(seed=1), small_model(seed=2, enc_layers=1, dec_layers=1)
+    n2, n1 = len(two.weights), len(one.weights)
+    for source, target in ((one, two), (two, one)):  # fewer arrays, more arrays
+        message = error(save(source, f"layers{len(source.weights)}.npz"), target)
+        assert f"{len(source.weights)} model arrays" in message and f"has {len(target.weights)} " in message, message
+    # One array more than the model has weights, every shape fitting: loaded silently before.
+    with np.load(save(two, "two.npz")) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays[f"model_{n2:04d}"] = np.zeros(3, np.float32)
+    np.savez(tmp_path / "extra.npz", **arrays)
+    message = error(str(tmp_path / "extra.npz"), small_model(seed=3))
+    assert f"{n2 + 1} model arrays" in message and f"has {n2} " in message, message
+    # Same count, other shapes: named, and nothing assigned (output_bias, the first weight, fits).
+    other = small_model(seed=5, src_vocab_size=25)
+    before = [w.copy() for w in other.get_weights()]
+    message = error(str(tmp_path / "two.npz"), other)
+    assert f"{n2} model arrays" in message and "(25, 12)" in message and "(23, 12)" in message, message
+    for got, want in zip(other.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    # The optimizer's arrays are counted too.
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(two.trainable_variables)
+    message = error(str(tmp_path / "two.npz"), two, optimizer)
+    assert "0 optimizer arrays" in message and f"has {len(optimizer.variables)} " in message, message
+    assert "optimizer" in error(save(two, "two_adam.npz", optimizer), two, keras.optimizers.Adam())
+    nmt.load_checkpoint(str(tmp_path / "two_adam.npz"), two, optimizer)  # (the right one loads)
+
+    # The commands: a model directory whose config.json says another model than its checkpoint.
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=35)
+    model_dir = tmp_path / "m"
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "1"))
+    with open(model_dir / nmt.CONFIG_FILE) as f:
+        config = json.load(f)
+    config["model"].update(hidden=16, emb_dim=16)
+    with open(model_dir / nmt.CONFIG_FILE, "w") as f:
+        json.dump(config, f)
+    capsys.readouterr()
+    for argv in (["translate", "--model-dir", str(model_dir), "--checkpoint", "last"],
+                 ["train", "--src", src, "--tgt", tgt, "--model-dir", str(model_dir), "--max-steps", "2"]):
+        with pytest.raises(SystemExit) as exit_info:
+            nmt.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "ckpt-last.npz" in err and "model arrays" in err, err
+        assert re.search(r"\(\d+, 16\) in the model, \(\d+, 8\) in the checkpoint", err), err
+
+
+def test_resume_after_a_kill_in_the_middle_of_a_log_line(tmp_path):
+    """kill -9 while a train_log.jsonl line was written leaves it cut short (perhaps without its newline): the
+    resume used to fail on it (a JSON error, exit 2), or to glue its first record onto it."""
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=36)
+    model_dir = tmp_path / "m"
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "2"))
+    with open(model_dir / nmt.LOG_FILE, "a") as f:
+        f.write('{"event": "train", "step": 3, "lo')
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "3"))
+    assert [r["step"] for r in _log_records(model_dir, "train")] == [1, 2, 3]
+    # A complete last record whose newline was not yet written: kept, and the file ends with a newline again.
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"event": "train", "step": 1}\n{"event": "stop", "step": 1}')
+    nmt._drop_log_records_after(str(path), 1)
+    assert path.read_bytes() == b'{"event": "train", "step": 1}\n{"event": "stop", "step": 1}\n'
