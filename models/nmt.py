@@ -17,7 +17,7 @@ SentencePiece models and the checkpoint (weights, optimizer state, step, elapsed
 dropout mask are functions of (seed, step), so a resumed run continues exactly as an uninterrupted one would. The
 saved settings win on resume: an option given on the command line that contradicts them (another --hidden, --lr,
 --src, ...) is refused (exit 2); only --max-steps, --time-budget, --eval-every, --log-every and --save-every may
-change. A directory without ckpt-last.npz (a run killed before its first checkpoint) starts from scratch, with a
+change (an --eval-every or --log-every left out keeps the saved one). A directory without ckpt-last.npz (a run killed before its first checkpoint) starts from scratch, with a
 fresh log. train_log.jsonl in the model directory has one line per log/eval event (step, time, loss, BLEU, load
 average); a train line averages the loss over the "steps" since the line before (--log-every, or fewer: the first
 line after a resume, the last before a stop), and its tokens_per_s counts training time only.
@@ -534,7 +534,13 @@ def train(args, log=print):
         train_args = dict(saved["train"])
         # Directories from before decay_end was saved: the first run's --max-steps is the saved one.
         train_args.setdefault("decay_end", train_args.get("max_steps"))
+        # An --eval-every or --log-every left out of the resuming command keeps the saved schedule (its default
+        # would silently move the evaluations); one given applies to this session.
+        explicit = getattr(args, "explicit_options", None)
         for key in ("max_steps", "time_budget", "eval_every", "log_every"):
+            if (key in ("eval_every", "log_every") and explicit is not None and key not in explicit
+                    and train_args.get(key) is not None):
+                continue
             train_args[key] = getattr(args, key)
         for key in ("valid_src", "valid_tgt"):  # validation files a first run lacked may be given on resume
             if train_args.get(key) is None and getattr(args, key):

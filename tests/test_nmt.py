@@ -842,3 +842,23 @@ def test_resume_after_a_kill_in_the_middle_of_a_log_line(tmp_path):
     path.write_bytes(b'{"event": "train", "step": 1}\n{"event": "stop", "step": 1}')
     nmt._drop_log_records_after(str(path), 1)
     assert path.read_bytes() == b'{"event": "train", "step": 1}\n{"event": "stop", "step": 1}\n'
+
+
+def test_resume_without_eval_every_keeps_the_saved_schedule(tmp_path):
+    """A run started with --eval-every 2 --log-every 2 and resumed by a command that leaves both out must go on
+    evaluating and logging every 2 steps (the defaults, 1000 and 50, would silently stop both)."""
+    data = tmp_path / "data"
+    src, tgt, _, _ = reversal_data(data, 30, seed=40)
+    valid_src, valid_tgt = src, tgt
+    model_dir = tmp_path / "m"
+    common = ["train", "--src", src, "--tgt", tgt, "--valid-src", valid_src, "--valid-tgt", valid_tgt,
+              "--model-dir", str(model_dir), "--src-vocab-size", "20", "--tgt-vocab-size", "20", "--emb-dim", "8",
+              "--hidden", "8", "--layers", "1", "--valid-beam-size", "1"]
+    nmt.main(common + ["--eval-every", "2", "--log-every", "2", "--max-steps", "2"])
+    nmt.main(common + ["--max-steps", "6"])
+    assert [r["step"] for r in _log_records(model_dir, "eval")] == [2, 4, 6]
+    assert [r["step"] for r in _log_records(model_dir, "train")] == [2, 4, 6]
+    # Given on the resuming command, it applies.
+    nmt.main(common + ["--max-steps", "9", "--eval-every", "3", "--log-every", "3"])
+    assert [r["step"] for r in _log_records(model_dir, "eval")] == [2, 4, 6, 9]
+
