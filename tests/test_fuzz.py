@@ -1,5 +1,7 @@
-"""Fuzzing the raw ops with random shapes, attributes and values: every call either matches the float64 reference
-or raises a TensorFlow error. A crash would kill this process (and fail the test target).
+"""Fuzzing the raw ops with random shapes, attributes and values: every valid call matches the float64 reference,
+and every call given a broken argument (a wrong dimension, a length outside [0, T], a negative clip or scale) raises
+InvalidArgumentError naming one of the broken arguments; a valid call refused or a broken one accepted fails the
+test. A crash would kill this process (and fail the test target).
 
 FUSED_RNN_FUZZ_CASES sets the number of raw forward-op cases (default 1000, about 10 s), FUSED_RNN_INT8_FUZZ_CASES
 and FUSED_RNN_GRAD_FUZZ_CASES those of the INT8 (300) and Grad (150) ops; FUSED_RNN_LAYER_FUZZ_CASES the
@@ -38,35 +40,53 @@ def _one_case(rng, lib, stats):
     width = proj or units
     time_major = bool(rng.random() < 0.3)
     p_bad = 0.08
+    broken = set()  # the arguments this case made invalid: then the op must refuse it, naming one of them
+
+    def dim(valid, arg):  # _dim (the same draws), remembering which argument it broke
+        got = _dim(rng, valid, p_bad)
+        if got != valid:
+            broken.add(arg)
+        return got
+
     x_shape = [max_time, batch] if time_major else [batch, max_time]
-    x = rng.standard_normal(x_shape + [_dim(rng, dirs * gates * units, p_bad)]).astype(np.float32)
+    x = rng.standard_normal(x_shape + [dim(dirs * gates * units, "x_proj")]).astype(np.float32)
     if rng.random() < 0.05 and x.size:
         x.flat[rng.integers(x.size)] = rng.choice([np.nan, np.inf, -np.inf])
-    rk = (rng.standard_normal((_dim(rng, dirs, p_bad), _dim(rng, width, p_bad), _dim(rng, gates * units, p_bad)))
-          * 0.3).astype(np.float32)
-    lengths = rng.integers(0, max_time + 1, _dim(rng, batch, p_bad)).astype(np.int32)
+    rk = (rng.standard_normal((dim(dirs, "recurrent_kernel"), dim(width, "recurrent_kernel"),
+                               dim(gates * units, "recurrent_kernel"))) * 0.3).astype(np.float32)
+    lengths = rng.integers(0, max_time + 1, dim(batch, "sequence_lengths")).astype(np.int32)
     if rng.random() < 0.08 and lengths.size:
         lengths[rng.integers(lengths.size)] = rng.choice([-1, max_time + 1, 2**31 - 1, -2**31])
-    h0 = rng.standard_normal((dirs, _dim(rng, batch, p_bad), _dim(rng, width, p_bad))).astype(np.float32)
-    c0 = rng.standard_normal((dirs, batch, _dim(rng, units, p_bad))).astype(np.float32)
+        broken.add("sequence_lengths")
+    h0 = rng.standard_normal((dirs, dim(batch, "initial_h"), dim(width, "initial_h"))).astype(np.float32)
+    c0 = rng.standard_normal((dirs, batch, dim(units, "initial_c" if cell == "lstm" else None))).astype(np.float32)
+    broken.discard(None)  # a GRU takes no initial_c
     cell_clip = float(rng.choice([0.0, 0.5, -1.0], p=[0.6, 0.35, 0.05])) if cell == "lstm" else 0.0
+    if cell_clip < 0:
+        broken.add("cell_clip")
     proj_clip = float(rng.choice([0.0, 0.4])) if proj else 0.0
     try:
         if cell == "lstm":
-            pk = (rng.standard_normal((dirs, _dim(rng, units, p_bad), proj)) * 0.3).astype(np.float32)
+            pk = (rng.standard_normal((dirs, dim(units, "projection_kernel"), proj)) * 0.3).astype(np.float32)
             got = lib.fused_lstm_sequence(x, rk, pk, lengths, h0, c0, direction=direction, time_major=time_major,
                                           num_proj=proj, cell_clip=cell_clip, proj_clip=proj_clip)[:3]
-            want = rnn_forward("lstm", x, rk, lengths, h0, c0, projection_kernel=pk if proj else None,
-                               cell_clip=cell_clip, proj_clip=proj_clip, direction=direction,
-                               time_major=time_major)
         else:
-            rb = rng.standard_normal((dirs, _dim(rng, gates * units, p_bad))).astype(np.float32)
+            rb = rng.standard_normal((dirs, dim(gates * units, "recurrent_bias"))).astype(np.float32)
             got = lib.fused_gru_sequence(x, rk, rb, lengths, h0, direction=direction, time_major=time_major)[:2]
-            want = rnn_forward("gru", x, rk, lengths, h0, recurrent_bias=rb, direction=direction,
-                               time_major=time_major)
-    except tf.errors.InvalidArgumentError:
+    except tf.errors.InvalidArgumentError as e:
+        # Refused: only what is broken may be, and the error names a broken argument (not a valid one, not none).
+        assert broken, f"a valid {cell} case was refused: {e.message}"
+        assert any(name in e.message for name in broken), f"broke {sorted(broken)}, the error names: {e.message}"
         stats["rejected"] += 1
         return
+    # Accepted: it must have been valid (a broken shape or length that runs reads or writes out of bounds, or
+    # silently drops what it was given).
+    assert not broken, f"{cell} {direction}: the op accepted broken {sorted(broken)}"
+    if cell == "lstm":
+        want = rnn_forward("lstm", x, rk, lengths, h0, c0, projection_kernel=pk if proj else None,
+                           cell_clip=cell_clip, proj_clip=proj_clip, direction=direction, time_major=time_major)
+    else:
+        want = rnn_forward("gru", x, rk, lengths, h0, recurrent_bias=rb, direction=direction, time_major=time_major)
     stats["ran"] += 1
     for g, w in zip(got, want):
         g, w = np.asarray(g), np.asarray(w)
@@ -169,7 +189,7 @@ INT8_CASES = int(os.environ.get("FUSED_RNN_INT8_FUZZ_CASES", "300"))
 def _one_int8_case(rng, lib, stats):
     """FusedLSTMSequenceInt8 / FusedGRUSequenceInt8 with random shapes, some wrong, and planted bad scales
     (negative, NaN, Inf): the result matches the float64 reference on the dequantized weights, or the op raises.
-    A planted bad scale or length must raise."""
+    A planted bad scale or length, or a wrong shape, must raise naming a broken argument; a valid case must run."""
     cell = str(rng.choice(["lstm", "gru"]))
     direction = str(rng.choice(["forward", "reverse", "bidirectional"]))
     dirs = 2 if direction == "bidirectional" else 1
@@ -179,30 +199,32 @@ def _one_int8_case(rng, lib, stats):
     width = proj or units
     time_major = bool(rng.random() < 0.3)
     p_bad = 0.06
-    wrong_dims = []
+    broken = set()  # the arguments this case made invalid
 
-    def dim(valid):  # like _dim, remembering whether it broke a shape (then another argument may be named)
+    def dim(valid, arg):  # _dim (the same draws), remembering which argument it broke (None: one the op ignores)
         got = _dim(rng, valid, p_bad)
-        wrong_dims.append(got != valid)
+        if got != valid and arg:
+            broken.add(arg)
         return got
 
     x_shape = [max_time, batch] if time_major else [batch, max_time]
-    x = rng.standard_normal(x_shape + [dim(dirs * gates * units)]).astype(np.float32)
+    x = rng.standard_normal(x_shape + [dim(dirs * gates * units, "x_proj")]).astype(np.float32)
     if rng.random() < 0.05 and x.size:
         x.flat[rng.integers(x.size)] = rng.choice([np.nan, np.inf, -np.inf])
-    q_rk = rng.integers(-127, 128, (dim(dirs), dim(width),
-                                    dim(gates * units))).astype(np.int8)
+    q_rk = rng.integers(-127, 128, (dim(dirs, "recurrent_kernel"), dim(width, "recurrent_kernel"),
+                                    dim(gates * units, "recurrent_kernel"))).astype(np.int8)
     # Scales as the quantizer makes them (127 / max|row|, rows of max|w| ~ 0.5), some rows zero (scale 0).
-    s_rk = rng.uniform(150.0, 400.0, (dirs, dim(width))).astype(np.float32)
+    s_rk = rng.uniform(150.0, 400.0, (dirs, dim(width, "recurrent_scale"))).astype(np.float32)
     s_rk[rng.random(s_rk.shape) < 0.1] = 0.0
-    lengths = rng.integers(0, max_time + 1, dim(batch)).astype(np.int32)
+    lengths = rng.integers(0, max_time + 1, dim(batch, "sequence_lengths")).astype(np.int32)
     planted = None
     if rng.random() < 0.06 and lengths.size:
         lengths[rng.integers(lengths.size)] = rng.choice([-1, max_time + 1, 2**31 - 1])
         planted = "sequence_lengths"
-    h0 = rng.standard_normal((dirs, dim(batch), dim(width))).astype(np.float32)
-    c0 = rng.standard_normal((dirs, batch, dim(units))).astype(np.float32)
-    q_pk = rng.integers(-127, 128, (dirs, dim(units), proj)).astype(np.int8)
+    h0 = rng.standard_normal((dirs, dim(batch, "initial_h"), dim(width, "initial_h"))).astype(np.float32)
+    lstm = cell == "lstm"
+    c0 = rng.standard_normal((dirs, batch, dim(units, lstm and "initial_c"))).astype(np.float32)
+    q_pk = rng.integers(-127, 128, (dirs, dim(units, lstm and "projection_kernel"), proj)).astype(np.int8)
     s_pk = rng.uniform(150.0, 400.0, (dirs, units if proj else 0)).astype(np.float32)
     if rng.random() < 0.08:
         bad_scales = s_pk if proj and rng.random() < 0.5 else s_rk
@@ -222,15 +244,21 @@ def _one_int8_case(rng, lib, stats):
                                                time_major=time_major, num_proj=proj, cell_clip=cell_clip,
                                                proj_clip=proj_clip)
         else:
-            rb = rng.standard_normal((dirs, dim(gates * units))).astype(np.float32)
+            rb = rng.standard_normal((dirs, dim(gates * units, "recurrent_bias"))).astype(np.float32)
             got = lib.fused_gru_sequence_int8(x, q_rk, rb, lengths, h0, s_rk, direction=direction,
                                               time_major=time_major)
     except tf.errors.InvalidArgumentError as e:
-        if planted and not any(wrong_dims):
-            assert planted in str(e), f"planted bad {planted}, error names something else: {e}"
+        if planted:
+            broken.add(planted)
+        # Only a broken case may be refused, and the error names one of its broken arguments.
+        assert broken, f"a valid int8 {cell} case was refused: {e.message}"
+        assert any(name in e.message for name in broken), f"broke {sorted(broken)}, the error names: {e.message}"
+        if planted and len(broken) == 1:
+            assert planted in e.message, f"planted bad {planted}, error names something else: {e.message}"
         stats["rejected"] += 1
         return
     assert planted is None, f"bad {planted} was accepted"
+    assert not broken, f"int8 {cell} {direction}: the op accepted broken {sorted(broken)}"
     if cell == "lstm":
         want = rnn_forward("lstm", x, dequantized(q_rk, s_rk), lengths, h0, c0,
                            projection_kernel=dequantized(q_pk, s_pk) if proj else None, cell_clip=cell_clip,

@@ -234,7 +234,9 @@ def test_distribute_strategy_trains(rng):
     ("lstm", dict(go_backwards=True, return_sequences=True)), ("gru", dict(bidirectional=True, return_sequences=True))])
 def test_second_order_gradients_match_the_reference(rng, cell, config):
     """Second order through the fused op (the backward's own gradient): a gradient penalty (nested tapes, ragged
-    lengths) and a forward-mode JVP give what the pure-TF reference gives, differentiated twice by TF."""
+    lengths) and a forward-mode JVP give what the pure-TF reference gives, differentiated twice by TF. That oracle
+    shares the layer's own code (its input product x @ kernel + bias and that product's custom gradient), so where
+    a stock Keras layer computes the same cell (no projection, no clips) it is the oracle too."""
     layer = (tf_ops.FusedLSTM if cell == "lstm" else tf_ops.FusedGRU)(4, **config)
     x = tf.constant(rng.standard_normal((3, 5, 6)).astype(np.float32))
     mask = tf.constant(np.arange(5)[None, :] < np.array([5, 2, 0])[:, None])
@@ -243,7 +245,7 @@ def test_second_order_gradients_match_the_reference(rng, cell, config):
         w.assign(rng.standard_normal(w.shape).astype(np.float32) * 0.5)
     tangent = tf.constant(rng.standard_normal(x.shape).astype(np.float32))
 
-    def penalty_and_jvp():
+    def penalty_and_jvp(layer):
         with tf.GradientTape() as outer:
             outer.watch(x)
             with tf.GradientTape() as inner:
@@ -255,12 +257,25 @@ def test_second_order_gradients_match_the_reference(rng, cell, config):
             out = layer(x, mask=mask)
         return [np.asarray(g) for g in grads] + [np.asarray(acc.jvp(out))]
 
-    got = penalty_and_jvp()
+    got = penalty_and_jvp(layer)
     with tf_ops.implementation_scope("reference"):
-        want = penalty_and_jvp()
+        want = penalty_and_jvp(layer)
     for g, w in zip(got, want):  # measured: 1e-8 to 3e-7
         assert np.abs(w).max() > 0
         assert rel_err(g, w) < 1e-5
+    if "num_proj" not in config:
+        stock_cls = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
+        kwargs = {k: v for k, v in config.items() if k != "bidirectional"}
+        stock = stock_cls(4, **kwargs)
+        if config.get("bidirectional"):
+            stock = keras.layers.Bidirectional(stock)
+        stock.build(x.shape)
+        stock.set_weights(layer.get_weights())
+        want = penalty_and_jvp(stock)
+        assert len(want) == len(got)
+        for g, w in zip(got, want):
+            assert np.abs(w).max() > 0
+            assert rel_err(g, w) < 1e-5
 
 
 # ---- narrow (int8, 16-bit) recurrent weights: no gradient for them, but gradients through them ----------------
