@@ -391,10 +391,12 @@ def test_subnormal_clips_and_scales_are_rejected():
     lib = tf_ops._loader.load()
     x, kernel, lengths = tf.zeros([1, 2, 8]), tf.zeros([1, 2, 8]), tf.constant([2])
     h0 = tf.zeros([1, 1, 2])
-    for clip in (1e-45, -1e-45):  # flushed to zero by TF's threads: "no clip" or past the >= 0 check
-        with pytest.raises(tf.errors.InvalidArgumentError, match="cell_clip"):
+    # The messages give the subnormal's value (printed as a float on TF's threads it read "0", contradicting itself).
+    for clip, shown in ((1e-45, r"got 1\.4013e-45 \(subnormal\)"), (-1e-45, r"got -1\.4013e-45 \(subnormal\)")):
+        # flushed to zero by TF's threads: "no clip" or past the >= 0 check
+        with pytest.raises(tf.errors.InvalidArgumentError, match="cell_clip.*" + shown):
             lib.fused_lstm_sequence(x, kernel, tf.zeros([1, 2, 0]), lengths, h0, h0, cell_clip=clip)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="recurrent_scale"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"recurrent_scale\[1\] = 1e-39 \(subnormal\)"):
         tf_ops.lstm_sequence_int8(x, tf.zeros([1, 2, 8], tf.int8), tf.constant([[1.0, 1e-39]]), lengths)
 
 

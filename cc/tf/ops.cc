@@ -74,7 +74,7 @@ Status MergeMultiple(InferenceContext* c, DimensionHandle whole, int64_t factor,
 // The kernels' rule (rnn_args.cc): NaN, negative and subnormal clips are rejected; infinity clips nothing.
 Status CheckClip(float clip, const char* name) {
   if (!(clip >= 0.f) || IsSubnormal(clip)) {
-    return Invalid(name, " must be 0 (no clip) or a normal float >= FLT_MIN (1.18e-38), got ", clip);
+    return Invalid(name, " must be 0 (no clip) or a normal float >= FLT_MIN (1.18e-38), got ", FloatForMessage(clip));
   }
   return absl::OkStatus();
 }

@@ -26,8 +26,8 @@ void RnnAttrs::Read(tensorflow::OpKernelConstruction* ctx, CellType cell_type, b
     OP_REQUIRES_OK(ctx, ctx->GetAttr("cell_clip", &cell_clip));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("proj_clip", &proj_clip));
     OP_REQUIRES(ctx, cell_clip >= 0.f && proj_clip >= 0.f && !IsSubnormal(cell_clip) && !IsSubnormal(proj_clip),
-                Invalid("cell_clip and proj_clip must be 0 (no clip) or a normal float >= FLT_MIN (1.18e-38), got ", cell_clip,
-                        " and ", proj_clip));
+                Invalid("cell_clip and proj_clip must be 0 (no clip) or a normal float >= FLT_MIN (1.18e-38), got ",
+                        FloatForMessage(cell_clip), " and ", FloatForMessage(proj_clip)));
     OP_REQUIRES(ctx, num_proj > 0 || proj_clip == 0.f, Invalid("proj_clip needs num_proj > 0"));
   }
 }
@@ -124,7 +124,7 @@ Status ValidateInt8Scales(tensorflow::OpKernelContext* ctx, RnnInputs* in, RnnSh
     const auto v = t->flat<float>();
     for (int64_t i = 0; i < v.size(); ++i) {
       if (!(v(i) >= 0.f) || v(i) == std::numeric_limits<float>::infinity() || IsSubnormal(v(i))) {
-        return Invalid(t == in->recurrent_scale ? "recurrent_scale" : "projection_scale", "[", i, "] = ", v(i),
+        return Invalid(t == in->recurrent_scale ? "recurrent_scale" : "projection_scale", "[", i, "] = ", FloatForMessage(v(i)),
                        " is not a scale the quantizer makes (0, or a finite normal float > 0)");
       }
     }

@@ -2,8 +2,10 @@
 #ifndef FUSED_RNN_TF_STATUS_H_
 #define FUSED_RNN_TF_STATUS_H_
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -21,6 +23,16 @@ inline bool IsSubnormal(float v) {
   uint32_t bits;
   std::memcpy(&bits, &v, sizeof(bits));
   return (bits & 0x7f800000u) == 0 && (bits & 0x007fffffu) != 0;
+}
+
+// v for an error message. A subnormal is worked out from its bits in double (where it is a normal number): printed
+// as a float on a thread that flushes subnormals, it reads "0" and the message contradicts itself.
+inline std::string FloatForMessage(float v) {
+  if (!IsSubnormal(v)) return absl::StrCat(v);
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const double magnitude = std::ldexp(static_cast<double>(bits & 0x007fffffu), -149);
+  return absl::StrCat((bits >> 31) ? "-" : "", magnitude, " (subnormal)");
 }
 
 }  // namespace fused_rnn
