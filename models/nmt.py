@@ -293,7 +293,7 @@ def parse_duration(text):
     try:
         return float(text[:-1]) * scale if scale else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--time-budget: not a duration: {text!r} (e.g. 3600, 60m, 1h)")
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 60m, 1h)")  # argparse names the option
 
 
 def learning_rate(step, args):
@@ -544,7 +544,7 @@ def train(args, log=print):
             train_args[key] = getattr(args, key)
         for key in ("valid_src", "valid_tgt"):  # validation files a first run lacked may be given on resume
             if train_args.get(key) is None and getattr(args, key):
-                train_args[key] = getattr(args, key)
+                train_args[key] = os.path.abspath(getattr(args, key))
         args = argparse.Namespace(**{**vars(args), **train_args})
         try:
             model_cfg = NMTConfig.from_dict(saved["model"])
@@ -581,7 +581,9 @@ def train(args, log=print):
         args.decay_end = args.max_steps
         with open(config_path, "w") as f:
             json.dump({"model": dataclasses.asdict(model_cfg),
-                       "train": {k: getattr(args, k) for k in train_keys}}, f, indent=1, sort_keys=True)
+                       # Data paths absolute: a resume from another working directory reads the same files.
+                       "train": {k: (os.path.abspath(getattr(args, k)) if k in _PATH_OPTIONS and getattr(args, k)
+                                     else getattr(args, k)) for k in train_keys}}, f, indent=1, sort_keys=True)
 
     # Data: encoded once; pairs that are empty or longer than --max-len are left out of training.
     src_lines, tgt_lines = read_lines(args.src, "--src"), read_lines(args.tgt, "--tgt")

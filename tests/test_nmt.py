@@ -862,3 +862,18 @@ def test_resume_without_eval_every_keeps_the_saved_schedule(tmp_path):
     nmt.main(common + ["--max-steps", "9", "--eval-every", "3", "--log-every", "3"])
     assert [r["step"] for r in _log_records(model_dir, "eval")] == [2, 4, 6, 9]
 
+
+def test_resume_from_another_working_directory(tmp_path, monkeypatch):
+    """A first run given relative data paths, resumed by the same command from another directory with paths that
+    lead to the same files: it must resume (the saved paths are absolute), not refuse --src as another run's."""
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=41)
+    monkeypatch.chdir(tmp_path / "data")
+    nmt.main(_tiny_train_argv("src.txt", "tgt.txt", tmp_path / "m", "--max-steps", "1"))
+    with open(tmp_path / "m" / nmt.CONFIG_FILE) as f:
+        assert json.load(f)["train"]["src"] == os.path.realpath(src)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    nmt.main(_tiny_train_argv("../data/src.txt", "../data/tgt.txt", tmp_path / "m", "--max-steps", "2"))
+    _, meta = _checkpoint_arrays(tmp_path / "m")
+    assert meta["step"] == 2
+
