@@ -125,3 +125,50 @@ def test_out_of_memory_is_resource_exhausted_not_an_abort(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "RESOURCE_EXHAUSTED" in result.stdout and "STILL WORKING" in result.stdout, result.stdout
+
+
+def test_answers_do_not_depend_on_the_thread_count(rng, tmp_path):
+    """The same inputs through TensorFlow with one intra-op thread and with two (the core splits a step's units over
+    the pool's threads from ~3e5 flops a direction-step: every case below is past that) give bitwise the same
+    outputs and gradients: a user's numbers must not change with the machine's core count. Each thread count runs in
+    a child process (the pool's size is fixed at TensorFlow's start)."""
+    units, batch, max_time = 256, 3, 7
+    inputs = dict(x4=rng.standard_normal((batch, max_time, 2 * 4 * units)).astype(np.float32),
+                  x3=rng.standard_normal((batch, max_time, 3 * units)).astype(np.float32),
+                  rk4=(rng.standard_normal((2, units, 4 * units)) / 16).astype(np.float32),
+                  rk3=(rng.standard_normal((1, units, 3 * units)) / 16).astype(np.float32),
+                  lengths=np.array([7, 0, 5], np.int32))
+    np.savez(tmp_path / "in.npz", **inputs)
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np, tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+        import tf_ops
+        a = dict(np.load(sys.argv[2]))
+        x4, x3, rk4, rk3 = (tf.constant(a[k]) for k in ("x4", "x3", "rk4", "rk3"))
+        lengths = tf.constant(a["lengths"])
+        out = {}
+        out["lstm_bi"] = tf_ops.lstm_sequence(x4, rk4, lengths, direction="bidirectional")[0]
+        out["gru"] = tf_ops.gru_sequence(x3, rk3, None, lengths)[0]
+        q, s = tf_ops.quantize_rows(a["rk4"])
+        out["lstm_int8_bi"] = tf_ops.lstm_sequence_int8(x4, q, s, lengths, direction="bidirectional")[0]
+        with tf.GradientTape() as tape:
+            tape.watch([x4, rk4])
+            y = tf_ops.lstm_sequence(x4, rk4, lengths, direction="bidirectional", training=True)[0]
+            loss = tf.reduce_sum(y * tf.cos(y))
+        out["grad_x"], out["grad_rk"] = tape.gradient(loss, [x4, rk4])
+        assert all(np.all(np.isfinite(v.numpy())) for v in out.values())
+        np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})
+        print("DONE", tf.config.threading.get_intra_op_parallelism_threads())
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    results = {}
+    for threads in (1, 2):
+        path = tmp_path / f"out{threads}.npz"
+        run = subprocess.run([sys.executable, "-c", script, str(threads), str(tmp_path / "in.npz"), str(path)],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0 and f"DONE {threads}" in run.stdout, run.stderr[-2000:]
+        results[threads] = dict(np.load(path))
+    for name, one in results[1].items():
+        two = results[2][name]
+        assert one.tobytes() == two.tobytes(), (name, float(np.max(np.abs(one - two))))
