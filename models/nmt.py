@@ -17,9 +17,13 @@ SentencePiece models and the checkpoint (weights, optimizer state, step, elapsed
 dropout mask are functions of (seed, step), so a resumed run continues exactly as an uninterrupted one would. The
 saved settings win on resume: an option given on the command line that contradicts them (another --hidden, --lr,
 --src, ...) is refused (exit 2); only --max-steps, --time-budget, --eval-every, --log-every and --save-every may
-change (an --eval-every or --log-every left out keeps the saved one). A directory without ckpt-last.npz (a run killed before its first checkpoint) starts from scratch, with a
-fresh log. train_log.jsonl in the model directory has one line per log/eval event (step, time, loss, BLEU, load
-average); a train line averages the loss over the "steps" since the line before (--log-every, or fewer: the first
+change (an --eval-every or --log-every left out keeps the saved one). A directory without ckpt-last.npz (a run killed
+before its first checkpoint) starts from scratch, with a fresh log. A resume whose --max-steps or --time-budget is
+already spent (no step, and no evaluation the stopped run still owes, fits) says so in one line and exits 0, adding no
+stop record or checkpoint to the stopped run's. The config, SentencePiece models and checkpoints are written to a
+temporary file, fsync'ed and renamed (the directory fsync'ed too), so that neither a kill nor a power loss leaves one
+empty or truncated. train_log.jsonl in the model directory has one line per log/eval event (step, time, loss, BLEU,
+load average); a train line averages the loss over the "steps" since the line before (--log-every, or fewer: the first
 line after a resume, the last before a stop), and its tokens_per_s counts training time only.
 
 translate: raw text lines on stdin, detokenised translations on stdout (n lines per input with --n-best n, best
@@ -28,6 +32,7 @@ first; --with-scores prefixes "score<TAB>").
 import argparse
 import collections
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -142,14 +147,44 @@ def batch_arrays(indices, src_ids, tgt_ids):
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------
+def write_durably(path, write, text=False):
+    """Writes a file through write(f) on a temporary file beside it, renamed over path: atomic (a reader, or a run
+    killed meanwhile, sees the old file or the new one) and durable (the data is fsync'ed before the rename, the
+    directory's entry after it), so that not even a power loss leaves an empty or truncated file under path."""
+    tmp = path + ".tmp"
+    try:
+        with (open(tmp, "w", encoding="utf-8") if text else open(tmp, "wb")) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_directory(os.path.dirname(path) or ".")
+
+
+def _fsync_directory(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a platform where a directory cannot be opened (Windows): its rename is as durable as it gets
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # (a file system that cannot sync a directory); a failed sync is an error
+            raise
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(path, model, optimizer, meta):
-    """Weights, optimizer state and meta in one .npz, written to a temporary file and renamed (atomic)."""
+    """Weights, optimizer state and meta in one .npz, written atomically and durably (write_durably)."""
     arrays = {f"model_{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)}
     arrays.update({f"optimizer_{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
     arrays["meta"] = np.array(json.dumps(meta))
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_durably(path, lambda f: np.savez(f, **arrays))
 
 
 class CheckpointMismatch(ValueError):
@@ -369,12 +404,16 @@ class _TimeBudget:
     def _after_eval(self):
         return self.timing["eval"] + 2 * (self.timing.get("save") or 0.0)  # ckpt-best.npz and ckpt-last.npz
 
+    def step_needs(self, validating):
+        """The seconds the next step, with the final evaluation and checkpoint after it, is predicted to take."""
+        end = self._after_eval() if validating and self.timing.get("eval") is not None else \
+            (self.timing.get("save") or 0.0)
+        return (self.step_seconds() or 0.0) + end
+
     def step_fits(self, elapsed, validating):
         if self.budget is None:
             return True
-        end = self._after_eval() if validating and self.timing.get("eval") is not None else \
-            (self.timing.get("save") or 0.0)
-        return elapsed + (self.step_seconds() or 0.0) + end <= self.budget
+        return elapsed + self.step_needs(validating) <= self.budget
 
     def eval_fits(self, elapsed):
         """True or False; None when no evaluation has been timed yet (its time cannot be predicted)."""
@@ -383,6 +422,21 @@ class _TimeBudget:
         if self.timing.get("eval") is None:
             return None
         return elapsed + self._after_eval() <= self.budget
+
+
+def _already_spent(args, step, elapsed, budget, validating):
+    """The line a resume whose budget is already spent says instead of training."""
+    spent, options = [], []
+    if args.max_steps is not None and step >= args.max_steps:
+        spent.append(f"step {step}, --max-steps {args.max_steps}")
+        options.append("--max-steps")
+    if not budget.step_fits(elapsed, validating):
+        spent.append(f"{elapsed:.0f}s of --time-budget {args.time_budget:.0f}s used, and one more step with the final "
+                     f"{'evaluation and ' if validating and budget.timing.get('eval') is not None else ''}"
+                     f"checkpoint needs about {budget.step_needs(validating):.0f}s")
+        options.append("--time-budget")
+    return (f"nothing to do: the run's budget is already spent ({'; '.join(spent)}); to train on, run "
+            f"again with a larger {' and a larger '.join(options)}")
 
 
 def _drop_log_records_after(path, step):
@@ -401,9 +455,7 @@ def _drop_log_records_after(path, step):
         if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line + "\n")
     if "".join(kept) != text:  # (also when the last line lost its newline: the next record would join it)
-        with open(path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)
+        write_durably(path, lambda f: f.writelines(kept), text=True)
 
 
 # Settings a resumed run takes from the model directory; a different value given on the command line is refused.
@@ -489,10 +541,17 @@ def check_train_settings(args):
         raise ValueError(f"--time-budget must be a finite duration > 0, got {args.time_budget}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    if args.decay_start is not None and args.max_steps is None and not _resumable(args.model_dir):
-        # The decay ends at the first run's --max-steps: without one it would silently never happen.
-        raise ValueError("--decay-start needs --max-steps on the first run (the cosine decay ends at the first "
-                         "run's --max-steps)")
+    # The cosine decay ends at the first run's --max-steps (saved as decay_end: a resume's --max-steps, larger or
+    # smaller, does not move it, and the resume continues the saved --decay-start), so the first run's values are
+    # the ones the schedule uses. Without --max-steps, or with --decay-start at or after it, no step would decay.
+    if args.decay_start is not None and not _resumable(args.model_dir):
+        if args.max_steps is None:
+            raise ValueError("--decay-start needs --max-steps on the first run (the cosine decay ends at the first "
+                             "run's --max-steps)")
+        if args.decay_start >= args.max_steps:
+            raise ValueError(f"--decay-start {args.decay_start} is not before --max-steps {args.max_steps}: the "
+                             "cosine decay runs from --decay-start to the first run's --max-steps, so no step would "
+                             "decay (give a smaller --decay-start, or a larger --max-steps)")
     if not _resumable(args.model_dir):
         _model_config_from_args(args, 1, 1)  # model settings that cannot work, before the model directory exists
 
@@ -562,15 +621,18 @@ def train(args, log=print):
         if args.shared_vocab:
             path = train_sentencepiece([args.src, args.tgt], os.path.join(args.model_dir, "spm_shared"),
                                        args.src_vocab_size, args.spm_type)
-            for name in (SPM_SRC, SPM_TGT):
-                for ext in (".model", ".vocab"):
-                    with open(path[:-6] + ext, "rb") as f, open(os.path.join(args.model_dir, name + ext), "wb") as g:
-                        g.write(f.read())
+            trained = {SPM_SRC: path, SPM_TGT: path}
         else:
-            train_sentencepiece([args.src], os.path.join(args.model_dir, SPM_SRC), args.src_vocab_size,
-                                args.spm_type)
-            train_sentencepiece([args.tgt], os.path.join(args.model_dir, SPM_TGT), args.tgt_vocab_size,
-                                args.spm_type)
+            trained = {name: train_sentencepiece([text], os.path.join(args.model_dir, name), size, args.spm_type)
+                       for name, text, size in ((SPM_SRC, args.src, args.src_vocab_size),
+                                                (SPM_TGT, args.tgt, args.tgt_vocab_size))}
+        # (Re)written durably: once config.json and ckpt-last.npz are, the directory is resumed from, and a power
+        # loss must not have left these (which SentencePiece writes without an fsync) empty.
+        for name, path in trained.items():
+            for ext in (".model", ".vocab"):
+                with open(path[:-6] + ext, "rb") as f:
+                    data = f.read()
+                write_durably(os.path.join(args.model_dir, name + ext), lambda g: g.write(data))
     sp_src, sp_tgt = load_sentencepiece(args.model_dir)
     if not resuming:
         model_cfg = _model_config_from_args(args, sp_src.get_piece_size(), sp_tgt.get_piece_size())
@@ -579,11 +641,11 @@ def train(args, log=print):
                       "clip_norm", "seed", "valid_beam_size", "valid_batch_size", "valid_length_penalty",
                       "max_steps", "time_budget", "eval_every", "log_every", "decay_end"]
         args.decay_end = args.max_steps
-        with open(config_path, "w") as f:
-            json.dump({"model": dataclasses.asdict(model_cfg),
-                       # Data paths absolute: a resume from another working directory reads the same files.
-                       "train": {k: (os.path.abspath(getattr(args, k)) if k in _PATH_OPTIONS and getattr(args, k)
-                                     else getattr(args, k)) for k in train_keys}}, f, indent=1, sort_keys=True)
+        config = {"model": dataclasses.asdict(model_cfg),
+                  # Data paths absolute: a resume from another working directory reads the same files.
+                  "train": {k: (os.path.abspath(getattr(args, k)) if k in _PATH_OPTIONS and getattr(args, k)
+                                else getattr(args, k)) for k in train_keys}}
+        write_durably(config_path, lambda f: json.dump(config, f, indent=1, sort_keys=True), text=True)
 
     # Data: encoded once; pairs that are empty or longer than --max-len are left out of training.
     src_lines, tgt_lines = read_lines(args.src, "--src"), read_lines(args.tgt, "--tgt")
@@ -676,6 +738,7 @@ def train(args, log=print):
         window.update(steps=0, loss=0.0, tokens=0, seconds=0.0)
 
     step = meta["step"]
+    spent_checked = not resuming
     with _StopSignal() as stopper:
         while True:
             elapsed = clock()
@@ -691,6 +754,13 @@ def train(args, log=print):
             # skip it: then the resumed run does it first).
             would_eval = validating and ((new_steps and (periodic or at_max or out_of_time)) or
                                          bool(meta.get("eval_due")))
+            if not spent_checked:
+                spent_checked = True
+                if finished and not stopper.stop and not (would_eval and budget.eval_fits(elapsed)):
+                    # A resume with nothing to do (no step, and no due evaluation, fits): the stopped run's
+                    # checkpoint and stop record stand; another stop record (or checkpoint) would only repeat them.
+                    log(_already_spent(args, step, elapsed, budget, validating))
+                    return meta
             evaluated = skipped = False
             if would_eval and not stopper.stop:
                 fits = budget.eval_fits(elapsed)

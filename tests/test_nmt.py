@@ -557,6 +557,39 @@ def test_decay_start_without_max_steps_is_refused(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "m")
 
 
+def test_decay_start_at_or_after_max_steps_is_refused(tmp_path, capsys):
+    """The cosine decay runs from --decay-start to the first run's --max-steps: a --decay-start at or after it used
+    to be accepted and silently decayed no step. Refused on a first run (exit 2, one line naming both values) before
+    anything is written. A resume keeps the saved schedule whatever its --max-steps (the decay ends where the first
+    run said), so a resume whose --max-steps is at or before the saved --decay-start is not refused."""
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=50)
+    for decay_start, max_steps, extra in (("4", "4", ()), ("9", "4", ("--time-budget", "1h"))):
+        model_dir = tmp_path / f"refused{decay_start}"
+        with pytest.raises(SystemExit) as exit_info:
+            nmt.main(_tiny_train_argv(src, tgt, model_dir, "--decay-start", decay_start, "--max-steps", max_steps,
+                                      *extra))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"--decay-start {decay_start}" in err and f"--max-steps {max_steps}" in err, err
+        assert not os.path.exists(model_dir)
+
+    # A first run of 6 steps decaying from step 3, stopped (SIGTERM) after step 1; resumed with --max-steps 2 (at
+    # or before --decay-start: the schedule is still the saved 3..6 one) and then with a larger --max-steps.
+    model_dir = tmp_path / "m"
+    argv = _tiny_train_argv(src, tgt, model_dir, "--decay-start", "3", "--warmup-steps", "1")
+
+    def log(message):
+        if message.startswith("step 1 "):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert nmt.train(nmt.build_parser().parse_args(argv + ["--max-steps", "6"]), log=log)["step"] == 1
+    nmt.main(argv + ["--max-steps", "2"])
+    nmt.main(argv + ["--max-steps", "8"])
+    lrs = {r["step"]: r["lr"] for r in _log_records(model_dir, "train")}
+    schedule = nmt.build_parser().parse_args(argv + ["--max-steps", "6"])
+    assert lrs == pytest.approx({step + 1: nmt.learning_rate(step, schedule) for step in range(8)}, rel=1e-6)
+    assert lrs[3] == pytest.approx(schedule.lr) and lrs[7] == lrs[8] == pytest.approx(schedule.lr * schedule.min_lr)
+
+
 def test_export_cli_mistakes_are_exit_2_naming_the_option(tmp_path, capsys):
     """python -m export.saved_model nmt: a bad --warmup-text or --beam-size is a bad argument (exit 2, one line
     naming it), refused before the model is loaded or anything is written."""
@@ -877,3 +910,132 @@ def test_resume_from_another_working_directory(tmp_path, monkeypatch):
     _, meta = _checkpoint_arrays(tmp_path / "m")
     assert meta["step"] == 2
 
+
+
+def _record_syncs(monkeypatch):
+    """os.fsync and os.replace calls, in order: ("fsync", (st_dev, st_ino), st_size) of the synced file or
+    directory, ("replace", src, dst)."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", (st.st_dev, st.st_ino), st.st_size))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        events.append(("replace", os.fspath(src), os.fspath(dst)))
+        return real_replace(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _assert_written_durably(events, path):
+    """The last rename onto path: the renamed file, whole (flushed: its full size), was fsync'ed after the rename
+    before it and before this one; its directory after this rename and before the next."""
+    path = os.fspath(path)
+    renames = [i for i, e in enumerate(events) if e[0] == "replace"]
+    at = max((i for i in renames if events[i][2] == path), default=None)
+    assert at is not None, f"{path} was not written through a rename"
+    before = max((i for i in renames if i < at), default=-1)
+    after = min((i for i in renames if i > at), default=len(events))
+    st, d = os.stat(path), os.stat(os.path.dirname(path))
+    data_syncs = [e for e in events[before + 1:at] if e[0] == "fsync" and e[1] == (st.st_dev, st.st_ino)]
+    assert data_syncs and data_syncs[-1][2] == st.st_size, (path, "data not fsync'ed (whole) before the rename",
+                                                             data_syncs, st.st_size)
+    assert any(e[0] == "fsync" and e[1] == (d.st_dev, d.st_ino) for e in events[at + 1:after]), \
+        (path, "directory not fsync'ed after the rename", events[at + 1:after])
+
+
+def test_checkpoint_config_and_log_rewrites_are_durable(tmp_path, monkeypatch):
+    """Each file written through a temporary file and a rename (checkpoints, config.json, the SentencePiece models,
+    the trimmed train log) is fsync'ed whole before the rename and its directory after it: a rename alone leaves,
+    after a power loss, perhaps an empty or truncated file under the final name. Nothing .tmp is left behind."""
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=51)
+    model_dir = tmp_path / "m"
+    events = _record_syncs(monkeypatch)
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "1", "--shared-vocab"))
+    for name in ("ckpt-last.npz", nmt.CONFIG_FILE, "spm_src.model", "spm_tgt.model"):
+        _assert_written_durably(events, model_dir / name)
+    assert not [name for name in os.listdir(model_dir) if ".tmp" in name]
+    # A resume trims the log to the steps its checkpoint holds (after a run killed -9 between checkpoints).
+    with open(model_dir / nmt.LOG_FILE, "a") as f:
+        f.write(json.dumps({"event": "train", "step": 2}) + "\n")
+    nmt._drop_log_records_after(str(model_dir / nmt.LOG_FILE), 1)
+    _assert_written_durably(events, model_dir / nmt.LOG_FILE)
+    assert [r["step"] for r in _log_records(model_dir, "train")] == [1]
+
+    # Where a directory cannot be opened (Windows), its sync is skipped quietly; a failed write leaves the old file
+    # and no temporary one.
+    path = tmp_path / "file.txt"
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied", p))
+                        if os.path.isdir(p) else real_open(p, *a, **k))
+    nmt.write_durably(str(path), lambda f: f.write("one"), text=True)
+    assert path.read_text() == "one"
+
+    def failing(f):
+        f.write("half")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="space"):
+        nmt.write_durably(str(path), failing, text=True)
+    assert path.read_text() == "one" and not os.path.exists(str(path) + ".tmp")
+
+
+def test_resume_with_its_budget_already_spent_does_nothing(tmp_path, monkeypatch, capsys):
+    """Running the command of a finished run again (its --max-steps reached, or its --time-budget spent) used to
+    log another stop record each time. It says in one line that the budget is spent and which option to raise, and
+    exits 0 with the log and the checkpoint untouched. A resume that still owes an evaluation does it first."""
+    src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=52)
+
+    def unchanged_by(argv, model_dir, option):
+        files = {name: ((model_dir / name).read_bytes(), os.stat(model_dir / name).st_mtime_ns)
+                 for name in (nmt.LOG_FILE, "ckpt-last.npz")}
+        capsys.readouterr()
+        nmt.main(argv)  # (no SystemExit: exit status 0)
+        out = capsys.readouterr().out
+        spent = [line for line in out.splitlines() if "already spent" in line]
+        assert len(spent) == 1 and f"larger {option}" in spent[0], out
+        assert "stopped at" not in out and "valid BLEU" not in out and "no evaluation" not in out, out
+        for name, (data, mtime) in files.items():
+            assert (model_dir / name).read_bytes() == data and os.stat(model_dir / name).st_mtime_ns == mtime, name
+        return spent[0]
+
+    # --max-steps reached; the same command twice, then a larger --max-steps trains on.
+    model_dir = tmp_path / "steps"
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "2"))
+    for _ in range(2):
+        line = unchanged_by(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "2"), model_dir, "--max-steps")
+        assert "--max-steps 2" in line, line
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--max-steps", "3"))
+    assert [r["step"] for r in _log_records(model_dir, "stop")] == [2, 3]
+
+    # Stopped at an evaluation step by a SIGTERM, before evaluating: the resume owes that evaluation, so it is not
+    # spent; it evaluates and logs its stop once. Run again, it is (exit 0).
+    def log(message):
+        if message.startswith("step 2 "):
+            os.kill(os.getpid(), signal.SIGTERM)
+    model_dir = tmp_path / "owed"
+    argv = _tiny_train_argv(src, tgt, model_dir, "--max-steps", "2", "--eval-every", "2", "--valid-src", src,
+                            "--valid-tgt", tgt, "--valid-beam-size", "1")
+    assert nmt.train(nmt.build_parser().parse_args(argv), log=log)["eval_due"]
+    nmt.main(argv)
+    assert [r["step"] for r in _log_records(model_dir, "eval")] == [2]
+    assert [(r["step"], r["why"]) for r in _log_records(model_dir, "stop")] == [(2, "interrupted"), (2, "max steps")]
+    unchanged_by(argv, model_dir, "--max-steps")
+
+    # --time-budget spent (steps take 5 s and saves 2 s of a virtual clock): the same budget twice, then a larger
+    # one trains on.
+    _virtual_time(monkeypatch, step=5.0, evaluation=50.0, save=2.0)
+    model_dir = tmp_path / "time"
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--time-budget", "30"))
+    stop = _log_records(model_dir, "stop")[-1]
+    assert stop["why"] == "time budget" and stop["step"] >= 2, stop
+    for _ in range(2):
+        line = unchanged_by(_tiny_train_argv(src, tgt, model_dir, "--time-budget", "30"), model_dir,
+                            "--time-budget")
+        assert "--time-budget 30s" in line, line
+    nmt.main(_tiny_train_argv(src, tgt, model_dir, "--time-budget", "60"))
+    stops = _log_records(model_dir, "stop")
+    assert len(stops) == 2 and stops[-1]["step"] > stop["step"], stops
