@@ -694,6 +694,8 @@ const char* TryTensorCoreKind(const RnnShape& shape, int wk, bool allow_tf32, co
       off += Align(x_bytes, 16);
       const size_t off_cs = off;  // column scales (TF32 through float16)
       off += Align(size_t(NT) * 8 * 4, 16);
+      const size_t off_frag = off;  // exchange offsets of the block's rows and units (TcFragRowPart / ColPart)
+      off += Align(size_t(rb + upb) * 4, 16);
       const size_t smem = off;
       if (smem > static_cast<size_t>(limits.max_shared_bytes_per_block_optin)) continue;
       int bps = 0;
@@ -734,6 +736,7 @@ const char* TryTensorCoreKind(const RnnShape& shape, int wk, bool allow_tf32, co
       kp.off_len = static_cast<int>(off_len);
       kp.off_x = static_cast<int>(off_x);
       kp.off_cs = static_cast<int>(off_cs);
+      kp.off_frag = static_cast<int>(off_frag);
       size_t ws = 128;  // watchdog word
       pl.off_counters = ws;
       ws += size_t(D) * nbr * 128;
@@ -1396,6 +1399,7 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
     fb.off_len = g.off_len;
     fb.off_x = g.off_x;
     fb.off_cs = g.off_cs;
+    fb.off_frag = g.off_frag;
     fb.w_rec = args.recurrent_kernel;
     fb.tc_col_scale = nullptr;
     fb.counters = reinterpret_cast<unsigned*>(ws + pl.fb_off_counters);

@@ -768,6 +768,23 @@ __device__ __forceinline__ void GroupBarrier(unsigned* counter, unsigned target,
   __syncthreads();
 }
 
+// GroupBarrier with work in the middle: the block arrives, runs between() (work that neither publishes what the
+// barrier orders nor reads it: issuing the next step's input copies), then waits, so between() is off the critical
+// path of the slowest block's arrival.
+template <typename F>
+__device__ __forceinline__ void GroupBarrierAround(unsigned* counter, unsigned target, int* watchdog, F&& between) {
+  __syncthreads();
+  if (threadIdx.x == 0) RedReleaseAdd(counter, 1u);
+  between();
+  if (threadIdx.x == 0) {
+    long long polls = 0;
+    while (LoadAcquire32(counter) < target) {
+      if (WatchdogTick(polls, watchdog)) break;
+    }
+  }
+  __syncthreads();
+}
+
 // One LSTM cell update (gates i, f, g, o from x_proj + the recurrent products z). Updates *c (clipped, NaN kept)
 // and returns the new h (m with a projection); rs, when not null, receives the training reserve record (i, f, g, o
 // and c before the clip, H floats apart). Shared by both persistent kernels.

@@ -121,6 +121,7 @@ struct KernelParams {
   // copy of U with every column scaled by a power of two, and multiplies each column's sums by the inverse.
   const float* tc_col_scale = nullptr;       // [D][G*H] 2^-e of each column, or null (no scaling)
   int off_cs = 0;                            // shared memory: [NT * 8] column scales of this block
+  int off_frag = 0;                          // tensor-core mode, shared memory: [rb + upb] exchange-offset parts
   // Tensor-core mode: a device word written before the launch (by the float16-copy prologue kernel) that says which
   // of two launched kernels does the work: the kernel returns at once unless (*tc_gate != 0) == tc_gate_run_if.
   const int* tc_gate = nullptr;

@@ -63,18 +63,23 @@ template <int WK> __host__ __device__ constexpr int TcKTile() { return WK == kWe
 // 8) + (k % 8) / 2; register = (row % 16) / 8 + 2 * ((k % 16) / 8); low half = even k). float32: tiles of 16 rows x
 // 8 k in the A-fragment order of mma.m16n8k8.tf32 (lane = 4 * (row % 8) + k % 4; register = (row % 16) / 8 + 2 *
 // ((k % 8) / 4)).
-template <int WK> __device__ __forceinline__ int TcFragOffset(int row, int k, int kt_total) {
+// The offset is a sum of a row's part and a k's part (their bits do not overlap), so a block tabulates both once.
+template <int WK> __device__ __forceinline__ int TcFragRowPart(int row, int kt_total) {
+  const int mt = row >> 4, m = row & 15;
+  if constexpr (WK == kWeightF32) return ((mt * kt_total) << 7) + ((m & 7) << 4) + (m >> 3);
+  else return ((mt * kt_total) << 8) + ((m & 7) << 5) + ((m >> 3) << 1);
+}
+template <int WK> __device__ __forceinline__ int TcFragColPart(int k) {
   if constexpr (WK == kWeightF32) {
-    const int mt = row >> 4, m = row & 15, kt = k >> 3, kk = k & 7;
-    const int lane = ((m & 7) << 2) + (kk & 3);
-    const int reg = (m >> 3) + ((kk >> 2) << 1);
-    return ((mt * kt_total + kt) << 7) + (lane << 2) + reg;
+    const int kt = k >> 3, kk = k & 7;
+    return (kt << 7) + ((kk & 3) << 2) + ((kk >> 2) << 1);
   } else {
-    const int mt = row >> 4, m = row & 15, kt = k >> 4, kk = k & 15;
-    const int lane = ((m & 7) << 2) + ((kk & 7) >> 1);
-    const int reg = (m >> 3) + ((kk >> 3) << 1);
-    return ((mt * kt_total + kt) << 8) + (lane << 3) + (reg << 1) + (kk & 1);
+    const int kt = k >> 4, kk = k & 15;
+    return (kt << 8) + (((kk & 7) >> 1) << 3) + ((kk >> 3) << 2) + (kk & 1);
   }
+}
+template <int WK> __device__ __forceinline__ int TcFragOffset(int row, int k, int kt_total) {
+  return TcFragRowPart<WK>(row, kt_total) + TcFragColPart<WK>(k);
 }
 
 template <int WK> __device__ __forceinline__ TcElem<WK> ToExchange(float v) {
@@ -235,6 +240,8 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
   int* len_s = reinterpret_cast<int*>(smem + p.off_len);       // [rb] lengths, then (at rb) their max
   float* cs_s = reinterpret_cast<float*>(smem + p.off_cs);     // [kNCols] column scales (tc_col_scale only)
   float* xs_s = reinterpret_cast<float*>(smem + p.off_x);      // [2][rb * upb][G] x_proj by step parity
+  int* frag_row_s = reinterpret_cast<int*>(smem + p.off_frag); // [rb] TcFragRowPart of the group's rows
+  int* frag_col_s = frag_row_s + p.rb;                         // [upb] TcFragColPart of the block's units
 
   // Test-only phase stamps (block 0, thread 0), the general kernel's slots: per step s < kDebugSteps: start,
   // products of the first pass done, partial sums added (z ready), cell update done, after the barrier.
@@ -375,6 +382,8 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
     return e;
   };
 
+  for (int i = tid; i < p.rb + p.upb; i += nthreads)
+    frag_row_s[i] = i < p.rb ? TcFragRowPart<WK>(row0 + i, KT) : TcFragColPart<WK>(u0 + i - p.rb);
   // Initial state: own units' h (float32, and 16-bit into the exchange slab of parity 1, read at step 0) and c.
   for (int i = tid; i < NR * ucount; i += nthreads) {
     const int r = i / ucount, u = i - r * ucount;
@@ -404,22 +413,38 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
   stamp(2);
 
   const int npairs = NR * ucount;
+  // This thread's (row, unit) pairs are pi = tid, tid + nthreads, ...: (r, u) = divmod(pi, ucount), walked without a
+  // division, and the output and x_proj offsets from strides fixed here. (Computed per pair and step, a signed
+  // division and 64-bit index selects were about a third of the cell update's ~180 instructions, ncu, session 38.)
+  const int pair_r0 = tid / ucount, pair_u0 = tid - pair_r0 * ucount;
+  const int pair_dr = nthreads / ucount, pair_du = nthreads - pair_dr * ucount;
+  auto next_pair = [&](int& r, int& u) {
+    r += pair_dr;
+    u += pair_du;
+    if (u >= ucount) {
+      u -= ucount;
+      ++r;
+    }
+  };
+  const long long o_bstride = p.time_major ? ocols : (long long)T * ocols;
+  const long long x_bstride = p.time_major ? xcols : (long long)T * xcols;
+  float* const out_d = p.out + (long long)d * H + u0;                     // this block's first output column
+  const float* const xproj_d = p.x_proj + (long long)d * G * H + u0;      // and its first x_proj column
   // x_proj of step s goes into shared memory (double-buffered by step parity) with cp.async, issued one step ahead
-  // after the cell update, so it is in flight across the barrier. (Session 8 also tried issuing it between the h
-  // copies and the products: the barrier wait shrank by the same ~1.4 k cycles the copy phase grew; no gain.)
+  // between this block's barrier arrival and its wait, so it is in flight across the barrier. (Session 8 also tried
+  // issuing it between the h copies and the products: the barrier wait shrank by the same ~1.4 k cycles the copy
+  // phase grew; no gain.)
   // Always one commit group, empty when there is nothing to copy, so the wait counts below hold.
   const int xs_buf = p.rb * p.upb * G;
   auto prefetch_x = [&](int s) {
     float* xs = xs_s + (s & 1) * xs_buf;
+    int r = pair_r0, u = pair_u0;
 #pragma unroll 1
-    for (int pi = tid; pi < npairs; pi += nthreads) {
-      const int r = pi / ucount, u = pi - r * ucount;
+    for (int pi = tid; pi < npairs; pi += nthreads, next_pair(r, u)) {
       const int len = len_s[r];
       if (s < len) {
         const int t = reverse ? len - 1 - s : s;
-        const long long b = row0 + r;
-        const long long row = p.time_major ? (long long)t * B + b : b * T + t;
-        const float* xp = p.x_proj + row * xcols + (long long)d * G * H + u0 + u;
+        const float* xp = xproj_d + (long long)(row0 + r) * x_bstride + (long long)t * x_tstride + u;
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(xs + pi * G + g));
@@ -429,8 +454,6 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
     }
     CpAsyncCommit();
   };
-  (void)x_tstride;
-  (void)o_tstride;
   prefetch_x(0);
 
   // ---- the recurrence ------------------------------------------------------------------------------------------
@@ -579,40 +602,56 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
 
     if (sbase >= 0) stamp(sbase + 2);
     // 4. cell update (float32) for this block's (row, unit) pairs. (Two pairs per thread interleaved, all loads
-    // before any store, measured no faster in session 8: the phase is not one thread's dependent chain.)
+    // before any store, measured no faster in session 8: the phase is not one thread's dependent chain.) A pair's
+    // shared-memory operands are all loaded before its length test (every address is in bounds), so that their
+    // latencies overlap instead of queueing behind the test (ncu, session 38).
     CpAsyncWaitGroup<0>();  // this thread's x_proj of step s
     const float* xs_step = xs_s + (s & 1) * xs_buf;
     XE* hdst = xh16 + ((long long)(s & 1) * D + d) * slab;
+    int r = pair_r0, u = pair_u0;
 #pragma unroll 1
-    for (int pi = tid; pi < npairs; pi += nthreads) {
-      const int r = pi / ucount, u = pi - r * ucount;
+    for (int pi = tid; pi < npairs; pi += nthreads, next_pair(r, u)) {
       const int len = len_s[r];
-      float hv = hown_s[r * p.upb + u];
+      const int su = r * p.upb + u;
+      float hv = hown_s[su];
+      const int frag = frag_row_s[r] + frag_col_s[u];
+      float zs[G], x[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) zs[g] = z_s[r * kNCols + g * p.upb + u];
+      if constexpr (G == 4) {  // one 16-byte load (xs_s is 16-byte aligned, 4 floats a pair)
+        const float4 xv = *reinterpret_cast<const float4*>(xs_step + pi * 4);
+        x[0] = xv.x;
+        x[1] = xv.y;
+        x[2] = xv.z;
+        x[3] = xv.w;
+      } else {
+#pragma unroll
+        for (int g = 0; g < G; ++g) x[g] = xs_step[pi * G + g];
+      }
+      float c = kLstm ? c_s[su] : 0.f;
       if (s < len) {
         const int t = reverse ? len - 1 - s : s;
         const long long b = row0 + r;
-        const long long row = p.time_major ? (long long)t * B + b : b * T + t;
-        float zs[G], x[G];
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          zs[g] = z_s[r * kNCols + g * p.upb + u];
-          x[g] = xs_step[pi * G + g];
-        }
         float* rs = p.reserve ? p.reserve + (((long long)d * B + b) * T + t) * p.reserve_f + u0 + u : nullptr;
         if constexpr (kLstm) {
-          hv = LstmCellUpdate(x, zs, &c_s[r * p.upb + u], p.cell_clip, rs, H);
+          hv = LstmCellUpdate(x, zs, &c, p.cell_clip, rs, H);
+          c_s[su] = c;
         } else {
           hv = GruCellUpdate(x, zs, p.rec_bias ? p.rec_bias + (long long)d * G * H + u0 + u : nullptr, hv, rs, H);
         }
-        hown_s[r * p.upb + u] = hv;
-        p.out[row * ocols + (long long)d * H + u0 + u] = hv;
+        hown_s[su] = hv;
+        out_d[b * o_bstride + (long long)t * o_tstride + u] = hv;
       }
-      hdst[TcFragOffset<WK>(row0 + r, u0 + u, KT)] = to_exchange(hv);  // a finished row keeps publishing its last state
+      hdst[frag] = to_exchange(hv);  // a finished row keeps publishing its last state
     }
     if (sbase >= 0) stamp(sbase + 3);
-    if (s + 1 < max_len) prefetch_x(s + 1);
-    // 5. every block's h of step s is in the exchange slab before anyone reads it.
-    GroupBarrier(group_counter, (++barrier_count) * p.nbu, p.watchdog);
+    // 5. every block's h of step s is in the exchange slab before anyone reads it. The x_proj copies of step s + 1
+    // are issued after this block's arrival and before its wait: issued before the arrival, they delayed it by
+    // ~0.5 k of the step's ~10.5 k cycles (ncu, session 38). Their buffer (parity s + 1) was last read by the cell
+    // update of step s - 1.
+    GroupBarrierAround(group_counter, (++barrier_count) * p.nbu, p.watchdog, [&] {
+      if (s + 1 < max_len) prefetch_x(s + 1);
+    });
     if (sbase >= 0) stamp(sbase + 4);
   }
   stamp(3 + 5 * kDebugSteps);
