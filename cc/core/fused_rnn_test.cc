@@ -243,6 +243,16 @@ TEST(CoreTest, ActivationsMatchDoublePrecisionOnEveryIsa) {
   }
 }
 
+// CPU time (ms) this thread spends in fn.
+template <typename F>
+double ThreadCpuMs(F&& fn) {
+  timespec t0, t1;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+  fn();
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  return (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) * 1e-6;
+}
+
 // A helper that arrives after the caller gave up waiting for it (100 us) takes its slices back instead of
 // leaving the whole call to the caller: it does real work (CPU time in the helper's task), and the result is the
 // same bit for bit. (Before, such a helper found every slice taken and returned: the p90 of LSTM H=1024 B=1 in
@@ -257,11 +267,7 @@ TEST(CoreTest, LateHelperTakesItsSlicesBack) {
     void Schedule(std::function<void()> fn) override {
       thread_ = std::thread([this, fn] {
         std::this_thread::sleep_for(std::chrono::microseconds(1000));
-        timespec t0, t1;
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-        fn();
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-        helper_cpu_ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) * 1e-6;
+        helper_cpu_ms = ThreadCpuMs(fn);
       });
     }
     void Join() { thread_.join(); }
@@ -269,18 +275,26 @@ TEST(CoreTest, LateHelperTakesItsSlicesBack) {
 
    private:
     std::thread thread_;
-  } runner;
-  const auto start = std::chrono::steady_clock::now();
-  const Result threaded = RunCore(p, cpu::kPortableKernels, &runner);
-  const double call_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  runner.Join();
-  EXPECT_EQ(std::memcmp(threaded.out.data(), serial.out.data(), sizeof(float) * serial.out.size()), 0);
-  EXPECT_EQ(std::memcmp(threaded.fh.data(), serial.fh.data(), sizeof(float) * serial.fh.size()), 0);
-  EXPECT_EQ(std::memcmp(threaded.fc.data(), serial.fc.data(), sizeof(float) * serial.fc.size()), 0);
-  if (call_ms > 10.0) {  // (a call that short leaves a late helper nothing to measure)
-    EXPECT_GT(runner.helper_cpu_ms, 0.1 * (call_ms - 1.0))
-        << "the late helper did almost nothing in a " << call_ms << " ms call";
+  };
+  // The helper's share is compared with the caller's CPU time, not the wall clock: on a loaded machine (a build
+  // beside the tests) the call's wall time grows with the waiting, and 10% of it failed a helper that did a third
+  // of the work. A helper that is starved for a whole call proves nothing either way, so up to three calls are made;
+  // the bug this guards against (a late helper finding every slice taken) gives ~0 in all of them.
+  double best_share = 0;
+  for (int attempt = 0; attempt < 3 && best_share <= 0.1; ++attempt) {
+    TimedLateRunner runner;
+    Result threaded;
+    const double caller_cpu_ms = ThreadCpuMs([&] { threaded = RunCore(p, cpu::kPortableKernels, &runner); });
+    runner.Join();
+    EXPECT_EQ(std::memcmp(threaded.out.data(), serial.out.data(), sizeof(float) * serial.out.size()), 0);
+    EXPECT_EQ(std::memcmp(threaded.fh.data(), serial.fh.data(), sizeof(float) * serial.fh.size()), 0);
+    EXPECT_EQ(std::memcmp(threaded.fc.data(), serial.fc.data(), sizeof(float) * serial.fc.size()), 0);
+    if (caller_cpu_ms < 10.0) return;  // (a call that short leaves a late helper nothing to measure)
+    best_share = std::max(best_share, runner.helper_cpu_ms / caller_cpu_ms);
+    std::printf("late helper: %.1f ms of CPU against the caller's %.1f ms\n", runner.helper_cpu_ms, caller_cpu_ms);
   }
+  EXPECT_GT(best_share, 0.1) << "the late helper did almost nothing (best of three calls: " << best_share
+                             << " of the caller's CPU time)";
 }
 
 TEST(CoreTest, ZeroLengthsReturnInitialStateAndZeroOutput) {
