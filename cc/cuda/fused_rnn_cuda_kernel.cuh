@@ -1318,7 +1318,7 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
 #pragma unroll 1
     for (int pi = tid + nthreads; pi < npairs; pi += nthreads) cell_update(make_ctx(pi, s, true, opaque_kc()), pi);  // several pairs
     if (sbase >= 0) stamp(sbase + 3);
-    if (s + 1 < max_len) prefetch_x(s + 1);
+    if (s + 1 < max_len && !proj_rs) prefetch_x(s + 1);  // (proj_rs: after the partial sums are out, below)
 
     // ---- phase B (projection): h = clip(m @ P_slice)
     if (kRsCompiled && proj_rs) {
@@ -1341,6 +1341,10 @@ __global__ void __launch_bounds__(MaxThreadsFor<(CELL == 0 ? 4 : 3), WK, KC_REG,
         for (int kw = 1; kw < p.b.ksw; ++kw) v += z_s[(kw * p.rb + r) * zrow + j];
         StoreRelaxed64(xp_own + r * blk_stride + j, tag | __float_as_uint(v));
       }
+      // The next step's x_proj copies, issued once this block's partial sums are out: issued before phase B's first
+      // barrier, they delayed the publication every other block waits for (as the tensor-core kernel's prefetch
+      // delayed its barrier arrival, session 38). Their buffer (parity s + 1) was last read in step s - 1.
+      if (s + 1 < max_len) prefetch_x(s + 1);
       const int warp = tid >> 5, lane = tid & 31;
 #pragma unroll 1
       for (int q = warp; q < nrows * pcount; q += (nthreads >> 5)) {
