@@ -91,6 +91,8 @@ struct CudaTuning {
   int64_t* debug_clock = nullptr;  // test-only: device buffer of 166 int64 phase timestamps (see the .cu)
   int test_raise_watchdog = 0;     // test-only: 1 raises the watchdog word before the launch, as a timed-out wait
                                    // would, so the harness can check that the outputs come back poisoned (NaN)
+  int test_tf32h_skip = 0;         // test-only, TF32 through float16 (measuring what each launch costs): bit 0 skips
+                                   // the copy of U (the last call's copy is used), bit 1 the fallback's launch
 };
 
 // Bytes of workspace CudaForward needs for this shape (0 is possible: then workspace may be null).

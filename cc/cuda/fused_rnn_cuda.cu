@@ -626,8 +626,11 @@ const char* TryGeometry(const RnnShape& shape, int wk, const Geometry& geo, cons
   return nullptr;
 }
 
-KernelFn GetTcKernel(CellType cell, int wk, int nt_idx) {
+KernelFn GetTcKernel(CellType cell, int wk, int nt_idx, bool col_scaled) {
   using namespace cuda_impl;
+  if (col_scaled) {  // TF32 through float16 (wk is kWeightF16)
+    return cell == CellType::kLstm ? GetKernelTcLstmF16Scaled(nt_idx) : GetKernelTcGruF16Scaled(nt_idx);
+  }
   if (cell == CellType::kLstm) {
     if (wk == kWeightF32) return GetKernelTcLstmF32(nt_idx);
     return wk == kWeightBF16 ? GetKernelTcLstmBF16(nt_idx) : GetKernelTcLstmF16(nt_idx);
@@ -642,7 +645,7 @@ KernelFn GetTcKernel(CellType cell, int wk, int nt_idx) {
 // step, so the L2 traffic per step is D * nbu * B * H * (2 or 4) bytes: fewer, wider unit blocks (with several row
 // groups to keep the SMs busy) move less. Every (row groups, NT) that fits is costed; the cheapest is kept.
 const char* TryTensorCoreKind(const RnnShape& shape, int wk, bool allow_tf32, const CudaDeviceLimits& limits,
-                              const CudaTuning& tun, Plan* best) {
+                              const CudaTuning& tun, Plan* best, bool col_scaled = false) {
   using namespace cuda_impl;
   if (wk != kWeightF16 && wk != kWeightBF16 && wk != kWeightF32) return nullptr;
   if (shape.num_proj > 0 || limits.cc_major < 8 || !limits.cooperative_launch) return nullptr;
@@ -671,7 +674,7 @@ const char* TryTensorCoreKind(const RnnShape& shape, int wk, bool allow_tf32, co
       const int nbu = static_cast<int>(CeilDiv(H, upb));
       const int grid = D * nbr * nbu;
       if (grid > limits.sm_count * 4) continue;
-      KernelFn fn = GetTcKernel(shape.cell, wk, idx);
+      KernelFn fn = GetTcKernel(shape.cell, wk, idx, col_scaled);
       if (!fn) continue;
       KernelFacts facts;
       if (const char* err = Facts(fn, &facts)) return err;
@@ -772,7 +775,8 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
   if (!emu_possible) return TryTensorCoreKind(shape, wk, tun.allow_tf32 != 0, limits, tun, best);
   Plan direct, emu;
   if (const char* err = TryTensorCoreKind(shape, wk, true, limits, tun, &direct)) return err;
-  if (const char* err = TryTensorCoreKind(shape, kWeightF16, false, limits, tun, &emu)) return err;
+  if (const char* err = TryTensorCoreKind(shape, kWeightF16, false, limits, tun, &emu, /*col_scaled=*/true))
+    return err;
   const bool forced = tun.mode == kModeTensorCore;
   Plan chosen = direct;
   if (direct.fn && emu.fn) {
@@ -1410,7 +1414,8 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
     kp.tc_col_scale = reinterpret_cast<const float*>(ws + pl.off_col_scale);
     kp.tc_gate = gate;
     kp.tc_gate_run_if = 0;
-    const cudaError_t e = static_cast<cudaError_t>(cuda_impl::LaunchTcF16Copy(
+    const bool skip_copy = tuning && (tuning->test_tf32h_skip & 1);
+    const cudaError_t e = skip_copy ? cudaSuccess : static_cast<cudaError_t>(cuda_impl::LaunchTcF16Copy(
         args.recurrent_kernel, D, H, G * H, reinterpret_cast<uint16_t*>(ws + pl.off_w16),
         reinterpret_cast<float*>(ws + pl.off_col_scale), args.initial_h,
         args.initial_h ? static_cast<long long>(D) * shape.batch * H : 0, gate, stream));
@@ -1441,7 +1446,7 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
     return nullptr;
   };
   if (const char* err = launch(pl.fn, pl.grid, pl.threads, pl.smem, kp)) return err;
-  if (pl.tc_emu)
+  if (pl.tc_emu && !(tuning && (tuning->test_tf32h_skip & 2)))
     if (const char* err = launch(pl.fb_fn, pl.fb_grid, pl.fb_threads, pl.fb_smem, fb)) return err;
   return nullptr;
 }

@@ -788,12 +788,17 @@ __device__ __forceinline__ void GroupBarrierAround(unsigned* counter, unsigned t
 // One LSTM cell update (gates i, f, g, o from x_proj + the recurrent products z). Updates *c (clipped, NaN kept)
 // and returns the new h (m with a projection); rs, when not null, receives the training reserve record (i, f, g, o
 // and c before the clip, H floats apart). Shared by both persistent kernels.
+// kScaled: the products come with a power-of-two scale per gate (zs; the tensor-core kernel's TF32-through-float16
+// columns), folded into the add as an FMA: fmaf(z, s, x) rounds once, like x + z * s with z * s exact, and equals
+// x + z for s = 1.
+template <bool kScaled = false>
 __device__ __forceinline__ float LstmCellUpdate(const float (&x)[4], const float (&z)[4], float* c, float clip,
-                                                float* rs, int H) {
-  const float ig = Sigmoid(x[0] + z[0]);
-  const float fg = Sigmoid(x[1] + z[1]);
-  const float gg = Tanh(x[2] + z[2]);
-  const float og = Sigmoid(x[3] + z[3]);
+                                                float* rs, int H, const float* zs = nullptr) {
+  auto pre = [&](int g) { return kScaled ? fmaf(z[g], zs[g], x[g]) : x[g] + z[g]; };
+  const float ig = Sigmoid(pre(0));
+  const float fg = Sigmoid(pre(1));
+  const float gg = Tanh(pre(2));
+  const float og = Sigmoid(pre(3));
   const float c_raw = fg * *c + ig * gg;
   const float cc = ClipKeepNaN(c_raw, clip);
   *c = cc;
@@ -809,11 +814,17 @@ __device__ __forceinline__ float LstmCellUpdate(const float (&x)[4], const float
 
 // One GRU cell update (gates z, r, n; the reset gate applied after the recurrent product, with the recurrent bias
 // row rb_d, null for none). Returns the new h; rs as above (z, r, n and the n-gate recurrent term).
+// (kScaled and zs as for LstmCellUpdate: the scale folded into the add of the recurrent bias.)
+template <bool kScaled = false>
 __device__ __forceinline__ float GruCellUpdate(const float (&x)[3], const float (&z)[3], const float* rb_d, float h_prev,
-                                               float* rs, int H) {
-  const float az = z[0] + (rb_d ? __ldg(rb_d) : 0.f);
-  const float ar = z[1] + (rb_d ? __ldg(rb_d + H) : 0.f);
-  const float an = z[2] + (rb_d ? __ldg(rb_d + 2 * H) : 0.f);
+                                               float* rs, int H, const float* zs = nullptr) {
+  auto rec = [&](int g) {
+    const float b = rb_d ? __ldg(rb_d + g * H) : 0.f;
+    return kScaled ? fmaf(z[g], zs[g], b) : z[g] + b;
+  };
+  const float az = rec(0);
+  const float ar = rec(1);
+  const float an = rec(2);
   const float zg = Sigmoid(x[0] + az);
   const float rg = Sigmoid(x[1] + ar);
   const float ng = Tanh(x[2] + rg * an);

@@ -198,6 +198,8 @@ KernelFn GetKernelTcLstmF16(int nt_idx);
 KernelFn GetKernelTcLstmBF16(int nt_idx);
 KernelFn GetKernelTcGruF16(int nt_idx);
 KernelFn GetKernelTcGruBF16(int nt_idx);
+KernelFn GetKernelTcLstmF16Scaled(int nt_idx);  // TF32 through float16: U's columns scaled (tc_col_scale)
+KernelFn GetKernelTcGruF16Scaled(int nt_idx);
 KernelFn GetKernelTcLstmF32(int nt_idx);
 KernelFn GetKernelTcGruF32(int nt_idx);
 // TF32 through float16 (fused_rnn_cuda_tc_f16copy.cu): w [D][K][GH] float32 -> w16 (each column times 2^e, float16

@@ -191,7 +191,10 @@ __device__ __forceinline__ void CpAsyncWaitPending(int n) {
 // CELL 0 = LSTM (gates i, f, g, o), 1 = GRU (z, r, n); WK = kWeightF16, kWeightBF16 or kWeightF32; NT n-tiles of 8
 // gate columns per block (columns ordered gate-major: col = g * upb + unit); KTW k-tiles (16 rows of U, 8 for
 // float32) per warp; MG m-tiles (16 batch rows) per pass over the batch.
-template <int CELL, int WK, int NT, int KTW, int MG>
+// kColScaled: the TF32-through-float16 instantiation (16-bit weights only), whose U columns carry power-of-two scales
+// (tc_col_scale) undone in the cell update; a separate instantiation, so the plain 16-bit kernels keep their code
+// (with the scales in one kernel, GRU H=1024 B=64 float16 measured 1-3% slower, session 39).
+template <int CELL, int WK, int NT, int KTW, int MG, bool kColScaled = false>
 __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreKernel(const KernelParams p) {
 #if __CUDA_ARCH__ >= 800
   constexpr int G = CELL == 0 ? 4 : 3;
@@ -254,7 +257,8 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
 
   // ---- prologue ------------------------------------------------------------------------------------------------
   LoadLengths(p, len_s, row0, NR, tid, nthreads);
-  const bool col_scaled = p.tc_col_scale != nullptr;
+  static_assert(!kColScaled || WK != kWeightF32, "column scales exist for the float16 copy only");
+  constexpr bool col_scaled = kColScaled;  // p.tc_col_scale is set whenever this instantiation is launched
   if (col_scaled) {
     for (int c = tid; c < kNCols; c += nthreads) {
       const int gate = c / p.upb, u = c - gate * p.upb;
@@ -291,13 +295,30 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
         // Every vector of the pass in flight at once (cp.async, no registers; zero-filled outside the block's
         // columns). Session 35: the register-staged copy with 8 loads in flight per thread took ~36 k cycles for
         // H=1024 (128 KB a block), several DRAM round trips per pass.
-#pragma unroll 1
-        for (int i = tid; i < total; i += nthreads) {
-          const int r = i / kVecsRow, n = (i - r * kVecsRow) * kLaneElems;
+        if (nthreads % kVecsRow == 0) {
+          // A thread's vectors (tid + j * nthreads) all sit in the same column: its column, source and predicate
+          // are fixed, and only the row advances. (Per vector, a division and 64-bit index arithmetic made the
+          // issue loop ~50 instructions, a third of the prologue's samples in ncu, session 39.)
+          const int n = (tid % kVecsRow) * kLaneElems;
           const int gate = n / p.upb, u = n - gate * p.upb;  // upb % kLaneElems == 0: no vector straddles two gates
           const bool ok = gate < G && u < ucount;            // ucount is a multiple of kLaneElems too
-          const XE* src = ok ? w + (long long)(k0 + r) * G * H + (long long)gate * H + u0 + u : w;
-          CpAsync16ZeroFill(st + r * kStride + n, src, ok);
+          const long long row_stride = (long long)G * H;
+          const XE* src = w + (ok ? (long long)k0 * row_stride + (long long)gate * H + u0 + u : 0);
+          const int dr = nthreads / kVecsRow;
+          int r = tid / kVecsRow;
+          src += ok ? r * row_stride : 0;
+          const long long src_step = ok ? dr * row_stride : 0;
+#pragma unroll 4
+          for (; r < rows; r += dr, src += src_step) CpAsync16ZeroFill(st + r * kStride + n, src, ok);
+        } else {
+#pragma unroll 1
+          for (int i = tid; i < total; i += nthreads) {
+            const int r = i / kVecsRow, n = (i - r * kVecsRow) * kLaneElems;
+            const int gate = n / p.upb, u = n - gate * p.upb;
+            const bool ok = gate < G && u < ucount;
+            const XE* src = ok ? w + (long long)(k0 + r) * G * H + (long long)gate * H + u0 + u : w;
+            CpAsync16ZeroFill(st + r * kStride + n, src, ok);
+          }
         }
         CpAsyncCommit();
         CpAsyncWaitGroup<0>();
@@ -306,6 +327,31 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
         for (int kk = 0; kk < KTW; ++kk) {
           const int kt_row = (kt0 + kk) * kKTile;
           if (kt_row >= k0 && kt_row < k0 + rows) {
+            if constexpr (!kF32) {
+              if (kt_row + kKTile <= k0 + rows) {
+                // A whole k-tile: ldmatrix.trans hands each lane its B fragments (rows 2t, 2t+1 and 2t+8, 2t+9 of
+                // column g), two n-tiles per x4, instead of four 2-byte loads, shifts and ORs per word (a third of
+                // the prologue's samples in ncu, session 39). Lane l addresses row l % 8 of matrix l / 8: matrices
+                // (k 0-7, n-tile nt), (k 8-15, nt), (k 0-7, nt + 1), (k 8-15, nt + 1).
+                const int mi = lane >> 3, mr = lane & 7;
+                const XE* rowp = st + (kt_row - k0 + (mi & 1) * 8 + mr) * kStride + (mi >> 1) * 8;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt += 2) {
+                  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(rowp + nt * 8));
+                  if (nt + 1 < NT) {
+                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                                 : "=r"(bw[kk][nt][0]), "=r"(bw[kk][nt][1]), "=r"(bw[kk][nt + 1][0]),
+                                   "=r"(bw[kk][nt + 1][1])
+                                 : "r"(a));
+                  } else {
+                    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                                 : "=r"(bw[kk][nt][0]), "=r"(bw[kk][nt][1])
+                                 : "r"(a));
+                  }
+                }
+                continue;
+              }
+            }
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
               const int n = nt * 8 + g8;
@@ -455,6 +501,17 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
     CpAsyncCommit();
   };
   prefetch_x(0);
+  // The column scales (power-of-two; 1 without tc_col_scale) are folded into the cell update's add as an FMA, at no
+  // cost on the serial path (session 36 timed the float16 kernel ~6 us slower on the scaled copy when the partial
+  // sums were multiplied). A thread's pairs are tid + j * nthreads, so when nthreads is a multiple of ucount every
+  // pair of the thread has the same unit and its G scales are loaded once here.
+  const bool cs_unit_fixed = nthreads % ucount == 0;
+  float cs_own[G];
+  if constexpr (col_scaled) {
+    __syncthreads();  // cs_s written above by other threads
+#pragma unroll
+    for (int g = 0; g < G; ++g) cs_own[g] = cs_unit_fixed ? cs_s[g * p.upb + pair_u0] : 1.f;
+  }
 
   // ---- the recurrence ------------------------------------------------------------------------------------------
   for (int s = 0; s < max_len; ++s) {
@@ -587,13 +644,6 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
             sum.z += v.z;
             sum.w += v.w;
           }
-          if (col_scaled) {  // undo the columns' power-of-two scales (exact)
-            const float4 cs = *reinterpret_cast<const float4*>(cs_s + (i * 4) % kNCols);
-            sum.x *= cs.x;
-            sum.y *= cs.y;
-            sum.z *= cs.z;
-            sum.w *= cs.w;
-          }
           *reinterpret_cast<float4*>(z_s + mt0 * 16 * kNCols + i * 4) = sum;
         }
       }
@@ -629,15 +679,21 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
         for (int g = 0; g < G; ++g) x[g] = xs_step[pi * G + g];
       }
       float c = kLstm ? c_s[su] : 0.f;
+      float cs[G];
+      if constexpr (col_scaled) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) cs[g] = cs_unit_fixed ? cs_own[g] : cs_s[g * p.upb + u];
+      }
       if (s < len) {
         const int t = reverse ? len - 1 - s : s;
         const long long b = row0 + r;
         float* rs = p.reserve ? p.reserve + (((long long)d * B + b) * T + t) * p.reserve_f + u0 + u : nullptr;
         if constexpr (kLstm) {
-          hv = LstmCellUpdate(x, zs, &c, p.cell_clip, rs, H);
+          hv = LstmCellUpdate<col_scaled>(x, zs, &c, p.cell_clip, rs, H, cs);
           c_s[su] = c;
         } else {
-          hv = GruCellUpdate(x, zs, p.rec_bias ? p.rec_bias + (long long)d * G * H + u0 + u : nullptr, hv, rs, H);
+          const float* rb_d = p.rec_bias ? p.rec_bias + (long long)d * G * H + u0 + u : nullptr;
+          hv = GruCellUpdate<col_scaled>(x, zs, rb_d, hv, rs, H, cs);
         }
         hown_s[su] = hv;
         out_d[b * o_bstride + (long long)t * o_tstride + u] = hv;
@@ -669,12 +725,12 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
 #endif  // __CUDA_ARCH__ >= 800
 }
 
-#define FUSED_RNN_TC_KERNEL_TABLE(NAME, CELL, WK)                                                     \
+#define FUSED_RNN_TC_KERNEL_TABLE(NAME, CELL, WK, SCALED)                                             \
   KernelFn NAME(int nt_idx) {                                                                        \
     static const KernelFn table[kTcNumNt] = {                                                        \
-        RnnTensorCoreKernel<CELL, WK, 2, 8, 4>, RnnTensorCoreKernel<CELL, WK, 3, 8, 4>,              \
-        RnnTensorCoreKernel<CELL, WK, 4, 8, 4>, RnnTensorCoreKernel<CELL, WK, 6, 8, 2>,              \
-        RnnTensorCoreKernel<CELL, WK, 8, 8, 2>};                                                     \
+        RnnTensorCoreKernel<CELL, WK, 2, 8, 4, SCALED>, RnnTensorCoreKernel<CELL, WK, 3, 8, 4, SCALED>, \
+        RnnTensorCoreKernel<CELL, WK, 4, 8, 4, SCALED>, RnnTensorCoreKernel<CELL, WK, 6, 8, 2, SCALED>, \
+        RnnTensorCoreKernel<CELL, WK, 8, 8, 2, SCALED>};                                             \
     if (nt_idx < 0 || nt_idx >= kTcNumNt) return nullptr;                                            \
     return table[nt_idx];                                                                            \
   }

@@ -22,12 +22,15 @@ namespace cuda_impl {
 namespace {
 
 constexpr int kCols = 32;      // columns per block
-constexpr int kThreads = 256;
+constexpr int kThreads = 1024;
+constexpr int kBatch = 8;      // loads per thread issued before any is used
 
-// Block (d, 32 columns): threads split into VEC-wide column groups x k-slices; the columns' max over k, then their
-// scaled float16 copy (the second pass reads U from L2). VEC = 4 (GH % 4 == 0 and 16-byte aligned U): 16-byte
-// loads, eight in flight per thread; the first build's 4-byte loads (32 columns x 8 slices, four in flight) took
-// ~50 us for H=1024 (16 MB) against a ~10 us floor at HBM speed. Every block also checks a grid-strided share of h0.
+// Block (d, 32 columns): threads split into VEC-wide column groups x k-slices. The first kBatch loads of every thread
+// cover rows [0, kBatch * kSlices) (1024 rows for VEC = 4) and stay in registers from the max pass to the copy pass,
+// so for K <= 1024 U is read from memory once; rows past that are read again (from L2) in the copy pass. Session 36
+// timed the earlier two-pass kernel (256 threads, every row read twice) at 13.1 us for H=1024 (16 MB in, 8 MB out),
+// against ~5 us to read 16 MB at HBM speed. VEC = 4 (GH % 4 == 0 and 16-byte aligned U): 16-byte loads. Every
+// block also checks a grid-strided share of h0.
 template <int VEC>
 __global__ void __launch_bounds__(kThreads) TcF16CopyKernel(const float* __restrict__ w, int K, int GH, int col_blocks,
                                                             uint16_t* __restrict__ w16, float* __restrict__ col_scale,
@@ -35,9 +38,13 @@ __global__ void __launch_bounds__(kThreads) TcF16CopyKernel(const float* __restr
                                                             int* gate) {
   constexpr int kGroups = kCols / VEC;           // column groups per block
   constexpr int kSlices = kThreads / kGroups;    // k-slices
-  __shared__ float max_s[kSlices][kCols];
+  constexpr int kFirstRows = kBatch * kSlices;   // rows held in registers
+  constexpr int kWarps = kThreads / 32;
+  static_assert(kGroups <= 32 && 32 % kGroups == 0, "a warp holds whole column groups");
+  __shared__ float max_s[kWarps][kCols];
   __shared__ int exp_s[kCols];
   const int tx = threadIdx.x % kGroups, ty = threadIdx.x / kGroups;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int d = blockIdx.x / col_blocks;
   const int col0 = (blockIdx.x - d * col_blocks) * kCols + tx * VEC;  // GH % VEC == 0: a group is all in or out
   const bool ok = col0 < GH;
@@ -54,70 +61,97 @@ __global__ void __launch_bounds__(kThreads) TcF16CopyKernel(const float* __restr
   float m[VEC];
 #pragma unroll
   for (int j = 0; j < VEC; ++j) m[j] = 0.f;
-  constexpr int kBatch = 8;  // loads issued before any is used
-  if (ok) {
-    for (int k0 = ty; k0 < K; k0 += kBatch * kSlices) {
-      V vb[kBatch];
+  auto take_max = [&](const V& vv) {
+    float v[VEC];
+    lanes(vv, v);
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b)
+    for (int j = 0; j < VEC; ++j) {
+      const float a = fabsf(v[j]);
+      if (a <= 3.402823466e38f) m[j] = fmaxf(m[j], a);  // finite only: Inf and NaN pass through unchanged
+    }
+  };
+  V first[kBatch];
+  if (ok) {
+    // One running pointer rather than kBatch 64-bit addresses: with 1024 threads a thread has 64 registers, and the
+    // kBatch vectors take 4 * kBatch of them.
+    const V* src = reinterpret_cast<const V*>(wd + (long long)ty * GH);
+    const long long step = (long long)kSlices * GH / VEC;
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (ty + b * kSlices < K) first[b] = __ldg(src + b * step);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (ty + b * kSlices < K) take_max(first[b]);
+    // Rows past the first batch (K > kFirstRows only), two loads in flight: `first` holds the thread's registers.
+    for (int k0 = ty + kFirstRows; k0 < K; k0 += 2 * kSlices) {
+      V vb[2];
+#pragma unroll
+      for (int b = 0; b < 2; ++b)
         if (k0 + b * kSlices < K) vb[b] = load(k0 + b * kSlices);
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        if (k0 + b * kSlices >= K) break;
-        float v[VEC];
-        lanes(vb[b], v);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          const float a = fabsf(v[j]);
-          if (a <= 3.402823466e38f) m[j] = fmaxf(m[j], a);  // finite only: Inf and NaN pass through unchanged
-        }
-      }
+      for (int b = 0; b < 2; ++b)
+        if (k0 + b * kSlices < K) take_max(vb[b]);
     }
   }
+  // Column maxima: over the warp's slices (lanes of one column group are kGroups apart), then over the warps.
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) max_s[ty][tx * VEC + j] = m[j];
+  for (int j = 0; j < VEC; ++j) {
+#pragma unroll
+    for (int off = kGroups; off < 32; off <<= 1) m[j] = fmaxf(m[j], __shfl_xor_sync(0xffffffffu, m[j], off));
+  }
+  if (lane < kGroups) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) max_s[warp][tx * VEC + j] = m[j];
+  }
   __syncthreads();
-  if (threadIdx.x < kCols) {
-    const int c = threadIdx.x;
-    float mc = 0.f;
-    for (int sl = 0; sl < kSlices; ++sl) mc = fmaxf(mc, max_s[sl][c]);
-    int e = 0;
-    if (mc > 0.f) {
-      int ex = 0;
-      frexpf(mc, &ex);        // mc = f * 2^ex, f in [0.5, 1)
-      e = min(15 - ex, 126);  // mc * 2^e in [2^14, 2^15); 2^-e stays a normal float
+  if (warp < kCols) {  // warp c reduces column c over the warps' maxima
+    const int c = warp;
+    float mc = lane < kWarps ? max_s[lane][c] : 0.f;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, off));
+    if (lane == 0) {
+      int e = 0;
+      if (mc > 0.f) {
+        int ex = 0;
+        frexpf(mc, &ex);        // mc = f * 2^ex, f in [0.5, 1)
+        e = min(15 - ex, 126);  // mc * 2^e in [2^14, 2^15); 2^-e stays a normal float
+      }
+      exp_s[c] = e;
+      const int col = (blockIdx.x - d * col_blocks) * kCols + c;
+      if (col < GH) col_scale[(long long)d * GH + col] = ldexpf(1.f, -e);
     }
-    exp_s[c] = e;
-    const int col = (blockIdx.x - d * col_blocks) * kCols + c;
-    if (col < GH) col_scale[(long long)d * GH + col] = ldexpf(1.f, -e);
   }
   __syncthreads();
   if (ok) {
-    int e[VEC];
+    // 2^e is a normal float (e in [-113, 126]), so v * 2^e is the correctly rounded ldexpf(v, e) without its call.
+    float sc[VEC];
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) e[j] = exp_s[tx * VEC + j];
+    for (int j = 0; j < VEC; ++j) sc[j] = __int_as_float((exp_s[tx * VEC + j] + 127) << 23);
     uint16_t* o = w16 + (long long)d * K * GH + col0;
-    for (int k0 = ty; k0 < K; k0 += kBatch * kSlices) {
+    auto store = [&](int k, const V& vv) {
+      float v[VEC];
+      lanes(vv, v);
+      uint16_t h[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) h[j] = __half_as_ushort(__float2half_rn(v[j] * sc[j]));
+      if constexpr (VEC == 4) {
+        *reinterpret_cast<uint2*>(o + (long long)k * GH) =
+            make_uint2(h[0] | (uint32_t(h[1]) << 16), h[2] | (uint32_t(h[3]) << 16));
+      } else {
+        o[(long long)k * GH] = h[0];
+      }
+    };
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (ty + b * kSlices < K) store(ty + b * kSlices, first[b]);
+    for (int k0 = ty + kFirstRows; k0 < K; k0 += kBatch * kSlices) {
       V vb[kBatch];
 #pragma unroll
       for (int b = 0; b < kBatch; ++b)
         if (k0 + b * kSlices < K) vb[b] = load(k0 + b * kSlices);
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int k = k0 + b * kSlices;
-        if (k >= K) break;
-        float v[VEC];
-        lanes(vb[b], v);
-        uint16_t h[VEC];
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) h[j] = __half_as_ushort(__float2half_rn(ldexpf(v[j], e[j])));
-        if constexpr (VEC == 4) {
-          *reinterpret_cast<uint2*>(o + (long long)k * GH) =
-              make_uint2(h[0] | (uint32_t(h[1]) << 16), h[2] | (uint32_t(h[3]) << 16));
-        } else {
-          o[(long long)k * GH] = h[0];
-        }
-      }
+      for (int b = 0; b < kBatch; ++b)
+        if (k0 + b * kSlices < K) store(k0 + b * kSlices, vb[b]);
     }
   }
   // h0: any finite value outside float16's range sends the call to the float32-exchange kernel.

@@ -3,6 +3,6 @@
 
 namespace fused_rnn {
 namespace cuda_impl {
-FUSED_RNN_TC_KERNEL_TABLE(GetKernelTcGruBF16, 1, kWeightBF16)
+FUSED_RNN_TC_KERNEL_TABLE(GetKernelTcGruBF16, 1, kWeightBF16, false)
 }  // namespace cuda_impl
 }  // namespace fused_rnn

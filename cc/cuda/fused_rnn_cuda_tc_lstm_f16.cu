@@ -3,6 +3,6 @@
 
 namespace fused_rnn {
 namespace cuda_impl {
-FUSED_RNN_TC_KERNEL_TABLE(GetKernelTcLstmF16, 0, kWeightF16)
+FUSED_RNN_TC_KERNEL_TABLE(GetKernelTcLstmF16, 0, kWeightF16, false)
 }  // namespace cuda_impl
 }  // namespace fused_rnn

@@ -90,6 +90,10 @@ CASES = {
                                                         H=1024, base={"allow_tf32": 1})),
     "tf32h512b64": ("LSTM H=512 B=64 f32, TF32", dict(cell="lstm", direction="forward", T=100, B=64, I=512,
                                                       H=512, base={"allow_tf32": 1})),
+    "tf32hgru1024b64": ("GRU H=1024 B=64 f32, TF32", dict(cell="gru", direction="forward", T=100, B=64, I=1024,
+                                                          H=1024, base={"allow_tf32": 1})),
+    "tf32hbi512b64": ("biLSTM H=512 B=64 f32, TF32", dict(cell="lstm", direction="bidirectional", T=100, B=64,
+                                                          I=512, H=512, base={"allow_tf32": 1})),
 }
 # The ELMo biLM: two layers in one graph, the second reading the first's output (as driver.py times it), so each
 # layer's weights are evicted from L2 by the other's, as in the model.

@@ -47,6 +47,9 @@ class Lib:
         if hasattr(L, "frg_set_test_watchdog"):  # absent in builds before session 21 (A/B runs load those too)
             L.frg_set_test_watchdog.restype = None
             L.frg_set_test_watchdog.argtypes = [ctypes.c_int]
+        if hasattr(L, "frg_set_test_tf32h_skip"):  # absent in builds before session 39
+            L.frg_set_test_tf32h_skip.restype = None
+            L.frg_set_test_tf32h_skip.argtypes = [ctypes.c_int]
         if hasattr(L, "frg_message_is_runtime_failure"):  # absent in builds before session 22
             L.frg_message_is_runtime_failure.restype = ctypes.c_int
             L.frg_message_is_runtime_failure.argtypes = [ctypes.c_char_p]

@@ -32,6 +32,7 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
 // stage_weights, proj_reduce, allow_tf32, tf32_exchange16.
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
 int g_test_raise_watchdog = 0;     // test-only: the next calls start with the watchdog raised (frg_set_test_watchdog)
+int g_test_tf32h_skip = 0;         // test-only: CudaTuning::test_tf32h_skip (frg_set_test_tf32h_skip)
 int g_backward_persistent = -1;  // the backward's plan (frg_set_backward_persistent)
 int g_backward_reg_rows = -1;    // the persistent backward's register rows (frg_set_backward_reg_rows)
 
@@ -39,6 +40,7 @@ CudaTuning MakeTuning(const int* t) {
   CudaTuning tun;
   tun.debug_clock = g_debug_clock;
   tun.test_raise_watchdog = g_test_raise_watchdog;
+  tun.test_tf32h_skip = g_test_tf32h_skip;
   if (t) {
     tun.mode = t[0];
     tun.units_per_block = t[1];
@@ -173,6 +175,8 @@ void frg_set_backward_reg_rows(int rows) { g_backward_reg_rows = rows; }
 void frg_set_debug_clock(uint64_t device_ptr) { g_debug_clock = reinterpret_cast<int64_t*>(device_ptr); }
 
 void frg_set_test_watchdog(int raise) { g_test_raise_watchdog = raise; }
+
+void frg_set_test_tf32h_skip(int bits) { g_test_tf32h_skip = bits; }
 
 // 1 when a message of the core reports a failed CUDA call (the TF kernel's Internal error), 0 when it says the
 // shape cannot run on this device (its InvalidArgument).
