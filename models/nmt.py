@@ -696,8 +696,12 @@ def train(args, log=print):
         return bleu, time.time() - t0
 
     def write_log(record):
+        # fsync'ed like the checkpoints: after a power loss the log still holds the records up to the checkpoint it
+        # resumes from (a line cut short is dropped on resume, _drop_log_records_after).
         with open(os.path.join(args.model_dir, LOG_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     budget = _TimeBudget(args.time_budget, meta.get("timing"))
     validating = bool(valid_src)

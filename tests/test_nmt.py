@@ -951,7 +951,8 @@ def _assert_written_durably(events, path):
 def test_checkpoint_config_and_log_rewrites_are_durable(tmp_path, monkeypatch):
     """Each file written through a temporary file and a rename (checkpoints, config.json, the SentencePiece models,
     the trimmed train log) is fsync'ed whole before the rename and its directory after it: a rename alone leaves,
-    after a power loss, perhaps an empty or truncated file under the final name. Nothing .tmp is left behind."""
+    after a power loss, perhaps an empty or truncated file under the final name. Nothing .tmp is left behind. The
+    train log's appends are fsync'ed as they are written."""
     src, tgt, _, _ = reversal_data(tmp_path / "data", 30, seed=51)
     model_dir = tmp_path / "m"
     events = _record_syncs(monkeypatch)
@@ -959,6 +960,11 @@ def test_checkpoint_config_and_log_rewrites_are_durable(tmp_path, monkeypatch):
     for name in ("ckpt-last.npz", nmt.CONFIG_FILE, "spm_src.model", "spm_tgt.model"):
         _assert_written_durably(events, model_dir / name)
     assert not [name for name in os.listdir(model_dir) if ".tmp" in name]
+    # The log's appends are fsync'ed too, up to its last record.
+    st = os.stat(model_dir / nmt.LOG_FILE)
+    log_syncs = [e for e in events if e[0] == "fsync" and e[1] == (st.st_dev, st.st_ino)]
+    assert log_syncs and log_syncs[-1][2] == st.st_size, ("train log not fsync'ed up to its end", log_syncs,
+                                                          st.st_size)
     # A resume trims the log to the steps its checkpoint holds (after a run killed -9 between checkpoints).
     with open(model_dir / nmt.LOG_FILE, "a") as f:
         f.write(json.dumps({"event": "train", "step": 2}) + "\n")

@@ -42,6 +42,9 @@ def main():
         # py_test runs the venv's interpreter (Python toolchains would pick the system one, without TF).
         "build --incompatible_use_python_toolchains=false",
         f'build --python_path="{sys.executable}"',
+        # The reference data beside the checkout (../shared), for the tests that read it: a plain `bazel test //...`
+        # then runs them too, as tools/test.sh does (they skip when it is absent).
+        f'test --test_env=FUSED_RNN_SHARED="{os.path.join(os.path.dirname(root), "shared")}"',
     ]
     # The CUDA path is opt-in for now (FUSED_RNN_CUDA=1): its kernels are still being tuned on the device
     # harness, and a CPU-only user should not wait for nvcc.
