@@ -27,9 +27,9 @@
 // With CudaTuning::allow_tf32 (TensorFlow's TF32 policy) the same kernel rounds U once and each published h to TF32
 // and takes one product per k-tile instead of three: TF32 accuracy (~1e-3 relative), cuDNN's default for float32.
 // Usually the planner runs TF32 on the float16 kernel instead (CudaTuning::tf32_exchange16): U copied to float16 per
-// call with power-of-two column scales (tc_col_scale, undone where the partial sums are added), h exchanged as
-// float16; this float32-exchange kernel is then launched too, as the fallback for an initial state beyond float16's
-// range (tc_gate; fused_rnn_cuda_tc_f16copy.cu).
+// call with power-of-two column scales (tc_col_scale, undone in the cell update by the kColScaled instantiation),
+// h exchanged as float16; this float32-exchange kernel is then launched too, as the fallback for an initial state
+// beyond float16's range (tc_gate; fused_rnn_cuda_tc_f16copy.cu).
 #ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
 #define FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
 
@@ -501,10 +501,10 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
     CpAsyncCommit();
   };
   prefetch_x(0);
-  // The column scales (power-of-two; 1 without tc_col_scale) are folded into the cell update's add as an FMA, at no
-  // cost on the serial path (session 36 timed the float16 kernel ~6 us slower on the scaled copy when the partial
-  // sums were multiplied). A thread's pairs are tid + j * nthreads, so when nthreads is a multiple of ucount every
-  // pair of the thread has the same unit and its G scales are loaded once here.
+  // kColScaled: the column scales (powers of two) are folded into the cell update's add as an FMA, off the partial
+  // sums' serial path (session 36 timed the scaled kernel ~6 us slower when the partial sums were multiplied). A
+  // thread's pairs are tid + j * nthreads, so when nthreads is a multiple of ucount every pair of the thread has the
+  // same unit and its G scales are loaded once here.
   const bool cs_unit_fixed = nthreads % ucount == 0;
   float cs_own[G];
   if constexpr (col_scaled) {
