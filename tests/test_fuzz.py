@@ -6,7 +6,8 @@ test. A crash would kill this process (and fail the test target).
 FUSED_RNN_FUZZ_CASES sets the number of raw forward-op cases (default 1000, about 10 s), FUSED_RNN_INT8_FUZZ_CASES
 and FUSED_RNN_GRAD_FUZZ_CASES those of the INT8 (300) and Grad (150) ops; FUSED_RNN_LAYER_FUZZ_CASES the
 number of Keras-layer cases (default 100: random configurations through FusedLSTM/FusedGRU, the op path against the
-same layer on the pure-TF reference, or an error from both). Run longer by hand.
+same layer on the pure-TF reference, or an error from both; where Keras has the layer, also against the stock
+Keras layer with the same weights). Run longer by hand.
 """
 import os
 
@@ -169,6 +170,24 @@ def _one_layer_case(rng, stats):
         finite = np.isfinite(w)
         if finite.any():
             np.testing.assert_allclose(g[finite], w[finite], rtol=1e-5, atol=1e-6)
+    # The pure-TF reference shares the layer's own code (masks to lengths, directions, state order). Where Keras has
+    # the same layer (no projection, no clip), the stock layer with the same weights is an oracle independent of it:
+    # keras.layers.LSTM/GRU, or Bidirectional of one for the fused bidirectional layer (same weight order).
+    if "num_proj" in kwargs or "cell_clip" in kwargs or not (batch and max_time) or not np.isfinite(x).all():
+        return
+    stock_kwargs = {k: v for k, v in kwargs.items() if k != "bidirectional"}
+    stock_cls = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
+    stock = (keras.layers.Bidirectional(stock_cls(units, **stock_kwargs)) if kwargs["bidirectional"]
+             else stock_cls(units, **stock_kwargs))
+    stock.build((None, None, features))
+    stock.set_weights(layer.get_weights())
+    out = stock(x, mask=mask) if mask is not None else stock(x)
+    want_stock = [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    assert len(got) == len(want_stock)
+    for g, w in zip(got, want_stock):
+        assert g.shape == w.shape, (g.shape, w.shape)
+        assert rel_err(g, w) < 1e-5, f"{cell} {kwargs}: {rel_err(g, w):.2e} from the stock Keras layer"
+    stats["stock"] = stats.get("stock", 0) + 1
 
 
 def test_fuzz_keras_layers(capsys):
@@ -177,9 +196,9 @@ def test_fuzz_keras_layers(capsys):
     for _ in range(LAYER_CASES):
         _one_layer_case(rng, stats)
     with capsys.disabled():
-        print(f"layer fuzz: {LAYER_CASES} cases, {stats['ran']} matched the reference, {stats['rejected']} rejected "
-              f"({sorted(stats.get('messages', []))})")
-    assert stats["ran"] > LAYER_CASES // 2 and stats["rejected"] > 0, stats
+        print(f"layer fuzz: {LAYER_CASES} cases, {stats['ran']} matched the reference ({stats.get('stock', 0)} also "
+              f"the stock Keras layer), {stats['rejected']} rejected ({sorted(stats.get('messages', []))})")
+    assert stats["ran"] > LAYER_CASES // 2 and stats["rejected"] > 0 and stats.get("stock", 0) > LAYER_CASES // 5, stats
 
 
 # ---- INT8 raw ops -------------------------------------------------------------------------------------------------
