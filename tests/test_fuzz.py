@@ -6,8 +6,8 @@ test. A crash would kill this process (and fail the test target).
 FUSED_RNN_FUZZ_CASES sets the number of raw forward-op cases (default 1000, about 10 s), FUSED_RNN_INT8_FUZZ_CASES
 and FUSED_RNN_GRAD_FUZZ_CASES those of the INT8 (300) and Grad (150) ops; FUSED_RNN_LAYER_FUZZ_CASES the
 number of Keras-layer cases (default 100: random configurations through FusedLSTM/FusedGRU, the op path against the
-same layer on the pure-TF reference, or an error from both; where Keras has the layer, also against the stock
-Keras layer with the same weights). Run longer by hand.
+same layer on the pure-TF reference, or an error from both; and against stock Keras with the same weights: the
+stock LSTM/GRU, or keras.layers.RNN around a projection cell). Run longer by hand.
 """
 import os
 
@@ -170,15 +170,24 @@ def _one_layer_case(rng, stats):
         finite = np.isfinite(w)
         if finite.any():
             np.testing.assert_allclose(g[finite], w[finite], rtol=1e-5, atol=1e-6)
-    # The pure-TF reference shares the layer's own code (masks to lengths, directions, state order). Where Keras has
-    # the same layer (no projection, no clip), the stock layer with the same weights is an oracle independent of it:
-    # keras.layers.LSTM/GRU, or Bidirectional of one for the fused bidirectional layer (same weight order).
-    if "num_proj" in kwargs or "cell_clip" in kwargs or not (batch and max_time) or not np.isfinite(x).all():
+    # The pure-TF reference shares the layer's own code (masks to lengths, directions, state order), so every case
+    # that runs is also checked against stock Keras with the same weights, an oracle independent of it:
+    # keras.layers.LSTM/GRU, or Bidirectional of one for the fused bidirectional layer (same weight order). Stock
+    # Keras has no projection or clip: those cases run keras.layers.RNN around models.elmo.ProjectionLSTMCell (TF1
+    # LSTMCell's math in Keras ops), so Keras' own RNN loop still does the masks, directions and states.
+    if not (batch and max_time) or not np.isfinite(x).all():
         return
-    stock_kwargs = {k: v for k, v in kwargs.items() if k != "bidirectional"}
-    stock_cls = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
-    stock = (keras.layers.Bidirectional(stock_cls(units, **stock_kwargs)) if kwargs["bidirectional"]
-             else stock_cls(units, **stock_kwargs))
+    stock_kwargs = {k: v for k, v in kwargs.items() if k not in ("bidirectional", "num_proj", "cell_clip",
+                                                                  "proj_clip")}
+    if "num_proj" in kwargs or "cell_clip" in kwargs:
+        from models.elmo import ProjectionLSTMCell
+        stock_one = keras.layers.RNN(
+            ProjectionLSTMCell(units, num_proj=kwargs.get("num_proj"), cell_clip=kwargs.get("cell_clip"),
+                               proj_clip=kwargs.get("proj_clip")), **stock_kwargs)
+        stats["stock_proj"] = stats.get("stock_proj", 0) + 1
+    else:
+        stock_one = (keras.layers.LSTM if cell == "lstm" else keras.layers.GRU)(units, **stock_kwargs)
+    stock = keras.layers.Bidirectional(stock_one) if kwargs["bidirectional"] else stock_one
     stock.build((None, None, features))
     stock.set_weights(layer.get_weights())
     out = stock(x, mask=mask) if mask is not None else stock(x)
@@ -197,8 +206,10 @@ def test_fuzz_keras_layers(capsys):
         _one_layer_case(rng, stats)
     with capsys.disabled():
         print(f"layer fuzz: {LAYER_CASES} cases, {stats['ran']} matched the reference ({stats.get('stock', 0)} also "
-              f"the stock Keras layer), {stats['rejected']} rejected ({sorted(stats.get('messages', []))})")
-    assert stats["ran"] > LAYER_CASES // 2 and stats["rejected"] > 0 and stats.get("stock", 0) > LAYER_CASES // 5, stats
+              f"stock Keras, {stats.get('stock_proj', 0)} of them with a projection or clip), {stats['rejected']} "
+              f"rejected ({sorted(stats.get('messages', []))})")
+    assert stats["ran"] > LAYER_CASES // 2 and stats["rejected"] > 0 and stats.get("stock", 0) > LAYER_CASES // 3, stats
+    assert stats.get("stock_proj", 0) > LAYER_CASES // 10, stats
 
 
 # ---- INT8 raw ops -------------------------------------------------------------------------------------------------
