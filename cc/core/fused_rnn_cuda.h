@@ -6,7 +6,8 @@
 // (any alignment of 256 bytes or more; contents need not be initialised) and the stream to run on. Everything the
 // call enqueues goes on that stream and can be captured into a CUDA graph: at most one cudaMemsetAsync on the
 // workspace and one kernel, except for TF32 through float16 (CudaTuning::tf32_exchange16): a memset, the kernel that
-// copies U to float16, and two recurrence kernels of which one returns at entry.
+// copies U to float16, and two recurrence kernels of which one returns at entry; and for INT8 weights run as float32
+// (CudaTuning::int8_dequant): the kernel that dequantizes them into the workspace before the recurrence kernel.
 //
 // Weights: the recurrent kernel [D, R, G*H] and the projection kernel [D, H, P] are read either as float32
 // (args.recurrent_kernel / args.projection_kernel) or, for WeightType kFloat16 / kBFloat16, from the 16-bit copies
@@ -93,6 +94,13 @@ struct CudaTuning {
                                    // would, so the harness can check that the outputs come back poisoned (NaN)
   int test_tf32h_skip = 0;         // test-only, TF32 through float16 (measuring what each launch costs): bit 0 skips
                                    // the copy of U (the last call's copy is used), bit 1 the fallback's launch
+  // INT8 weights (WeightType::kInt8): -1 auto, 0 never, 1 always (except where mode 6 runs): dequantize the int8
+  // kernels into the workspace once per call (W = q * (1 / scale), float32) and run the float32 plan of the same
+  // shape on them, with exact float32 products (allow_tf32 is not applied: the INT8 scheme's math is float32).
+  // Auto takes it when the planner's cost of the float32 plan plus the dequantization is below the best int8 plan's,
+  // and only when mode is auto: where the float32 weights stay on chip anyway, int8 weights only add their decode to
+  // every product. Workspace: the float32 plan's, plus D * R * G * H * 4 (and D * H * P * 4) bytes.
+  int int8_dequant = -1;
 };
 
 // Bytes of workspace CudaForward needs for this shape (0 is possible: then workspace may be null).

@@ -248,6 +248,11 @@ struct Plan {
   int fb_threads = 0, fb_grid = 0;
   size_t fb_smem = 0, fb_off_counters = 0, fb_off_xh = 0;
   size_t off_gate = 0, off_col_scale = 0, off_w16 = 0;
+  // INT8 weights run as float32 (CudaTuning::int8_dequant): this is the float32 plan, and the call first dequantizes
+  // the int8 kernels into the workspace at these offsets (after the float32 plan's own workspace, which starts at 0
+  // and keeps its size in kernel_ws_bytes).
+  bool i8_deq = false;
+  size_t off_deq_rec = 0, off_deq_proj = 0, kernel_ws_bytes = 0;
 };
 
 struct Geometry {  // what a mode fixes before the per-thread layout is chosen
@@ -1186,9 +1191,82 @@ const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDe
   return nullptr;
 }
 
+// INT8 weights (CudaTuning::int8_dequant): the int8 plan, or the float32 plan of the same shape on weights
+// dequantized per call when auto finds that cheaper (or it is forced). The float32 plan runs exact float32 products
+// (no TF32: the INT8 scheme's math is float32). Mode 6 (int8 tensor cores) is never replaced: it runs where the
+// float32 weights would not stay on chip (the ELMo layer: 2.5 ms in float32 against 0.58 in mode 6 on an H100).
+constexpr int64_t kDecideSteps = 100;
+const char* MakePlanInt8(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
+                         const CudaTuning* tuning, Plan* out) {
+  const CudaTuning tun = tuning ? *tuning : CudaTuning();
+  Plan i8plan;
+  const char* i8err = MakePlan(shape, weight_type, limits, tuning, &i8plan);
+  // By weight_type alone: the plan cache's key has no shape.int8_weights (CudaForward checks that the two agree).
+  const bool consider = weight_type == WeightType::kInt8 &&
+                        (tun.int8_dequant == 1 || (tun.int8_dequant < 0 && tun.mode < 0));
+  if (!consider || (!i8err && i8plan.kp.exchange == cuda_impl::kModeInt8Mma)) {
+    if (i8err) return i8err;
+    *out = i8plan;
+    return nullptr;
+  }
+  RnnShape fs = shape;
+  fs.int8_weights = false;
+  CudaTuning ft = tun;
+  ft.allow_tf32 = 0;
+  ft.tf32_exchange16 = 0;
+  ft.int8_dequant = 0;
+  Plan fp;
+  if (MakePlan(fs, WeightType::kFloat32, limits, &ft, &fp) != nullptr) {
+    if (i8err) return i8err;
+    *out = i8plan;
+    return nullptr;
+  }
+  const int G = shape.num_gates(), D = shape.num_dirs();
+  const size_t R = static_cast<size_t>(shape.recurrent_width()), H = static_cast<size_t>(shape.num_units),
+               P = static_cast<size_t>(shape.num_proj);
+  const size_t rec_bytes = size_t(D) * R * G * H * 4, proj_bytes = size_t(D) * H * P * 4;
+  // The dequantization: ~2 us for the launch and the kernel switch, and the bytes (int8 read, float32 written) at
+  // HBM speed, ~1.5 KB a cycle. Fitted on an H100 (session 40: the int8 call dequantized took 2.0, 3.7 and 7.7 us
+  // longer than the float32 one for 0.4, 5 and 20 MB).
+  const double deq_cost = 4000.0 + double(rec_bytes + proj_bytes) * 1.25 / 1500.0;
+  // Auto decides on the costs of a 100-step call: the estimates' fixed terms (prologues) are least reliable for
+  // short sequences, and on an H100 dequantizing won at 5, 20 and 100 steps alike for every shape where it won at
+  // 100 (bench/gpu/int8_dequant_sweep_h100_session40.txt), while costs at the call's own length kept int8 at 5-20.
+  double i8_cost = i8plan.cost, f_cost = fp.cost;
+  if (!i8err && tun.int8_dequant != 1 && shape.max_time != kDecideSteps) {
+    RnnShape s100 = shape, f100 = fs;
+    s100.max_time = f100.max_time = kDecideSteps;
+    Plan a, b;
+    if (MakePlan(s100, weight_type, limits, tuning, &a) == nullptr &&
+        MakePlan(f100, WeightType::kFloat32, limits, &ft, &b) == nullptr) {
+      i8_cost = a.cost;
+      f_cost = b.cost;
+    }
+  }
+  if (!i8err && tun.int8_dequant != 1 && !(f_cost + deq_cost < i8_cost)) {
+    *out = i8plan;
+    return nullptr;
+  }
+  fp.i8_deq = true;
+  fp.kernel_ws_bytes = fp.ws_bytes;
+  // The int at offset 0 is the watchdog word CudaWatchdogFired reads: a plan without workspace of its own gets 256
+  // bytes for it, which the dequantizing kernel zeroes.
+  size_t ws = Align(std::max<size_t>(fp.ws_bytes, 4), 256);
+  fp.off_deq_rec = ws;
+  ws += Align(rec_bytes, 256);
+  if (P > 0) {
+    fp.off_deq_proj = ws;
+    ws += Align(proj_bytes, 256);
+  }
+  fp.ws_bytes = ws;
+  fp.cost += deq_cost;
+  *out = fp;
+  return nullptr;
+}
+
 // Plans are cached: the search above calls the occupancy calculator for every candidate, far too slow per call.
 struct PlanKey {
-  int v[26];
+  int v[27];
   bool operator<(const PlanKey& o) const { return std::memcmp(v, o.v, sizeof(v)) < 0; }
 };
 std::mutex& g_plan_mutex = *new std::mutex;  // leaked, as the caches above
@@ -1212,7 +1290,7 @@ const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDev
                   limits.sm_count, limits.max_shared_bytes_per_block_optin, limits.cooperative_launch,
                   limits.cc_major, limits.cc_minor, tun.mode, tun.units_per_block, tun.rows_per_block,
                   tun.max_reg_chunks, tun.stream_location, tun.lanes_per_unit, tun.stage_weights,
-                  tun.proj_reduce, tun.allow_tf32 ? 1 : 0, tun.tf32_exchange16}};
+                  tun.proj_reduce, tun.allow_tf32 ? 1 : 0, tun.tf32_exchange16, tun.int8_dequant}};
   {
     std::lock_guard<std::mutex> lock(g_plan_mutex);
     auto it = g_plans.find(key);
@@ -1221,7 +1299,7 @@ const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDev
       return nullptr;
     }
   }
-  if (const char* err = MakePlan(shape, weight_type, limits, tuning, out)) return err;
+  if (const char* err = MakePlanInt8(shape, weight_type, limits, tuning, out)) return err;
   std::lock_guard<std::mutex> lock(g_plan_mutex);
   if (g_plans.size() > 4096) g_plans.clear();
   g_plans[key] = *out;
@@ -1263,6 +1341,13 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
                              const CudaTuning* tuning, char* buf, size_t buf_len) {
   Plan pl;
   if (const char* err = GetPlan(shape, weight_type, limits, tuning, &pl)) return err;
+  if (pl.i8_deq && buf_len > 0) {  // the float32 plan's own description follows
+    const int n = std::snprintf(buf, buf_len, "int8 dequantized to float32 per call, then ");
+    if (n > 0 && static_cast<size_t>(n) < buf_len) {
+      buf += n;
+      buf_len -= n;
+    }
+  }
   const KernelParams& k = pl.kp;
   if (k.exchange == cuda_impl::kModeTensorCore) {
     std::snprintf(buf, buf_len,
@@ -1343,7 +1428,24 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
   kp.final_c = shape.cell == CellType::kLstm ? args.final_c : nullptr;
   kp.reserve = args.reserve;
   kp.debug_clock = tuning ? reinterpret_cast<long long*>(tuning->debug_clock) : nullptr;
-  if (pl.ws_bytes > 0) {
+  // INT8 run as float32: the plan's kernel reads float32 weights, dequantized first into the workspace.
+  if (pl.i8_deq) {
+    char* ws = static_cast<char*>(workspace);
+    float* rec32 = reinterpret_cast<float*>(ws + pl.off_deq_rec);
+    float* proj32 = shape.num_proj > 0 ? reinterpret_cast<float*>(ws + pl.off_deq_proj) : nullptr;
+    const int D = shape.num_dirs(), G = shape.num_gates();
+    const cudaError_t e = static_cast<cudaError_t>(cuda_impl::LaunchI8Dequant(
+        args.recurrent_kernel_q8, args.recurrent_scale, static_cast<long long>(D) * shape.recurrent_width(),
+        static_cast<int>(G * shape.num_units), rec32, shape.num_proj > 0 ? args.projection_kernel_q8 : nullptr,
+        args.projection_scale, static_cast<long long>(D) * shape.num_units, static_cast<int>(shape.num_proj), proj32,
+        reinterpret_cast<int*>(ws), limits.sm_count, stream));
+    if (e != cudaSuccess) return CudaMessage("kernel launch (int8 weights dequantized to float32)", e);
+    kp.w_rec = rec32;
+    kp.w_proj = proj32;
+    kp.rec_scale = nullptr;
+    kp.proj_scale = nullptr;
+  }
+  if (pl.i8_deq ? pl.kernel_ws_bytes > 0 : pl.ws_bytes > 0) {
     char* ws = static_cast<char*>(workspace);
     kp.watchdog = reinterpret_cast<int*>(ws);
     if (kp.exchange == cuda_impl::kModeTensorCore) {

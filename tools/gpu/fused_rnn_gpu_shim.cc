@@ -29,7 +29,7 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
 }
 
 // tuning (nullable): mode, units_per_block, rows_per_block, max_reg_chunks, stream_location, lanes_per_unit,
-// stage_weights, proj_reduce, allow_tf32, tf32_exchange16.
+// stage_weights, proj_reduce, allow_tf32, tf32_exchange16, int8_dequant.
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
 int g_test_raise_watchdog = 0;     // test-only: the next calls start with the watchdog raised (frg_set_test_watchdog)
 int g_test_tf32h_skip = 0;         // test-only: CudaTuning::test_tf32h_skip (frg_set_test_tf32h_skip)
@@ -52,6 +52,7 @@ CudaTuning MakeTuning(const int* t) {
     tun.proj_reduce = t[7];
     tun.allow_tf32 = t[8];
     tun.tf32_exchange16 = t[9];
+    tun.int8_dequant = t[10];
   }
   return tun;
 }
@@ -88,15 +89,19 @@ const char* frg_query_limits(int device, int* limits_out) {
 int64_t frg_workspace_bytes(const int64_t* shape, const float* clips, int weight_type, const int* limits,
                             const int* tuning) {
   const CudaTuning tun = MakeTuning(tuning);
+  RnnShape s = MakeShape(shape, clips);
+  s.int8_weights = weight_type == static_cast<int>(fused_rnn::WeightType::kInt8);  // as frg_forward's shape
   return static_cast<int64_t>(fused_rnn::CudaForwardWorkspaceBytes(
-      MakeShape(shape, clips), static_cast<fused_rnn::WeightType>(weight_type), MakeLimits(limits), &tun));
+      s, static_cast<fused_rnn::WeightType>(weight_type), MakeLimits(limits), &tun));
 }
 
 const char* frg_describe(const int64_t* shape, const float* clips, int weight_type, const int* limits,
                          const int* tuning, char* buf, int64_t buf_len) {
   const CudaTuning tun = MakeTuning(tuning);
-  return fused_rnn::CudaDescribePlan(MakeShape(shape, clips), static_cast<fused_rnn::WeightType>(weight_type),
-                                     MakeLimits(limits), &tun, buf, static_cast<size_t>(buf_len));
+  RnnShape s = MakeShape(shape, clips);
+  s.int8_weights = weight_type == static_cast<int>(fused_rnn::WeightType::kInt8);  // as frg_forward's shape
+  return fused_rnn::CudaDescribePlan(s, static_cast<fused_rnn::WeightType>(weight_type), MakeLimits(limits), &tun,
+                                     buf, static_cast<size_t>(buf_len));
 }
 
 // ptrs (device addresses, 0 = null): x_proj, recurrent_kernel, recurrent_bias, projection_kernel, sequence_lengths,

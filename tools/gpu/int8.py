@@ -47,8 +47,8 @@ def correctness(lib, quick):
                                                   zero_rows=True, tuning={"mode": 2})),
         ("lstm rows/block 4 (RC=4) B9 local", dict(cell="lstm", direction="forward", T=7, B=9, H=32,
                                                    tuning={"mode": 0, "rows_per_block": 9})),
-        ("lstm auto plan H=200 B=2", dict(cell="lstm", direction="forward", T=12, B=2, H=200)),
-        ("gru auto plan H=130 B=6 no init", dict(cell="gru", direction="forward", T=10, B=6, H=130, with_init=False)),
+        ("[dequant] lstm auto plan H=200 B=2", dict(cell="lstm", direction="forward", T=12, B=2, H=200)),
+        ("[dequant] gru auto plan H=130 B=6 no init", dict(cell="gru", direction="forward", T=10, B=6, H=130, with_init=False)),
         # The prologue's weight copy: one chunk per staging pass (several passes), and no staging at all.
         ("lstm+proj tagged staged 1 chunk/pass H96 P40", dict(cell="lstm", direction="bidirectional", T=8, B=3, H=96,
                                                              P=40, cell_clip=1.0, proj_clip=0.7,
@@ -110,6 +110,38 @@ def correctness(lib, quick):
                                                          tuning=m6)),
         ("[int8mma] auto ELMo-size layer H=4096 P=512 B=1", dict(cell="lstm", direction="bidirectional", T=5, B=1,
                                                                  H=4096, P=512, cell_clip=3.0, proj_clip=3.0)),
+        # The auto plans above dequantize (CudaTuning::int8_dequant); the same shapes on the int8 kernels alone.
+        ("[int8 kernels] lstm auto plan H=200 B=2", dict(cell="lstm", direction="forward", T=12, B=2, H=200,
+                                                         tuning={"int8_dequant": 0})),
+        ("[int8 kernels] gru auto plan H=130 B=6 no init", dict(cell="gru", direction="forward", T=10, B=6, H=130,
+                                                                with_init=False, tuning={"int8_dequant": 0})),
+        # INT8 weights dequantized to float32 per call, then the float32 plan: forced, every feature; odd widths take
+        # the kernel's one-column path (G*H or P not a multiple of 4), zero scales give zero rows.
+        ("[dequant] lstm forward", dict(cell="lstm", direction="forward", **SMALL, tuning={"int8_dequant": 1})),
+        ("[dequant] lstm+proj+clip bidirectional time-major", dict(cell="lstm", direction="bidirectional", **SMALL,
+                                                                   P=16, cell_clip=0.5, proj_clip=0.4,
+                                                                   time_major=True, tuning={"int8_dequant": 1})),
+        ("[dequant] gru reverse H=37 (G*H odd)", dict(cell="gru", direction="reverse", T=9, B=3, H=37,
+                                                      tuning={"int8_dequant": 1})),
+        ("[dequant] lstm+proj P=7 H=50 (odd P) no init", dict(cell="lstm", direction="forward", T=9, B=3, H=50, P=7,
+                                                              proj_clip=0.3, with_init=False,
+                                                              tuning={"int8_dequant": 1})),
+        ("[dequant] lstm+proj zero rows (scale 0)", dict(cell="lstm", direction="bidirectional", T=9, B=2, H=40,
+                                                         P=12, zero_rows=True, tuning={"int8_dequant": 1})),
+        ("[dequant] NaN/Inf input lstm+proj+clip bidirectional", dict(cell="lstm", direction="bidirectional",
+                                                                      **SMALL, P=16, cell_clip=0.5, proj_clip=0.4,
+                                                                      inject_nan=True,
+                                                                      tuning={"int8_dequant": 1})),
+        ("[dequant] tagged plan lstm H=512 B=3 reserve", dict(cell="lstm", direction="forward", T=8, B=3, H=512,
+                                                              check_reserve=True,
+                                                              tuning={"int8_dequant": 1, "mode": 1})),
+        ("[int8mma] stays with int8_dequant forced: lstm+proj+clip B=2", dict(cell="lstm", direction="forward", T=9,
+                                                                              B=2, H=50, P=7, proj_clip=0.3,
+                                                                              tuning={"int8_dequant": 1})),
+        ("[dequant] auto lstm H=1024 B=1 T=100", dict(cell="lstm", direction="forward", T=100, B=1, H=1024)),
+        ("[dequant] auto gru H=512 B=1 T=100", dict(cell="gru", direction="forward", T=100, B=1, H=512)),
+        ("[dequant] auto lstm H=512 B=64 (3xTF32 tensor cores)", dict(cell="lstm", direction="forward", T=6, B=64,
+                                                                      H=512)),
     ]
     results = []
     for i, (name, kw) in enumerate(cases):
@@ -119,6 +151,10 @@ def correctness(lib, quick):
             r["passed"] = False  # the forced phase-B path did not run
         if "[int8mma]" in name and "mode=int8mma" not in r["plan"]:
             r["passed"] = False  # the integer tensor-core kernel did not run
+        if ("[dequant]" in name) != ("int8 dequantized to float32" in r["plan"]):
+            r["passed"] = False  # dequantized where it should not be, or not where it should
+        if "3xTF32" in name and "mode=tensorcore" not in r["plan"]:
+            r["passed"] = False
         results.append(r)
         e = r["errors"]
         log(f"{'PASS' if r['passed'] else 'FAIL'} {r['name']}: out {e['out']:.1e} final_h {e['final_h']:.1e} "
@@ -143,8 +179,11 @@ def timing(lib, results):
         ("GRU H=512 B=1", dict(cell="gru", direction="forward", T=100, B=1, I=512, H=512)),
     ]:
         row = {"case": name}
-        for wt in ("f32", "i8"):
-            layer = FusedLayer(lib, seed=11, wt=wt, **kw)
+        # i8: the automatic plan (int8 kernels, or dequantized to float32 where the planner finds that cheaper);
+        # i8k: the int8 kernels alone (CudaTuning::int8_dequant = 0).
+        for wt in ("f32", "i8", "i8k"):
+            layer = FusedLayer(lib, seed=11, wt="i8" if wt == "i8k" else wt,
+                               tuning={"int8_dequant": 0} if wt == "i8k" else None, **kw)
             rows_chk = [0] if kw["B"] == 1 else [0, kw["B"] - 1]
             chk = layer.check_rows(rows_chk, kw["cell"], kw["direction"])
             results.append({"name": f"[timed shape] {name} {wt}", "passed": bool(
@@ -157,8 +196,9 @@ def timing(lib, results):
         cud = time_cudnn(kw["cell"], kw["I"], kw["H"], kw["direction"] == "bidirectional", kw["B"], kw["T"])
         row["cudnn_graph"] = cud["graph"]["median"]
         rows.append(row)
-        log(f"{name}: kernel f32 {row['f32']['kernel_graph']:.4f} ms, int8 {row['i8']['kernel_graph']:.4f} ms; "
-            f"gemm+kernel f32 {row['f32']['full_graph']:.4f}, int8 {row['i8']['full_graph']:.4f}; cuDNN graph "
+        log(f"{name}: kernel f32 {row['f32']['kernel_graph']:.4f} ms, int8 {row['i8']['kernel_graph']:.4f} ms "
+            f"(int8 kernels alone {row['i8k']['kernel_graph']:.4f}); gemm+kernel f32 {row['f32']['full_graph']:.4f}, "
+            f"int8 {row['i8']['full_graph']:.4f} ({row['i8k']['full_graph']:.4f}); cuDNN graph "
             f"{row['cudnn_graph']:.4f} | int8 plan {row['i8']['plan']}")
     # ELMo biLM: 2 layers x 2 directions, LSTM 4096 cells, projection 512, clips 3, B=1, 100 tokens.
     row = {"case": "ELMo biLM (2 layers, 4096/512), B=1"}
