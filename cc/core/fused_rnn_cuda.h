@@ -14,7 +14,8 @@
 // passed separately in the same layouts (the float32 pointers in args are then ignored and may be null), or, for
 // kInt8 (with shape.int8_weights set), from args.recurrent_kernel_q8 / projection_kernel_q8 with their per-row
 // scales args.recurrent_scale [D, R] / projection_scale [D, H] (W[k][j] = q[k][j] / scale[k], the scheme of the CPU
-// path; the kernel multiplies h[k] by 1 / scale[k] rather than dequantizing each weight). Math is float32 with
+// path; the int8 kernels multiply h[k] by 1 / scale[k] rather than dequantizing each weight, and where the float32
+// kernel is faster the call dequantizes into the workspace first: CudaTuning::int8_dequant). Math is float32 with
 // float32 accumulation in every case; x_proj, states, outputs and the reserve are float32.
 #ifndef FUSED_RNN_CORE_FUSED_RNN_CUDA_H_
 #define FUSED_RNN_CORE_FUSED_RNN_CUDA_H_
