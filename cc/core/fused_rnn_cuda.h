@@ -6,8 +6,8 @@
 // (any alignment of 256 bytes or more; contents need not be initialised) and the stream to run on. Everything the
 // call enqueues goes on that stream and can be captured into a CUDA graph: at most one cudaMemsetAsync on the
 // workspace and one kernel, except for TF32 through float16 (CudaTuning::tf32_exchange16): a memset, the kernel that
-// copies U to float16, and two recurrence kernels of which one returns at entry; and for INT8 weights run as float32
-// (CudaTuning::int8_dequant): the kernel that dequantizes them into the workspace before the recurrence kernel.
+// copies U to float16, and two recurrence kernels of which one returns at entry; and for INT8 or 16-bit weights run
+// as float32 (CudaTuning::as_float32): the kernel that converts them into the workspace before the recurrence kernel.
 //
 // Weights: the recurrent kernel [D, R, G*H] and the projection kernel [D, H, P] are read either as float32
 // (args.recurrent_kernel / args.projection_kernel) or, for WeightType kFloat16 / kBFloat16, from the 16-bit copies
@@ -15,7 +15,8 @@
 // kInt8 (with shape.int8_weights set), from args.recurrent_kernel_q8 / projection_kernel_q8 with their per-row
 // scales args.recurrent_scale [D, R] / projection_scale [D, H] (W[k][j] = q[k][j] / scale[k], the scheme of the CPU
 // path; the int8 kernels multiply h[k] by 1 / scale[k] rather than dequantizing each weight, and where the float32
-// kernel is faster the call dequantizes into the workspace first: CudaTuning::int8_dequant). Math is float32 with
+// kernel is faster the call dequantizes into the workspace first: CudaTuning::as_float32, which widens 16-bit
+// weights the same way). Math is float32 with
 // float32 accumulation in every case; x_proj, states, outputs and the reserve are float32.
 #ifndef FUSED_RNN_CORE_FUSED_RNN_CUDA_H_
 #define FUSED_RNN_CORE_FUSED_RNN_CUDA_H_
@@ -95,13 +96,14 @@ struct CudaTuning {
                                    // would, so the harness can check that the outputs come back poisoned (NaN)
   int test_tf32h_skip = 0;         // test-only, TF32 through float16 (measuring what each launch costs): bit 0 skips
                                    // the copy of U (the last call's copy is used), bit 1 the fallback's launch
-  // INT8 weights (WeightType::kInt8): -1 auto, 0 never, 1 always (except where mode 6 runs): dequantize the int8
-  // kernels into the workspace once per call (W = q * (1 / scale), float32) and run the float32 plan of the same
-  // shape on them, with exact float32 products (allow_tf32 is not applied: the INT8 scheme's math is float32).
-  // Auto takes it when the planner's cost of the float32 plan plus the dequantization is below the best int8 plan's,
-  // and only when mode is auto: where the float32 weights stay on chip anyway, int8 weights only add their decode to
-  // every product. Workspace: the float32 plan's, plus D * R * G * H * 4 (and D * H * P * 4) bytes.
-  int int8_dequant = -1;
+  // INT8 and 16-bit weights (kInt8, kFloat16, kBFloat16): -1 auto, 0 never, 1 always (except where mode 6 runs):
+  // convert the narrow kernels into the workspace once per call (int8: W = q * (1 / scale); 16-bit: widened exactly)
+  // and run the float32 plan of the same shape on them, with exact float32 products (allow_tf32 is not applied: the
+  // narrow kinds' math is float32 too). Auto takes it when the planner's cost of the float32 plan plus the conversion
+  // is below the best plan of the weights' own kind, and only when mode is auto: where float32 weights stay on chip
+  // anyway, narrow weights only add their decode to every product. Workspace: the float32 plan's, plus
+  // D * R * G * H * 4 (and D * H * P * 4) bytes.
+  int as_float32 = -1;
 };
 
 // Bytes of workspace CudaForward needs for this shape (0 is possible: then workspace may be null).

@@ -248,11 +248,11 @@ struct Plan {
   int fb_threads = 0, fb_grid = 0;
   size_t fb_smem = 0, fb_off_counters = 0, fb_off_xh = 0;
   size_t off_gate = 0, off_col_scale = 0, off_w16 = 0;
-  // INT8 weights run as float32 (CudaTuning::int8_dequant): this is the float32 plan, and the call first dequantizes
-  // the int8 kernels into the workspace at these offsets (after the float32 plan's own workspace, which starts at 0
-  // and keeps its size in kernel_ws_bytes).
-  bool i8_deq = false;
-  size_t off_deq_rec = 0, off_deq_proj = 0, kernel_ws_bytes = 0;
+  // INT8 or 16-bit weights run as float32 (CudaTuning::as_float32): this is the float32 plan, and the call first
+  // converts the narrow kernels into the workspace at these offsets (after the float32 plan's own workspace, which
+  // starts at 0 and keeps its size in kernel_ws_bytes).
+  bool to_f32 = false;
+  size_t off_f32_rec = 0, off_f32_proj = 0, kernel_ws_bytes = 0;
 };
 
 struct Geometry {  // what a mode fixes before the per-thread layout is chosen
@@ -1191,22 +1191,24 @@ const char* MakePlan(const RnnShape& shape, WeightType weight_type, const CudaDe
   return nullptr;
 }
 
-// INT8 weights (CudaTuning::int8_dequant): the int8 plan, or the float32 plan of the same shape on weights
-// dequantized per call when auto finds that cheaper (or it is forced). The float32 plan runs exact float32 products
-// (no TF32: the INT8 scheme's math is float32). Mode 6 (int8 tensor cores) is never replaced: it runs where the
-// float32 weights would not stay on chip (the ELMo layer: 2.5 ms in float32 against 0.58 in mode 6 on an H100).
+// INT8 and 16-bit weights (CudaTuning::as_float32): the plan of the weights' own kind, or the float32 plan of the
+// same shape on weights converted per call when auto finds that cheaper (or it is forced). The float32 plan runs exact
+// float32 products (no TF32), as the narrow kinds' general kernels do on their decoded weights. Mode 6 (int8 tensor
+// cores) is never replaced: it runs where the float32 weights would not stay on chip (the ELMo layer: 2.5 ms in
+// float32 against 0.58 in mode 6 on an H100).
 constexpr int64_t kDecideSteps = 100;
-const char* MakePlanInt8(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
-                         const CudaTuning* tuning, Plan* out) {
+const char* MakePlanAsFloat32(const RnnShape& shape, WeightType weight_type, const CudaDeviceLimits& limits,
+                              const CudaTuning* tuning, Plan* out) {
   const CudaTuning tun = tuning ? *tuning : CudaTuning();
-  Plan i8plan;
-  const char* i8err = MakePlan(shape, weight_type, limits, tuning, &i8plan);
+  Plan own;
+  const char* own_err = MakePlan(shape, weight_type, limits, tuning, &own);
   // By weight_type alone: the plan cache's key has no shape.int8_weights (CudaForward checks that the two agree).
-  const bool consider = weight_type == WeightType::kInt8 &&
-                        (tun.int8_dequant == 1 || (tun.int8_dequant < 0 && tun.mode < 0));
-  if (!consider || (!i8err && i8plan.kp.exchange == cuda_impl::kModeInt8Mma)) {
-    if (i8err) return i8err;
-    *out = i8plan;
+  const bool narrow = weight_type == WeightType::kInt8 || weight_type == WeightType::kFloat16 ||
+                      weight_type == WeightType::kBFloat16;
+  const bool consider = narrow && (tun.as_float32 == 1 || (tun.as_float32 < 0 && tun.mode < 0));
+  if (!consider || (!own_err && own.kp.exchange == cuda_impl::kModeInt8Mma)) {
+    if (own_err) return own_err;
+    *out = own;
     return nullptr;
   }
   RnnShape fs = shape;
@@ -1214,52 +1216,64 @@ const char* MakePlanInt8(const RnnShape& shape, WeightType weight_type, const Cu
   CudaTuning ft = tun;
   ft.allow_tf32 = 0;
   ft.tf32_exchange16 = 0;
-  ft.int8_dequant = 0;
+  ft.as_float32 = 0;
   Plan fp;
   if (MakePlan(fs, WeightType::kFloat32, limits, &ft, &fp) != nullptr) {
-    if (i8err) return i8err;
-    *out = i8plan;
+    if (own_err) return own_err;
+    *out = own;
     return nullptr;
   }
   const int G = shape.num_gates(), D = shape.num_dirs();
   const size_t R = static_cast<size_t>(shape.recurrent_width()), H = static_cast<size_t>(shape.num_units),
                P = static_cast<size_t>(shape.num_proj);
   const size_t rec_bytes = size_t(D) * R * G * H * 4, proj_bytes = size_t(D) * H * P * 4;
-  // The dequantization: ~2 us for the launch and the kernel switch, and the bytes (int8 read, float32 written) at
-  // HBM speed, ~1.5 KB a cycle. Fitted on an H100 (session 40: the int8 call dequantized took 2.0, 3.7 and 7.7 us
-  // longer than the float32 one for 0.4, 5 and 20 MB).
-  const double deq_cost = 4000.0 + double(rec_bytes + proj_bytes) * 1.25 / 1500.0;
-  // Auto decides on the costs of a 100-step call: the estimates' fixed terms (prologues) are least reliable for
-  // short sequences, and on an H100 dequantizing won at 5, 20 and 100 steps alike for every shape where it won at
-  // 100 (bench/gpu/int8_dequant_sweep_h100_session40.txt), while costs at the call's own length kept int8 at 5-20.
-  double i8_cost = i8plan.cost, f_cost = fp.cost;
-  if (!i8err && tun.int8_dequant != 1 && shape.max_time != kDecideSteps) {
+  // The conversion: ~2 us for the launch and the kernel switch, and the bytes (narrow read, float32 written) at HBM
+  // speed, ~1.5 KB a cycle. Fitted on an H100 (session 40: the int8 call converted took 2.0, 3.7 and 7.7 us longer
+  // than the float32 one for 0.4, 5 and 20 MB).
+  const double read_per_f32_byte = weight_type == WeightType::kInt8 ? 0.25 : 0.5;
+  const double conv_cost = 4000.0 + double(rec_bytes + proj_bytes) * (1.0 + read_per_f32_byte) / 1500.0;
+  // int8 decides on the costs of a 100-step call: the int8 kernels' fixed cost per call is under-estimated (H100,
+  // session 40, LSTM H=1024 B=1: ~31 us against float32's ~20, from the times at 5 and 100 steps), and converting
+  // measured faster at 5, 20 and 100 steps on every shape swept where it was at 100
+  // (bench/gpu/as_float32_sweep_h100_session40.txt), while costs at the call's own length kept int8 at 5 steps
+  // (LSTM H=1024 B=1: 0.0443 ms against 0.0380 converted). 16-bit weights decide at the call's own length: their
+  // kernels' prologue loads half of float32's bytes, which the estimates do count, and at 5-20 steps they were
+  // measured faster than converting (LSTM H=1024 B=1 float16, T=5: 0.0302 against 0.0367), which those costs get.
+  double own_cost = own.cost, f_cost = fp.cost;
+  int own_mode = own.kp.exchange;
+  if (!own_err && tun.as_float32 != 1 && weight_type == WeightType::kInt8 && shape.max_time != kDecideSteps) {
     RnnShape s100 = shape, f100 = fs;
     s100.max_time = f100.max_time = kDecideSteps;
     Plan a, b;
     if (MakePlan(s100, weight_type, limits, tuning, &a) == nullptr &&
         MakePlan(f100, WeightType::kFloat32, limits, &ft, &b) == nullptr) {
-      i8_cost = a.cost;
+      own_cost = a.cost;
+      own_mode = a.kp.exchange;
       f_cost = b.cost;
     }
   }
-  if (!i8err && tun.int8_dequant != 1 && !(f_cost + deq_cost < i8_cost)) {
-    *out = i8plan;
+  // At one batch row the narrow kinds' general and small-kernel plans measured 9-31% slower than their estimates
+  // relative to float32's (H100, session 40: LSTM H=1024 B=1, 100 steps, float16 est 190 us, 249 measured, float32
+  // 201 and 207; int8 225 and 290; at B=4 all kinds were under-estimated alike): decoding each weight lengthens a
+  // latency-bound step more than the model counts. The comparison charges them 1.25x.
+  if (shape.batch == 1 && own_mode != cuda_impl::kModeTensorCore && own_mode != cuda_impl::kModeInt8Mma) own_cost *= 1.25;
+  if (!own_err && tun.as_float32 != 1 && !(f_cost + conv_cost < own_cost)) {
+    *out = own;
     return nullptr;
   }
-  fp.i8_deq = true;
+  fp.to_f32 = true;
   fp.kernel_ws_bytes = fp.ws_bytes;
   // The int at offset 0 is the watchdog word CudaWatchdogFired reads: a plan without workspace of its own gets 256
-  // bytes for it, which the dequantizing kernel zeroes.
+  // bytes for it, which the converting kernel zeroes.
   size_t ws = Align(std::max<size_t>(fp.ws_bytes, 4), 256);
-  fp.off_deq_rec = ws;
+  fp.off_f32_rec = ws;
   ws += Align(rec_bytes, 256);
   if (P > 0) {
-    fp.off_deq_proj = ws;
+    fp.off_f32_proj = ws;
     ws += Align(proj_bytes, 256);
   }
   fp.ws_bytes = ws;
-  fp.cost += deq_cost;
+  fp.cost += conv_cost;
   *out = fp;
   return nullptr;
 }
@@ -1290,7 +1304,7 @@ const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDev
                   limits.sm_count, limits.max_shared_bytes_per_block_optin, limits.cooperative_launch,
                   limits.cc_major, limits.cc_minor, tun.mode, tun.units_per_block, tun.rows_per_block,
                   tun.max_reg_chunks, tun.stream_location, tun.lanes_per_unit, tun.stage_weights,
-                  tun.proj_reduce, tun.allow_tf32 ? 1 : 0, tun.tf32_exchange16, tun.int8_dequant}};
+                  tun.proj_reduce, tun.allow_tf32 ? 1 : 0, tun.tf32_exchange16, tun.as_float32}};
   {
     std::lock_guard<std::mutex> lock(g_plan_mutex);
     auto it = g_plans.find(key);
@@ -1299,7 +1313,7 @@ const char* GetPlan(const RnnShape& shape, WeightType weight_type, const CudaDev
       return nullptr;
     }
   }
-  if (const char* err = MakePlanInt8(shape, weight_type, limits, tuning, out)) return err;
+  if (const char* err = MakePlanAsFloat32(shape, weight_type, limits, tuning, out)) return err;
   std::lock_guard<std::mutex> lock(g_plan_mutex);
   if (g_plans.size() > 4096) g_plans.clear();
   g_plans[key] = *out;
@@ -1341,8 +1355,9 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
                              const CudaTuning* tuning, char* buf, size_t buf_len) {
   Plan pl;
   if (const char* err = GetPlan(shape, weight_type, limits, tuning, &pl)) return err;
-  if (pl.i8_deq && buf_len > 0) {  // the float32 plan's own description follows
-    const int n = std::snprintf(buf, buf_len, "int8 dequantized to float32 per call, then ");
+  if (pl.to_f32 && buf_len > 0) {  // the float32 plan's own description follows
+    const int n = std::snprintf(buf, buf_len, "%s weights converted to float32 per call, then ",
+                                weight_type == WeightType::kInt8 ? "int8" : "16-bit");
     if (n > 0 && static_cast<size_t>(n) < buf_len) {
       buf += n;
       buf_len -= n;
@@ -1353,7 +1368,7 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
     std::snprintf(buf, buf_len,
                   "mode=tensorcore%s grid=%d (D=%d x rowgroups=%d x unitblocks=%d) threads=%d rows/block=%d "
                   "units/block=%d NT=%d KTW=%d m-tiles=%d k-tiles=%d smem=%zu ws=%zu blocks/SM=%d est_us=%.1f",
-                  pl.tc_emu ? "(tf32 via f16, f32-exchange fallback)" : (k.tc_tf32 ? "(tf32)" : ""), pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, pl.kc_template, cuda_impl::TcKtw(pl.tc_emu ? cuda_impl::kWeightF16 : WeightKind(weight_type)), k.tc_mt, k.tc_kt,
+                  pl.tc_emu ? "(tf32 via f16, f32-exchange fallback)" : (k.tc_tf32 ? "(tf32)" : ""), pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, pl.kc_template, cuda_impl::TcKtw(pl.tc_emu ? cuda_impl::kWeightF16 : (pl.to_f32 ? cuda_impl::kWeightF32 : WeightKind(weight_type))), k.tc_mt, k.tc_kt,
                   pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.cost / 1980.0);
     return nullptr;
   }
@@ -1428,24 +1443,33 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
   kp.final_c = shape.cell == CellType::kLstm ? args.final_c : nullptr;
   kp.reserve = args.reserve;
   kp.debug_clock = tuning ? reinterpret_cast<long long*>(tuning->debug_clock) : nullptr;
-  // INT8 run as float32: the plan's kernel reads float32 weights, dequantized first into the workspace.
-  if (pl.i8_deq) {
+  // INT8 or 16-bit weights run as float32: the plan's kernel reads float32 weights, converted first into the
+  // workspace.
+  if (pl.to_f32) {
     char* ws = static_cast<char*>(workspace);
-    float* rec32 = reinterpret_cast<float*>(ws + pl.off_deq_rec);
-    float* proj32 = shape.num_proj > 0 ? reinterpret_cast<float*>(ws + pl.off_deq_proj) : nullptr;
+    float* rec32 = reinterpret_cast<float*>(ws + pl.off_f32_rec);
+    const bool proj = shape.num_proj > 0;
+    float* proj32 = proj ? reinterpret_cast<float*>(ws + pl.off_f32_proj) : nullptr;
     const int D = shape.num_dirs(), G = shape.num_gates();
-    const cudaError_t e = static_cast<cudaError_t>(cuda_impl::LaunchI8Dequant(
-        args.recurrent_kernel_q8, args.recurrent_scale, static_cast<long long>(D) * shape.recurrent_width(),
-        static_cast<int>(G * shape.num_units), rec32, shape.num_proj > 0 ? args.projection_kernel_q8 : nullptr,
-        args.projection_scale, static_cast<long long>(D) * shape.num_units, static_cast<int>(shape.num_proj), proj32,
-        reinterpret_cast<int*>(ws), limits.sm_count, stream));
-    if (e != cudaSuccess) return CudaMessage("kernel launch (int8 weights dequantized to float32)", e);
+    const long long rec_rows = static_cast<long long>(D) * shape.recurrent_width();
+    const long long proj_rows = static_cast<long long>(D) * shape.num_units;
+    const int rec_cols = static_cast<int>(G * shape.num_units), proj_cols = static_cast<int>(shape.num_proj);
+    const cudaError_t e = static_cast<cudaError_t>(
+        i8 ? cuda_impl::LaunchI8Dequant(args.recurrent_kernel_q8, args.recurrent_scale, rec_rows, rec_cols, rec32,
+                                        proj ? args.projection_kernel_q8 : nullptr, args.projection_scale, proj_rows,
+                                        proj_cols, proj32, reinterpret_cast<int*>(ws), limits.sm_count, stream)
+           : cuda_impl::LaunchWiden16(weight_type == WeightType::kBFloat16,
+                                      static_cast<const uint16_t*>(recurrent_kernel_16bit), rec_rows * rec_cols, rec32,
+                                      proj ? static_cast<const uint16_t*>(projection_kernel_16bit) : nullptr,
+                                      proj_rows * proj_cols, proj32, reinterpret_cast<int*>(ws), limits.sm_count,
+                                      stream));
+    if (e != cudaSuccess) return CudaMessage("kernel launch (weights converted to float32)", e);
     kp.w_rec = rec32;
     kp.w_proj = proj32;
     kp.rec_scale = nullptr;
     kp.proj_scale = nullptr;
   }
-  if (pl.i8_deq ? pl.kernel_ws_bytes > 0 : pl.ws_bytes > 0) {
+  if (pl.to_f32 ? pl.kernel_ws_bytes > 0 : pl.ws_bytes > 0) {
     char* ws = static_cast<char*>(workspace);
     kp.watchdog = reinterpret_cast<int*>(ws);
     if (kp.exchange == cuda_impl::kModeTensorCore) {

@@ -207,12 +207,16 @@ KernelFn GetKernelTcGruF32(int nt_idx);
 // is a cudaStream_t. Returns the launch's cudaError_t as an int (this header has no CUDA types).
 int LaunchTcF16Copy(const float* w, int D, int K, int GH, uint16_t* w16, float* col_scale, const float* h0,
                             long long h0_count, int* gate, void* stream);
-// INT8 weights run as float32 (fused_rnn_cuda_i8dequant.cu, CudaTuning::int8_dequant): out = q * (1 / scale[row])
+// INT8 weights run as float32 (fused_rnn_cuda_to_f32.cu, CudaTuning::as_float32): out = q * (1 / scale[row])
 // (0 for a zero scale) for the recurrent kernel [rows_rec][cols_rec] and, if q_proj is not null, the projection
 // kernel; also sets *zero_word to 0 (the workspace's watchdog word). Returns the launch's cudaError_t as an int.
 int LaunchI8Dequant(const int8_t* q_rec, const float* s_rec, long long rows_rec, int cols_rec, float* out_rec,
                     const int8_t* q_proj, const float* s_proj, long long rows_proj, int cols_proj, float* out_proj,
                     int* zero_word, int sm_count, void* stream);
+// 16-bit weights run as float32 (the same file): n_rec (and n_proj, if w_proj is not null) float16 or bfloat16 words
+// widened to float32; also sets *zero_word to 0. Returns the launch's cudaError_t as an int.
+int LaunchWiden16(bool bf16, const uint16_t* w_rec, long long n_rec, float* out_rec, const uint16_t* w_proj,
+                  long long n_proj, float* out_proj, int* zero_word, int sm_count, void* stream);
 // Small-hidden-size kernels (mode 5) for (cell, weight kind) by register chunks per lane (1..kSmallMaxNi) and
 // lanes per unit (4 or 8); cluster != 0: the variant whose units split over a thread-block cluster.
 KernelFn GetKernelSmallLstm(int wk, int nr, int ksl, int cluster);

@@ -28,8 +28,8 @@ CASES = {
     "h1024b64": ("LSTM H=1024 B=64 f32", dict(cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024)),
     "lstm64": ("LSTM H=64 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=64, H=64)),
     "gru100b16": ("biGRU H=100 B=16", dict(cell="gru", direction="bidirectional", T=100, B=16, I=100, H=100)),
-    "bi128bf16": ("biLSTM H=128 B=1 bf16", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=128, H=128,
-                                                 wt="bf16")),
+    "bi128bf16": ("biLSTM H=128 B=1 bf16 (own kernels)", dict(
+        cell="lstm", direction="bidirectional", T=100, B=1, I=128, H=128, wt="bf16", base={"as_float32": 0})),
     "tc1024b64": ("LSTM H=1024 B=64 f16", dict(cell="lstm", direction="forward", T=100, B=64, I=1024, H=1024,
                                                wt="f16")),
     "bi100b64": ("biLSTM H=100 B=64", dict(cell="lstm", direction="bidirectional", T=100, B=64, I=100, H=100)),
@@ -37,18 +37,20 @@ CASES = {
                                           wt="f16", cell_clip=3.0, proj_clip=3.0)),
     "elmo8": ("ELMo layer int8 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                           wt="i8", cell_clip=3.0, proj_clip=3.0)),
-    "bi100i8": ("biLSTM H=100 B=1 int8", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100,
-                                              wt="i8")),
-    "h512i8": ("LSTM H=512 B=1 int8", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512, wt="i8")),
-    "h1024i8": ("LSTM H=1024 B=1 int8", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024,
-                                            wt="i8")),
-    "gru512i8": ("GRU H=512 B=1 int8", dict(cell="gru", direction="forward", T=100, B=1, I=512, H=512, wt="i8")),
+    "bi100i8": ("biLSTM H=100 B=1 int8 (own kernels)", dict(
+        cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100, wt="i8", base={"as_float32": 0})),
+    "h512i8": ("LSTM H=512 B=1 int8 (own kernels)", dict(
+        cell="lstm", direction="forward", T=100, B=1, I=512, H=512, wt="i8", base={"as_float32": 0})),
+    "h1024i8": ("LSTM H=1024 B=1 int8 (own kernels)", dict(
+        cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024, wt="i8", base={"as_float32": 0})),
+    "gru512i8": ("GRU H=512 B=1 int8 (own kernels)", dict(
+        cell="gru", direction="forward", T=100, B=1, I=512, H=512, wt="i8", base={"as_float32": 0})),
     # More shapes of the small-hidden-size kernel (mode 5), per weight kind and cell.
     "lstm32": ("LSTM H=32 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=32, H=32)),
     "gru64": ("GRU H=64 B=1", dict(cell="gru", direction="forward", T=100, B=1, I=64, H=64)),
     "bi64b8": ("biLSTM H=64 B=8", dict(cell="lstm", direction="bidirectional", T=100, B=8, I=64, H=64)),
-    "bi100f16": ("biLSTM H=100 B=1 f16", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100,
-                                             wt="f16")),
+    "bi100f16": ("biLSTM H=100 B=1 f16 (own kernels)", dict(
+        cell="lstm", direction="bidirectional", T=100, B=1, I=100, H=100, wt="f16", base={"as_float32": 0})),
     "lstm128": ("LSTM H=128 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=128, H=128)),
     "bigru100": ("biGRU H=100 B=1", dict(cell="gru", direction="bidirectional", T=100, B=1, I=100, H=100)),
     "lstm256": ("LSTM H=256 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=256, H=256)),
@@ -66,11 +68,12 @@ CASES = {
     "h512b16": ("LSTM H=512 B=16", dict(cell="lstm", direction="forward", T=100, B=16, I=512, H=512)),
     "lstm384": ("LSTM H=384 B=1", dict(cell="lstm", direction="forward", T=100, B=1, I=384, H=384)),
     "bi100b8": ("biLSTM H=100 B=8", dict(cell="lstm", direction="bidirectional", T=100, B=8, I=100, H=100)),
-    "gru128bf16": ("GRU H=128 B=1 bf16", dict(cell="gru", direction="forward", T=100, B=1, I=128, H=128, wt="bf16")),
-    "h1024f16": ("LSTM H=1024 B=1 f16", dict(cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024,
-                                            wt="f16")),
-    "h512bf16": ("LSTM H=512 B=1 bf16", dict(cell="lstm", direction="forward", T=100, B=1, I=512, H=512,
-                                            wt="bf16")),
+    "gru128bf16": ("GRU H=128 B=1 bf16 (own kernels)", dict(cell="gru", direction="forward", T=100, B=1, I=128,
+                                                            H=128, wt="bf16", base={"as_float32": 0})),
+    "h1024f16": ("LSTM H=1024 B=1 f16 (own kernels)", dict(
+        cell="lstm", direction="forward", T=100, B=1, I=1024, H=1024, wt="f16", base={"as_float32": 0})),
+    "h512bf16": ("LSTM H=512 B=1 bf16 (own kernels)", dict(
+        cell="lstm", direction="forward", T=100, B=1, I=512, H=512, wt="bf16", base={"as_float32": 0})),
     "elmo32": ("ELMo layer f32 B=1", dict(cell="lstm", direction="bidirectional", T=100, B=1, I=512, H=4096, P=512,
                                           cell_clip=3.0, proj_clip=3.0)),
     # Tensor-core plans (mode 4) at larger batches; "base" tuning fields apply under --tune-a / --tune-b.

@@ -333,6 +333,28 @@ def correctness_suite(lib, quick=False):
     # Weight placement: all streamed from shared memory, all from the workspace; rows-per-pass 4 in local mode;
     # larger k (several chunks per lane); no initial state, no lengths, GRU without recurrent bias.
     extra = [
+        # 16-bit weights widened to float32 per call, then the float32 plan (CudaTuning::as_float32): forced (four
+        # words a thread, and one for an odd count), automatic where it is faster (B=1), and not where it is not (the
+        # ELMo layer; the tensor-core plans at B=64 are in tools/gpu/as_float32_sweep.py, whose plans round h to 16
+        # bits, beyond this suite's tolerance).
+        ("[as f32] lstm+proj+clip bi f16 T9 B4 H40 P16", dict(cell="lstm", direction="bidirectional", T=9, B=4, H=40,
+                                                               P=16, cell_clip=0.7, proj_clip=0.4, wt="f16",
+                                                               tuning={"as_float32": 1})),
+        ("[as f32] gru reverse bf16 T9 B3 H37 (odd count)", dict(cell="gru", direction="reverse", T=9, B=3, H=37,
+                                                                 wt="bf16", tuning={"as_float32": 1})),
+        ("[as f32] auto lstm f16 T100 B1 H512", dict(cell="lstm", direction="forward", T=100, B=1, H=512, wt="f16")),
+        ("[as f32] auto gru bf16 T100 B1 H512", dict(cell="gru", direction="forward", T=100, B=1, H=512,
+                                                     wt="bf16")),
+        ("[as f32] auto lstm bi bf16 T100 B1 H100", dict(cell="lstm", direction="bidirectional", T=100, B=1, H=100,
+                                                         wt="bf16")),
+        ("[as f32] auto lstm f16 T100 B1 H1024", dict(cell="lstm", direction="forward", T=100, B=1, H=1024,
+                                                      wt="f16")),
+        ("[16-bit own] auto lstm f16 T5 B1 H1024 (short: converting costs more)", dict(
+            cell="lstm", direction="forward", T=5, B=1, H=1024, wt="f16")),
+        ("[16-bit own] lstm bi f16 T9 B4 H40 as_float32=0", dict(cell="lstm", direction="bidirectional", T=9, B=4,
+                                                                 H=40, wt="f16", tuning={"as_float32": 0})),
+        ("[16-bit own] auto ELMo-size layer f16 T3 B1", dict(cell="lstm", direction="bidirectional", T=3, B=1, H=4096,
+                                                             P=512, cell_clip=3.0, proj_clip=3.0, wt="f16")),
         ("lstm bi local all-streamed-smem H100", dict(cell="lstm", direction="bidirectional", T=8, B=3, H=100,
                                                       tuning={"mode": 0, "max_reg_chunks": 0, "stream_location": 0})),
         ("lstm bi local all-streamed-global H100", dict(cell="lstm", direction="bidirectional", T=8, B=3, H=100,
@@ -567,6 +589,10 @@ def correctness_suite(lib, quick=False):
         if ("unstaged" in name and not unstaged_plan) or (" staged " in name and unstaged_plan):
             r["passed"] = False
             r["errors"]["plan"] = "the plan did not take the weight-staging path the case names"
+        if (name.startswith("[as f32]") or name.startswith("[16-bit own]")) and (
+                name.startswith("[as f32]") != ("16-bit weights converted to float32" in r["plan"])):
+            r["passed"] = False
+            r["errors"]["plan"] = "the weights were converted to float32 where they should not, or not where they should"
         if name.startswith("small ") and not r["plan"].startswith("mode=small"):
             r["passed"] = False
             r["errors"]["plan"] = "the case did not run the small-hidden-size kernel (mode 5)"

@@ -29,7 +29,7 @@ RnnShape MakeShape(const int64_t* shape, const float* clips) {
 }
 
 // tuning (nullable): mode, units_per_block, rows_per_block, max_reg_chunks, stream_location, lanes_per_unit,
-// stage_weights, proj_reduce, allow_tf32, tf32_exchange16, int8_dequant.
+// stage_weights, proj_reduce, allow_tf32, tf32_exchange16, as_float32.
 int64_t* g_debug_clock = nullptr;  // test-only phase timestamps for the next calls (frg_set_debug_clock)
 int g_test_raise_watchdog = 0;     // test-only: the next calls start with the watchdog raised (frg_set_test_watchdog)
 int g_test_tf32h_skip = 0;         // test-only: CudaTuning::test_tf32h_skip (frg_set_test_tf32h_skip)
@@ -52,7 +52,7 @@ CudaTuning MakeTuning(const int* t) {
     tun.proj_reduce = t[7];
     tun.allow_tf32 = t[8];
     tun.tf32_exchange16 = t[9];
-    tun.int8_dequant = t[10];
+    tun.as_float32 = t[10];
   }
   return tun;
 }

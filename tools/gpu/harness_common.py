@@ -46,10 +46,10 @@ def query_limits(L, device):
 
 
 TUNING_FIELDS = ("mode", "units_per_block", "rows_per_block", "max_reg_chunks", "stream_location", "lanes_per_unit",
-                 "stage_weights", "proj_reduce", "allow_tf32", "tf32_exchange16", "int8_dequant")
+                 "stage_weights", "proj_reduce", "allow_tf32", "tf32_exchange16", "as_float32")
 TUNING_DEFAULTS = dict(mode=-1, units_per_block=0, rows_per_block=0, max_reg_chunks=-1, stream_location=-1,
                        lanes_per_unit=0, stage_weights=-1, proj_reduce=-1, allow_tf32=0,
-                       tf32_exchange16=-1, int8_dequant=-1)
+                       tf32_exchange16=-1, as_float32=-1)
 
 
 class CoreCall:

@@ -110,34 +110,34 @@ def correctness(lib, quick):
                                                          tuning=m6)),
         ("[int8mma] auto ELMo-size layer H=4096 P=512 B=1", dict(cell="lstm", direction="bidirectional", T=5, B=1,
                                                                  H=4096, P=512, cell_clip=3.0, proj_clip=3.0)),
-        # The auto plans above dequantize (CudaTuning::int8_dequant); the same shapes on the int8 kernels alone.
+        # The auto plans above dequantize (CudaTuning::as_float32); the same shapes on the int8 kernels alone.
         ("[int8 kernels] lstm auto plan H=200 B=2", dict(cell="lstm", direction="forward", T=12, B=2, H=200,
-                                                         tuning={"int8_dequant": 0})),
+                                                         tuning={"as_float32": 0})),
         ("[int8 kernels] gru auto plan H=130 B=6 no init", dict(cell="gru", direction="forward", T=10, B=6, H=130,
-                                                                with_init=False, tuning={"int8_dequant": 0})),
+                                                                with_init=False, tuning={"as_float32": 0})),
         # INT8 weights dequantized to float32 per call, then the float32 plan: forced, every feature; odd widths take
         # the kernel's one-column path (G*H or P not a multiple of 4), zero scales give zero rows.
-        ("[dequant] lstm forward", dict(cell="lstm", direction="forward", **SMALL, tuning={"int8_dequant": 1})),
+        ("[dequant] lstm forward", dict(cell="lstm", direction="forward", **SMALL, tuning={"as_float32": 1})),
         ("[dequant] lstm+proj+clip bidirectional time-major", dict(cell="lstm", direction="bidirectional", **SMALL,
                                                                    P=16, cell_clip=0.5, proj_clip=0.4,
-                                                                   time_major=True, tuning={"int8_dequant": 1})),
+                                                                   time_major=True, tuning={"as_float32": 1})),
         ("[dequant] gru reverse H=37 (G*H odd)", dict(cell="gru", direction="reverse", T=9, B=3, H=37,
-                                                      tuning={"int8_dequant": 1})),
+                                                      tuning={"as_float32": 1})),
         ("[dequant] lstm+proj P=7 H=50 (odd P) no init", dict(cell="lstm", direction="forward", T=9, B=3, H=50, P=7,
                                                               proj_clip=0.3, with_init=False,
-                                                              tuning={"int8_dequant": 1})),
+                                                              tuning={"as_float32": 1})),
         ("[dequant] lstm+proj zero rows (scale 0)", dict(cell="lstm", direction="bidirectional", T=9, B=2, H=40,
-                                                         P=12, zero_rows=True, tuning={"int8_dequant": 1})),
+                                                         P=12, zero_rows=True, tuning={"as_float32": 1})),
         ("[dequant] NaN/Inf input lstm+proj+clip bidirectional", dict(cell="lstm", direction="bidirectional",
                                                                       **SMALL, P=16, cell_clip=0.5, proj_clip=0.4,
                                                                       inject_nan=True,
-                                                                      tuning={"int8_dequant": 1})),
+                                                                      tuning={"as_float32": 1})),
         ("[dequant] tagged plan lstm H=512 B=3 reserve", dict(cell="lstm", direction="forward", T=8, B=3, H=512,
                                                               check_reserve=True,
-                                                              tuning={"int8_dequant": 1, "mode": 1})),
-        ("[int8mma] stays with int8_dequant forced: lstm+proj+clip B=2", dict(cell="lstm", direction="forward", T=9,
+                                                              tuning={"as_float32": 1, "mode": 1})),
+        ("[int8mma] stays with as_float32 forced: lstm+proj+clip B=2", dict(cell="lstm", direction="forward", T=9,
                                                                               B=2, H=50, P=7, proj_clip=0.3,
-                                                                              tuning={"int8_dequant": 1})),
+                                                                              tuning={"as_float32": 1})),
         ("[dequant] auto lstm H=1024 B=1 T=100", dict(cell="lstm", direction="forward", T=100, B=1, H=1024)),
         ("[dequant] auto gru H=512 B=1 T=100", dict(cell="gru", direction="forward", T=100, B=1, H=512)),
         ("[dequant] auto lstm H=512 B=64 (3xTF32 tensor cores)", dict(cell="lstm", direction="forward", T=6, B=64,
@@ -151,7 +151,7 @@ def correctness(lib, quick):
             r["passed"] = False  # the forced phase-B path did not run
         if "[int8mma]" in name and "mode=int8mma" not in r["plan"]:
             r["passed"] = False  # the integer tensor-core kernel did not run
-        if ("[dequant]" in name) != ("int8 dequantized to float32" in r["plan"]):
+        if ("[dequant]" in name) != ("int8 weights converted to float32" in r["plan"]):
             r["passed"] = False  # dequantized where it should not be, or not where it should
         if "3xTF32" in name and "mode=tensorcore" not in r["plan"]:
             r["passed"] = False
@@ -180,10 +180,10 @@ def timing(lib, results):
     ]:
         row = {"case": name}
         # i8: the automatic plan (int8 kernels, or dequantized to float32 where the planner finds that cheaper);
-        # i8k: the int8 kernels alone (CudaTuning::int8_dequant = 0).
+        # i8k: the int8 kernels alone (CudaTuning::as_float32 = 0).
         for wt in ("f32", "i8", "i8k"):
             layer = FusedLayer(lib, seed=11, wt="i8" if wt == "i8k" else wt,
-                               tuning={"int8_dequant": 0} if wt == "i8k" else None, **kw)
+                               tuning={"as_float32": 0} if wt == "i8k" else None, **kw)
             rows_chk = [0] if kw["B"] == 1 else [0, kw["B"] - 1]
             chk = layer.check_rows(rows_chk, kw["cell"], kw["direction"])
             results.append({"name": f"[timed shape] {name} {wt}", "passed": bool(

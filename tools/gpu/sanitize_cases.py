@@ -441,16 +441,23 @@ def sanitize_case_list(limits):
                            proj_clip=0.35, wt="i8", tuning=tun)))
         extra.append((f"[int8] gru forward {mode} T7 B3 H24", dict(cell="gru", direction="forward", T=7, B=3, H=24,
                                                                     wt="i8", tuning=tun)))
-    # INT8 weights dequantized to float32 per call (CudaTuning::int8_dequant), then a float32 plan: the 4-column and
+    # INT8 weights dequantized to float32 per call (CudaTuning::as_float32), then a float32 plan: the 4-column and
     # the one-column dequantization paths, a plan without workspace of its own and a tagged one.
     extra += [
         ("[dequant] lstm+proj+clip bidirectional T7 B3 H24 P16", dict(cell="lstm", direction="bidirectional", T=7,
                                                                       B=3, H=24, P=16, cell_clip=0.6, proj_clip=0.35,
-                                                                      wt="i8", tuning={"int8_dequant": 1})),
+                                                                      wt="i8", tuning={"as_float32": 1})),
         ("[dequant] gru forward T6 B2 H37 (G*H odd)", dict(cell="gru", direction="forward", T=6, B=2, H=37, wt="i8",
-                                                           tuning={"int8_dequant": 1})),
+                                                           tuning={"as_float32": 1})),
         ("[dequant] lstm+proj tagged T5 B2 H64 P7", dict(cell="lstm", direction="forward", T=5, B=2, H=64, P=7,
-                                                         wt="i8", tuning={"int8_dequant": 1, "mode": 1})),
+                                                         wt="i8", tuning={"as_float32": 1, "mode": 1})),
+        # 16-bit weights widened to float32 the same way: four words a thread, and one (an odd count).
+        ("[dequant] lstm+proj+clip bidirectional f16 T6 B2 H24 P16", dict(cell="lstm", direction="bidirectional",
+                                                                          T=6, B=2, H=24, P=16, cell_clip=0.6,
+                                                                          proj_clip=0.35, wt="f16",
+                                                                          tuning={"as_float32": 1})),
+        ("[dequant] gru forward bf16 T6 B2 H37 (odd count)", dict(cell="gru", direction="forward", T=6, B=2, H=37,
+                                                                  wt="bf16", tuning={"as_float32": 1})),
     ]
     # Phase B as a reduce-scatter of partial sums (tagged, 16-bit / int8): forced on, several rows, a short last
     # unit block, weights streamed from shared memory and from the workspace.
