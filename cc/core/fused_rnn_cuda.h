@@ -99,10 +99,11 @@ struct CudaTuning {
   // INT8 and 16-bit weights (kInt8, kFloat16, kBFloat16): -1 auto, 0 never, 1 always (except where mode 6 runs):
   // convert the narrow kernels into the workspace once per call (int8: W = q * (1 / scale); 16-bit: widened exactly)
   // and run the float32 plan of the same shape on them, with exact float32 products (allow_tf32 is not applied: the
-  // narrow kinds' math is float32 too). Auto takes it when the planner's cost of the float32 plan plus the conversion
-  // is below the best plan of the weights' own kind, and only when mode is auto: where float32 weights stay on chip
-  // anyway, narrow weights only add their decode to every product. Workspace: the float32 plan's, plus
-  // D * R * G * H * 4 (and D * H * P * 4) bytes.
+  // narrow kinds' general kernels compute in float32 on their decoded weights; their tensor-core plans round h to 16
+  // bits, which the float32 plan does not). Auto takes it when the planner's cost of the float32 plan plus the
+  // conversion is below the best plan of the weights' own kind, and only when mode is auto: where float32 weights stay
+  // on chip anyway, narrow weights only add their decode to every product. Workspace: the float32 plan's (at least
+  // 256 bytes), then D * R * G * H * 4 and D * H * P * 4 bytes, each rounded up to 256 (CudaForwardWorkspaceBytes).
   int as_float32 = -1;
 };
 
