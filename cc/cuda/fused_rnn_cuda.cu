@@ -771,8 +771,9 @@ const char* TryTensorCoreKind(const RnnShape& shape, int wk, bool allow_tf32, co
 
 // Mode 4 for the weight kind wk. float32 weights with TF32 allowed may also run as TF32 through float16
 // (CudaTuning::tf32_exchange16; fused_rnn_cuda_tc_f16copy.cu says why it keeps TF32's precision): the float16 kernel
-// on a per-call copy of U, plus the float32-exchange TF32 plan as the fallback for initial states beyond float16's
-// range. Costed as the float16 plan, the copy (read U twice, write half of it) and the fallback's empty launch.
+// on a per-call copy of U, plus (GRU only) the float32-exchange TF32 plan as the fallback for initial states beyond
+// float16's range; an LSTM scales such a state instead (KernelParams::tc_h0_shift). Costed as the float16 plan, the
+// copy (read U twice, write half of it) and, for a GRU, the fallback's empty launch.
 const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits& limits, const CudaTuning& tun,
                           Plan* best) {
   using namespace cuda_impl;
@@ -788,7 +789,8 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
     const int G = shape.num_gates(), D = shape.num_dirs();
     const double GH = double(G) * shape.num_units, K = double(shape.num_units);
     const double copy_bytes = D * K * GH * (4 + 4 + 2);
-    emu.cost += 3000.0 + copy_bytes / 1000.0 + 4000.0;  // ~1 KB per cycle from HBM/L2; the fallback's launch
+    // ~1 KB per cycle from HBM/L2; the GRU fallback's launch (a change of kernel function: ~8 us, session 39)
+    emu.cost += 3000.0 + copy_bytes / 1000.0 + (shape.cell == CellType::kGru ? 4000.0 : 0.0);
     if (tun.tf32_exchange16 == 1 || emu.cost < direct.cost) {
       chosen = emu;
       chosen.tc_emu = true;
@@ -801,8 +803,8 @@ const char* TryTensorCore(const RnnShape& shape, int wk, const CudaDeviceLimits&
       chosen.fb_off_xh = direct.off_xh;
       size_t ws = Align(std::max(emu.ws_bytes, direct.ws_bytes), 256);
       chosen.off_gate = ws;
-      ws += 256;
-      chosen.ws_memset_bytes = ws;  // both layouts' counters and h padding, and the gate word
+      ws += Align(size_t(1 + size_t(D) * shape.batch) * 4, 256);  // the gate word and the rows' h0 shifts
+      chosen.ws_memset_bytes = ws;  // both layouts' counters and h padding, and the gate words
       chosen.off_col_scale = ws;
       ws += Align(size_t(D) * size_t(GH) * 4, 256);
       chosen.off_w16 = ws;
@@ -1368,7 +1370,7 @@ const char* CudaDescribePlan(const RnnShape& shape, WeightType weight_type, cons
     std::snprintf(buf, buf_len,
                   "mode=tensorcore%s grid=%d (D=%d x rowgroups=%d x unitblocks=%d) threads=%d rows/block=%d "
                   "units/block=%d NT=%d KTW=%d m-tiles=%d k-tiles=%d smem=%zu ws=%zu blocks/SM=%d est_us=%.1f",
-                  pl.tc_emu ? "(tf32 via f16, f32-exchange fallback)" : (k.tc_tf32 ? "(tf32)" : ""), pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, pl.kc_template, cuda_impl::TcKtw(pl.tc_emu ? cuda_impl::kWeightF16 : (pl.to_f32 ? cuda_impl::kWeightF32 : WeightKind(weight_type))), k.tc_mt, k.tc_kt,
+                  pl.tc_emu ? (shape.num_gates() == 4 ? "(tf32 via f16, h0 scaled)" : "(tf32 via f16, f32-exchange fallback)") : (k.tc_tf32 ? "(tf32)" : ""), pl.grid, k.D, k.nbr, k.nbu, pl.threads, k.rb, k.upb, pl.kc_template, cuda_impl::TcKtw(pl.tc_emu ? cuda_impl::kWeightF16 : (pl.to_f32 ? cuda_impl::kWeightF32 : WeightKind(weight_type))), k.tc_mt, k.tc_kt,
                   pl.smem, pl.ws_bytes, pl.blocks_per_sm, pl.cost / 1980.0);
     return nullptr;
   }
@@ -1538,13 +1540,18 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
     fb.tc_gate_run_if = 1;
     kp.w_rec = ws + pl.off_w16;
     kp.tc_col_scale = reinterpret_cast<const float*>(ws + pl.off_col_scale);
-    kp.tc_gate = gate;
-    kp.tc_gate_run_if = 0;
+    if (G == 4) {  // LSTM: one kernel; the rows' h0 shifts follow the gate word (fused_rnn_cuda_tc_f16copy.cu)
+      kp.tc_gate = nullptr;
+      kp.tc_h0_shift = gate + 1;
+    } else {
+      kp.tc_gate = gate;
+      kp.tc_gate_run_if = 0;
+    }
     const bool skip_copy = tuning && (tuning->test_tf32h_skip & 1);
     const cudaError_t e = skip_copy ? cudaSuccess : static_cast<cudaError_t>(cuda_impl::LaunchTcF16Copy(
         args.recurrent_kernel, D, H, G * H, reinterpret_cast<uint16_t*>(ws + pl.off_w16),
         reinterpret_cast<float*>(ws + pl.off_col_scale), args.initial_h,
-        args.initial_h ? static_cast<long long>(D) * shape.batch * H : 0, gate, stream));
+        args.initial_h ? static_cast<long long>(D) * shape.batch * H : 0, H, gate, stream));
     if (e != cudaSuccess) return CudaMessage("kernel launch (TF32 through float16: the copy of U)", e);
   }
   auto launch = [&](KernelFn fn, int grid, int threads, size_t smem, const KernelParams& params) -> const char* {
@@ -1572,7 +1579,7 @@ const char* CudaForward(const RnnShape& shape, const RnnForwardArgs& args, Weigh
     return nullptr;
   };
   if (const char* err = launch(pl.fn, pl.grid, pl.threads, pl.smem, kp)) return err;
-  if (pl.tc_emu && !(tuning && (tuning->test_tf32h_skip & 2)))
+  if (pl.tc_emu && shape.num_gates() == 3 && !(tuning && (tuning->test_tf32h_skip & 2)))
     if (const char* err = launch(pl.fb_fn, pl.fb_grid, pl.fb_threads, pl.fb_smem, fb)) return err;
   return nullptr;
 }

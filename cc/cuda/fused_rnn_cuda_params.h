@@ -126,6 +126,10 @@ struct KernelParams {
   // of two launched kernels does the work: the kernel returns at once unless (*tc_gate != 0) == tc_gate_run_if.
   const int* tc_gate = nullptr;
   int tc_gate_run_if = 0;
+  // Tensor-core mode, TF32 through float16, LSTM: [D * B] device words written by the copy kernel, a shift s
+  // (0..114) per batch row: the row's h0 enters the float16 exchange as h0 * 2^-s and its step-0 sums are multiplied
+  // by 2^s (fused_rnn_cuda_tc_f16copy.cu). Null: no shift.
+  const int* tc_h0_shift = nullptr;
   void* ws_stream_a = nullptr;               // per block: ws_stream_a_words uint2 words
   void* ws_stream_b = nullptr;
   long long ws_stream_a_words = 0, ws_stream_b_words = 0;
@@ -203,10 +207,11 @@ KernelFn GetKernelTcGruF16Scaled(int nt_idx);
 KernelFn GetKernelTcLstmF32(int nt_idx);
 KernelFn GetKernelTcGruF32(int nt_idx);
 // TF32 through float16 (fused_rnn_cuda_tc_f16copy.cu): w [D][K][GH] float32 -> w16 (each column times 2^e, float16
-// bits) and col_scale [D][GH] (2^-e); sets *gate (zeroed by the caller) when a finite |h0| exceeds 65504. stream
-// is a cudaStream_t. Returns the launch's cudaError_t as an int (this header has no CUDA types).
+// bits) and col_scale [D][GH] (2^-e). gate [1 + h0_count / h0_width] words, zeroed by the caller: gate[0] set when a
+// finite |h0| exceeds 65504, gate[1 + row] that row's shift (KernelParams::tc_h0_shift). stream is a cudaStream_t.
+// Returns the launch's cudaError_t as an int (this header has no CUDA types).
 int LaunchTcF16Copy(const float* w, int D, int K, int GH, uint16_t* w16, float* col_scale, const float* h0,
-                            long long h0_count, int* gate, void* stream);
+                    long long h0_count, int h0_width, int* gate, void* stream);
 // INT8 weights run as float32 (fused_rnn_cuda_to_f32.cu, CudaTuning::as_float32): out = q * (1 / scale[row])
 // (0 for a zero scale) for the recurrent kernel [rows_rec][cols_rec] and, if q_proj is not null, the projection
 // kernel; also sets *zero_word to 0 (the workspace's watchdog word). Returns the launch's cudaError_t as an int.

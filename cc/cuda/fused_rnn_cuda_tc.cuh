@@ -28,8 +28,9 @@
 // and takes one product per k-tile instead of three: TF32 accuracy (~1e-3 relative), cuDNN's default for float32.
 // Usually the planner runs TF32 on the float16 kernel instead (CudaTuning::tf32_exchange16): U copied to float16 per
 // call with power-of-two column scales (tc_col_scale, undone in the cell update by the kColScaled instantiation),
-// h exchanged as float16; this float32-exchange kernel is then launched too, as the fallback for an initial state
-// beyond float16's range (tc_gate; fused_rnn_cuda_tc_f16copy.cu).
+// h exchanged as float16. An LSTM's initial state beyond float16's range is scaled by a power of two for step 0
+// (tc_h0_shift); for a GRU this float32-exchange kernel is launched too, as the fallback for such a state (tc_gate;
+// fused_rnn_cuda_tc_f16copy.cu).
 #ifndef FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
 #define FUSED_RNN_CUDA_FUSED_RNN_CUDA_TC_CUH_
 
@@ -430,13 +431,19 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
 
   for (int i = tid; i < p.rb + p.upb; i += nthreads)
     frag_row_s[i] = i < p.rb ? TcFragRowPart<WK>(row0 + i, KT) : TcFragColPart<WK>(u0 + i - p.rb);
+  // TF32 through float16, LSTM: a batch row whose initial state is beyond float16's range enters the exchange as
+  // h0 * 2^-s, and its step-0 sums are multiplied by 2^s (exact; KernelParams::tc_h0_shift, 0 for a row that fits,
+  // 0..114 so that both factors are normal floats).
+  constexpr bool h0_scaled = col_scaled && kLstm;
+  const int* h0_shift = h0_scaled ? p.tc_h0_shift : nullptr;
   // Initial state: own units' h (float32, and 16-bit into the exchange slab of parity 1, read at step 0) and c.
   for (int i = tid; i < NR * ucount; i += nthreads) {
     const int r = i / ucount, u = i - r * ucount;
     const long long b = row0 + r;
     const float h = p.h0 ? p.h0[((long long)d * B + b) * H + u0 + u] : 0.f;
     hown_s[r * p.upb + u] = h;
-    xh16[(1 * D + d) * slab + TcFragOffset<WK>(row0 + r, u0 + u, KT)] = to_exchange(h);
+    const float h_down = h0_shift ? h * __uint_as_float(static_cast<unsigned>(127 - h0_shift[d * B + b]) << 23) : h;
+    xh16[(1 * D + d) * slab + TcFragOffset<WK>(row0 + r, u0 + u, KT)] = to_exchange(h_down);
     if (kLstm) c_s[r * p.upb + u] = p.c0 ? p.c0[((long long)d * B + b) * H + u0 + u] : 0.f;
   }
   __syncthreads();
@@ -683,6 +690,15 @@ __global__ void __launch_bounds__(TcMaxThreads<NT, KTW, MG>(), 1) RnnTensorCoreK
       if constexpr (col_scaled) {
 #pragma unroll
         for (int g = 0; g < G; ++g) cs[g] = cs_unit_fixed ? cs_own[g] : cs_s[g * p.upb + u];
+      }
+      if constexpr (h0_scaled) {
+        // Step 0's h was the row's h0 * 2^-shift. Multiplying by a power of two is exact unless the true sum
+        // overflows float32 anyway.
+        if (s == 0 && h0_shift != nullptr) {
+          const float up = __uint_as_float(static_cast<unsigned>(127 + h0_shift[d * B + row0 + r]) << 23);
+#pragma unroll
+          for (int g = 0; g < G; ++g) zs[g] *= up;
+        }
       }
       if (s < len) {
         const int t = reverse ? len - 1 - s : s;

@@ -1,6 +1,7 @@
 // The prologue kernel of the tensor-core mode's TF32-through-float16 plans (CudaTuning::tf32_exchange16): float32 U
-// copied to float16 with each column scaled by a power of two, and the check of the initial state that picks which
-// of the two launched recurrence kernels runs (fused_rnn_cuda_tc.cuh, KernelParams::tc_gate).
+// copied to float16 with each column scaled by a power of two, and the check of the initial state: the LSTM's shift
+// for it (KernelParams::tc_h0_shift), or for a GRU which of the two launched recurrence kernels runs
+// (fused_rnn_cuda_tc.cuh, KernelParams::tc_gate).
 //
 // Why float16 can stand in for TF32 here: both keep 10 explicit mantissa bits; float16 lacks the exponent range.
 // A power-of-two scale per column (exact) puts the column's largest magnitude in [2^14, 2^15), so no weight
@@ -8,7 +9,11 @@
 // absolute error below 2^-25 of it). h needs no scale: without a projection every h the recurrence makes has |h| <= 1
 // (LSTM: o * tanh(c); GRU: a convex mix of tanh(.) and h_{t-1}), so only an initial state can leave float16's range;
 // an |h| below 2^-14 becomes a float16 subnormal (absolute error at most 2^-25, far under TF32's error on the rest).
-// An initial state with a finite |h0| > 65504 sets the gate word, and the float32-exchange TF32 kernel runs instead.
+// An initial state with a finite |h0| > 65504 is handled per batch row. gate[1 + d * B + b] gets that row's shift
+// s = ilogb(max finite |h0 row|) - 13 (>= 2; 0 for a row that fits): the LSTM kernel enters the row as h0 * 2^-s
+// (largest magnitude in [2^13, 2^14)) and multiplies its step-0 sums by 2^s (later h have |h| < 1), so no second
+// kernel is launched, and other rows keep their own precision. A GRU's h_t can stay near h0 for many steps, so for a
+// GRU gate[0] (any row beyond float16) sends the call to the float32-exchange TF32 kernel instead.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -35,7 +40,7 @@ template <int VEC>
 __global__ void __launch_bounds__(kThreads) TcF16CopyKernel(const float* __restrict__ w, int K, int GH, int col_blocks,
                                                             uint16_t* __restrict__ w16, float* __restrict__ col_scale,
                                                             const float* __restrict__ h0, long long h0_count,
-                                                            int* gate) {
+                                                            int h0_width, int* gate) {
   constexpr int kGroups = kCols / VEC;           // column groups per block
   constexpr int kSlices = kThreads / kGroups;    // k-slices
   constexpr int kFirstRows = kBatch * kSlices;   // rows held in registers
@@ -154,22 +159,25 @@ __global__ void __launch_bounds__(kThreads) TcF16CopyKernel(const float* __restr
         if (k0 + b * kSlices < K) store(k0 + b * kSlices, vb[b]);
     }
   }
-  // h0: any finite value outside float16's range sends the call to the float32-exchange kernel.
+  // h0: per row, the shift that brings its largest finite magnitude into float16's range (0 when it fits). The gate
+  // words are zeroed by the call's workspace memset.
   if (h0 != nullptr) {
-    bool big = false;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < h0_count;
          i += (long long)gridDim.x * blockDim.x) {
       const float a = fabsf(h0[i]);
-      big |= a > 65504.f && a <= 3.402823466e38f;
+      if (a > 65504.f && a <= 3.402823466e38f) {  // finite, beyond float16: biased exponent 142..254, shift 2..114
+        // Rare (only an initial state beyond float16's range gets here), so plain atomics.
+        atomicMax(gate + 1 + i / h0_width, static_cast<int>(__float_as_uint(a) >> 23) - 127 - 13);
+        atomicOr(gate, 1);
+      }
     }
-    if (__syncthreads_or(big) && threadIdx.x == 0) atomicOr(gate, 1);
   }
 }
 
 }  // namespace
 
 int LaunchTcF16Copy(const float* w, int D, int K, int GH, uint16_t* w16, float* col_scale, const float* h0,
-                    long long h0_count, int* gate, void* stream) {
+                    long long h0_count, int h0_width, int* gate, void* stream) {
   const int col_blocks = (GH + kCols - 1) / kCols;
   const bool vec4 = GH % 4 == 0 && (reinterpret_cast<uintptr_t>(w) & 15) == 0 &&
                     (reinterpret_cast<uintptr_t>(w16) & 7) == 0;
@@ -179,9 +187,9 @@ int LaunchTcF16Copy(const float* w, int D, int K, int GH, uint16_t* w16, float* 
   cfg.stream = static_cast<cudaStream_t>(stream);
   // The launch's own status (cudaGetLastError would also return an earlier, unrelated error of this thread).
   return static_cast<int>(vec4 ? cudaLaunchKernelEx(&cfg, TcF16CopyKernel<4>, w, K, GH, col_blocks, w16, col_scale,
-                                                    h0, h0_count, gate)
+                                                    h0, h0_count, h0_width, gate)
                                : cudaLaunchKernelEx(&cfg, TcF16CopyKernel<1>, w, K, GH, col_blocks, w16, col_scale,
-                                                    h0, h0_count, gate));
+                                                    h0, h0_count, h0_width, gate));
 }
 
 }  // namespace cuda_impl

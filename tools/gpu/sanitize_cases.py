@@ -144,10 +144,15 @@ def round16(w, wt):
 
 
 def run_case(lib, name, cell, direction, T, B, H, P=0, cell_clip=0.0, proj_clip=0.0, ragged=True, time_major=False,
-             wt="f32", tuning=None, with_init=True, gru_bias=True, seed=0, lengths=None, check_reserve=True):
-    """One launch on fresh random inputs, compared with the float64 oracle; every buffer freed afterwards."""
+             wt="f32", tuning=None, with_init=True, gru_bias=True, seed=0, lengths=None, check_reserve=True,
+             h0_big=None):
+    """One launch on fresh random inputs, compared with the float64 oracle; every buffer freed afterwards.
+    h0_big: a value put into two rows' h0 (beyond float16: TF32 through float16 scales those rows or falls back)."""
     rng = np.random.default_rng(seed)
     inp = make_inputs(rng, cell, direction, T, B, H, P, ragged, with_init, gru_bias)
+    if h0_big is not None:
+        inp["h0"][0, B // 2, H // 3] = h0_big
+        inp["h0"][-1, B - 1, H - 1] = -h0_big
     if lengths is not None:
         inp["lengths"] = np.asarray(lengths, np.int32)
     D = 2 if direction == "bidirectional" else 1
@@ -431,6 +436,14 @@ def sanitize_case_list(limits):
                   tuning={"mode": 4, "units_per_block": 8, "allow_tf32": 1, "tf32_exchange16": 1})),
             ("[tensorcore] gru bi f32 TF32 via f16 T5 B20 H75",
              dict(cell="gru", direction="bidirectional", T=5, B=20, H=75, wt="f32",
+                  tuning={"mode": 4, "allow_tf32": 1, "tf32_exchange16": 1})),
+            # An initial state beyond float16: the LSTM scales those rows' h0 (the copy kernel's per-row shift
+            # words), the GRU runs the float32-exchange fallback.
+            ("[tensorcore] lstm bi f32 TF32 via f16 T5 B20 H40 h0 beyond float16",
+             dict(cell="lstm", direction="bidirectional", T=5, B=20, H=40, wt="f32", h0_big=1e6,
+                  tuning={"mode": 4, "allow_tf32": 1, "tf32_exchange16": 1})),
+            ("[tensorcore] gru fwd f32 TF32 via f16 T5 B20 H75 h0 beyond float16 (fallback)",
+             dict(cell="gru", direction="forward", T=5, B=20, H=75, wt="f32", h0_big=1e6,
                   tuning={"mode": 4, "allow_tf32": 1, "tf32_exchange16": 1})),
         ]
     # INT8 weights (int8 rows, a float scale per row, h / scale times the rebuilt weights) in every exchange mode,

@@ -74,10 +74,23 @@ def colscaled_f16(U):
     return np.ldexp(scaled, -e)
 
 
-def reference(cell, direction, inp, U, cell_clip, wt=None, teacher=None):
+def h0_shift_of(h0):
+    """The per-row shifts [D, B] of the TF32-through-float16 LSTM plan (fused_rnn_cuda_tc_f16copy.cu): for each
+    batch row, s = ilogb(max finite |h0 row|) - 13 when that maximum exceeds 65504, else 0. None without h0."""
+    if h0 is None:
+        return None
+    a = np.abs(np.asarray(h0, np.float32).astype(np.float64))
+    m = np.where(np.isfinite(a), a, 0.0).max(axis=2)  # [D, B]
+    _, ex = np.frexp(m)  # m = f * 2^ex, f in [0.5, 1): ilogb = ex - 1
+    return np.where(m > 65504, ex - 1 - 13, 0).astype(np.int64)
+
+
+def reference(cell, direction, inp, U, cell_clip, wt=None, teacher=None, h0_shift=None):
     """Float64 recurrence, vectorised over the batch. wt: round h_{t-1} to that 16-bit type before each product
     (None: no rounding). teacher: the kernel's output [B, T, D*H]; each step then starts from the kernel's own
     h_{t-1} (teacher forcing), so a value the kernel rounded one way cannot send the reference down another path.
+    h0_shift: [D, B] or None; step 0's h of row b is rounded as h * 2^-shift and scaled back (the LSTM's scaled
+    initial state).
     Returns out [B, T, D*H], final_h [D, B, H], final_c [D, B, H] or None."""
     x = inp["x"].astype(np.float64)  # batch-major
     B, T, _ = x.shape
@@ -103,7 +116,11 @@ def reference(cell, direction, inp, U, cell_clip, wt=None, teacher=None):
                 if teacher is not None and s > 0:
                     tp = np.where(reverse, t + 1, t - 1).clip(0, T - 1)
                     h = np.where(active[:, None], teacher[rows, tp, d * H:(d + 1) * H].astype(np.float64), h)
-                hr = round16(h, wt) if wt else h
+                if wt and s == 0 and h0_shift is not None and np.any(h0_shift[d]):
+                    sh = h0_shift[d][:, None]
+                    hr = np.ldexp(round16(np.ldexp(h, -sh), wt), sh)
+                else:
+                    hr = round16(h, wt) if wt else h
                 z = hr @ u
                 if cell == "lstm":
                     i, f = sig(xt[:, :H] + z[:, :H]), sig(xt[:, H:2 * H] + z[:, H:2 * H])
@@ -147,6 +164,8 @@ def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragg
     if h0_big is not None:
         inp["h0"][0, B // 2, H // 3] = h0_big
         inp["h0"][-1, B - 1, H - 1] = -h0_big
+        if B > 1:
+            inp["h0"][0, 1, 0] = h0_big / 2  # row 1: length 0 when ragged, so its final h must be h0 itself
     D = 2 if direction == "bidirectional" else 1
     tf32_mode = {"tf32": 0, "tf32h": 1, "tf32a": -1}.get(wt)
     tf32 = tf32_mode is not None  # float32 weights, TF32 products allowed
@@ -167,7 +186,12 @@ def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragg
     plan = f.describe()
     via16 = "via f16" in plan
     h0_fits = inp["h0"] is None or not np.any(np.isfinite(inp["h0"]) & (np.abs(inp["h0"]) > 65504))
-    if tf32 and via16 and h0_fits:  # the float16 kernel on the column-scaled copy, h exchanged as float16
+    # An LSTM keeps the float16 kernel for any h0 (step 0's h scaled by 2^-shift); a GRU falls back to float32
+    # exchange when h0 does not fit.
+    f16_path = tf32 and via16 and (h0_fits or cell == "lstm")
+    h0_shift = h0_shift_of(inp["h0"]) if (f16_path and cell == "lstm") else None
+    max_shift = int(h0_shift.max()) if h0_shift is not None else 0
+    if f16_path:  # the float16 kernel on the column-scaled copy, h exchanged as float16
         U_used, wround = colscaled_f16(inp["U"]), "f16"
     x_dev = to_dev(inp["x"].transpose(1, 0, 2) if time_major else inp["x"])
     out = poisoned((T, B, D * H) if time_major else (B, T, D * H))
@@ -176,7 +200,7 @@ def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragg
     f.bind(x_dev, rec_bias=to_dev(inp["rb"]), lengths=to_dev(inp["lengths"]), h0=to_dev(inp["h0"]),
            c0=to_dev(inp["c0"]), out=out, final_h=fh, final_c=fc, w_rec=U_kernel.cuda() if f32 else None,
            w_rec16=None if f32 else dev16(U_kernel))
-    free_o, _, _ = reference(cell, direction, inp, U_used, cell_clip, wt=wround)
+    free_o, _, _ = reference(cell, direction, inp, U_used, cell_clip, wt=wround, h0_shift=h0_shift)
     plain_o, _, _ = reference(cell, direction, inp, U_used, cell_clip, wt=None)
     f32_o, _, _ = reference(cell, direction, inp, inp["U"], cell_clip, wt=None)
     results = []
@@ -191,10 +215,11 @@ def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragg
             o = o.transpose(1, 0, 2)
         results.append((o, fh.cpu().numpy(), fc.cpu().numpy() if fc is not None else None))
     o, gh, gc = results[0]
-    emu_o, emu_h, emu_c = reference(cell, direction, inp, U_used, cell_clip, wt=wround, teacher=o)
+    emu_o, emu_h, emu_c = reference(cell, direction, inp, U_used, cell_clip, wt=wround, teacher=o, h0_shift=h0_shift)
     e = {"watchdog": f.watchdog(), "moving": int(not (np.array_equal(o, results[1][0], equal_nan=True)))}
     if tf32:
-        e["path"] = "f16 exchange" if (via16 and h0_fits) else "f32 exchange"
+        e["path"] = ("f16 exchange" + (f", h0 shift up to {max_shift}" if max_shift else "")) if f16_path \
+            else "f32 exchange"
     lengths = inp["lengths"] if inp["lengths"] is not None else np.full(B, T)
     past = np.zeros(o.shape[:2], bool)
     for b in range(B):
@@ -226,7 +251,9 @@ def run_tc_case(lib, name, cell, direction, T, B, H, wt="f16", tuning=None, ragg
           and (not tf32 or "tf32" in plan)
           and (tf32_mode != 1 or via16) and (tf32_mode != 0 or not via16)
           and e["unwritten"] == 0 and e["nonzero_past_len"] == 0 and e["watchdog"] == 0 and not e["moving"]
-          and e.get("nan_mismatch", 0) == 0)
+          and e.get("nan_mismatch", 0) == 0
+          # a TF32-through-float16 LSTM with an h0 beyond float16 must take the scaled path, not a fallback
+          and (not (tf32 and via16 and cell == "lstm" and not h0_fits) or (max_shift > 0 and "h0 scaled" in plan)))
     return {"name": name, "passed": bool(ok), "errors": e, "plan": plan, "negative_control": negative}
 
 
@@ -333,9 +360,12 @@ def correctness(lib):
                                                                 wt="tf32h", h0_big=60000.0)),
         ("tf32h gru bi B16 H64 h0 60000 (fits float16)", dict(cell="gru", direction="bidirectional", T=8, B=16,
                                                               H=64, wt="tf32h", h0_big=60000.0)),
-        ("tf32h lstm bi B16 H64 h0 1e5 (float32-exchange fallback)", dict(cell="lstm", direction="bidirectional",
-                                                                          T=8, B=16, H=64, wt="tf32h",
-                                                                          h0_big=1e5)),
+        # An LSTM keeps the float16 kernel with step 0's h scaled by 2^-shift per batch row (1e5: shift 3; 1e30:
+        # shift 86, the row's other h0 values then float16 zeros or subnormals; other rows keep their precision).
+        ("tf32h lstm bi B16 H64 h0 1e5 (scaled h0)", dict(cell="lstm", direction="bidirectional", T=8, B=16, H=64,
+                                                          wt="tf32h", h0_big=1e5)),
+        ("tf32h lstm rev B20 H72 h0 1e30 ragged (scaled h0)", dict(cell="lstm", direction="reverse", T=8, B=20,
+                                                                   H=72, wt="tf32h", h0_big=1e30)),
         ("tf32h gru fwd B20 H72 h0 1e5 (float32-exchange fallback)", dict(cell="gru", direction="forward", T=8,
                                                                           B=20, H=72, wt="tf32h", h0_big=1e5)),
         ("tf32h NaN/Inf input lstm bi", dict(cell="lstm", direction="bidirectional", T=9, B=18, H=40,

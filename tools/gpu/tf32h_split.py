@@ -4,6 +4,9 @@ left out (CudaTuning::test_tf32h_skip, test-only: the copy made by an earlier ca
 with float16 weights; rounds alternate the graphs. Prints a table and writes JSON.
 
     python3 tools/gpu/tf32h_split.py --lib /tmp/g/libfused_rnn_gpu.so --out $OUT [--rounds 9]
+
+Since session 41 only the GRU launches the fallback: an LSTM scales an out-of-range h0 per row instead, so its
+"without the fallback launch" variant is the whole call.
 """
 import argparse
 import json
