@@ -69,10 +69,14 @@ def main():
     rows = []
     for key in args.cases.split(","):
         label, kw = CASES[key]
+        # A case's "base" tuning fields (ab_time.CASES: e.g. as_float32 = 0 on the narrow kinds) apply to every
+        # variant, the automatic plan included.
+        base = kw.get("base")
+        kw = {k: v for k, v in kw.items() if k != "base"}
         tunings = [None] + VARIANTS.get(key, [])
         layers, graphs = [], []
         for tun in tunings:
-            layer = FusedLayer(lib, seed=3, tuning=tun, **kw)
+            layer = FusedLayer(lib, seed=3, tuning=dict(base, **(tun or {})) if base else tun, **kw)
             plan = layer.f.describe()
             if plan.startswith("ERROR"):
                 log(f"{label} {tun}: {plan}")
